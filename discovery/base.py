@@ -1,0 +1,57 @@
+"""The interface every membership backend offers a node, and the member record.
+
+A member record is a map that travels over the control socket and into
+ZooKeeper: ``name``, ``control``, ``ingress``, ``out``, ``remote`` (tcp
+endpoints), ``instance`` (random per process start), ``started`` (unix time),
+``protocol``. A backend calls ``on_change(members)`` with the full current
+map of peer name -> record whenever it changes; the node connects to exactly
+those peers.
+"""
+
+import re
+
+_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+_ENDPOINT = re.compile(r"^tcp://[^\s/]+:\d{1,5}$")
+_ENDPOINT_FIELDS = ("control", "ingress", "out", "remote")
+
+
+def validate_name(name):
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise ValueError(f"node name {name!r} must be 1-128 characters of A-Z a-z 0-9 _ . : -")
+    return name
+
+
+def validate_member(member):
+    """Return a clean copy of a member record; ValueError names what is wrong."""
+    if not isinstance(member, dict):
+        raise ValueError("member record is not a map")
+    clean = {"name": validate_name(member.get("name"))}
+    for field in _ENDPOINT_FIELDS:
+        value = member.get(field)
+        if not isinstance(value, str) or not _ENDPOINT.match(value):
+            raise ValueError(f"member {clean['name']}: {field} {value!r} is not tcp://HOST:PORT")
+        clean[field] = value
+    for field, kind in (("instance", str), ("started", (int, float)), ("protocol", int)):
+        value = member.get(field)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise ValueError(f"member {clean['name']}: {field} {value!r} has the wrong type")
+        clean[field] = value
+    return clean
+
+
+class Discovery:
+    """Base class of membership backends."""
+
+    def start(self, me, on_change):
+        """Begin; ``me`` is this node's record, ``on_change(members)`` the callback."""
+        raise NotImplementedError
+
+    def announce(self, member):
+        """A peer introduced itself on the control socket (validated record)."""
+
+    def depart(self, name):
+        """A peer said goodbye on the control socket."""
+
+    def stop(self):
+        """Leave the mesh and stop."""
+        raise NotImplementedError

@@ -1,0 +1,9 @@
+"""meshnode's client library: ``from mesh import Client``."""
+
+from .client import Client, Subscription
+from .control import ControlError
+from .envelope import MalformedMessage, Message, PayloadTooLarge
+from .subjects import Pattern
+
+__all__ = ["Client", "Subscription", "Message", "Pattern", "ControlError",
+           "MalformedMessage", "PayloadTooLarge"]

@@ -1,0 +1,280 @@
+"""The Python client: publish and subscribe through one meshnode.
+
+``Client("HOST:PORT")`` asks the node's control socket where its data sockets
+are, then publishes through an XPUB socket connected to the node's ``ingress``
+and subscribes with one SUB socket per :class:`Subscription`, connected to the
+node's ``out`` (local publishers) and ``remote`` (publishers on peers).
+Reading and decoding happen on the caller's own thread or greenlet.
+"""
+
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+
+import zmq
+
+from .control import ControlChannel
+from .envelope import EnvelopeEncoder, MalformedMessage, decode
+from .subjects import Pattern, subject_from_topic, validate_subject
+from .waiting import pick_waiter, recv_multipart, running_under_gevent
+
+log = logging.getLogger("mesh.client")
+
+DEFAULT_HWM = 100_000
+_INTEREST_DRAIN_EVERY = 1024
+_CLOSE_CHECK_SECONDS = 0.1
+
+
+class Client:
+    """A connection to one node. ``publish`` is thread-safe; each Subscription
+    belongs to the thread (or greenlet) that reads it."""
+
+    def __init__(self, address, *, name=None, timeout=5.0, hwm=DEFAULT_HWM):
+        self._context = zmq.Context.instance()
+        self._wait = pick_waiter()
+        self._hwm = hwm
+        self._control = ControlChannel(self._context, address, self._wait, timeout)
+        try:
+            info = self._control.request("hello")
+        except BaseException:
+            self._control.close()
+            raise
+        self.node = info["name"]
+        self.endpoints = info["endpoints"]
+        self.max_payload = info["max_payload"]
+        self.origin = name or f"{self.node}/{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
+        self._encoder = EnvelopeEncoder(self.origin, self.max_payload)
+        self._streams = {}  # subject -> [topic frame, last sequence number]
+        self._interest = set()  # topic prefixes some subscriber in the mesh wants
+        self._publishes = 0
+        self._lock = threading.Lock()
+        self._subscriptions = set()
+        self._pub = self._context.socket(zmq.XPUB)
+        self._pub.setsockopt(zmq.SNDHWM, hwm)
+        self._pub.setsockopt(zmq.LINGER, 2000)
+        self._pub.connect(self.endpoints["ingress"])
+        self.closed = False
+
+    # -- publishing -------------------------------------------------------
+
+    def publish(self, subject, data):
+        """Publish ``data`` (anything msgpack can carry) on a concrete subject.
+
+        Raises ValueError for an invalid subject, PayloadTooLarge (a ValueError)
+        over the node's limit, TypeError for data msgpack cannot encode.
+        Returns the message's sequence number on this subject.
+        """
+        with self._lock:
+            if self.closed:
+                raise RuntimeError("client is closed")
+            stream = self._streams.get(subject)
+            if stream is None:
+                stream = [validate_subject(subject), 0]
+                self._streams[subject] = stream
+            seq = stream[1] + 1
+            raw = self._encoder.encode(seq, data)
+            stream[1] = seq
+            self._pub.send(stream[0], zmq.SNDMORE)
+            self._pub.send(raw)
+            self._publishes += 1
+            if self._publishes % _INTEREST_DRAIN_EVERY == 0:
+                self._drain_interest()
+            return seq
+
+    def _drain_interest(self):
+        """Read subscription notices the node forwarded to us (lock held)."""
+        while True:
+            try:
+                notice = self._pub.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if notice[:1] == b"\x01":
+                self._interest.add(notice[1:])
+            elif notice[:1] == b"\x00":
+                self._interest.discard(notice[1:])
+
+    def has_interest(self, subject):
+        """True if some subscriber in the mesh currently covers ``subject``."""
+        topic = validate_subject(subject)
+        with self._lock:
+            self._drain_interest()
+            return any(topic.startswith(prefix) for prefix in self._interest)
+
+    def wait_for_interest(self, subject, timeout=5.0):
+        """Wait until a subscriber somewhere in the mesh covers ``subject``.
+
+        Subscriptions travel to publishers asynchronously (the ZeroMQ
+        "slow joiner"); messages published before they arrive are not
+        delivered. Returns True once interest is seen, False on timeout.
+        """
+        deadline = time.monotonic() + timeout
+        while not self.has_interest(subject):
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.005)
+        return True
+
+    # -- subscribing ------------------------------------------------------
+
+    def subscribe(self, pattern, callback=None):
+        """Subscribe to a pattern (``*`` one token, ``>`` the rest).
+
+        Without ``callback``, returns a Subscription to read with ``get()`` or
+        iteration. With ``callback``, a reader thread (a greenlet under gevent)
+        calls ``callback(message)`` for each message.
+        """
+        if self.closed:
+            raise RuntimeError("client is closed")
+        sub = Subscription(self, Pattern(pattern))
+        self._subscriptions.add(sub)
+        if callback is not None:
+            sub._start_callback(callback)
+        return sub
+
+    def stats(self):
+        """The node's counters (see docs/PROTOCOL.md, command ``stats``)."""
+        return self._control.request("stats")
+
+    def close(self):
+        """Unsubscribe everything and close the connection."""
+        if self.closed:
+            return
+        for sub in list(self._subscriptions):
+            sub.unsubscribe()
+        with self._lock:
+            self.closed = True
+            self._pub.close()
+        self._control.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class Subscription:
+    """Messages matching one pattern, read with ``get()`` or by iterating.
+
+    Counters: ``received`` (delivered to you), ``gaps`` (messages known to be
+    missing: sequence numbers skipped by a publisher on a subject), ``malformed``
+    (frames dropped because they did not follow docs/PROTOCOL.md).
+    """
+
+    def __init__(self, client, pattern):
+        self.pattern = pattern
+        self.received = 0
+        self.gaps = 0
+        self.malformed = 0
+        self._client = client
+        self._wait = client._wait
+        self._last_seq = {}  # (origin, subject) -> last sequence number seen
+        self._closing = False
+        self._reading = False
+        self._state_lock = threading.Lock()
+        self._reader = None
+        sock = client._context.socket(zmq.SUB)
+        sock.setsockopt(zmq.RCVHWM, client._hwm)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SUBSCRIBE, pattern.prefix)
+        sock.connect(client.endpoints["out"])
+        sock.connect(client.endpoints["remote"])
+        self._sock = sock
+
+    @property
+    def closed(self):
+        return self._closing
+
+    def get(self, timeout=None):
+        """The next message; raises TimeoutError if none came within ``timeout``
+        seconds, RuntimeError if the subscription is closed."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._state_lock:
+            if self._closing:
+                raise RuntimeError("subscription is closed")
+            self._reading = True
+        try:
+            while True:
+                remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+                slice_ = _CLOSE_CHECK_SECONDS if remaining is None else min(remaining, _CLOSE_CHECK_SECONDS)
+                try:
+                    frames = recv_multipart(self._sock, self._wait, slice_)
+                except TimeoutError:
+                    if self._closing:
+                        raise RuntimeError("subscription is closed") from None
+                    if remaining is not None and remaining <= _CLOSE_CHECK_SECONDS:
+                        raise TimeoutError(f"no message on {self.pattern.text!r} within {timeout} s") from None
+                    continue
+                message = self._accept(frames)
+                if message is not None:
+                    return message
+        finally:
+            with self._state_lock:
+                self._reading = False
+                if self._closing:
+                    self._sock.close()
+
+    def _accept(self, frames):
+        """Decode, filter and sequence-check one wire message; None to skip it."""
+        try:
+            if len(frames) != 2:
+                raise MalformedMessage(f"{len(frames)} frames, expected 2")
+            subject = subject_from_topic(frames[0])
+            if not self.pattern.matches(subject):
+                return None
+            message = decode(subject, frames[1])
+        except (MalformedMessage, ValueError):
+            self.malformed += 1
+            return None
+        key = (message.origin, subject)
+        last = self._last_seq.get(key)
+        if last is not None and message.seq > last + 1:
+            self.gaps += message.seq - last - 1
+        if last is None or message.seq > last:
+            self._last_seq[key] = message.seq
+        self.received += 1
+        return message
+
+    def __iter__(self):
+        while True:
+            try:
+                yield self.get()
+            except RuntimeError:
+                if self._closing:
+                    return
+                raise
+
+    def unsubscribe(self):
+        """Stop receiving. Safe to call from another thread than the reader."""
+        with self._state_lock:
+            if self._closing:
+                return
+            self._closing = True
+            if not self._reading:
+                self._sock.close()
+        self._client._subscriptions.discard(self)
+
+    def _start_callback(self, callback):
+        def run():
+            for message in self:
+                try:
+                    callback(message)
+                except Exception:
+                    log.exception("subscription callback for %r failed", self.pattern.text)
+
+        if running_under_gevent():
+            import gevent
+
+            self._reader = gevent.spawn(run)
+        else:
+            self._reader = threading.Thread(target=run, name=f"mesh-sub-{self.pattern.text}", daemon=True)
+            self._reader.start()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.unsubscribe()

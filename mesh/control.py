@@ -1,0 +1,94 @@
+"""Control-plane requests: the msgpack maps a node's ROUTER socket understands.
+
+A request is one frame, a msgpack map ``{"v": 1, "cmd": NAME, "id": N, ...}``;
+the reply echoes ``id`` with ``"ok": true`` and fields, or ``"ok": false`` with
+``"error"`` (a code) and ``"message"``. :class:`ControlChannel` is the client
+side used by the library, the CLI and peer nodes.
+"""
+
+import itertools
+import threading
+
+import msgpack
+import zmq
+
+from .waiting import recv_multipart
+
+CONTROL_VERSION = 1
+
+
+class ControlError(RuntimeError):
+    """A node answered a control request with an error."""
+
+    def __init__(self, code, message):
+        super().__init__(f"{code}: {message}")
+        self.code = code
+
+
+def encode(fields):
+    return msgpack.packb(fields)
+
+
+def decode(frame):
+    """Decode one control frame into a dict; raise ValueError if it is not one."""
+    try:
+        fields = msgpack.unpackb(frame, raw=False)
+    except Exception as exc:
+        raise ValueError(f"not msgpack: {exc}") from None
+    if not isinstance(fields, dict):
+        raise ValueError("not a msgpack map")
+    return fields
+
+
+def normalize_address(address):
+    """``HOST:PORT`` or ``tcp://HOST:PORT`` -> ``tcp://HOST:PORT``."""
+    if "://" in address:
+        return address
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ValueError(f"node address {address!r} is not HOST:PORT")
+    return f"tcp://{address}"
+
+
+class ControlChannel:
+    """A DEALER connection to one node's control socket; thread-safe."""
+
+    def __init__(self, context, address, wait, timeout=5.0):
+        self.address = normalize_address(address)
+        self.timeout = timeout
+        self._wait = wait
+        self._ids = itertools.count(1)
+        self._lock = threading.Lock()
+        self._sock = context.socket(zmq.DEALER)
+        self._sock.setsockopt(zmq.LINGER, 0)
+        self._sock.connect(self.address)
+
+    def request(self, cmd, timeout=None, **fields):
+        """Send one command and return the reply map (without ``ok``/``id``)."""
+        timeout = self.timeout if timeout is None else timeout
+        with self._lock:
+            req_id = next(self._ids)
+            try:
+                self._sock.send(encode({"v": CONTROL_VERSION, "cmd": cmd, "id": req_id, **fields}), zmq.NOBLOCK)
+            except zmq.Again:
+                raise TimeoutError(f"node at {self.address} is not accepting requests") from None
+            while True:
+                try:
+                    frames = recv_multipart(self._sock, self._wait, timeout)
+                except TimeoutError:
+                    raise TimeoutError(
+                        f"node at {self.address} did not answer {cmd!r} within {timeout} s") from None
+                try:
+                    reply = decode(frames[-1])
+                except ValueError:
+                    continue
+                if reply.get("id") == req_id:
+                    break
+        if not reply.get("ok"):
+            raise ControlError(reply.get("error", "error"), reply.get("message", ""))
+        reply.pop("ok", None)
+        reply.pop("id", None)
+        return reply
+
+    def close(self):
+        self._sock.close(linger=0)

@@ -1,0 +1,58 @@
+"""Waiting on a ZeroMQ socket in the caller's own thread or greenlet.
+
+Plain pyzmq blocking calls would freeze a gevent hub, and ``zmq.green`` is slow
+(DESIGN.md), so the library uses plain sockets, reads with NOBLOCK, and waits
+through the function this module picks: ``zmq.Socket.poll`` in a threaded
+program, ``gevent.socket.wait_read`` on the socket's edge-triggered FD in a
+gevent-patched one.
+"""
+
+import sys
+import time
+
+import zmq
+
+
+def running_under_gevent():
+    """True when gevent has patched the socket module (the program is green)."""
+    monkey = sys.modules.get("gevent.monkey")
+    return bool(monkey and monkey.is_module_patched("socket"))
+
+
+def _wait_thread(sock, timeout):
+    sock.poll(None if timeout is None else max(1, int(timeout * 1000)), zmq.POLLIN)
+
+
+def _wait_green(sock, timeout):
+    from gevent.socket import wait_read
+
+    if sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+        return
+    try:
+        wait_read(sock.getsockopt(zmq.FD), timeout=timeout)
+    except OSError:  # socket.timeout: nothing arrived in time
+        pass
+
+
+def pick_waiter():
+    """The wait function for this program: wait(sock, timeout_seconds_or_None)."""
+    return _wait_green if running_under_gevent() else _wait_thread
+
+
+def recv_multipart(sock, wait, timeout=None):
+    """Receive one multipart message, waiting at most ``timeout`` seconds.
+
+    Raises TimeoutError when nothing arrived in time.
+    """
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        try:
+            return sock.recv_multipart(zmq.NOBLOCK)
+        except zmq.Again:
+            pass
+        remaining = None
+        if deadline is not None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"nothing received within {timeout} s")
+        wait(sock, remaining)

@@ -1,0 +1,1 @@
+"""The meshnode process: data plane, control plane and membership, put together."""

@@ -1,0 +1,218 @@
+"""The ``meshnode`` command: run a node, publish, subscribe, inspect, demo.
+
+``main`` monkey-patches with gevent before importing anything that uses
+sockets; library code never patches on import.
+"""
+
+import argparse
+import base64
+import json
+import sys
+
+EPILOG_ADDRESSES = "Addresses are a node's control address, HOST:PORT (default port 7400)."
+
+
+def _json_default(value):
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return {"$base64": base64.b64encode(bytes(value)).decode("ascii")}
+    return repr(value)
+
+
+def _positive_int(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
+    return value
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="meshnode",
+        description="A broker-less publish/subscribe mesh over ZeroMQ. Run one node per host; "
+                    "nodes forward subscriptions to each other so a message travels at most one hop.",
+        epilog=EPILOG_ADDRESSES)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    run = commands.add_parser("run", help="run a node", description=(
+        "Run a node until SIGTERM or SIGINT. Prints one line starting with 'meshnode ready' "
+        "on stdout once it serves."), epilog=EPILOG_ADDRESSES)
+    run.add_argument("--name", default="", help="node name, unique in the mesh (default: HOSTNAME-PORT)")
+    run.add_argument("--host", default="127.0.0.1",
+                     help="interface to bind all sockets on (default: 127.0.0.1, loopback only)")
+    run.add_argument("--port", type=int, default=7400,
+                     help="control port; 0 picks a free one (default: 7400). Data ports are picked "
+                          "by the system and announced on the control port")
+    run.add_argument("--advertise", default="",
+                     help="host name peers and clients should dial (default: --host)")
+    run.add_argument("--peer", action="append", default=[], metavar="HOST:PORT",
+                     help="another node's control address; repeatable. Links are symmetric")
+    run.add_argument("--max-payload", type=_positive_int, default=1024 * 1024, metavar="BYTES",
+                     help="largest encoded message accepted (default: 1048576)")
+    run.add_argument("--hwm", type=_positive_int, default=100_000, metavar="MESSAGES",
+                     help="queue limit per socket connection before messages are dropped (default: 100000)")
+    run.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+
+    pub = commands.add_parser("pub", help="publish a message", description=(
+        "Publish DATA on SUBJECT. DATA is parsed as JSON when it is valid JSON, else sent as a "
+        "string. With DATA '-', publish each line of stdin. Prints one JSON line per message."),
+        epilog=EPILOG_ADDRESSES)
+    pub.add_argument("subject")
+    pub.add_argument("data")
+    pub.add_argument("--node", default="127.0.0.1:7400", metavar="HOST:PORT")
+    pub.add_argument("--string", action="store_true", help="send DATA as a string even if it is JSON")
+    pub.add_argument("--wait", type=float, default=2.0, metavar="SECONDS",
+                     help="wait up to this long for a subscriber to exist before publishing, since "
+                          "messages with no subscriber are dropped (default: 2)")
+
+    sub = commands.add_parser("sub", help="subscribe and print messages", description=(
+        "Subscribe to PATTERN ('*' matches one token, '>' the rest) and print one JSON line per "
+        "message: subject, data, origin, seq, ts. Bytes are shown as {\"$base64\": ...}."),
+        epilog=EPILOG_ADDRESSES)
+    sub.add_argument("pattern")
+    sub.add_argument("--node", default="127.0.0.1:7400", metavar="HOST:PORT")
+    sub.add_argument("--count", type=_positive_int, help="exit after this many messages")
+    sub.add_argument("--timeout", type=float, help="exit with status 1 if no message comes for this long")
+
+    stats = commands.add_parser("stats", help="print a node's counters as JSON", epilog=EPILOG_ADDRESSES)
+    stats.add_argument("--node", default="127.0.0.1:7400", metavar="HOST:PORT")
+
+    peers = commands.add_parser("peers", help="print the peers a node is linked to", epilog=EPILOG_ADDRESSES)
+    peers.add_argument("--node", default="127.0.0.1:7400", metavar="HOST:PORT")
+
+    demo = commands.add_parser("demo", help="start a local mesh and show messages flowing", description=(
+        "Start a local mesh of nodes on loopback, subscribe at every node but the first, publish "
+        "at the first and print what arrives. Stops on Ctrl-C or after --seconds."))
+    demo.add_argument("--nodes", type=_positive_int, default=3)
+    demo.add_argument("--base-port", type=int, default=7401, help="control port of the first node")
+    demo.add_argument("--seconds", type=float, help="stop after this long (default: run until Ctrl-C)")
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    if args.command in ("run", "demo"):
+        from gevent import monkey
+
+        monkey.patch_all()
+    try:
+        return COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        return 130
+    except (TimeoutError, ValueError, RuntimeError) as exc:
+        print(f"meshnode {args.command}: {exc}", file=sys.stderr)
+        return 1
+
+
+def cmd_run(args):
+    import logging
+
+    import signal
+
+    import gevent
+    import gevent.event
+
+    from discovery import StaticDiscovery
+    from nodes.node import Node, NodeConfig
+
+    logging.basicConfig(level=args.log_level, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = NodeConfig(name=args.name, host=args.host, port=args.port, advertise=args.advertise,
+                        max_payload=args.max_payload, hwm=args.hwm, peers=args.peer)
+    import zmq
+
+    try:
+        discovery = StaticDiscovery(zmq.Context.instance(), config.peers)
+        node = Node(config, discovery)
+    except zmq.ZMQError as exc:
+        raise RuntimeError(f"cannot bind on {args.host}:{args.port}: {exc}") from None
+    node.start()
+    stop = gevent.event.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        gevent.signal_handler(signum, stop.set)
+    member = node.member
+    print(f"meshnode ready name={node.name} control={member['control'].removeprefix('tcp://')} "
+          f"ingress={member['ingress']} out={member['out']} remote={member['remote']}", flush=True)
+    stop.wait()
+    node.stop()
+    print(f"meshnode stopped name={node.name}", flush=True)
+    return 0
+
+
+def cmd_pub(args):
+    from mesh import Client
+
+    lines = (line.rstrip("\n") for line in sys.stdin) if args.data == "-" else [args.data]
+    with Client(args.node) as client:
+        interest = client.wait_for_interest(args.subject, args.wait)
+        for line in lines:
+            data = line
+            if not args.string:
+                try:
+                    data = json.loads(line)
+                except ValueError:
+                    pass
+            interest = interest or client.has_interest(args.subject)
+            seq = client.publish(args.subject, data)
+            print(json.dumps({"subject": args.subject, "seq": seq, "subscribers": interest}), flush=True)
+            if not interest:
+                print(f"meshnode pub: no subscriber covers {args.subject!r}; the message was dropped",
+                      file=sys.stderr)
+    return 0
+
+
+def cmd_sub(args):
+    from mesh import Client
+
+    with Client(args.node) as client:
+        sub = client.subscribe(args.pattern)
+        received = 0
+        while args.count is None or received < args.count:
+            try:
+                message = sub.get(timeout=args.timeout)
+            except TimeoutError:
+                print(f"meshnode sub: no message within {args.timeout} s", file=sys.stderr)
+                return 1
+            received += 1
+            print(json.dumps(message.to_dict(), default=_json_default), flush=True)
+        if sub.gaps or sub.malformed:
+            print(f"meshnode sub: {sub.gaps} messages missed, {sub.malformed} malformed dropped",
+                  file=sys.stderr)
+    return 0
+
+
+def _control_request(node, cmd):
+    import zmq
+
+    from mesh.control import ControlChannel
+    from mesh.waiting import pick_waiter
+
+    channel = ControlChannel(zmq.Context.instance(), node, pick_waiter())
+    try:
+        return channel.request(cmd)
+    finally:
+        channel.close()
+
+
+def cmd_stats(args):
+    print(json.dumps(_control_request(args.node, "stats"), indent=2, sort_keys=True))
+    return 0
+
+
+def cmd_peers(args):
+    for record in _control_request(args.node, "peers")["peers"]:
+        print(json.dumps(record, sort_keys=True))
+    return 0
+
+
+def cmd_demo(args):
+    from nodes.demo import run_demo
+
+    return run_demo(args.nodes, args.base_port, args.seconds)
+
+
+COMMANDS = {"run": cmd_run, "pub": cmd_pub, "sub": cmd_sub, "stats": cmd_stats,
+            "peers": cmd_peers, "demo": cmd_demo}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,87 @@
+"""The node's ROUTER control socket: answers requests from clients, tools and peers.
+
+Requests and replies are the msgpack maps of :mod:`mesh.control`. Each command
+is a method of a handler object (``cmd_<name>``); anything that is not a
+well-formed request gets an error reply (when it can be addressed) and is
+counted, and never stops the loop.
+"""
+
+import logging
+
+import gevent
+import zmq
+
+from mesh import control
+from mesh.waiting import pick_waiter, recv_multipart
+
+log = logging.getLogger("meshnode.control")
+
+MAX_REQUEST_BYTES = 64 * 1024
+
+
+class RequestError(Exception):
+    """Raised by a command handler to answer with ``ok: false``."""
+
+    def __init__(self, code, message):
+        super().__init__(message)
+        self.code = code
+
+
+class ControlServer:
+    def __init__(self, context, host, port, handler):
+        self.sock = context.socket(zmq.ROUTER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.MAXMSGSIZE, MAX_REQUEST_BYTES)
+        self.sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        self.sock.bind(f"tcp://{host}:{port}")
+        self.port = int(self.sock.getsockopt_string(zmq.LAST_ENDPOINT).rsplit(":", 1)[1])
+        self.handler = handler
+        self.requests = 0
+        self.malformed = 0
+        self.unknown_commands = 0
+        self._wait = pick_waiter()
+        self._loop = None
+
+    def start(self):
+        self._loop = gevent.spawn(self._serve)
+
+    def _serve(self):
+        while True:
+            frames = recv_multipart(self.sock, self._wait)
+            reply = self._answer(frames)
+            if reply is not None:
+                # ROUTER drops replies to peers that left; never blocks.
+                self.sock.send_multipart(frames[:-1] + [control.encode(reply)])
+
+    def _answer(self, frames):
+        self.requests += 1
+        if len(frames) < 2:
+            self.malformed += 1
+            return None
+        try:
+            request = control.decode(frames[-1])
+        except ValueError as exc:
+            self.malformed += 1
+            return {"v": control.CONTROL_VERSION, "ok": False, "error": "malformed", "message": str(exc)}
+        reply = {"v": control.CONTROL_VERSION, "id": request.get("id")}
+        cmd = request.get("cmd")
+        method = getattr(self.handler, f"cmd_{cmd}", None) if isinstance(cmd, str) else None
+        if method is None:
+            self.unknown_commands += 1
+            reply.update(ok=False, error="unknown_command", message=f"unknown command {cmd!r}")
+            return reply
+        try:
+            reply.update(method(request) or {})
+            reply["ok"] = True
+        except RequestError as exc:
+            self.malformed += 1
+            reply.update(ok=False, error=exc.code, message=str(exc))
+        except Exception as exc:  # a bug in a handler must not stop the node
+            log.exception("control command %r failed", cmd)
+            reply.update(ok=False, error="internal", message=f"{type(exc).__name__}: {exc}")
+        return reply
+
+    def stop(self):
+        if self._loop is not None:
+            self._loop.kill()
+        self.sock.close(linger=0)

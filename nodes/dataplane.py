@@ -1,0 +1,151 @@
+"""The data plane: four sockets and two ``zmq.proxy`` loops in real threads.
+
+    local publishers --> [ingress XSUB] ==proxy==> [out XPUB] --> local subscribers
+                                                              \\-> peers' mesh_in
+    peers' out XPUB --> [mesh_in XSUB] ==proxy==> [remote XPUB] --> local subscribers
+
+Messages move inside libzmq; Python never touches one. A message from a peer
+enters through ``mesh_in`` and leaves only through ``remote``, so it is never
+forwarded again (one hop, no loops, no duplicates). Subscriptions flow the
+other way for free: XPUB passes a topic's first subscribe and last
+unsubscribe upstream, XSUB re-sends its subscriptions to each new connection.
+
+``mesh_in`` belongs to its proxy thread while it runs, so changing the set of
+peers pauses the proxy, reads its counters, stops it, reconnects, restarts it.
+Messages wait in the socket queues meanwhile; none are lost.
+"""
+
+import logging
+import struct
+
+import gevent
+import zmq
+
+from mesh.subjects import MAX_SUBJECT_BYTES
+from mesh.waiting import pick_waiter, recv_multipart
+
+log = logging.getLogger("meshnode.dataplane")
+
+# Room for the topic frame and the envelope header around the payload limit.
+_FRAME_OVERHEAD = MAX_SUBJECT_BYTES + 256
+_STAT_NAMES = ("frontend_frames_in", "frontend_bytes_in", "frontend_frames_out", "frontend_bytes_out",
+               "backend_frames_in", "backend_bytes_in", "backend_frames_out", "backend_bytes_out")
+
+
+class _Proxy:
+    """One steerable ``zmq.proxy`` between two sockets, run in a pool thread."""
+
+    def __init__(self, context, name, frontend, backend):
+        self.name = name
+        self._frontend = frontend
+        self._backend = backend
+        self._wait = pick_waiter()
+        self._steer = context.socket(zmq.PAIR)
+        self._steer.bind(f"inproc://meshnode-steer-{name}-{id(self)}")
+        self._steer_far = context.socket(zmq.PAIR)
+        self._steer_far.connect(f"inproc://meshnode-steer-{name}-{id(self)}")
+        self._earlier = [0] * len(_STAT_NAMES)  # counters of runs already stopped
+        self._running = None
+
+    def start(self):
+        self._running = gevent.get_hub().threadpool.spawn(
+            zmq.proxy_steerable, self._frontend, self._backend, None, self._steer_far)
+
+    def _command(self, word):
+        self._steer.send(word)
+        return recv_multipart(self._steer, self._wait, timeout=10)
+
+    def counters(self):
+        frames = self._command(b"STATISTICS")
+        now = [struct.unpack("=Q", f)[0] for f in frames]
+        return dict(zip(_STAT_NAMES, (a + b for a, b in zip(self._earlier, now))))
+
+    def stop(self):
+        """Pause, keep the counters, terminate, and wait for the thread."""
+        self._command(b"PAUSE")
+        frames = self._command(b"STATISTICS")
+        self._earlier = [a + struct.unpack("=Q", f)[0] for a, f in zip(self._earlier, frames)]
+        self._command(b"TERMINATE")
+        self._running.get()
+        self._running = None
+
+    def close(self):
+        self._steer.close(linger=0)
+        self._steer_far.close(linger=0)
+
+
+class DataPlane:
+    """Binds the node's data sockets on ``host`` and forwards between them."""
+
+    def __init__(self, context, host, *, hwm, max_payload, heartbeat_ivl_ms=1000, heartbeat_timeout_ms=3000):
+        self._context = context
+        max_frame = max_payload + _FRAME_OVERHEAD
+
+        def make(kind, bind):
+            sock = context.socket(kind)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.SNDHWM, hwm)
+            sock.setsockopt(zmq.RCVHWM, hwm)
+            if kind == zmq.XSUB:
+                sock.setsockopt(zmq.MAXMSGSIZE, max_frame)
+            if bind:
+                sock.bind(f"tcp://{host}:*")
+            return sock
+
+        self.ingress = make(zmq.XSUB, True)
+        self.out = make(zmq.XPUB, True)
+        self.remote = make(zmq.XPUB, True)
+        self.mesh_in = make(zmq.XSUB, False)
+        for sock in (self.out, self.mesh_in):
+            sock.setsockopt(zmq.HEARTBEAT_IVL, heartbeat_ivl_ms)
+            sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, heartbeat_timeout_ms)
+        self.peer_endpoints = set()
+        self._local = _Proxy(context, "local", self.ingress, self.out)
+        self._mesh = _Proxy(context, "mesh", self.mesh_in, self.remote)
+
+    def endpoints(self, advertise_host):
+        """Where clients and peers connect, with the host others should use."""
+        def ep(sock):
+            port = sock.getsockopt_string(zmq.LAST_ENDPOINT).rsplit(":", 1)[1]
+            return f"tcp://{advertise_host}:{port}"
+        return {"ingress": ep(self.ingress), "out": ep(self.out), "remote": ep(self.remote)}
+
+    def start(self):
+        self._local.start()
+        self._mesh.start()
+
+    def set_peers(self, out_endpoints):
+        """Connect ``mesh_in`` to exactly these peers' ``out`` endpoints."""
+        wanted = set(out_endpoints)
+        gone = self.peer_endpoints - wanted
+        new = wanted - self.peer_endpoints
+        if not gone and not new:
+            return
+        self._mesh.stop()
+        try:
+            for endpoint in gone:
+                try:
+                    self.mesh_in.disconnect(endpoint)
+                except zmq.ZMQError as exc:
+                    log.warning("disconnect from %s failed: %s", endpoint, exc)
+            for endpoint in new:
+                try:
+                    self.mesh_in.connect(endpoint)
+                except zmq.ZMQError as exc:
+                    log.warning("cannot connect to peer endpoint %r: %s", endpoint, exc)
+                    wanted.discard(endpoint)
+        finally:
+            self._mesh.start()
+        self.peer_endpoints = wanted
+        log.info("peers now %s (+%d -%d)", sorted(wanted), len(new), len(gone))
+
+    def counters(self):
+        """Frame and byte counts of both proxies (a message is 2 frames)."""
+        return {"local": self._local.counters(), "mesh": self._mesh.counters()}
+
+    def stop(self):
+        for proxy in (self._local, self._mesh):
+            proxy.stop()
+            proxy.close()
+        for sock in (self.ingress, self.out, self.remote, self.mesh_in):
+            sock.close(linger=0)

@@ -1,0 +1,129 @@
+"""A node: its data plane, its control socket and its membership backend.
+
+The node owns the member record it publishes about itself, answers control
+commands (``hello``, ``peer``, ``bye``, ``peers``, ``stats``, ``ping``) and
+keeps the data plane connected to exactly the peers its backend reports.
+Runs under gevent (bin/meshnode monkey-patches before importing it).
+"""
+
+import logging
+import socket
+import time
+import uuid
+from dataclasses import dataclass, field
+
+import zmq
+
+from discovery.base import validate_member, validate_name
+from mesh.envelope import DEFAULT_MAX_PAYLOAD, PROTOCOL_VERSION
+
+from .control import ControlServer, RequestError
+from .dataplane import DataPlane
+
+log = logging.getLogger("meshnode.node")
+
+DEFAULT_PORT = 7400
+DEFAULT_HWM = 100_000
+
+
+@dataclass
+class NodeConfig:
+    name: str = ""
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    advertise: str = ""  # host peers and clients should dial; defaults to host
+    max_payload: int = DEFAULT_MAX_PAYLOAD
+    hwm: int = DEFAULT_HWM
+    peers: list = field(default_factory=list)
+
+    def __post_init__(self):
+        if self.host in ("0.0.0.0", "::", "*") and not self.advertise:
+            self.advertise = socket.gethostname()
+        self.advertise = self.advertise or self.host
+        if self.max_payload < 1:
+            raise ValueError("max payload must be at least 1 byte")
+
+
+class Node:
+    def __init__(self, config, discovery):
+        self.config = config
+        self.discovery = discovery
+        self.context = zmq.Context.instance()
+        self.started = time.time()
+        self.peers = {}
+        self.dataplane = DataPlane(self.context, config.host, hwm=config.hwm, max_payload=config.max_payload)
+        self.control = ControlServer(self.context, config.host, config.port, self)
+        self.name = validate_name(config.name or f"{socket.gethostname()}-{self.control.port}")
+        self.member = {
+            "name": self.name,
+            "control": f"tcp://{config.advertise}:{self.control.port}",
+            **self.dataplane.endpoints(config.advertise),
+            "instance": uuid.uuid4().hex,
+            "started": self.started,
+            "protocol": PROTOCOL_VERSION,
+        }
+
+    def start(self):
+        self.dataplane.start()
+        self.control.start()
+        self.discovery.start(self.member, self._on_members)
+
+    def _on_members(self, members):
+        self.peers = members
+        self.dataplane.set_peers(record["out"] for record in members.values())
+
+    def stop(self):
+        self.discovery.stop()
+        self.control.stop()
+        self.dataplane.stop()
+
+    # -- control commands (see docs/PROTOCOL.md) --------------------------
+
+    def cmd_hello(self, request):
+        return {"name": self.name, "protocol": PROTOCOL_VERSION, "max_payload": self.config.max_payload,
+                "endpoints": {k: self.member[k] for k in ("ingress", "out", "remote")},
+                "member": self.member}
+
+    def cmd_ping(self, request):
+        return {"pong": True}
+
+    def cmd_peer(self, request):
+        try:
+            member = validate_member(request.get("member"))
+        except ValueError as exc:
+            raise RequestError("bad_member", str(exc)) from None
+        self.discovery.announce(member)
+        return {"member": self.member}
+
+    def cmd_bye(self, request):
+        name = request.get("name")
+        if not isinstance(name, str):
+            raise RequestError("bad_request", "bye needs a name")
+        self.discovery.depart(name)
+        return {}
+
+    def cmd_peers(self, request):
+        return {"peers": sorted(self.peers.values(), key=lambda r: r["name"])}
+
+    def cmd_stats(self, request):
+        counters = self.dataplane.counters()
+        local, mesh = counters["local"], counters["mesh"]
+        return {
+            "name": self.name,
+            "uptime": time.time() - self.started,
+            "peers": len(self.peers),
+            "messages": {
+                # Every data message is two frames: [topic, envelope].
+                "published_here": local["frontend_frames_in"] // 2,
+                "sent_out": local["backend_frames_out"] // 2,
+                "from_peers": mesh["frontend_frames_in"] // 2,
+                "delivered_from_peers": mesh["backend_frames_out"] // 2,
+            },
+            "bytes": {
+                "published_here": local["frontend_bytes_in"],
+                "from_peers": mesh["frontend_bytes_in"],
+            },
+            "control": {"requests": self.control.requests, "malformed": self.control.malformed,
+                        "unknown_commands": self.control.unknown_commands},
+            "proxies": counters,
+        }

@@ -1,0 +1,18 @@
+from setuptools import setup
+
+setup(
+    name="meshnode",
+    version="0.1.0",
+    description="A broker-less publish/subscribe mesh over ZeroMQ, with ZooKeeper membership",
+    packages=["mesh", "nodes", "discovery"],
+    python_requires=">=3.9",
+    install_requires=[
+        "pyzmq>=25.1",
+        "gevent>=23.9",
+        "msgpack>=1.0.5",
+        "kazoo>=2.9",
+        "ws4py>=0.5.1",
+    ],
+    extras_require={"test": ["pytest>=7", "hypothesis>=6.80"]},
+    entry_points={"console_scripts": ["meshnode=nodes.cli:main"]},
+)
