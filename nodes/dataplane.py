@@ -19,6 +19,7 @@ import logging
 import struct
 
 import gevent
+import gevent.lock
 import zmq
 
 from mesh.subjects import MAX_SUBJECT_BYTES
@@ -100,6 +101,7 @@ class DataPlane:
             sock.setsockopt(zmq.HEARTBEAT_IVL, heartbeat_ivl_ms)
             sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, heartbeat_timeout_ms)
         self.peer_endpoints = set()
+        self._reconnecting = gevent.lock.Semaphore()  # one set_peers at a time
         self._local = _Proxy(context, "local", self.ingress, self.out)
         self._mesh = _Proxy(context, "mesh", self.mesh_in, self.remote)
 
@@ -117,6 +119,10 @@ class DataPlane:
     def set_peers(self, out_endpoints):
         """Connect ``mesh_in`` to exactly these peers' ``out`` endpoints."""
         wanted = set(out_endpoints)
+        with self._reconnecting:
+            self._set_peers(wanted)
+
+    def _set_peers(self, wanted):
         gone = self.peer_endpoints - wanted
         new = wanted - self.peer_endpoints
         if not gone and not new:
@@ -141,9 +147,11 @@ class DataPlane:
 
     def counters(self):
         """Frame and byte counts of both proxies (a message is 2 frames)."""
-        return {"local": self._local.counters(), "mesh": self._mesh.counters()}
+        with self._reconnecting:  # the steering sockets take one command at a time
+            return {"local": self._local.counters(), "mesh": self._mesh.counters()}
 
     def stop(self):
+        self._reconnecting.acquire()
         for proxy in (self._local, self._mesh):
             proxy.stop()
             proxy.close()

@@ -1,0 +1,34 @@
+import pytest
+
+from nodeproc import NodeProcess, wait_until
+
+
+@pytest.fixture
+def start_node():
+    """Factory for real node processes; every one is stopped (by PID) after the test."""
+    started = []
+
+    def start(name, *extra, peers=()):
+        args = list(extra)
+        for peer in peers:
+            args += ["--peer", peer.address if isinstance(peer, NodeProcess) else peer]
+        node = NodeProcess(name, *args)
+        started.append(node)
+        return node
+
+    yield start
+    for node in started:
+        node.kill()
+        # Shown by pytest only when the test failed.
+        print(f"--- {node.name} (pid {node.pid}) stderr ---\n{node.stderr_text[-4000:]}")
+
+
+@pytest.fixture
+def mesh3(start_node):
+    """Three linked nodes A, B, C (B and C name A; links are symmetric)."""
+    a = start_node("A")
+    b = start_node("B", peers=[a])
+    c = start_node("C", peers=[a, b])
+    for node, others in ((a, ["B", "C"]), (b, ["A", "C"]), (c, ["A", "B"])):
+        wait_until(lambda: node.peer_names() == others, what=f"{node.name} to see {others}")
+    return a, b, c

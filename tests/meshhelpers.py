@@ -1,0 +1,52 @@
+"""Helpers for tests that publish and subscribe through real nodes."""
+
+import time
+
+WARM_UP = "warm-up"
+
+
+def warm_up(publisher, subject, subscriptions, timeout=10.0):
+    """Publish ``subject`` until every subscription has received it once.
+
+    Subscriptions reach publishers asynchronously; this makes sure each
+    subscriber's interest has arrived before a test counts messages. Messages on
+    the warm-up data that are still in flight are skipped by :func:`collect`.
+    """
+    pending = list(subscriptions)
+    deadline = time.monotonic() + timeout
+    while pending:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{len(pending)} subscriptions never received {subject!r}")
+        publisher.publish(subject, WARM_UP)
+        for sub in list(pending):
+            try:
+                while sub.get(timeout=0.02).subject != subject:
+                    pass
+                pending.remove(sub)
+            except TimeoutError:
+                pass
+
+
+def collect(subscription, count, timeout=10.0):
+    """Read ``count`` messages, skipping warm-up messages."""
+    got = []
+    deadline = time.monotonic() + timeout
+    while len(got) < count:
+        message = subscription.get(timeout=max(0.01, deadline - time.monotonic()))
+        if message.data != WARM_UP:
+            got.append(message)
+    return got
+
+
+def assert_quiet(subscription, seconds=0.3):
+    """Nothing but warm-up messages arrives for ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return
+        try:
+            message = subscription.get(timeout=remaining)
+        except TimeoutError:
+            return
+        assert message.data == WARM_UP, f"unexpected extra message {message!r}"

@@ -1,0 +1,85 @@
+"""Real ``meshnode run`` processes for tests, started and stopped by PID."""
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+import msgpack
+import zmq
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MESHNODE = os.path.join(ROOT, "bin", "meshnode")
+
+
+class NodeProcess:
+    def __init__(self, name, *extra, port=0):
+        self.name = name
+        self.stderr_text = ""
+        cmd = [sys.executable, MESHNODE, "run", "--name", name, "--port", str(port), *extra]
+        # stderr goes to a file: a pipe nobody reads would block the node once full.
+        self._log = tempfile.TemporaryFile(mode="w+")
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self._log, text=True)
+        self.pid = self.proc.pid
+        line = self.proc.stdout.readline()
+        if not line.startswith("meshnode ready"):
+            self.kill()
+            raise RuntimeError(f"node {name} did not start: {line!r} {self.stderr_text}")
+        self.ready_line = line
+        fields = dict(part.split("=", 1) for part in line.split()[2:])
+        self.address = fields["control"]
+
+    def request(self, cmd, **fields):
+        """One control request with raw pyzmq (no client library)."""
+        sock = zmq.Context.instance().socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(f"tcp://{self.address}")
+        try:
+            sock.send(msgpack.packb({"v": 1, "cmd": cmd, "id": 1, **fields}))
+            if not sock.poll(5000):
+                raise TimeoutError(f"{self.name} did not answer {cmd}")
+            return msgpack.unpackb(sock.recv())
+        finally:
+            sock.close()
+
+    def stats(self):
+        return self.request("stats")
+
+    def peer_names(self):
+        return sorted(p["name"] for p in self.request("peers")["peers"])
+
+    def alive(self):
+        return self.proc.poll() is None
+
+    def stop(self, timeout=10):
+        """SIGTERM and wait; returns the exit code."""
+        if self.alive():
+            os.kill(self.pid, signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise
+
+    def kill(self):
+        if self.alive():
+            os.kill(self.pid, signal.SIGKILL)
+        self.proc.wait()
+        if not self._log.closed:
+            self._log.seek(0)
+            self.stderr_text = self._log.read()
+            self._log.close()
+            self.proc.stdout.close()
+
+
+def wait_until(predicate, timeout=10.0, interval=0.05, what="condition"):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
