@@ -61,6 +61,8 @@ JVM_OPTS = (
     "-Djava.awt.headless=true",
     "-Dorg.slf4j.simpleLogger.showDateTime=true",
     "-Dorg.slf4j.simpleLogger.dateTimeFormat=HH:mm:ss.SSS",
+    # Our readiness polling would fill the log with "Processing ruok command".
+    "-Dorg.slf4j.simpleLogger.log.org.apache.zookeeper.server.NIOServerCnxn=warn",
 )
 
 # pid -> Popen of every java process started here and not yet reaped.
@@ -417,9 +419,8 @@ class ZooKeeperEnsemble:
             if time.monotonic() > deadline:
                 tails = "\n".join(f"--- {m.name} (pid {m.pid}) {m.log_path}\n{m.log_tail(15)}"
                                   for m in self.members)
-                raise ZooKeeperError(
-                    f"no quorum after {timeout:.0f} s: {dict((m.name, mode) for m, mode in zip(group, modes))}\n"
-                    f"{tails}")
+                seen = {m.name: mode for m, mode in zip(group, modes)}
+                raise ZooKeeperError(f"no quorum after {timeout:.0f} s: {seen}\n{tails}")
             time.sleep(0.02)
 
     def leader(self):
