@@ -3,12 +3,14 @@
 A member record is a map that travels over the control socket and into
 ZooKeeper: ``name``, ``control``, ``ingress``, ``out``, ``remote`` (tcp
 endpoints), ``instance`` (random per process start), ``started`` (unix time),
-``protocol``. A backend calls ``on_change(members)`` with the full current
+``protocol``, ``max_payload``. A backend calls ``on_change(members)`` with the full current
 map of peer name -> record whenever it changes; the node connects to exactly
 those peers.
 """
 
 import re
+
+from mesh.envelope import PROTOCOL_VERSION
 
 _NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 _ENDPOINT = re.compile(r"^tcp://[^\s/]+:\d{1,5}$")
@@ -31,11 +33,14 @@ def validate_member(member):
         if not isinstance(value, str) or not _ENDPOINT.match(value):
             raise ValueError(f"member {clean['name']}: {field} {value!r} is not tcp://HOST:PORT")
         clean[field] = value
-    for field, kind in (("instance", str), ("started", (int, float)), ("protocol", int)):
+    for field, kind in (("instance", str), ("started", (int, float)), ("protocol", int), ("max_payload", int)):
         value = member.get(field)
         if not isinstance(value, kind) or isinstance(value, bool):
             raise ValueError(f"member {clean['name']}: {field} {value!r} has the wrong type")
         clean[field] = value
+    if clean["protocol"] != PROTOCOL_VERSION:
+        raise ValueError(f"member {clean['name']} speaks protocol {clean['protocol']}, "
+                         f"this node {PROTOCOL_VERSION}")
     return clean
 
 

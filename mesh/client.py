@@ -17,7 +17,7 @@ import uuid
 import zmq
 
 from .control import ControlChannel
-from .envelope import EnvelopeEncoder, MalformedMessage, decode
+from .envelope import PROTOCOL_VERSION, EnvelopeEncoder, MalformedMessage, decode
 from .subjects import Pattern, subject_from_topic, validate_subject
 from .waiting import pick_waiter, recv_multipart, running_under_gevent
 
@@ -42,6 +42,10 @@ class Client:
         except BaseException:
             self._control.close()
             raise
+        if info.get("protocol") != PROTOCOL_VERSION:
+            self._control.close()
+            raise RuntimeError(f"node at {address} speaks data protocol {info.get('protocol')!r}, "
+                               f"this library {PROTOCOL_VERSION}")
         self.node = info["name"]
         self.endpoints = info["endpoints"]
         self.max_payload = info["max_payload"]

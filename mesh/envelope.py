@@ -70,8 +70,8 @@ def decode(subject, raw):
     if not isinstance(fields, list) or len(fields) < 5:
         raise MalformedMessage("envelope is not an array of at least 5 fields")
     version, origin, seq, ts, data = fields[:5]
-    if version != PROTOCOL_VERSION:
+    if type(version) is not int or version != PROTOCOL_VERSION:
         raise MalformedMessage(f"envelope version {version!r} is not {PROTOCOL_VERSION}")
-    if not isinstance(origin, str) or not isinstance(seq, int) or not isinstance(ts, (int, float)):
+    if type(origin) is not str or type(seq) is not int or type(ts) not in (int, float):
         raise MalformedMessage("envelope origin/seq/ts have the wrong types")
     return Message(subject, data, origin, seq, ts)

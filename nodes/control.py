@@ -38,6 +38,7 @@ class ControlServer:
         self.handler = handler
         self.requests = 0
         self.malformed = 0
+        self.rejected = 0
         self.unknown_commands = 0
         self._wait = pick_waiter()
         self._loop = None
@@ -64,6 +65,12 @@ class ControlServer:
             self.malformed += 1
             return {"v": control.CONTROL_VERSION, "ok": False, "error": "malformed", "message": str(exc)}
         reply = {"v": control.CONTROL_VERSION, "id": request.get("id")}
+        version = request.get("v")
+        if type(version) is not int or version != control.CONTROL_VERSION:
+            self.rejected += 1
+            reply.update(ok=False, error="unsupported_version",
+                         message=f"control version {version!r} is not {control.CONTROL_VERSION}")
+            return reply
         cmd = request.get("cmd")
         method = getattr(self.handler, f"cmd_{cmd}", None) if isinstance(cmd, str) else None
         if method is None:
@@ -74,7 +81,7 @@ class ControlServer:
             reply.update(method(request) or {})
             reply["ok"] = True
         except RequestError as exc:
-            self.malformed += 1
+            self.rejected += 1
             reply.update(ok=False, error=exc.code, message=str(exc))
         except Exception as exc:  # a bug in a handler must not stop the node
             log.exception("control command %r failed", cmd)

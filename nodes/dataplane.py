@@ -82,24 +82,23 @@ class DataPlane:
         self._context = context
         max_frame = max_payload + _FRAME_OVERHEAD
 
-        def make(kind, bind):
+        def make(kind, bind, **options):
             sock = context.socket(kind)
             sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.SNDHWM, hwm)
             sock.setsockopt(zmq.RCVHWM, hwm)
-            if kind == zmq.XSUB:
-                sock.setsockopt(zmq.MAXMSGSIZE, max_frame)
+            for name, value in options.items():  # before bind: listeners copy options then
+                sock.setsockopt(getattr(zmq, name), value)
             if bind:
                 sock.bind(f"tcp://{host}:*")
             return sock
 
-        self.ingress = make(zmq.XSUB, True)
-        self.out = make(zmq.XPUB, True)
+        # Clients are held to the payload limit here; peers already held theirs.
+        self.ingress = make(zmq.XSUB, True, MAXMSGSIZE=max_frame)
+        heartbeats = {"HEARTBEAT_IVL": heartbeat_ivl_ms, "HEARTBEAT_TIMEOUT": heartbeat_timeout_ms}
+        self.out = make(zmq.XPUB, True, **heartbeats)
         self.remote = make(zmq.XPUB, True)
-        self.mesh_in = make(zmq.XSUB, False)
-        for sock in (self.out, self.mesh_in):
-            sock.setsockopt(zmq.HEARTBEAT_IVL, heartbeat_ivl_ms)
-            sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, heartbeat_timeout_ms)
+        self.mesh_in = make(zmq.XSUB, False, **heartbeats)
         self.peer_endpoints = set()
         self._reconnecting = gevent.lock.Semaphore()  # one set_peers at a time
         self._local = _Proxy(context, "local", self.ingress, self.out)

@@ -61,6 +61,7 @@ class Node:
             "instance": uuid.uuid4().hex,
             "started": self.started,
             "protocol": PROTOCOL_VERSION,
+            "max_payload": config.max_payload,
         }
 
     def start(self):
@@ -69,6 +70,11 @@ class Node:
         self.discovery.start(self.member, self._on_members)
 
     def _on_members(self, members):
+        for record in members.values():
+            if record["max_payload"] != self.config.max_payload and record["name"] not in self.peers:
+                log.warning("peer %s has --max-payload %d, this node %d: messages between the two limits "
+                            "reach only one side's subscribers", record["name"], record["max_payload"],
+                            self.config.max_payload)
         self.peers = members
         self.dataplane.set_peers(record["out"] for record in members.values())
 
@@ -124,6 +130,6 @@ class Node:
                 "from_peers": mesh["frontend_bytes_in"],
             },
             "control": {"requests": self.control.requests, "malformed": self.control.malformed,
-                        "unknown_commands": self.control.unknown_commands},
+                        "rejected": self.control.rejected, "unknown_commands": self.control.unknown_commands},
             "proxies": counters,
         }
