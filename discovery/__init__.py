@@ -2,5 +2,6 @@
 
 from .base import Discovery, validate_member
 from .static import StaticDiscovery
+from .zookeeper import DiscoveryError, ZooKeeperDiscovery
 
-__all__ = ["Discovery", "StaticDiscovery", "validate_member"]
+__all__ = ["Discovery", "DiscoveryError", "StaticDiscovery", "ZooKeeperDiscovery", "validate_member"]

@@ -8,6 +8,7 @@ import argparse
 import base64
 import json
 import sys
+import time
 
 EPILOG_ADDRESSES = "Addresses are a node's control address, HOST:PORT (default port 7400)."
 
@@ -46,6 +47,12 @@ def build_parser():
                      help="host name peers and clients should dial (default: --host)")
     run.add_argument("--peer", action="append", default=[], metavar="HOST:PORT",
                      help="another node's control address; repeatable. Links are symmetric")
+    _zookeeper_arguments(run, "find peers through ZooKeeper instead of --peer: register there and "
+                              "connect to every node of the mesh")
+    run.add_argument("--zk-timeout", type=float, default=10.0, metavar="SECONDS",
+                     help="ZooKeeper session timeout: how long a node that vanished stays registered, "
+                          "and how long start-up waits for ZooKeeper (default: 10; the server clamps it "
+                          "to 2-20 ticks)")
     run.add_argument("--max-payload", type=_positive_int, default=1024 * 1024, metavar="BYTES",
                      help="largest encoded message accepted (default: 1048576)")
     run.add_argument("--hwm", type=_positive_int, default=100_000, metavar="MESSAGES",
@@ -79,6 +86,12 @@ def build_parser():
     peers = commands.add_parser("peers", help="print the peers a node is linked to", epilog=EPILOG_ADDRESSES)
     peers.add_argument("--node", default="127.0.0.1:7400", metavar="HOST:PORT")
 
+    nodes = commands.add_parser("nodes", help="list the members of a mesh registered in ZooKeeper",
+                                description="List the nodes registered in ZooKeeper for a mesh: name, "
+                                            "endpoints, uptime.")
+    _zookeeper_arguments(nodes, "ZooKeeper to read the membership from", required=True)
+    nodes.add_argument("--json", action="store_true", help="one JSON object per node per line")
+
     demo = commands.add_parser("demo", help="start a local mesh and show messages flowing", description=(
         "Start a local mesh of nodes on loopback, subscribe at every node but the first, publish "
         "at the first and print what arrives. Stops on Ctrl-C or after --seconds."))
@@ -86,6 +99,14 @@ def build_parser():
     demo.add_argument("--base-port", type=int, default=7401, help="control port of the first node")
     demo.add_argument("--seconds", type=float, help="stop after this long (default: run until Ctrl-C)")
     return parser
+
+
+def _zookeeper_arguments(parser, zk_help, required=False):
+    parser.add_argument("--zk", required=required, metavar="HOST:PORT[,HOST:PORT...][/CHROOT]", help=zk_help)
+    parser.add_argument("--mesh", default="default", metavar="NAME",
+                        help="mesh name: nodes register under /meshnode/NAME/nodes (default: default)")
+    parser.add_argument("--zk-auth", metavar="USER:PASSWORD",
+                        help="ZooKeeper digest auth; the mesh's znodes become writable by this user only")
 
 
 def main(argv=None):
@@ -111,7 +132,7 @@ def cmd_run(args):
     import gevent
     import gevent.event
 
-    from discovery import StaticDiscovery
+    from discovery import StaticDiscovery, ZooKeeperDiscovery
     from nodes.node import Node, NodeConfig
 
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
@@ -120,8 +141,13 @@ def cmd_run(args):
                         max_payload=args.max_payload, hwm=args.hwm, peers=args.peer)
     import zmq
 
-    try:
+    if args.zk and args.peer:
+        raise ValueError("use either --zk or --peer, not both")
+    if args.zk:
+        discovery = ZooKeeperDiscovery(args.zk, args.mesh, session_timeout=args.zk_timeout, auth=args.zk_auth)
+    else:
         discovery = StaticDiscovery(zmq.Context.instance(), config.peers)
+    try:
         node = Node(config, discovery)
     except zmq.ZMQError as exc:
         raise RuntimeError(f"cannot bind on {args.host}:{args.port}: {exc}") from None
@@ -204,6 +230,28 @@ def cmd_peers(args):
     return 0
 
 
+def cmd_nodes(args):
+    from discovery.zookeeper import connect, read_members
+
+    client = connect(args.zk, connect_timeout=10, auth=args.zk_auth)
+    try:
+        members = read_members(client, args.mesh)
+    finally:
+        client.stop()
+        client.close()
+    now = time.time()
+    if not args.json:
+        print(f"{'NAME':<20} {'CONTROL':<24} {'UPTIME':>9}  DATA (ingress, out, remote)")
+    for name, record in sorted(members.items()):
+        uptime = now - record["started"]
+        if args.json:
+            print(json.dumps({**record, "uptime": round(uptime, 3)}, sort_keys=True))
+        else:
+            print(f"{name:<20} {record['control'].removeprefix('tcp://'):<24} {uptime:>8.0f}s  "
+                  f"{record['ingress']} {record['out']} {record['remote']}")
+    return 0
+
+
 def cmd_demo(args):
     from nodes.demo import run_demo
 
@@ -211,7 +259,7 @@ def cmd_demo(args):
 
 
 COMMANDS = {"run": cmd_run, "pub": cmd_pub, "sub": cmd_sub, "stats": cmd_stats,
-            "peers": cmd_peers, "demo": cmd_demo}
+            "peers": cmd_peers, "nodes": cmd_nodes, "demo": cmd_demo}
 
 
 if __name__ == "__main__":

@@ -67,7 +67,12 @@ class Node:
     def start(self):
         self.dataplane.start()
         self.control.start()
-        self.discovery.start(self.member, self._on_members)
+        try:
+            self.discovery.start(self.member, self._on_members)
+        except BaseException:
+            self.control.stop()
+            self.dataplane.stop()
+            raise
 
     def _on_members(self, members):
         for record in members.values():

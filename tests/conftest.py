@@ -32,3 +32,14 @@ def mesh3(start_node):
     for node, others in ((a, ["B", "C"]), (b, ["A", "C"]), (c, ["A", "B"])):
         wait_until(lambda: node.peer_names() == others, what=f"{node.name} to see {others}")
     return a, b, c
+
+
+from zk_fixtures import zk_ensemble, zk_server  # noqa: E402,F401  (real ZooKeeper fixtures)
+
+
+@pytest.fixture
+def zk_node(start_node):
+    """Start a node that finds its peers through ZooKeeper: zk_node(name, zk_hosts, *extra)."""
+    def start(name, hosts, *extra, mesh="test", timeout="2"):
+        return start_node(name, "--zk", hosts, "--mesh", mesh, "--zk-timeout", timeout, *extra)
+    return start

@@ -1,0 +1,205 @@
+"""ZooKeeper membership: one ephemeral znode per node, a children watch for peers.
+
+Layout: ``/meshnode/<mesh>/nodes/<node name>``, ephemeral, holding the node's
+member record as JSON (readable with zkCli). The node connects to whoever is
+there and follows the children watch as nodes come and go. ZooKeeper is never
+on the data path:
+
+* SUSPENDED (connection lost, session may still live): keep the last
+  membership and keep serving; kazoo reconnects by itself.
+* LOST (session expired, our ephemeral znode is gone): kazoo does not recreate
+  ephemeral znodes, so we re-register once a new session is CONNECTED.
+* Unreachable at start-up: :class:`DiscoveryError` after the connect timeout,
+  with the hosts in the message (the CLI exits with it).
+
+``--zk-auth user:password`` adds digest auth: the znodes this node creates are
+readable by anyone and writable only by that user, so other ZooKeeper users
+cannot delete or rewrite the mesh's membership.
+"""
+
+import json
+import logging
+import time
+
+import gevent
+import gevent.event
+from kazoo.client import KazooClient, KazooState
+from kazoo.exceptions import KazooException, NodeExistsError, NoNodeError, ZookeeperError
+from kazoo.recipe.watchers import ChildrenWatch
+from kazoo.retry import KazooRetry
+from kazoo.security import OPEN_ACL_UNSAFE, make_acl, make_digest_acl
+
+from mesh.waiting import running_under_gevent
+
+from .base import Discovery, validate_member, validate_name
+
+log = logging.getLogger("meshnode.discovery.zookeeper")
+
+ROOT = "/meshnode"
+
+
+class DiscoveryError(RuntimeError):
+    """Membership cannot be established (unreachable ZooKeeper, name taken)."""
+
+
+def members_path(mesh):
+    return f"{ROOT}/{validate_name(mesh)}/nodes"
+
+
+def connect(hosts, session_timeout=10.0, connect_timeout=None, auth=None):
+    """A started KazooClient (gevent handler when the program is green).
+
+    ``auth`` is ``"user:password"`` or None. Raises DiscoveryError when no
+    server answers within ``connect_timeout`` (default: the session timeout).
+    """
+    handler = None
+    if running_under_gevent():
+        from kazoo.handlers.gevent import SequentialGeventHandler
+
+        handler = SequentialGeventHandler()
+    acl = OPEN_ACL_UNSAFE
+    auth_data = None
+    if auth:
+        user, sep, password = auth.partition(":")
+        if not sep or not user:
+            raise ValueError("ZooKeeper auth must be USER:PASSWORD")
+        auth_data = [("digest", auth)]
+        acl = [make_digest_acl(user, password, all=True), make_acl("world", "anyone", read=True)]
+    client = KazooClient(hosts=hosts, timeout=session_timeout, handler=handler, default_acl=acl,
+                         auth_data=auth_data, connection_retry=KazooRetry(max_tries=-1, max_delay=2))
+    timeout = session_timeout if connect_timeout is None else connect_timeout
+    try:
+        client.start(timeout=timeout)
+    except (Exception, client.handler.timeout_exception) as exc:  # gevent's is a BaseException
+        client.stop()
+        client.close()
+        raise DiscoveryError(f"cannot reach ZooKeeper at {hosts} within {timeout:g} s ({exc})") from None
+    return client
+
+
+def read_members(client, mesh):
+    """Current member records of a mesh, name -> record (bad records skipped)."""
+    path = members_path(mesh)
+    members = {}
+    try:
+        children = client.get_children(path)
+    except NoNodeError:
+        return members
+    for child in children:
+        try:
+            data, _ = client.get(f"{path}/{child}")
+            record = validate_member(json.loads(data.decode("utf-8")))
+        except NoNodeError:
+            continue  # left between the two reads
+        except ValueError as exc:
+            log.warning("ignoring znode %s/%s: %s", path, child, exc)
+            continue
+        members[record["name"]] = record
+    return members
+
+
+class ZooKeeperDiscovery(Discovery):
+    def __init__(self, hosts, mesh, session_timeout=10.0, auth=None):
+        self.hosts = hosts
+        self.mesh = mesh
+        self.path = members_path(mesh)
+        self.session_timeout = session_timeout
+        self.auth = auth
+        self.registrations = 0
+        self._client = None
+        self._me = None
+        self._on_change = None
+        self._published = None
+        self._session_lost = False
+        self._stopping = False
+
+    @property
+    def my_path(self):
+        return f"{self.path}/{self._me['name']}"
+
+    def start(self, me, on_change):
+        self._me = me
+        self._on_change = on_change
+        self._client = connect(self.hosts, self.session_timeout, auth=self.auth)
+        try:
+            self._client.ensure_path(self.path)
+            self._register()
+        except BaseException:
+            self._client.stop()
+            self._client.close()
+            raise
+        self._dirty = gevent.event.Event()
+        self._client.add_listener(self._on_state)
+        ChildrenWatch(self._client, self.path, self._on_children)
+        self._refresher = gevent.spawn(self._refresh_loop)
+
+    def _register(self):
+        """Create our ephemeral znode; refuse a name another live node holds."""
+        data = json.dumps(self._me, sort_keys=True).encode("utf-8")
+        try:
+            self._client.create(self.my_path, data, ephemeral=True)
+        except NodeExistsError:
+            try:
+                holder = json.loads(self._client.get(self.my_path)[0].decode("utf-8"))
+            except NoNodeError:
+                return self._register()  # it expired just now
+            if holder.get("instance") != self._me["instance"]:
+                raise DiscoveryError(
+                    f"node name {self._me['name']!r} is already taken in mesh {self.mesh!r} by the node "
+                    f"at {holder.get('control')} (started {time.time() - holder.get('started', 0):.0f} s ago); "
+                    f"choose another --name") from None
+        self.registrations += 1
+        log.info("registered %s in ZooKeeper at %s", self.my_path, self.hosts)
+
+    def _on_state(self, state):
+        """kazoo's connection listener: must not block, so it only schedules."""
+        if state == KazooState.SUSPENDED:
+            log.warning("ZooKeeper connection suspended: serving with the last known membership")
+        elif state == KazooState.LOST:
+            self._session_lost = True
+            log.warning("ZooKeeper session lost: will re-register when a new session starts")
+        elif state == KazooState.CONNECTED:
+            log.info("ZooKeeper connected")
+            self._client.handler.spawn(self._after_reconnect)
+
+    def _after_reconnect(self):
+        if self._session_lost and not self._stopping:
+            try:
+                self._register()
+                self._session_lost = False
+            except (KazooException, ZookeeperError, DiscoveryError) as exc:
+                log.error("re-registration failed, retrying on the next connect: %s", exc)
+        self._dirty.set()
+
+    def _on_children(self, children):
+        self._dirty.set()
+        return not self._stopping
+
+    def _refresh_loop(self):
+        while True:
+            self._dirty.wait()
+            self._dirty.clear()
+            try:
+                members = read_members(self._client, self.mesh)
+            except (KazooException, ZookeeperError) as exc:
+                log.warning("cannot read membership now (%s); keeping the last one", exc)
+                gevent.sleep(1.0)
+                self._dirty.set()
+                continue
+            members.pop(self._me["name"], None)
+            if members != self._published:
+                self._published = members
+                self._on_change(dict(members))
+
+    def stop(self):
+        """Delete our znode (peers drop us at once) and close the session."""
+        self._stopping = True
+        self._refresher.kill()
+        with gevent.Timeout(3, False):
+            try:
+                self._client.delete(self.my_path)
+            except (KazooException, ZookeeperError):
+                pass
+        with gevent.Timeout(3, False):
+            self._client.stop()
+        self._client.close()

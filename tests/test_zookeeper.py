@@ -1,0 +1,253 @@
+"""Self-organizing membership through a real ZooKeeper server (Debian's zookeeper)."""
+
+import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+from kazoo.client import KazooClient
+from kazoo.exceptions import NoAuthError
+
+from mesh import Client
+from meshhelpers import collect, warm_up
+from nodeproc import MESHNODE, wait_until
+
+
+def meshnode(*args, timeout=30):
+    return subprocess.run([sys.executable, MESHNODE, *args], capture_output=True, text=True, timeout=timeout)
+
+
+def linked(nodes):
+    names = sorted(n.name for n in nodes)
+    return all(n.peer_names() == [x for x in names if x != n.name] for n in nodes)
+
+
+def test_three_nodes_find_each_other_and_every_pair_delivers(zk_server, zk_node):
+    nodes = [zk_node(name, zk_server.hosts) for name in ("A", "B", "C")]
+    wait_until(lambda: linked(nodes), what="full mesh via ZooKeeper")
+    clients = {n.name: Client(n.address) for n in nodes}
+    try:
+        subs = {name: c.subscribe(f"to.{name}") for name, c in clients.items()}
+        for src, dst in itertools.permutations(clients, 2):
+            warm_up(clients[src], f"to.{dst}", [subs[dst]])
+            clients[src].publish(f"to.{dst}", f"{src}->{dst}")
+            assert collect(subs[dst], 1)[0].data == f"{src}->{dst}"
+    finally:
+        for c in clients.values():
+            c.close()
+
+
+def test_member_znodes_are_json_readable_by_any_zookeeper_client(zk_server, zk_node):
+    a = zk_node("A", zk_server.hosts, mesh="orders")
+    zk = KazooClient(hosts=zk_server.hosts)
+    zk.start(10)
+    try:
+        assert zk.get_children("/meshnode/orders/nodes") == ["A"]
+        data, stat = zk.get("/meshnode/orders/nodes/A")
+        record = json.loads(data)
+        assert record["control"] == f"tcp://{a.address}" and record["name"] == "A"
+        assert stat.ephemeralOwner != 0
+    finally:
+        zk.stop()
+        zk.close()
+
+
+def test_late_node_is_wired_in_and_its_subscriptions_reach_the_others(zk_server, zk_node, capsys):
+    a = zk_node("A", zk_server.hosts)
+    b = zk_node("B", zk_server.hosts)
+    wait_until(lambda: linked([a, b]), what="A-B link")
+    with Client(a.address) as pa:
+        started = time.monotonic()
+        d = zk_node("D", zk_server.hosts)
+        with Client(d.address) as cd:
+            sub = cd.subscribe("late.>")
+            deadline = time.monotonic() + 15
+            while True:  # publish at A until D delivers: join-to-first-delivery
+                pa.publish("late.x", "hello")
+                try:
+                    sub.get(timeout=0.005)
+                    break
+                except TimeoutError:
+                    assert time.monotonic() < deadline, "D never received"
+            joined = time.monotonic() - started
+            with capsys.disabled():
+                print(f"\n[measure] join-to-first-delivery (process start to first message): {joined:.3f} s")
+            with Client(b.address) as cb:
+                at_b = cb.subscribe("from.d")
+                warm_up(cd, "from.d", [at_b])
+    assert linked([a, b, d])
+
+
+def test_graceful_stop_drops_at_once_and_kill_drops_within_the_session_timeout(zk_server, zk_node):
+    a = zk_node("A", zk_server.hosts)
+    b = zk_node("B", zk_server.hosts)
+    c = zk_node("C", zk_server.hosts)
+    wait_until(lambda: linked([a, b, c]), what="mesh")
+    started = time.monotonic()
+    assert c.stop() == 0
+    wait_until(lambda: a.peer_names() == ["B"], timeout=2, interval=0.02, what="graceful drop")
+    graceful = time.monotonic() - started
+    started = time.monotonic()
+    b.kill()
+    wait_until(lambda: a.peer_names() == [], timeout=2 + 3, interval=0.05, what="drop after kill -9")
+    killed = time.monotonic() - started
+    print(f"[measure] graceful drop {graceful:.3f} s, kill -9 drop {killed:.3f} s (session 2 s)")
+    assert graceful < 1.0
+
+
+def test_duplicate_name_is_refused(zk_server, zk_node):
+    zk_node("A", zk_server.hosts)
+    result = meshnode("run", "--name", "A", "--port", "0", "--zk", zk_server.hosts, "--mesh", "test")
+    assert result.returncode == 1
+    assert "node name 'A' is already taken in mesh 'test'" in result.stderr
+    assert "meshnode ready" not in result.stdout
+
+
+def test_the_same_name_in_another_mesh_is_fine(zk_server, zk_node):
+    zk_node("A", zk_server.hosts, mesh="one")
+    zk_node("A", zk_server.hosts, mesh="two")
+    result = meshnode("nodes", "--zk", zk_server.hosts, "--mesh", "two", "--json")
+    assert [json.loads(line)["name"] for line in result.stdout.splitlines()] == ["A"]
+
+
+def test_unreachable_zookeeper_at_start_is_a_clear_error(zk_server):
+    port = zk_server.port
+    zk_server.stop()
+    started = time.monotonic()
+    result = meshnode("run", "--port", "0", "--zk", f"127.0.0.1:{port}", "--zk-timeout", "2")
+    assert result.returncode == 1
+    assert f"cannot reach ZooKeeper at 127.0.0.1:{port} within 2 s" in result.stderr
+    assert time.monotonic() - started < 15
+
+
+def test_nodes_command_lists_members(zk_server, zk_node):
+    a = zk_node("A", zk_server.hosts)
+    b = zk_node("B", zk_server.hosts)
+    result = meshnode("nodes", "--zk", zk_server.hosts, "--mesh", "test")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].split()[:3] == ["NAME", "CONTROL", "UPTIME"]
+    assert [line.split()[0] for line in lines[1:]] == ["A", "B"]
+    assert a.address in lines[1] and b.address in lines[2]
+    records = [json.loads(line) for line in
+               meshnode("nodes", "--zk", zk_server.hosts, "--mesh", "test", "--json").stdout.splitlines()]
+    assert [r["name"] for r in records] == ["A", "B"]
+    assert all(r["uptime"] >= 0 and r["out"].startswith("tcp://") for r in records)
+    empty = meshnode("nodes", "--zk", zk_server.hosts, "--mesh", "nobody")
+    assert empty.returncode == 0 and len(empty.stdout.splitlines()) == 1
+
+
+def _steady_publisher(client, subject, stop, rate=500):
+    sent = [0]
+
+    def run():
+        while not stop.is_set():
+            client.publish(subject, sent[0])
+            sent[0] += 1
+            time.sleep(1 / rate)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, sent
+
+
+def test_zookeeper_outage_loses_nothing_and_recovery_lets_a_node_join(zk_server, zk_node):
+    a = zk_node("A", zk_server.hosts, timeout="4")
+    b = zk_node("B", zk_server.hosts, timeout="4")
+    wait_until(lambda: linked([a, b]), what="mesh")
+    with Client(a.address) as pa, Client(b.address) as cb:
+        sub = cb.subscribe("steady")
+        warm_up(pa, "steady", [sub])
+        stop = threading.Event()
+        thread, sent = _steady_publisher(pa, "steady", stop)
+        got = []
+        zk_server.stop()
+        outage_end = time.monotonic() + 6
+        while time.monotonic() < outage_end:
+            got.append(sub.get(timeout=2))
+        assert a.peer_names() == ["B"] and b.peer_names() == ["A"]  # kept the last membership
+        zk_server.start()
+        time.sleep(1)
+        stop.set()
+        thread.join()
+        total = sent[0]
+        got += collect(sub, total - len([m for m in got if m.data != "warm-up"]), timeout=10)
+        data = [m.data for m in got if m.data != "warm-up"]
+        assert data == list(range(total)), "messages lost or reordered during the ZooKeeper outage"
+        assert sub.gaps == 0
+        print(f"[measure] {total} messages during a 6 s ZooKeeper outage, 0 lost")
+    def registered():
+        listed = meshnode("nodes", "--zk", zk_server.hosts, "--mesh", "test", "--json").stdout
+        return sorted(json.loads(line)["name"] for line in listed.splitlines())
+    wait_until(lambda: registered() == ["A", "B"], timeout=15, what="A and B registered again")
+    c = zk_node("C", zk_server.hosts, timeout="4")
+    wait_until(lambda: linked([a, b, c]), timeout=15, what="a new node to join after the outage")
+
+
+def test_forced_session_expiry_re_registers(zk_server, zk_node):
+    a = zk_node("A", zk_server.hosts)
+    b = zk_node("B", zk_server.hosts)
+    wait_until(lambda: linked([a, b]), what="mesh")
+    zk = KazooClient(hosts=zk_server.hosts)
+    zk.start(10)
+    try:
+        first_owner = zk.exists("/meshnode/test/nodes/B").ephemeralOwner
+        os.kill(b.pid, signal.SIGSTOP)  # B's ZooKeeper link goes silent; its session expires (2 s)
+        wait_until(lambda: zk.exists("/meshnode/test/nodes/B") is None, timeout=10, what="B's session to expire")
+        wait_until(lambda: a.peer_names() == [], timeout=5, what="A to drop B")
+        os.kill(b.pid, signal.SIGCONT)
+        wait_until(lambda: zk.exists("/meshnode/test/nodes/B") is not None, timeout=15, what="B to re-register")
+        assert zk.exists("/meshnode/test/nodes/B").ephemeralOwner != first_owner
+        wait_until(lambda: linked([a, b]), timeout=10, what="A and B relinked")
+    finally:
+        zk.stop()
+        zk.close()
+    with Client(a.address) as pa, Client(b.address) as cb:
+        sub = cb.subscribe("after.expiry")
+        warm_up(pa, "after.expiry", [sub])
+
+
+def test_ensemble_losing_one_server_causes_no_disruption(zk_ensemble, zk_node):
+    hosts = zk_ensemble.hosts
+    a = zk_node("A", hosts, timeout="4")
+    b = zk_node("B", hosts, timeout="4")
+    wait_until(lambda: linked([a, b]), what="mesh")
+    with Client(a.address) as pa, Client(b.address) as cb:
+        sub = cb.subscribe("ens")
+        warm_up(pa, "ens", [sub])
+        stop = threading.Event()
+        thread, sent = _steady_publisher(pa, "ens", stop)
+        time.sleep(0.5)
+        zk_ensemble.leader().kill()
+        time.sleep(3)
+        stop.set()
+        thread.join()
+        data = [m.data for m in collect(sub, sent[0], timeout=10)]
+        assert data == list(range(sent[0]))
+        assert sub.gaps == 0
+    c = zk_node("C", hosts, timeout="4")
+    wait_until(lambda: linked([a, b, c]), timeout=15, what="a node to join with 2 of 3 servers")
+
+
+def test_digest_auth_keeps_other_users_out(zk_server, zk_node):
+    zk_node("A", zk_server.hosts, "--zk-auth", "mesh:secret", mesh="guarded")
+    stranger = KazooClient(hosts=zk_server.hosts)
+    stranger.start(10)
+    try:
+        assert json.loads(stranger.get("/meshnode/guarded/nodes/A")[0])["name"] == "A"  # world-readable
+        with pytest.raises(NoAuthError):
+            stranger.set("/meshnode/guarded/nodes/A", b"{}")
+        with pytest.raises(NoAuthError):
+            stranger.delete("/meshnode/guarded/nodes/A")
+        with pytest.raises(NoAuthError):
+            stranger.create("/meshnode/guarded/nodes/fake", b"{}")
+    finally:
+        stranger.stop()
+        stranger.close()
+    listed = meshnode("nodes", "--zk", zk_server.hosts, "--mesh", "guarded", "--zk-auth", "mesh:secret", "--json")
+    assert [json.loads(line)["name"] for line in listed.stdout.splitlines()] == ["A"]
