@@ -36,19 +36,9 @@ class Client:
         self._context = zmq.Context.instance()
         self._wait = pick_waiter()
         self._hwm = hwm
-        self._control = ControlChannel(self._context, address, self._wait, timeout)
-        try:
-            info = self._control.request("hello")
-        except BaseException:
-            self._control.close()
-            raise
-        if info.get("protocol") != PROTOCOL_VERSION:
-            self._control.close()
-            raise RuntimeError(f"node at {address} speaks data protocol {info.get('protocol')!r}, "
-                               f"this library {PROTOCOL_VERSION}")
-        self.node = info["name"]
-        self.endpoints = info["endpoints"]
-        self.max_payload = info["max_payload"]
+        self._timeout = timeout
+        self._control, info = self._hello(address)
+        self._adopt(info)
         self.origin = name or f"{self.node}/{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
         self._encoder = EnvelopeEncoder(self.origin, self.max_payload)
         self._streams = {}  # subject -> [topic frame, last sequence number]
@@ -56,11 +46,72 @@ class Client:
         self._publishes = 0
         self._lock = threading.Lock()
         self._subscriptions = set()
-        self._pub = self._context.socket(zmq.XPUB)
-        self._pub.setsockopt(zmq.SNDHWM, hwm)
-        self._pub.setsockopt(zmq.LINGER, 2000)
-        self._pub.connect(self.endpoints["ingress"])
+        self._pub = self._publish_socket()
+        self._failover = None
+        self.failovers = 0
         self.closed = False
+
+    @classmethod
+    def from_zookeeper(cls, hosts, mesh="default", *, zk_auth=None, zk_timeout=10.0, on_failover=None,
+                       **options):
+        """A Client on a random node of ``mesh``, found through ZooKeeper.
+
+        When that node leaves the mesh (its znode goes: at once on a clean stop,
+        after its session timeout on a crash) the client moves to another node,
+        re-creates its subscriptions there and calls ``on_failover(old, new)``.
+        Messages missed meanwhile show up in each ``Subscription.gaps``.
+        """
+        from .failover import ZooKeeperFailover
+
+        return ZooKeeperFailover.connect(cls, hosts, mesh, zk_auth, zk_timeout, on_failover, options)
+
+    def _hello(self, address):
+        control = ControlChannel(self._context, address, self._wait, self._timeout)
+        try:
+            info = control.request("hello")
+            if info.get("protocol") != PROTOCOL_VERSION:
+                raise RuntimeError(f"node at {address} speaks data protocol {info.get('protocol')!r}, "
+                                   f"this library {PROTOCOL_VERSION}")
+        except BaseException:
+            control.close()
+            raise
+        return control, info
+
+    def _adopt(self, info):
+        self.node = info["name"]
+        self.endpoints = info["endpoints"]
+        self.max_payload = info["max_payload"]
+
+    def _publish_socket(self):
+        sock = self._context.socket(zmq.XPUB)
+        sock.setsockopt(zmq.SNDHWM, self._hwm)
+        sock.setsockopt(zmq.LINGER, 2000)
+        sock.connect(self.endpoints["ingress"])
+        return sock
+
+    def _subscribe_socket(self, prefix):
+        sock = self._context.socket(zmq.SUB)
+        sock.setsockopt(zmq.RCVHWM, self._hwm)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SUBSCRIBE, prefix)
+        sock.connect(self.endpoints["out"])
+        sock.connect(self.endpoints["remote"])
+        return sock
+
+    def _move_to(self, address):
+        """Switch to the node at ``address``: publisher, subscriptions, control."""
+        control, info = self._hello(address)
+        with self._lock:
+            old_control, old_pub = self._control, self._pub
+            self._control = control
+            self._adopt(info)
+            self._encoder.max_payload = self.max_payload
+            self._pub = self._publish_socket()
+            self._interest.clear()
+            old_pub.close(linger=0)
+            old_control.close()
+        for sub in list(self._subscriptions):
+            sub._reconnect()
 
     # -- publishing -------------------------------------------------------
 
@@ -148,6 +199,8 @@ class Client:
             return
         for sub in list(self._subscriptions):
             sub.unsubscribe()
+        if self._failover is not None:
+            self._failover.close()
         with self._lock:
             self.closed = True
             self._pub.close()
@@ -177,16 +230,11 @@ class Subscription:
         self._wait = client._wait
         self._last_seq = {}  # (origin, subject) -> last sequence number seen
         self._closing = False
+        self._moved = False  # the client moved to another node: reconnect before reading
         self._reading = False
         self._state_lock = threading.Lock()
         self._reader = None
-        sock = client._context.socket(zmq.SUB)
-        sock.setsockopt(zmq.RCVHWM, client._hwm)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.SUBSCRIBE, pattern.prefix)
-        sock.connect(client.endpoints["out"])
-        sock.connect(client.endpoints["remote"])
-        self._sock = sock
+        self._sock = client._subscribe_socket(pattern.prefix)
 
     @property
     def closed(self):
@@ -202,6 +250,8 @@ class Subscription:
             self._reading = True
         try:
             while True:
+                if self._moved:
+                    self._replace_socket()
                 remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
                 slice_ = _CLOSE_CHECK_SECONDS if remaining is None else min(remaining, _CLOSE_CHECK_SECONDS)
                 try:
@@ -250,6 +300,18 @@ class Subscription:
                 if self._closing:
                     return
                 raise
+
+    def _reconnect(self):
+        """The client moved nodes; the reader (or we, if none) re-creates the socket."""
+        with self._state_lock:
+            self._moved = True
+            if not self._reading and not self._closing:
+                self._replace_socket()
+
+    def _replace_socket(self):
+        self._moved = False
+        self._sock.close()
+        self._sock = self._client._subscribe_socket(self.pattern.prefix)
 
     def unsubscribe(self):
         """Stop receiving. Safe to call from another thread than the reader."""

@@ -1,0 +1,100 @@
+"""Keeping a Client on a live node of a mesh, through ZooKeeper membership.
+
+``Client.from_zookeeper`` lands here: pick a random registered node, watch
+its znode, and when the znode goes (clean stop: at once; crash: after the
+node's session timeout) move the client to another registered node. The
+client keeps its origin and sequence numbers, so subscribers elsewhere see
+messages lost in the move as gaps, and its own subscriptions count the gap
+when the next message from each publisher arrives.
+"""
+
+import logging
+import random
+
+from kazoo.exceptions import KazooException, ZookeeperError
+from kazoo.recipe.watchers import DataWatch
+
+from discovery.zookeeper import connect, members_path, read_members
+
+from .control import ControlError
+
+log = logging.getLogger("mesh.failover")
+
+RETRY_SECONDS = 1.0
+
+
+class ZooKeeperFailover:
+    def __init__(self, client, zk, mesh, on_failover):
+        self.client = client
+        self.zk = zk
+        self.mesh = mesh
+        self.on_failover = on_failover
+        self.closed = False
+
+    @classmethod
+    def connect(cls, client_class, hosts, mesh, auth, session_timeout, on_failover, options):
+        zk = connect(hosts, session_timeout=session_timeout, auth=auth)
+        try:
+            members = read_members(zk, mesh)
+            client = _first_that_answers(client_class, members.values(), options)
+            if client is None:
+                raise RuntimeError(f"no node of mesh {mesh!r} registered at {hosts} answered "
+                                   f"({len(members)} registered)")
+        except BaseException:
+            zk.stop()
+            zk.close()
+            raise
+        client._failover = failover = cls(client, zk, mesh, on_failover)
+        failover._watch(client.node)
+        return client
+
+    def _watch(self, node):
+        def on_data(data, stat):
+            if self.closed:
+                return False
+            if data is None:
+                self.zk.handler.spawn(self._move, node)
+                return False
+            return True
+
+        DataWatch(self.zk, f"{members_path(self.mesh)}/{node}", on_data)
+
+    def _move(self, gone):
+        log.warning("node %s left mesh %s: moving", gone, self.mesh)
+        while not self.closed:
+            try:
+                members = read_members(self.zk, self.mesh)
+            except (KazooException, ZookeeperError) as exc:
+                log.warning("cannot read the membership now (%s); retrying", exc)
+                members = {}
+            candidates = [r for name, r in members.items() if name != gone]
+            random.shuffle(candidates)
+            for record in candidates:
+                try:
+                    self.client._move_to(record["control"])
+                except (TimeoutError, ControlError, RuntimeError) as exc:
+                    log.warning("node %s did not take us: %s", record["name"], exc)
+                    continue
+                self.client.failovers += 1
+                log.warning("moved from %s to %s", gone, self.client.node)
+                if self.on_failover is not None:
+                    self.on_failover(gone, self.client.node)
+                self._watch(self.client.node)
+                return
+            self.zk.handler.sleep_func(RETRY_SECONDS)
+
+    def close(self):
+        self.closed = True
+        self.zk.stop()
+        self.zk.close()
+
+
+def _first_that_answers(client_class, records, options):
+    records = list(records)
+    random.shuffle(records)
+    for record in records:
+        try:
+            return client_class(record["control"], **options)
+        except (TimeoutError, ControlError, RuntimeError) as exc:
+            log.warning("node %s did not answer: %s", record["name"], exc)
+    return None
