@@ -13,6 +13,10 @@ unsubscribe upstream, XSUB re-sends its subscriptions to each new connection.
 ``mesh_in`` belongs to its proxy thread while it runs, so changing the set of
 peers pauses the proxy, reads its counters, stops it, reconnects, restarts it.
 Messages wait in the socket queues meanwhile; none are lost.
+
+A monitor on ``mesh_in`` tracks each peer link (ZMTP heartbeats every second,
+3 s timeout), so a dead link shows within seconds, long before a membership
+backend would notice.
 """
 
 import logging
@@ -21,6 +25,7 @@ import struct
 import gevent
 import gevent.lock
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from mesh.subjects import MAX_SUBJECT_BYTES
 from mesh.waiting import pick_waiter, recv_multipart
@@ -101,6 +106,11 @@ class DataPlane:
         self.mesh_in = make(zmq.XSUB, False, **heartbeats)
         self.peer_endpoints = set()
         self._reconnecting = gevent.lock.Semaphore()  # one set_peers at a time
+        self.links = {}  # peer out endpoint -> "up" | "down"
+        self.link_failures = 0
+        # Attach the monitor before the proxy thread owns mesh_in.
+        self._link_events = self.mesh_in.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
+        self._link_watcher = None
         self._local = _Proxy(context, "local", self.ingress, self.out)
         self._mesh = _Proxy(context, "mesh", self.mesh_in, self.remote)
 
@@ -114,6 +124,26 @@ class DataPlane:
     def start(self):
         self._local.start()
         self._mesh.start()
+        self._link_watcher = gevent.spawn(self._watch_links)
+
+    def _watch_links(self):
+        wait = pick_waiter()
+        while True:
+            try:
+                event = recv_monitor_message(self._link_events, zmq.NOBLOCK)
+            except zmq.Again:
+                wait(self._link_events, None)
+                continue
+            endpoint = event["endpoint"].decode()
+            if endpoint not in self.links:
+                continue  # a peer we already let go
+            if event["event"] == zmq.EVENT_CONNECTED:
+                self.links[endpoint] = "up"
+            else:
+                if self.links[endpoint] == "up":
+                    self.link_failures += 1
+                    log.warning("link to peer %s is down", endpoint)
+                self.links[endpoint] = "down"
 
     def set_peers(self, out_endpoints):
         """Connect ``mesh_in`` to exactly these peers' ``out`` endpoints."""
@@ -129,6 +159,7 @@ class DataPlane:
         self._mesh.stop()
         try:
             for endpoint in gone:
+                self.links.pop(endpoint, None)
                 try:
                     self.mesh_in.disconnect(endpoint)
                 except zmq.ZMQError as exc:
@@ -136,6 +167,7 @@ class DataPlane:
             for endpoint in new:
                 try:
                     self.mesh_in.connect(endpoint)
+                    self.links[endpoint] = "down"  # until the monitor reports it connected
                 except zmq.ZMQError as exc:
                     log.warning("cannot connect to peer endpoint %r: %s", endpoint, exc)
                     wanted.discard(endpoint)
@@ -151,6 +183,10 @@ class DataPlane:
 
     def stop(self):
         self._reconnecting.acquire()
+        if self._link_watcher is not None:
+            self._link_watcher.kill()
+        self.mesh_in.disable_monitor()
+        self._link_events.close(linger=0)
         for proxy in (self._local, self._mesh):
             proxy.stop()
             proxy.close()

@@ -114,7 +114,10 @@ class Node:
         return {}
 
     def cmd_peers(self, request):
-        return {"peers": sorted(self.peers.values(), key=lambda r: r["name"])}
+        """Peer records, each with ``link``: "up" or "down" (the data link to its ``out``)."""
+        links = self.dataplane.links
+        return {"peers": [{**record, "link": links.get(record["out"], "down")}
+                          for record in sorted(self.peers.values(), key=lambda r: r["name"])]}
 
     def cmd_stats(self, request):
         counters = self.dataplane.counters()
@@ -123,6 +126,9 @@ class Node:
             "name": self.name,
             "uptime": time.time() - self.started,
             "peers": len(self.peers),
+            "links": {"up": sum(state == "up" for state in self.dataplane.links.values()),
+                      "down": sum(state == "down" for state in self.dataplane.links.values()),
+                      "failures": self.dataplane.link_failures},
             "messages": {
                 # Every data message is two frames: [topic, envelope].
                 "published_here": local["frontend_frames_in"] // 2,

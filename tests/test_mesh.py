@@ -168,3 +168,28 @@ def test_bad_input_from_the_library_user(start_node):
         assert client.publish("small", b"x" * 900) > 0
         assert collect(sub, 1)[0].data == b"x" * 900
     assert a.alive()
+
+
+def peer_links(node):
+    return {p["name"]: p["link"] for p in node.request("peers")["peers"]}
+
+
+def test_link_state_shows_a_frozen_peer_within_the_heartbeat_timeout(start_node):
+    """A peer that stops answering (no TCP reset) is seen down by ZMTP heartbeats
+    (1 s interval, 3 s timeout), long before membership would drop it."""
+    import os
+    import signal
+    import time
+
+    a = start_node("A")
+    b = start_node("B", peers=[a])
+    wait_until(lambda: peer_links(a) == {"B": "up"}, what="link up")
+    os.kill(b.pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        wait_until(lambda: peer_links(a).get("B") == "down", timeout=8, what="heartbeat to notice")
+        print(f"[measure] frozen peer seen down after {time.monotonic() - started:.2f} s")
+        assert a.stats()["links"]["failures"] == 1
+    finally:
+        os.kill(b.pid, signal.SIGCONT)
+    wait_until(lambda: peer_links(a) == {"B": "up"}, timeout=10, what="link back up")
