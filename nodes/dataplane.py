@@ -145,11 +145,22 @@ class DataPlane:
                     log.warning("link to peer %s is down", endpoint)
                 self.links[endpoint] = "down"
 
+    def _steer(self, work, *args):
+        """Run ``work`` under the steering lock, in a greenlet of its own.
+
+        A steering command is a request and a reply on one socket; if the
+        caller were killed between the two (discovery greenlets are killed on
+        shutdown), the next command would read this one's reply. A separate
+        greenlet always finishes what it started, whatever happens to the caller.
+        """
+        def locked():
+            with self._reconnecting:
+                return work(*args)
+        return gevent.spawn(locked).get()
+
     def set_peers(self, out_endpoints):
         """Connect ``mesh_in`` to exactly these peers' ``out`` endpoints."""
-        wanted = set(out_endpoints)
-        with self._reconnecting:
-            self._set_peers(wanted)
+        self._steer(self._set_peers, set(out_endpoints))
 
     def _set_peers(self, wanted):
         gone = self.peer_endpoints - wanted
@@ -178,8 +189,7 @@ class DataPlane:
 
     def counters(self):
         """Frame and byte counts of both proxies (a message is 2 frames)."""
-        with self._reconnecting:  # the steering sockets take one command at a time
-            return {"local": self._local.counters(), "mesh": self._mesh.counters()}
+        return self._steer(lambda: {"local": self._local.counters(), "mesh": self._mesh.counters()})
 
     def stop(self):
         self._reconnecting.acquire()

@@ -13,6 +13,7 @@ import sys
 import time
 
 import gevent
+import gevent.event
 
 from mesh import Client
 
@@ -33,7 +34,7 @@ def _start_node(name, port, peers):
 
 
 def run_demo(count, base_port, seconds):
-    procs, clients = [], []
+    procs, clients, status = [], [], 0
     first = f"127.0.0.1:{base_port}"
     try:
         print(f"Starting {count} nodes on loopback:", flush=True)
@@ -52,23 +53,29 @@ def run_demo(count, base_port, seconds):
             raise RuntimeError("subscriptions did not propagate within 10 s")
         print(f"Publishing demo.tick at node-1 every 0.5 s{'' if seconds else ' (Ctrl-C to stop)'}:",
               flush=True)
+        stop = gevent.event.Event()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            gevent.signal_handler(signum, stop.set)
         deadline = None if seconds is None else time.monotonic() + seconds
         n = 0
-        while deadline is None or time.monotonic() < deadline:
+        while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
             n += 1
             publisher.publish("demo.tick", {"n": n})
-            gevent.sleep(0.5)
+            stop.wait(0.5)
         gevent.sleep(0.3)
-        return 0
     finally:
         for client in clients:
             client.close()
         for proc in procs:
             os.kill(proc.pid, signal.SIGTERM)
-        for proc in procs:
+        for i, proc in enumerate(procs):
             try:
-                proc.wait(timeout=5)
+                code = proc.wait(timeout=5)
             except subprocess.TimeoutExpired:
                 proc.kill()
-                proc.wait()
+                code = proc.wait()
+            if code != 0:
+                print(f"node-{i + 1} exited with status {code}", file=sys.stderr, flush=True)
+                status = 1
         print("Demo stopped; all nodes shut down.", flush=True)
+    return status
