@@ -12,7 +12,9 @@ setup(
         "msgpack>=1.0.5",
         "kazoo>=2.9",
         "ws4py>=0.5.1",
+        "PyJWT>=2.8",
     ],
-    extras_require={"test": ["pytest>=7", "hypothesis>=6.80"]},
+    extras_require={"test": ["pytest>=7", "hypothesis>=6.80", "websocket-client>=1.6", "playwright>=1.40"]},
+    package_data={"nodes": ["static/*"]},
     entry_points={"console_scripts": ["meshnode=nodes.cli:main"]},
 )

@@ -92,5 +92,18 @@ class Pattern:
                 return False
         return True
 
+    def covers(self, other):
+        """True if every subject ``other`` matches is matched by this pattern too."""
+        mine = self.text.split(".")
+        theirs = other.text.split(".")
+        for i, token in enumerate(mine):
+            if token == ">":
+                return len(theirs) > i
+            if i >= len(theirs) or theirs[i] == ">":
+                return False
+            if token != "*" and token != theirs[i]:
+                return False
+        return len(mine) == len(theirs)
+
     def __repr__(self):
         return f"Pattern({self.text!r})"

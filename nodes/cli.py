@@ -57,6 +57,23 @@ def build_parser():
                      help="largest encoded message accepted (default: 1048576)")
     run.add_argument("--hwm", type=_positive_int, default=100_000, metavar="MESSAGES",
                      help="queue limit per socket connection before messages are dropped (default: 100000)")
+    edge = run.add_argument_group("edge (HTTP, WebSocket, Server-Sent Events; off without --http)")
+    edge.add_argument("--http", type=int, metavar="PORT",
+                      help="serve WebSocket (/ws), HTTP publish (/pub), SSE (/sub), /stats and a page at / "
+                           "on this port (0 picks one)")
+    edge.add_argument("--auth-secret", metavar="SECRET",
+                      help="require HS256 JWTs signed with this secret (claims: exp, subscribe, publish)")
+    edge.add_argument("--allowed-origin", action="append", default=[], metavar="ORIGIN",
+                      help="accept browser requests only from this Origin; repeatable (default: any)")
+    edge.add_argument("--max-subscriptions", type=_positive_int, default=128, metavar="N",
+                      help="subscriptions per connection (default: 128)")
+    edge.add_argument("--queue-bytes", type=_positive_int, default=1024 * 1024, metavar="BYTES",
+                      help="outgoing queue per connection; a client that lets it fill is cut off "
+                           "(default: 1048576)")
+    edge.add_argument("--max-connections", type=_positive_int, default=10_000, metavar="N",
+                      help="concurrent WebSocket and SSE connections (default: 10000)")
+    edge.add_argument("--keepalive", type=float, default=15.0, metavar="SECONDS",
+                      help="SSE keep-alive comment interval (default: 15)")
     run.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
 
     pub = commands.add_parser("pub", help="publish a message", description=(
@@ -137,8 +154,16 @@ def cmd_run(args):
 
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    edge = None
+    if args.http is not None:
+        from nodes.edge import EdgeConfig
+
+        edge = EdgeConfig(host=args.host, port=args.http, max_payload=args.max_payload,
+                          max_subscriptions=args.max_subscriptions, queue_bytes=args.queue_bytes,
+                          max_connections=args.max_connections, auth_secret=args.auth_secret,
+                          allowed_origins=args.allowed_origin, keepalive_seconds=args.keepalive)
     config = NodeConfig(name=args.name, host=args.host, port=args.port, advertise=args.advertise,
-                        max_payload=args.max_payload, hwm=args.hwm, peers=args.peer)
+                        max_payload=args.max_payload, hwm=args.hwm, peers=args.peer, edge=edge)
     import zmq
 
     if args.zk and args.peer:
@@ -156,8 +181,9 @@ def cmd_run(args):
     for signum in (signal.SIGTERM, signal.SIGINT):
         gevent.signal_handler(signum, stop.set)
     member = node.member
+    http = f" http={config.advertise}:{node.edge.port}" if node.edge is not None else ""
     print(f"meshnode ready name={node.name} control={member['control'].removeprefix('tcp://')} "
-          f"ingress={member['ingress']} out={member['out']} remote={member['remote']}", flush=True)
+          f"ingress={member['ingress']} out={member['out']} remote={member['remote']}{http}", flush=True)
     stop.wait()
     node.stop()
     print(f"meshnode stopped name={node.name}", flush=True)

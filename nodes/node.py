@@ -35,6 +35,7 @@ class NodeConfig:
     max_payload: int = DEFAULT_MAX_PAYLOAD
     hwm: int = DEFAULT_HWM
     peers: list = field(default_factory=list)
+    edge: object = None  # an EdgeConfig when the node serves HTTP/WebSocket (--http)
 
     def __post_init__(self):
         if self.host in ("0.0.0.0", "::", "*") and not self.advertise:
@@ -51,6 +52,7 @@ class Node:
         self.context = zmq.Context.instance()
         self.started = time.time()
         self.peers = {}
+        self.edge = None
         self.dataplane = DataPlane(self.context, config.host, hwm=config.hwm, max_payload=config.max_payload)
         self.control = ControlServer(self.context, config.host, config.port, self)
         self.name = validate_name(config.name or f"{socket.gethostname()}-{self.control.port}")
@@ -69,6 +71,12 @@ class Node:
         self.control.start()
         try:
             self.discovery.start(self.member, self._on_members)
+            if self.config.edge is not None:
+                from .edge import Edge
+
+                self.edge = Edge(f"127.0.0.1:{self.control.port}" if self.config.host in ("0.0.0.0", "*")
+                                 else self.member["control"], self.config.edge)
+                self.edge.start()
         except BaseException:
             self.control.stop()
             self.dataplane.stop()
@@ -84,6 +92,8 @@ class Node:
         self.dataplane.set_peers(record["out"] for record in members.values())
 
     def stop(self):
+        if self.edge is not None:
+            self.edge.stop()
         self.discovery.stop()
         self.control.stop()
         self.dataplane.stop()
@@ -143,4 +153,5 @@ class Node:
             "control": {"requests": self.control.requests, "malformed": self.control.malformed,
                         "rejected": self.control.rejected, "unknown_commands": self.control.unknown_commands},
             "proxies": counters,
+            **({"edge": self.edge.counters()} if self.edge is not None else {}),
         }

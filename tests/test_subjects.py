@@ -84,3 +84,26 @@ def test_zmq_prefix_never_filters_out_a_match(pattern_subject, subject):
 @given(subjects, subjects)
 def test_literal_pattern_matches_only_equal_subject(a, b):
     assert Pattern(a).matches(b) == (a == b)
+
+
+@pytest.mark.parametrize("wide,narrow,expected", [
+    (">", "a.b", True), (">", "*", True), (">", ">", True),
+    ("a.>", "a.b.c", True), ("a.>", "a.*", True), ("a.>", "a.>", True), ("a.>", "a", False),
+    ("a.>", ">", False), ("a.*", "a.b", True), ("a.*", "a.*", True), ("a.*", "a.>", False),
+    ("a.*", "a.b.c", False), ("a.b", "a.b", True), ("a.b", "a.*", False), ("*.b", "x.b", True),
+    ("*", ">", False),
+])
+def test_pattern_covers(wide, narrow, expected):
+    assert Pattern(wide).covers(Pattern(narrow)) is expected
+
+
+@given(subjects, subjects)
+def test_covers_is_consistent_with_matching(pattern_subject, subject):
+    """If A covers B and B matches a subject, A matches it too."""
+    for wide_text in (pattern_subject, pattern_subject.split(".")[0] + ".>", "*." + pattern_subject, ">"):
+        wide = Pattern(wide_text)
+        for narrow in (Pattern(subject), Pattern(subject + ".>")):
+            if wide.covers(narrow) and narrow.matches(subject + ".x"):
+                assert wide.matches(subject + ".x")
+        if wide.covers(Pattern(subject)):
+            assert wide.matches(subject)

@@ -1,0 +1,80 @@
+"""An edge: the node's HTTP port for browsers and other non-ZeroMQ clients.
+
+It owns the HTTP server (gevent WSGI with ws4py's upgrade handler), a mesh
+Client connected to its own node (edges subscribe and publish like any local
+client), the fan-out, the set of live connections and the edge counters.
+Routing is in :mod:`nodes.http`, WebSocket handling in :mod:`nodes.websocket`.
+"""
+
+import logging
+from dataclasses import dataclass, field
+
+from ws4py.server.geventserver import WSGIServer
+
+from mesh import Client
+
+from .auth import Authenticator
+from .edgeproto import EdgeError
+from .fanout import Fanout
+from .http import EdgeApp
+
+log = logging.getLogger("meshnode.edge")
+
+
+@dataclass
+class EdgeConfig:
+    host: str = "127.0.0.1"
+    port: int = 0
+    max_payload: int = 1024 * 1024
+    max_subscriptions: int = 128
+    queue_bytes: int = 1024 * 1024
+    max_connections: int = 10_000
+    auth_secret: str = None
+    allowed_origins: list = field(default_factory=list)
+    keepalive_seconds: float = 15.0
+
+
+class Edge:
+    def __init__(self, node_address, config):
+        self.config = config
+        self.auth = Authenticator(config.auth_secret)
+        self.stats = {"messages_in": 0, "messages_out": 0, "slow_consumers": 0, "errors": 0,
+                      "rejected_connections": 0}
+        self.connections = set()
+        self.client = Client(node_address, name=None)
+        self.fanout = Fanout(self.client, self.stats)
+        self.server = WSGIServer((config.host, config.port), EdgeApp(self), log=None)
+        self.server.init_socket()
+        self.port = self.server.server_port
+
+    def start(self):
+        self.server.start()
+
+    def publish(self, grant, subject, data, request_id=None):
+        """Publish for an edge client; EdgeError if not allowed or too large."""
+        if not grant.may_publish(subject):
+            raise EdgeError("forbidden", f"not allowed to publish on {subject!r}", request_id, 403)
+        try:
+            seq = self.client.publish(subject, data)
+        except (ValueError, TypeError) as exc:  # PayloadTooLarge is a ValueError
+            code = "too_large" if "over the limit" in str(exc) else "bad_data"
+            raise EdgeError(code, str(exc), request_id, 413 if code == "too_large" else 400) from None
+        self.stats["messages_in"] += 1
+        return seq
+
+    def counters(self):
+        kinds = [c.kind for c in self.connections]
+        return {
+            "connections": {"ws": kinds.count("ws"), "sse": kinds.count("sse"), "total": len(kinds)},
+            "subscriptions": sum(len(c.patterns) for c in self.connections),
+            "patterns": len(self.fanout.routes),
+            "queued_bytes": sum(c.queued_bytes for c in self.connections),
+            "gaps": self.fanout.gaps,
+            **self.stats,
+        }
+
+    def stop(self):
+        for connection in list(self.connections):
+            connection.cut_off("server is shutting down") if connection.kind == "ws" else connection.release()
+        self.server.stop(timeout=2)
+        self.client.close()

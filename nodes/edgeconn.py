@@ -1,0 +1,98 @@
+"""One edge client connection (WebSocket or SSE): its subscriptions and outgoing queue.
+
+Frames for a client wait in a queue bounded in bytes. A client that stops
+reading lets the queue fill; when the next frame would pass the limit the
+connection is cut off (WebSocket: the queue is dropped, the frame being
+written is finished, then a close frame 1008 "slow consumer"; SSE: the stream
+ends). Nothing waits on a slow client except its own writer, so it never slows
+delivery to the others.
+"""
+
+import collections
+
+import gevent
+import gevent.event
+
+SLOW_CONSUMER = "slow consumer: outgoing queue over {limit} bytes"
+
+
+class EdgeConnection:
+    kind = "?"
+
+    def __init__(self, edge, grant, queue_limit, max_subscriptions):
+        self.edge = edge
+        self.grant = grant
+        self.queue_limit = queue_limit
+        self.max_subscriptions = max_subscriptions
+        self.patterns = {}  # pattern text -> Pattern
+        self.queued_bytes = 0
+        self.closed = False
+        self._queue = collections.deque()
+        self._ready = gevent.event.Event()
+
+    # -- outgoing ---------------------------------------------------------
+
+    def offer(self, data):
+        """Queue one encoded frame; cut the client off if the queue is full."""
+        if self.closed:
+            return
+        if self.queued_bytes + len(data) > self.queue_limit:
+            self.edge.stats["slow_consumers"] += 1
+            self.cut_off(SLOW_CONSUMER.format(limit=self.queue_limit))
+            return
+        self._queue.append(data)
+        self.queued_bytes += len(data)
+        self._ready.set()
+
+    def take(self, timeout=None):
+        """The next queued frame, or None after ``timeout`` seconds."""
+        while not self._queue:
+            if self.closed:
+                return None
+            self._ready.clear()
+            if not self._ready.wait(timeout):
+                return None
+        data = self._queue.popleft()
+        self.queued_bytes -= len(data)
+        return data
+
+    def drop_queue(self):
+        self._queue.clear()
+        self.queued_bytes = 0
+
+    def cut_off(self, reason):
+        raise NotImplementedError
+
+    # -- subscriptions ----------------------------------------------------
+
+    def subscribe(self, pattern, request_id=None):
+        from .edgeproto import EdgeError
+
+        if not self.grant.may_subscribe(pattern):
+            raise EdgeError("forbidden", f"not allowed to subscribe to {pattern.text!r}", request_id, 403)
+        if pattern.text in self.patterns:
+            return
+        if len(self.patterns) >= self.max_subscriptions:
+            raise EdgeError("too_many_subscriptions",
+                            f"at most {self.max_subscriptions} subscriptions per connection", request_id, 429)
+        self.patterns[pattern.text] = pattern
+        self.edge.fanout.add(self, pattern.text)
+
+    def unsubscribe(self, pattern, request_id=None):
+        from .edgeproto import EdgeError
+
+        if self.patterns.pop(pattern.text, None) is None:
+            raise EdgeError("not_subscribed", f"not subscribed to {pattern.text!r}", request_id)
+        self.edge.fanout.remove(self, pattern.text)
+
+    def release(self):
+        """The connection is gone: drop its subscriptions and queue."""
+        if self.closed:
+            return
+        self.closed = True
+        self._ready.set()
+        for text in list(self.patterns):
+            self.edge.fanout.remove(self, text)
+        self.patterns.clear()
+        self.drop_queue()
+        self.edge.connections.discard(self)

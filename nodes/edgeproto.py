@@ -1,0 +1,83 @@
+"""The edge's JSON protocol (docs/EDGE.md): parsing client frames, rendering server frames.
+
+Client frames: ``{"op": "sub"|"unsub", "subject": PATTERN, "id": N}``,
+``{"op": "pub", "subject": S, "data": ANY, "id": N}``, ``{"op": "ping"}``.
+Server frames: ``msg``, ``ok``, ``error``, ``pong``. Binary data from the mesh
+is rendered as ``{"$base64": "..."}`` since JSON has no bytes.
+"""
+
+import base64
+import json
+
+from mesh.subjects import Pattern, validate_subject
+
+OPS = ("sub", "unsub", "pub", "ping")
+
+
+class EdgeError(Exception):
+    """A request the edge refuses: rendered as an ``error`` frame (or HTTP status)."""
+
+    def __init__(self, code, message, request_id=None, http_status=400):
+        super().__init__(message)
+        self.code = code
+        self.request_id = request_id
+        self.http_status = http_status
+
+
+def json_default(value):
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return {"$base64": base64.b64encode(bytes(value)).decode("ascii")}
+    return repr(value)
+
+
+def dumps(value):
+    return json.dumps(value, default=json_default, separators=(",", ":"), ensure_ascii=False)
+
+
+def render_message(message):
+    """The ``msg`` frame for a mesh Message (rendered once, sent to many)."""
+    return dumps({"op": "msg", "subject": message.subject, "data": message.data,
+                  "origin": message.origin, "seq": message.seq, "ts": message.ts})
+
+
+def render_ok(request_id):
+    return dumps({"op": "ok", "id": request_id})
+
+
+def render_error(error):
+    return dumps({"op": "error", "id": error.request_id, "code": error.code, "message": str(error)})
+
+
+PONG = dumps({"op": "pong"})
+
+
+def parse_frame(text):
+    """Parse one client frame into ``(op, request_id, target, data)``.
+
+    ``target`` is a Pattern for sub/unsub, a subject str for pub, None for
+    ping. Raises EdgeError naming the problem.
+    """
+    try:
+        frame = json.loads(text)
+    except (ValueError, TypeError) as exc:
+        raise EdgeError("bad_json", f"frame is not JSON: {exc}") from None
+    if not isinstance(frame, dict):
+        raise EdgeError("bad_frame", "frame must be a JSON object")
+    request_id = frame.get("id")
+    if request_id is not None and (isinstance(request_id, bool) or not isinstance(request_id, (int, str))):
+        raise EdgeError("bad_frame", "id must be a number or a string")
+    op = frame.get("op")
+    if op not in OPS:
+        raise EdgeError("unknown_op", f"unknown op {op!r}; expected one of {', '.join(OPS)}", request_id)
+    if op == "ping":
+        return op, request_id, None, None
+    subject = frame.get("subject")
+    try:
+        if op == "pub":
+            if "data" not in frame:
+                raise EdgeError("bad_frame", "pub needs data", request_id)
+            validate_subject(subject)
+            return op, request_id, subject, frame["data"]
+        return op, request_id, Pattern(subject), None
+    except ValueError as exc:
+        raise EdgeError("invalid_subject", str(exc), request_id) from None

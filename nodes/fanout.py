@@ -1,0 +1,71 @@
+"""Edge fan-out: one mesh subscription per distinct pattern, shared by every edge
+connection that wants it.
+
+Each message is rendered once (JSON, then once as a WebSocket frame and once
+as a Server-Sent Event, as needed) and the same bytes are queued to every
+connection: the cost per extra client is one queue append.
+"""
+
+import logging
+
+import gevent
+from ws4py.messaging import TextMessage
+
+from .edgeproto import render_message
+
+log = logging.getLogger("meshnode.edge")
+
+
+class Route:
+    def __init__(self, subscription):
+        self.subscription = subscription
+        self.connections = set()
+        self.reader = None
+
+
+class Fanout:
+    def __init__(self, client, stats):
+        self.client = client
+        self.stats = stats
+        self.routes = {}  # pattern text -> Route
+
+    def add(self, connection, pattern_text):
+        route = self.routes.get(pattern_text)
+        if route is None:
+            route = self.routes[pattern_text] = Route(self.client.subscribe(pattern_text))
+            route.reader = gevent.spawn(self._deliver, route)
+        route.connections.add(connection)
+
+    def remove(self, connection, pattern_text):
+        route = self.routes.get(pattern_text)
+        if route is None:
+            return
+        route.connections.discard(connection)
+        if not route.connections:
+            del self.routes[pattern_text]
+            route.subscription.unsubscribe()  # the reader ends within 0.1 s
+
+    def _deliver(self, route):
+        for message in route.subscription:
+            text = render_message(message).encode("utf-8")
+            frames = {}
+            for connection in list(route.connections):
+                frame = frames.get(connection.kind)
+                if frame is None:
+                    frame = frames[connection.kind] = encode_frame(
+                        connection.kind, text, f"{message.seq}:{message.subject}:{message.origin}")
+                connection.offer(frame)
+                self.stats["messages_out"] += 1
+        log.debug("route %s closed", route.subscription.pattern.text)
+
+    @property
+    def gaps(self):
+        return sum(route.subscription.gaps for route in self.routes.values())
+
+
+def encode_frame(kind, text, event_id=None):
+    """Wire bytes of one JSON text for a transport: a WebSocket text frame or an SSE event."""
+    if kind == "ws":
+        return TextMessage(text).single(mask=False)
+    head = b"" if event_id is None else f"id: {event_id}\n".encode()
+    return head + b"data: " + text + b"\n\n"

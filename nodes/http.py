@@ -1,0 +1,189 @@
+"""The edge's HTTP routes (WSGI): WebSocket upgrades, publish, Server-Sent Events,
+health, stats and the built-in page.
+
+    GET  /                 the built-in page (subscribe, publish, watch)
+    GET  /ws               two-way WebSocket (JSON protocol, docs/EDGE.md)
+    GET  /ws/<pattern>     subscribe-only WebSocket
+    POST /pub/<subject>    publish the body
+    GET  /sub/<pattern>    Server-Sent Events
+    GET  /healthz, /stats  JSON
+"""
+
+import json
+import logging
+import os
+from urllib.parse import unquote
+
+import gevent
+from ws4py.server.wsgiutils import WebSocketWSGIApplication
+
+from mesh.subjects import Pattern, validate_subject
+
+from .auth import token_from
+from .edgeconn import EdgeConnection
+from .edgeproto import EdgeError, dumps
+from .websocket import MeshWebSocket
+
+log = logging.getLogger("meshnode.edge")
+
+PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static", "index.html")
+STATUS = {200: "200 OK", 400: "400 Bad Request", 401: "401 Unauthorized", 403: "403 Forbidden",
+          404: "404 Not Found", 405: "405 Method Not Allowed", 411: "411 Length Required",
+          413: "413 Payload Too Large", 429: "429 Too Many Requests", 503: "503 Service Unavailable"}
+
+
+class SSEConnection(EdgeConnection):
+    kind = "sse"
+
+    def __init__(self, edge, grant):
+        super().__init__(edge, grant, edge.config.queue_bytes, edge.config.max_subscriptions)
+        self.greenlet = gevent.getcurrent()
+
+    def cut_off(self, reason):
+        log.warning("cutting off an event stream: %s", reason)
+        self.release()
+        if self.greenlet is not gevent.getcurrent():
+            self.greenlet.kill(block=False)  # interrupts a blocked write; the server closes the socket
+
+    def events(self, keepalive):
+        yield b"retry: 2000\n\n"
+        try:
+            while not self.closed:
+                frame = self.take(timeout=keepalive)
+                yield frame if frame is not None else b": keep-alive\n\n"
+        finally:
+            self.release()
+
+
+class EdgeApp:
+    def __init__(self, edge):
+        self.edge = edge
+        self.websockets = WebSocketWSGIApplication(handler_cls=MeshWebSocket)
+
+    def __call__(self, environ, start_response):
+        try:
+            return self._route(environ, start_response)
+        except EdgeError as exc:
+            self.edge.stats["errors"] += 1
+            return self._json(start_response, exc.http_status,
+                              {"ok": False, "error": exc.code, "message": str(exc)})
+
+    def _json(self, start_response, status, body, extra=()):
+        data = dumps(body).encode("utf-8")
+        start_response(STATUS[status], [("Content-Type", "application/json"),
+                                        ("Content-Length", str(len(data))), *extra])
+        return [data]
+
+    def _admit(self, environ):
+        """Origin, connection limit and token checks; returns the client's Grant."""
+        origin = environ.get("HTTP_ORIGIN")
+        allowed = self.edge.config.allowed_origins
+        if allowed and origin is not None and origin not in allowed:
+            self.edge.stats["rejected_connections"] += 1
+            raise EdgeError("forbidden_origin", f"origin {origin!r} is not allowed", http_status=403)
+        try:
+            return self.edge.auth.grant(token_from(environ))
+        except EdgeError:
+            self.edge.stats["rejected_connections"] += 1
+            raise
+
+    def _check_capacity(self):
+        if len(self.edge.connections) >= self.edge.config.max_connections:
+            self.edge.stats["rejected_connections"] += 1
+            raise EdgeError("too_many_connections",
+                            f"this edge holds at most {self.edge.config.max_connections} connections",
+                            http_status=503)
+
+    def _route(self, environ, start_response):
+        method = environ["REQUEST_METHOD"]
+        path = environ.get("PATH_INFO", "/")
+        if path == "/healthz":
+            return self._json(start_response, 200, {"ok": True, "name": self.edge.client.node})
+        if path == "/stats":
+            return self._json(start_response, 200, self.edge.counters())
+        if path == "/" and method == "GET":
+            with open(PAGE, "rb") as page:
+                body = page.read()
+            start_response("200 OK", [("Content-Type", "text/html; charset=utf-8"),
+                                      ("Content-Length", str(len(body)))])
+            return [body]
+        if path == "/ws" or path.startswith("/ws/"):
+            return self._websocket(environ, start_response, path)
+        if path.startswith("/pub/"):
+            if method != "POST":
+                raise EdgeError("method_not_allowed", "publish with POST", http_status=405)
+            return self._publish(environ, start_response, unquote(path[5:]))
+        if path.startswith("/sub/") and method == "GET":
+            return self._events(environ, start_response, unquote(path[5:]))
+        raise EdgeError("not_found", f"no route for {method} {path}", http_status=404)
+
+    def _websocket(self, environ, start_response, path):
+        grant = self._admit(environ)
+        self._check_capacity()
+        pattern = None
+        if path.startswith("/ws/"):
+            pattern = _pattern(unquote(path[4:]))
+            if not grant.may_subscribe(pattern):
+                raise EdgeError("forbidden", f"not allowed to subscribe to {pattern.text!r}", http_status=403)
+        environ["meshnode.edge"] = self.edge
+        environ["meshnode.grant"] = grant
+        environ["meshnode.pattern"] = pattern
+        try:
+            return self.websockets(environ, start_response)
+        except Exception as exc:  # ws4py's HandshakeError for a request that is not an upgrade
+            raise EdgeError("bad_handshake", f"WebSocket handshake failed: {exc}") from None
+
+    def _publish(self, environ, start_response, subject):
+        grant = self._admit(environ)
+        try:
+            validate_subject(subject)
+        except ValueError as exc:
+            raise EdgeError("invalid_subject", str(exc)) from None
+        try:
+            length = int(environ.get("CONTENT_LENGTH") or -1)
+        except ValueError:
+            length = -1
+        if length < 0:
+            raise EdgeError("length_required", "send a Content-Length", http_status=411)
+        limit = self.edge.config.max_payload
+        if length > limit:
+            raise EdgeError("too_large", f"body of {length} bytes is over the limit of {limit} bytes",
+                            http_status=413)
+        body = environ["wsgi.input"].read(length)
+        data = _body_data(environ.get("CONTENT_TYPE", ""), body)
+        seq = self.edge.publish(grant, subject, data)
+        return self._json(start_response, 200, {"ok": True, "subject": subject, "seq": seq})
+
+    def _events(self, environ, start_response, pattern_text):
+        grant = self._admit(environ)
+        self._check_capacity()
+        pattern = _pattern(pattern_text)
+        connection = SSEConnection(self.edge, grant)
+        connection.subscribe(pattern)  # raises forbidden before any byte is sent
+        self.edge.connections.add(connection)
+        start_response("200 OK", [("Content-Type", "text/event-stream"), ("Cache-Control", "no-cache"),
+                                  ("X-Accel-Buffering", "no")])
+        return connection.events(self.edge.config.keepalive_seconds)
+
+
+def _pattern(text):
+    try:
+        return Pattern(text)
+    except ValueError as exc:
+        raise EdgeError("invalid_subject", str(exc)) from None
+
+
+def _body_data(content_type, body):
+    """JSON bodies stay JSON, text becomes str, anything else bytes."""
+    kind = content_type.split(";")[0].strip().lower()
+    if kind == "application/json" or kind.endswith("+json"):
+        try:
+            return json.loads(body)
+        except ValueError as exc:
+            raise EdgeError("bad_json", f"body is not JSON: {exc}") from None
+    if kind.startswith("text/"):
+        try:
+            return body.decode("utf-8")
+        except UnicodeDecodeError:
+            raise EdgeError("bad_data", "text body is not UTF-8") from None
+    return body
