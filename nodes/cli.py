@@ -154,6 +154,7 @@ def cmd_run(args):
 
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("ws4py").setLevel(max(logging.WARNING, logging.getLevelName(args.log_level)))
     edge = None
     if args.http is not None:
         from nodes.edge import EdgeConfig

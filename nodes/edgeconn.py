@@ -27,6 +27,7 @@ class EdgeConnection:
         self.patterns = {}  # pattern text -> Pattern
         self.queued_bytes = 0
         self.closed = False
+        self.cut = False  # cut off: accept no more frames
         self._queue = collections.deque()
         self._ready = gevent.event.Event()
 
@@ -34,7 +35,7 @@ class EdgeConnection:
 
     def offer(self, data):
         """Queue one encoded frame; cut the client off if the queue is full."""
-        if self.closed:
+        if self.closed or self.cut:
             return
         if self.queued_bytes + len(data) > self.queue_limit:
             self.edge.stats["slow_consumers"] += 1

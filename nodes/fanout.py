@@ -56,6 +56,7 @@ class Fanout:
                         connection.kind, text, f"{message.seq}:{message.subject}:{message.origin}")
                 connection.offer(frame)
                 self.stats["messages_out"] += 1
+            gevent.sleep(0)  # let the writers run: a burst must not fill every queue first
         log.debug("route %s closed", route.subscription.pattern.text)
 
     @property

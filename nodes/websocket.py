@@ -8,6 +8,7 @@ its writer.
 """
 
 import logging
+import socket
 
 import gevent
 from ws4py.websocket import WebSocket
@@ -20,7 +21,11 @@ log = logging.getLogger("meshnode.edge")
 
 CLOSE_POLICY = 1008  # RFC 6455: policy violation (slow consumer, auth)
 CLOSE_TOO_BIG = 1009
-FLUSH_SECONDS = 2.0
+FLUSH_SECONDS = 5.0
+FRAME_SLACK = 1024  # a frame may exceed the payload limit by its JSON framing
+# Kernel send buffer per client. Left to autotuning it grows to megabytes and
+# hides a stalled client's backlog from the queue limit (and costs memory).
+SEND_BUFFER_BYTES = 128 * 1024
 
 
 class WebSocketConnection(EdgeConnection):
@@ -30,7 +35,11 @@ class WebSocketConnection(EdgeConnection):
         super().__init__(edge, grant, edge.config.queue_bytes, edge.config.max_subscriptions)
         self.websocket = websocket
         self._partial = b""  # the rest of the frame being written, if any
-        self._closing = False
+        self._finisher = None
+        try:
+            websocket.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
+        except OSError:
+            pass
         self.writer = gevent.spawn(self._write_loop)
 
     def _write_loop(self):
@@ -51,16 +60,18 @@ class WebSocketConnection(EdgeConnection):
     def send_text(self, text):
         self.offer(encode_frame("ws", text.encode("utf-8")))
 
-    def cut_off(self, reason, code=CLOSE_POLICY):
-        """Drop the queue, finish the frame in flight, then close with ``code``."""
-        if self._closing:
+    def cut_off(self, reason, code=CLOSE_POLICY, last_words=""):
+        """Drop the queue, finish the frame in flight, send ``last_words`` (a
+        JSON text, if any), then close with ``code``."""
+        if self.cut:
             return
-        self._closing = True
+        self.cut = True
         log.warning("cutting off %s: %s", self.websocket.peer_address, reason)
         self.writer.kill(block=False)
         self.drop_queue()
         close = self.websocket.stream.close(code=code, reason=reason).single(mask=False)
-        gevent.spawn(self._finish, bytes(self._partial) + close)
+        last = encode_frame("ws", last_words.encode("utf-8")) if last_words else b""
+        self._finisher = gevent.spawn(self._finish, bytes(self._partial) + last + close)
 
     def _finish(self, data):
         self.websocket.server_terminated = True
@@ -69,7 +80,10 @@ class WebSocketConnection(EdgeConnection):
                 self.websocket.sock.sendall(data)
         except (OSError, AttributeError, gevent.Timeout):
             pass
-        self.websocket.close_connection()
+        try:  # ws4py's reader sees end-of-stream and closes the socket itself
+            self.websocket.sock.shutdown(socket.SHUT_RDWR)
+        except (OSError, AttributeError):
+            pass
         self.release()
 
     def flush(self, timeout=FLUSH_SECONDS):
@@ -77,6 +91,8 @@ class WebSocketConnection(EdgeConnection):
         with gevent.Timeout(timeout, False):
             while (self.queued_bytes or self._partial) and not self.writer.dead:
                 gevent.sleep(0.01)
+            if self._finisher is not None:
+                self._finisher.join()
 
 
 class MeshWebSocket(WebSocket):
@@ -98,13 +114,12 @@ class MeshWebSocket(WebSocket):
 
     def process(self, data):
         keep_going = super().process(data)
-        limit = self.edge_connection.edge.config.max_payload
+        limit = self.edge_connection.edge.config.max_payload + FRAME_SLACK
         message = self.stream.message
         if self.reading_buffer_size > limit or (message is not None and len(message.data or b"") > limit):
-            edge = self.edge_connection.edge
-            edge.stats["errors"] += 1
-            self.edge_connection.send_text(render_error(EdgeError("too_large", f"frame over {limit} bytes")))
-            self.edge_connection.cut_off(f"frame over {limit} bytes", code=CLOSE_TOO_BIG)
+            self.edge_connection.edge.stats["errors"] += 1
+            reason = f"frame over {limit} bytes"
+            self.edge_connection.cut_off(reason, CLOSE_TOO_BIG, render_error(EdgeError("too_large", reason)))
             return False
         return keep_going
 

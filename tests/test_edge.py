@@ -1,0 +1,295 @@
+"""Edge nodes: WebSocket, HTTP publish, SSE, limits, auth, slow clients (real processes)."""
+
+import json
+import threading
+import time
+
+import jwt
+import pytest
+import websocket
+
+from edgehelpers import SSE, WS, http, http_address
+from mesh import Client
+from meshhelpers import collect, warm_up
+from nodeproc import wait_until
+
+
+@pytest.fixture
+def edge_pair(start_node):
+    """A plain node A and an edge node E linked to it."""
+    a = start_node("A")
+    e = start_node("E", "--http", "0", peers=[a])
+    wait_until(lambda: a.peer_names() == ["E"] and e.peer_names() == ["A"], what="link")
+    return a, e
+
+
+def until_delivered(publish, receive, timeout=10):
+    """Publish until the first delivery (subscriptions propagate asynchronously)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        publish()
+        try:
+            return receive(0.1)
+        except (TimeoutError, websocket.WebSocketTimeoutException):
+            assert time.monotonic() < deadline, "nothing delivered"
+
+
+def test_websocket_subscriber_receives_what_a_python_client_publishes_on_another_node(edge_pair):
+    a, e = edge_pair
+    ws = WS(f"ws://{http_address(e)}/ws")
+    assert ws.request("sub", subject="orders.*") == {"op": "ok", "id": 1}
+    with Client(a.address) as pub:
+        first = until_delivered(lambda: pub.publish("orders.new", {"n": 0}), ws.recv)
+        assert first["op"] == "msg" and first["subject"] == "orders.new" and first["data"] == {"n": 0}
+        assert first["origin"] == pub.origin and isinstance(first["ts"], float)
+        for i in range(1, 50):
+            pub.publish("orders.new", {"n": i})
+        pub.publish("orders.eu.new", {"n": "no"})  # does not match orders.*
+        got = ws.messages(49)
+        assert [m["data"]["n"] for m in got if m["data"]["n"] != 0][-49:] == list(range(1, 50))
+        seqs = [m["seq"] for m in got]
+        assert seqs == sorted(seqs)
+    ws.close()
+
+
+def test_subscribe_only_websocket_and_binary_data(edge_pair):
+    a, e = edge_pair
+    ws = WS(f"ws://{http_address(e)}/ws/bin.>")
+    with Client(a.address) as pub:
+        msg = until_delivered(lambda: pub.publish("bin.x", b"\x00\xff"), ws.recv)
+    assert msg["data"] == {"$base64": "AP8="}
+    reply = ws.request("pub", subject="bin.x", data=1)
+    assert reply["op"] == "error" and reply["code"] == "forbidden"
+    ws.close()
+
+
+def test_websocket_publish_reaches_python_and_websocket_subscribers(edge_pair):
+    a, e = edge_pair
+    with Client(a.address) as ca:
+        sub = ca.subscribe("chat.>")
+        listener = WS(f"ws://{http_address(e)}/ws")
+        assert listener.request("sub", subject="chat.>")["op"] == "ok"
+        talker = WS(f"ws://{http_address(e)}/ws")
+        until_delivered(lambda: talker.request("pub", subject="chat.room", data="warm-up"), sub.get)
+        assert talker.request("pub", subject="chat.room", data={"text": "hi"}) == {"op": "ok", "id": talker.next_id - 1}
+        got = collect(sub, 1)[0]
+        assert got.data == {"text": "hi"} and got.subject == "chat.room"
+        while True:
+            frame = listener.messages(1)[0]
+            if frame["data"] != "warm-up":
+                break
+        assert frame["data"] == {"text": "hi"} and frame["subject"] == "chat.room"
+        talker.close()
+        listener.close()
+
+
+def test_http_publish_reaches_websocket_python_and_sse(edge_pair):
+    a, e = edge_pair
+    base = f"http://{http_address(e)}"
+    ws = WS(f"ws://{http_address(e)}/ws")
+    ws.request("sub", subject="news.>")
+    sse = SSE(http_address(e), "/sub/news.%3E")
+    assert sse.status == 200 and "text/event-stream" in sse.headers
+    with Client(a.address) as ca:
+        sub = ca.subscribe("news.>")
+        until_delivered(lambda: http("POST", f"{base}/pub/news.warm", b"w", {"Content-Type": "text/plain"}),
+                        sub.get)
+        status, body = http("POST", f"{base}/pub/news.json", json.dumps({"k": [1, 2]}).encode(),
+                            {"Content-Type": "application/json"})
+        assert status == 200 and body["ok"] is True and body["subject"] == "news.json"
+        http("POST", f"{base}/pub/news.text", "héllo".encode(), {"Content-Type": "text/plain; charset=utf-8"})
+        http("POST", f"{base}/pub/news.bytes", b"\x01\x02", {"Content-Type": "application/octet-stream"})
+        got = {m.subject: m.data for m in collect(sub, 3) if m.subject != "news.warm"}
+        assert got == {"news.json": {"k": [1, 2]}, "news.text": "héllo", "news.bytes": b"\x01\x02"}
+    ws_got = {m["subject"]: m["data"] for m in ws.messages(4)}
+    assert ws_got["news.json"] == {"k": [1, 2]} and ws_got["news.bytes"] == {"$base64": "AQI="}
+    events = []
+    while len([e for e in events if "news.warm" not in e["data"]]) < 3:
+        events.append(sse.event())
+    payloads = [json.loads(ev["data"]) for ev in events]
+    assert {p["subject"] for p in payloads} >= {"news.json", "news.text", "news.bytes"}
+    assert all(ev["id"] for ev in events)
+    ws.close()
+    sse.close()
+
+
+def test_sse_keepalive_comments(start_node):
+    e = start_node("E", "--http", "0", "--keepalive", "0.2")
+    sse = SSE(http_address(e), "/sub/quiet")
+    time.sleep(0.7)
+    sse.sock.settimeout(2)
+    data = sse.buffer + sse.sock.recv(65536)
+    assert data.count(b": keep-alive") >= 2
+    sse.close()
+
+
+def test_healthz_stats_and_page(edge_pair):
+    a, e = edge_pair
+    base = f"http://{http_address(e)}"
+    assert http("GET", f"{base}/healthz") == (200, {"ok": True, "name": "E"})
+    ws = WS(f"ws://{http_address(e)}/ws")
+    ws.request("sub", subject="a.b")
+    ws.request("sub", subject="a.c")
+    status, stats = http("GET", f"{base}/stats")
+    assert status == 200
+    assert stats["connections"] == {"ws": 1, "sse": 0, "total": 1} and stats["subscriptions"] == 2
+    assert set(stats) >= {"messages_in", "messages_out", "slow_consumers", "errors"}
+    import urllib.request
+
+    page = urllib.request.urlopen(base + "/").read().decode()
+    assert "<title>meshnode</title>" in page and "new WebSocket" in page
+    assert http("GET", f"{base}/nope")[0] == 404
+    ws.close()
+
+
+def test_bad_input_gets_errors_and_leaves_others_unaffected(start_node):
+    e = start_node("E", "--http", "0", "--max-payload", "2000", "--max-subscriptions", "3")
+    addr = http_address(e)
+    bystander = WS(f"ws://{addr}/ws")
+    bystander.request("sub", subject="calm")
+    ws = WS(f"ws://{addr}/ws")
+    ws.ws.send("{not json")
+    assert ws.recv()["code"] == "bad_json"
+    ws.send([1, 2])
+    assert ws.recv()["code"] == "bad_frame"
+    assert ws.request("bogus")["code"] == "unknown_op"
+    assert ws.request("sub", subject="a..b")["code"] == "invalid_subject"
+    assert ws.request("pub", subject="a.*", data=1)["code"] == "invalid_subject"
+    assert ws.request("unsub", subject="never")["code"] == "not_subscribed"
+    ws.ws.send_binary(b"\x00\x01")
+    assert ws.recv()["code"] == "bad_frame"
+    for i in range(3):
+        assert ws.request("sub", subject=f"s.{i}")["op"] == "ok"
+    too_many = ws.request("sub", subject="s.3")
+    assert too_many["code"] == "too_many_subscriptions" and "at most 3" in too_many["message"]
+    assert ws.request("pub", subject="big", data="x" * 2500)["code"] == "too_large"
+    ws.ws.send(json.dumps({"op": "pub", "subject": "big", "data": "y" * 5000}))  # frame over limit + 1024
+    assert ws.recv()["code"] == "too_large"
+    assert close_code(ws.ws) == (1009, "frame over 3024 bytes")
+    base = f"http://{addr}"
+    assert http("POST", f"{base}/pub/big", b"z" * 3000)[1]["error"] == "too_large"
+    assert http("POST", f"{base}/pub/a..b", b"1")[1]["error"] == "invalid_subject"
+    assert http("POST", f"{base}/pub/j", b"{bad", {"Content-Type": "application/json"})[1]["error"] == "bad_json"
+    assert http("GET", f"{base}/pub/x")[0] == 405
+    # The node and the bystander are unaffected.
+    bystander.send({"op": "ping"})
+    assert bystander.recv() == {"op": "pong"}
+    assert http("POST", f"{base}/pub/calm", b"still here", {"Content-Type": "text/plain"})[0] == 200
+    assert bystander.messages(1)[0]["data"] == "still here"
+    assert e.alive() and http("GET", f"{base}/stats")[1]["errors"] >= 12
+
+
+def close_code(ws, timeout=10):
+    """Read frames until the close frame; return its (code, reason)."""
+    ws.settimeout(timeout)
+    while True:
+        opcode, data = ws.recv_data(control_frame=True)
+        if opcode == websocket.ABNF.OPCODE_CLOSE:
+            return int.from_bytes(data[:2], "big"), data[2:].decode()
+
+
+SECRET = "test-secret"
+
+
+def token(**claims):
+    claims.setdefault("exp", int(time.time()) + 600)
+    return jwt.encode(claims, SECRET, algorithm="HS256")
+
+
+def test_auth_rejects_missing_bad_and_expired_tokens(start_node):
+    e = start_node("E", "--http", "0", "--auth-secret", SECRET)
+    addr = http_address(e)
+    for bad in (None, jwt.encode({"exp": int(time.time()) + 60}, "wrong", algorithm="HS256"),
+                token(exp=int(time.time()) - 10)):
+        suffix = "" if bad is None else f"?token={bad}"
+        with pytest.raises(websocket.WebSocketBadStatusException) as info:
+            websocket.create_connection(f"ws://{addr}/ws{suffix}", timeout=5)
+        assert info.value.status_code == 401
+        status, body = http("POST", f"http://{addr}/pub/x{suffix}", b"1")
+        assert status == 401 and body["error"] == "unauthorized"
+    status, body = http("POST", f"http://{addr}/pub/x", b"1", {"Authorization": "Bearer " + token(publish=["x"])})
+    assert status == 200 and body["ok"] is True
+    status, body = http("POST", f"http://{addr}/pub/x?token={token(exp=int(time.time()) - 1)}", b"1")
+    assert body["message"] == "token expired"
+
+
+def test_auth_forbidden_subjects_keep_the_connection(start_node):
+    e = start_node("E", "--http", "0", "--auth-secret", SECRET)
+    addr = http_address(e)
+    ws = WS(f"ws://{addr}/ws?token={token(subscribe=['public.>', 'user.42.*'], publish=['user.42.out'])}")
+    assert ws.request("sub", subject="public.news")["op"] == "ok"
+    assert ws.request("sub", subject="user.42.inbox")["op"] == "ok"
+    assert ws.request("sub", subject="user.43.inbox")["code"] == "forbidden"
+    assert ws.request("sub", subject=">")["code"] == "forbidden"
+    assert ws.request("pub", subject="public.news", data=1)["code"] == "forbidden"
+    assert ws.request("pub", subject="user.42.out", data=1)["op"] == "ok"
+    ws.send({"op": "ping"})
+    assert ws.recv() == {"op": "pong"}  # still connected
+    status, _ = http("GET", f"http://{addr}/sub/secret?token={token(subscribe=['public.>'])}")
+    assert status == 403
+    ws.close()
+
+
+def test_allowed_origin(start_node):
+    e = start_node("E", "--http", "0", "--allowed-origin", "http://good.example")
+    addr = http_address(e)
+    ok = websocket.create_connection(f"ws://{addr}/ws", origin="http://good.example", timeout=5)
+    ok.close()
+    with pytest.raises(websocket.WebSocketBadStatusException) as info:
+        websocket.create_connection(f"ws://{addr}/ws", origin="http://evil.example", timeout=5)
+    assert info.value.status_code == 403
+    assert http("POST", f"http://{addr}/pub/x", b"1", {"Origin": "http://evil.example"})[0] == 403
+
+
+def test_slow_client_is_cut_off_while_fifty_others_receive_everything(start_node):
+    import socket
+
+    e = start_node("E", "--http", "0", "--queue-bytes", "16384")
+    addr = http_address(e)
+    fast = [WS(f"ws://{addr}/ws/feed") for _ in range(50)]
+    slow = websocket.create_connection(f"ws://{addr}/ws/feed", timeout=30,
+                                       sockopt=((socket.SOL_SOCKET, socket.SO_RCVBUF, 4096),))
+    counts = [0] * 50
+    errors = []
+
+    def read(i, ws):
+        try:
+            while counts[i] < total:
+                frame = ws.recv(30)
+                if frame["op"] == "msg" and frame["data"]["i"] >= 0:
+                    assert frame["data"]["i"] == counts[i], "out of order or lost"
+                    counts[i] += 1
+        except Exception as exc:  # reported below
+            errors.append(repr(exc))
+
+    closed_with = []
+
+    def watch_slow():
+        # Once the edge cuts the slow client off, it reads again and finds the close frame.
+        wait_until(lambda: http("GET", f"http://{addr}/stats")[1]["slow_consumers"] == 1, timeout=60,
+                   what="the slow client to be cut off")
+        closed_with.append(close_code(slow))
+
+    watcher = threading.Thread(target=watch_slow)
+    watcher.start()
+    total = 1000
+    with Client(e.address) as pub:
+        until_delivered(lambda: pub.publish("feed", {"i": -1, "pad": ""}), fast[-1].recv)
+        time.sleep(0.5)
+        readers = [threading.Thread(target=read, args=(i, ws)) for i, ws in enumerate(fast)]
+        for r in readers:
+            r.start()
+        pad = "p" * 300
+        for i in range(total):  # a pace the 50 readers of this test process keep up with
+            pub.publish("feed", {"i": i, "pad": pad})
+            time.sleep(0.002)
+        for r in readers:
+            r.join(60)
+    assert not errors, errors[:3]
+    assert counts == [total] * 50
+    stats = http("GET", f"http://{addr}/stats")[1]
+    assert stats["slow_consumers"] == 1 and stats["connections"]["ws"] == 50
+    watcher.join(60)
+    assert closed_with == [(1008, "slow consumer: outgoing queue over 16384 bytes")]
+    for ws in fast:
+        ws.close()
