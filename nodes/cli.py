@@ -115,6 +115,8 @@ def build_parser():
     demo.add_argument("--nodes", type=_positive_int, default=3)
     demo.add_argument("--base-port", type=int, default=7401, help="control port of the first node")
     demo.add_argument("--seconds", type=float, help="stop after this long (default: run until Ctrl-C)")
+    demo.add_argument("--http", type=int, default=8400, metavar="PORT",
+                      help="HTTP port of the last node, which serves the built-in page (default: 8400; 0 picks one)")
     return parser
 
 
@@ -282,7 +284,7 @@ def cmd_nodes(args):
 def cmd_demo(args):
     from nodes.demo import run_demo
 
-    return run_demo(args.nodes, args.base_port, args.seconds)
+    return run_demo(args.nodes, args.base_port, args.seconds, args.http)
 
 
 COMMANDS = {"run": cmd_run, "pub": cmd_pub, "sub": cmd_sub, "stats": cmd_stats,

@@ -1,9 +1,10 @@
 """``meshnode demo``: a local mesh of real node processes with messages flowing.
 
 Starts N ``meshnode run`` processes on loopback (each names the first as its
-peer), subscribes to ``demo.>`` at every node but the first, publishes
-``demo.tick`` at the first twice a second and prints each delivery with its
-one-way latency. Every process it started is stopped by PID on the way out.
+peer; the last also serves HTTP, the built-in page), subscribes to ``demo.>``
+at every node but the first, publishes ``demo.tick`` at the first twice a
+second and prints each delivery with its one-way latency. Every process it
+started is stopped by PID on the way out.
 """
 
 import os
@@ -20,26 +21,32 @@ from mesh import Client
 _BIN = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bin", "meshnode")
 
 
-def _start_node(name, port, peers):
+def _start_node(name, port, peers, http=None):
     cmd = [sys.executable, _BIN, "run", "--name", name, "--port", str(port), "--log-level", "WARNING"]
     for peer in peers:
         cmd += ["--peer", peer]
+    if http is not None:
+        cmd += ["--http", str(http)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
     line = proc.stdout.readline()
     if not line.startswith("meshnode ready"):
         proc.kill()
         raise RuntimeError(f"node {name} did not start (port {port} taken?): {line.strip()!r}")
     print(f"  {line.strip()}", flush=True)
-    return proc
+    return proc, dict(part.split("=", 1) for part in line.split()[2:])
 
 
-def run_demo(count, base_port, seconds):
+def run_demo(count, base_port, seconds, http_port):
     procs, clients, status = [], [], 0
     first = f"127.0.0.1:{base_port}"
     try:
         print(f"Starting {count} nodes on loopback:", flush=True)
         for i in range(count):
-            procs.append(_start_node(f"node-{i + 1}", base_port + i, [first] if i else []))
+            proc, fields = _start_node(f"node-{i + 1}", base_port + i, [first] if i else [],
+                                       http_port if i == count - 1 else None)
+            procs.append(proc)
+        print(f"Open http://{fields['http']}/ in a browser: subscribe to demo.> and publish from the page.",
+              flush=True)
         for i in range(1, count):
             client = Client(f"127.0.0.1:{base_port + i}")
             clients.append(client)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install what meshnode needs on a fresh Debian machine, idempotently:
-# Debian packages (python3-venv; with --test also zookeeper and a JRE), a
+# Debian packages (python3-venv; with --test also zookeeper, a JRE and
+# chromium for the browser tests), a
 # virtualenv in .venv and the project with its test extras.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,6 +11,7 @@ python3 -c 'import venv, ensurepip' 2>/dev/null || packages+=(python3 python3-ve
 if [ "${1:-}" = "--test" ]; then
     [ -f /usr/share/java/zookeeper.jar ] || packages+=(zookeeper)
     command -v java >/dev/null || packages+=(default-jre-headless)
+    [ -x /usr/bin/chromium ] || packages+=(chromium)
 fi
 if [ ${#packages[@]} -gt 0 ]; then
     echo "bootstrap: installing Debian packages: ${packages[*]}" >&2

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -138,9 +139,10 @@ def test_help_explains_each_command(command, needles):
 
 
 def test_demo_shows_messages_flowing():
-    result = meshnode("demo", "--seconds", "2", "--base-port", "7471", timeout=60)
+    result = meshnode("demo", "--seconds", "2", "--base-port", "7471", "--http", "0", timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("meshnode ready") == 3
     assert "node-2 received demo.tick #1" in result.stdout
     assert "node-3 received demo.tick #1" in result.stdout
     assert "all nodes shut down" in result.stdout
+    assert re.search(r"Open http://127\.0\.0\.1:\d+/ in a browser", result.stdout)
