@@ -157,6 +157,7 @@ def cmd_run(args):
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("ws4py").setLevel(max(logging.WARNING, logging.getLevelName(args.log_level)))
+    _raise_open_file_limit()
     edge = None
     if args.http is not None:
         from nodes.edge import EdgeConfig
@@ -191,6 +192,15 @@ def cmd_run(args):
     node.stop()
     print(f"meshnode stopped name={node.name}", flush=True)
     return 0
+
+
+def _raise_open_file_limit():
+    """Every edge connection and peer link is a file descriptor: use the hard limit."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def cmd_pub(args):

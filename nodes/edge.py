@@ -17,6 +17,7 @@ from .auth import Authenticator
 from .edgeproto import EdgeError
 from .fanout import Fanout
 from .http import EdgeApp
+from .websocket import CLOSE_GOING_AWAY
 
 log = logging.getLogger("meshnode.edge")
 
@@ -75,6 +76,9 @@ class Edge:
 
     def stop(self):
         for connection in list(self.connections):
-            connection.cut_off("server is shutting down") if connection.kind == "ws" else connection.release()
+            if connection.kind == "ws":
+                connection.cut_off("server is shutting down", CLOSE_GOING_AWAY)
+            else:
+                connection.release()
         self.server.stop(timeout=2)
         self.client.close()

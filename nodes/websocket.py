@@ -21,6 +21,7 @@ log = logging.getLogger("meshnode.edge")
 
 CLOSE_POLICY = 1008  # RFC 6455: policy violation (slow consumer, auth)
 CLOSE_TOO_BIG = 1009
+CLOSE_GOING_AWAY = 1001
 FLUSH_SECONDS = 5.0
 FRAME_SLACK = 1024  # a frame may exceed the payload limit by its JSON framing
 # Kernel send buffer per client. Left to autotuning it grows to megabytes and
@@ -66,7 +67,8 @@ class WebSocketConnection(EdgeConnection):
         if self.cut:
             return
         self.cut = True
-        log.warning("cutting off %s: %s", self.websocket.peer_address, reason)
+        if code != CLOSE_GOING_AWAY:
+            log.warning("cutting off %s: %s", self.websocket.peer_address, reason)
         self.writer.kill(block=False)
         self.drop_queue()
         close = self.websocket.stream.close(code=code, reason=reason).single(mask=False)
