@@ -5,13 +5,22 @@ the pages handed to tests, and making sure no Chromium process outlives the sess
 Import them from conftest.py or a test module:
     from browser_fixtures import chromium, page  # noqa: F401
 
+``page_wait_until(page, predicate)`` waits for something the page's events change
+(``page.console_log``, handlers): Playwright's sync API delivers events only while
+one of its calls runs, so such a wait must not use time.sleep.
+
 - ``chromium`` (session): a ``playwright.sync_api.Browser``.  Playwright never
   downloads a browser here: it launches /usr/bin/chromium through
-  ``executable_path``.  ``chromium.chromium_pids`` holds the PIDs of the browser's
-  processes found so far; every one still running at teardown is SIGKILLed by PID.
+  ``executable_path``.  ``chromium.chromium_pids`` holds the PIDs of its processes
+  found at launch; at teardown every process of it still running after close (or
+  after 15 s of a close that hangs) is SIGKILLed by PID.
 - ``page`` (function): a page in its own fresh context, closed after the test.
   ``page.console_log`` is a list of the page's console messages and uncaught
   errors, printed at teardown (pytest shows it only when the test failed).
+  Entries read "console.<type>: <text>" or "pageerror: <error>"; a failed resource
+  load gets its URL appended, except the 404 of the /favicon.ico Chromium asks
+  every site for, which is dropped.  A context close that hangs for 15 s kills
+  the browser and fails the test.
 
 No Chromium installed is a failure, not a skip: the test command installs it.
 
@@ -20,13 +29,26 @@ Flags: Playwright's ``launch`` already passes --headless, --no-sandbox,
 --disable-sync and a fresh empty temporary --user-data-dir that it deletes on
 close (it refuses a --user-data-dir in ``args``; that is what
 ``launch_persistent_context`` is for).  We repeat the machine's flags anyway so the
-list does not depend on Playwright's defaults, and add --disable-crashpad-for-testing:
-otherwise Debian's Chromium starts two chrome_crashpad_handler processes that
-detach from the browser (reparented to PID 1) and write under ~/.config/chromium.
+list does not depend on Playwright's defaults.  /usr/bin/chromium is Debian's shell
+wrapper: it adds the flags of /etc/chromium.d (GPU rasterization, remote
+extensions, ...; ours come after them) and execs /usr/lib/chromium/chromium, so
+the PID Playwright starts is the browser's.  With /dev/shm mounted twice, its
+/dev/shm check prints "[: ...: unexpected operator" to stderr: harmless.
+
+Home: the browser runs with HOME and XDG_CONFIG_HOME/XDG_CACHE_HOME in a temp dir of
+this module's, removed at teardown.  Debian's Chromium always starts two
+chrome_crashpad_handler processes that detach from the browser (reparented to PID 1,
+so they are no descendants of ours) with --database=$XDG_CONFIG_HOME/chromium/...;
+the temp dir keeps that out of ~/.config and names them, so they are found and
+killed by PID too.  (--disable-crashpad-for-testing would stop them, but with it
+Chromium 150's network service crash-loops and every page load fails.)
 """
 
 import os
+import shutil
 import signal
+import tempfile
+import threading
 import time
 
 import pytest
@@ -42,11 +64,11 @@ CHROMIUM_ARGS = [
     "--disable-background-networking",
     "--disable-component-update",
     "--disable-sync",
-    "--disable-crashpad-for-testing",
 ]
 
 LAUNCH_TIMEOUT_MS = 30_000
 PAGE_TIMEOUT_MS = 10_000
+CLOSE_TIMEOUT_S = 15
 
 
 # --- Chromium processes, by PID -------------------------------------------------
@@ -64,58 +86,80 @@ def _proc_stat(pid):
     return comm, int(fields[1]), fields[0], int(fields[19])
 
 
-def _descendants(root_pids):
-    """{pid: stat} of every live process below root_pids (not the roots)."""
-    children = {}
+def _chromium_processes():
+    """{pid: stat} of every process whose comm is "chromium" (the browser, zygotes,
+    renderers, utilities) or "chrome_crashpad" (Debian's crash handlers)."""
+    out = {}
     for name in os.listdir("/proc"):
         if name.isdigit():
             stat = _proc_stat(int(name))
-            if stat:
-                children.setdefault(stat[1], []).append((int(name), stat))
-    found, todo = {}, list(root_pids)
-    while todo:
-        for pid, stat in children.get(todo.pop(), ()):
-            if pid not in found:
-                found[pid] = stat
-                todo.append(pid)
-    return found
+            if stat and stat[0].startswith("chrom"):
+                out[int(name)] = stat
+    return out
 
 
-def _is_chromium(stat):
-    # comm is "chromium" for the browser, zygotes, renderers and utilities
-    # ("chrome_crashpad" for the crash handler, should one ever start).
-    return stat[0].startswith("chrom")
+def _read_nul_list(pid, what):
+    try:
+        with open(f"/proc/{pid}/{what}", "rb") as f:
+            return f.read().decode(errors="replace").split("\0")
+    except OSError:
+        return []
+
+
+def _cmdline_tokens(pid):
+    # Chromium's child processes rewrite their argv into one space-joined string
+    # (which also overwrites their /proc/PID/environ).
+    return " ".join(_read_nul_list(pid, "cmdline")).split()
 
 
 class _ChromiumProcesses:
-    """The PIDs (with start times, so a reused PID is never killed) of the Chromium
-    processes started below this pytest process."""
+    """The PIDs (with start times, so a reused PID is never killed) of one
+    browser's processes.  They are told apart from any other Chromium (another
+    session's, or a second browser in this one) by what only ours carry: the
+    browser and its crash handlers have HOME=<our temp dir> in their environment,
+    the crash handlers name it in --database=, and the browser's zygotes,
+    renderers and utilities all carry the browser's --user-data-dir=."""
 
-    def __init__(self):
+    def __init__(self, home):
+        self.env_entry = f"HOME={home}"
+        self.marker = home + os.sep
+        self.profile_args = set()  # "--user-data-dir=<Playwright's temp profile>"
         self.seen = {}  # pid -> starttime
+        self.lock = threading.Lock()  # the close watchdog runs in a thread
+
+    @property
+    def profile_dirs(self):
+        return [arg.split("=", 1)[1] for arg in self.profile_args]
 
     def record(self):
-        roots = [os.getpid(), *self.seen]
-        for pid, stat in _descendants(roots).items():
-            if _is_chromium(stat):
-                self.seen.setdefault(pid, stat[3])
-        return sorted(self.seen)
+        """Add the browser's processes now running; returns all recorded PIDs."""
+        with self.lock:
+            procs = _chromium_processes()
+            tokens = {pid: _cmdline_tokens(pid) for pid in procs}
+            for pid in procs:
+                if self.env_entry in _read_nul_list(pid, "environ"):
+                    self.seen.setdefault(pid, procs[pid][3])
+                    self.profile_args.update(
+                        t for t in tokens[pid] if t.startswith("--user-data-dir="))
+            for pid, toks in tokens.items():
+                if self.profile_args.intersection(toks) or any(self.marker in t for t in toks):
+                    self.seen.setdefault(pid, procs[pid][3])
+            return sorted(self.seen)
 
     def alive(self):
         """Recorded PIDs that are still the same, running (not zombie) process."""
+        with self.lock:
+            seen = list(self.seen.items())
         out = []
-        for pid, start in self.seen.items():
+        for pid, start in seen:
             stat = _proc_stat(pid)
             if stat and stat[3] == start and stat[2] != "Z":
                 out.append(pid)
         return out
 
-    def kill_leftovers(self, grace=5.0):
-        """Wait up to `grace` s for a graceful exit, then SIGKILL what is left."""
-        deadline = time.monotonic() + grace
-        while self.alive() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        self.record()  # children of a crashed browser's zygotes, if any
+    def kill(self):
+        """SIGKILL every process of the browser still alive; returns their PIDs."""
+        self.record()
         left = self.alive()
         for pid in left:
             try:
@@ -126,6 +170,39 @@ class _ChromiumProcesses:
         while self.alive() and time.monotonic() < deadline:
             time.sleep(0.05)
         return left
+
+    def kill_leftovers(self, grace=5.0):
+        """Wait up to `grace` s for a graceful exit, then SIGKILL what is left."""
+        deadline = time.monotonic() + grace
+        while self.alive() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return self.kill()
+
+
+def _close_or_kill(close, procs, what):
+    """close(), but if it has not returned after CLOSE_TIMEOUT_S (a hung browser:
+    Playwright's close has no timeout), SIGKILL the browser's processes by PID so
+    that it does; then fail, naming them."""
+    fired, killed = threading.Event(), []
+
+    def kill():
+        fired.set()
+        killed.extend(procs.kill())
+
+    watchdog = threading.Timer(CLOSE_TIMEOUT_S, kill)
+    watchdog.daemon = True
+    watchdog.start()
+    try:
+        close()
+    except Exception:
+        if not fired.is_set():
+            raise
+    finally:
+        watchdog.cancel()
+        watchdog.join()
+    if fired.is_set():
+        pytest.fail(f"Chromium did not close {what} within {CLOSE_TIMEOUT_S} s: "
+                    f"killed PIDs {killed}", pytrace=False)
 
 
 # --- fixtures -------------------------------------------------------------------
@@ -144,7 +221,11 @@ def chromium():
     except ImportError as exc:
         pytest.fail(f"the Python package playwright is not installed: {exc}", pytrace=False)
 
-    procs = _ChromiumProcesses()
+    home = tempfile.mkdtemp(prefix="meshnode-chromium-")
+    env = {**os.environ, "HOME": home,
+           "XDG_CONFIG_HOME": os.path.join(home, ".config"),
+           "XDG_CACHE_HOME": os.path.join(home, ".cache")}
+    procs = _ChromiumProcesses(home)
     pw = sync_playwright().start()
     browser = None
     try:
@@ -153,21 +234,51 @@ def chromium():
             executable_path=CHROMIUM_PATH,
             headless=True,
             args=CHROMIUM_ARGS,
+            env=env,
             timeout=LAUNCH_TIMEOUT_MS,
         )
         browser.launch_seconds = time.monotonic() - started
         browser.chromium_pids = procs.record()
+        browser.chromium_processes = procs
         yield browser
     finally:
-        procs.record()  # renderers started since launch
+        procs.record()  # renderers started since launch (or what a failed launch left)
         try:
             if browser is not None:
-                browser.close()
+                _close_or_kill(browser.close, procs, "the browser")
         finally:
             pw.stop()
             left = procs.kill_leftovers()
+            shutil.rmtree(home, ignore_errors=True)
+            # Playwright removes its profile dir on a clean close, not after a kill.
+            for path in procs.profile_dirs:
+                if os.path.basename(path).startswith("playwright_chromiumdev_profile-"):
+                    shutil.rmtree(path, ignore_errors=True)
             if left:
                 print(f"browser_fixtures: killed leftover Chromium PIDs {left}")
+
+
+def page_wait_until(page, predicate, timeout=10.0, what="condition"):
+    """Poll predicate() until true, letting Playwright deliver the page's events
+    (console messages, page errors, handlers) in between; returns its value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        page.wait_for_timeout(50)
+
+
+def _log_console(log, msg):
+    text = msg.text
+    if text.startswith("Failed to load resource"):
+        url = (msg.location or {}).get("url", "")
+        if url.split("?", 1)[0].endswith("/favicon.ico"):
+            return  # Chromium asks every site for one by itself: not the page's error
+        text += f" ({url})"
+    log.append(f"console.{msg.type}: {text}")
 
 
 @pytest.fixture
@@ -175,15 +286,16 @@ def page(chromium):
     """A page in a new browser context; ``page.console_log`` collects console
     messages and uncaught page errors."""
     context = chromium.new_context()
+    log = []
     try:
         pg = context.new_page()
         pg.set_default_timeout(PAGE_TIMEOUT_MS)
-        log = pg.console_log = []
-        pg.on("console", lambda msg: log.append(f"console.{msg.type}: {msg.text}"))
+        pg.console_log = log
+        pg.on("console", lambda msg: _log_console(log, msg))
         pg.on("pageerror", lambda err: log.append(f"pageerror: {err}"))
         yield pg
     finally:
-        context.close()
-    # Shown by pytest only when the test failed.
-    if log:
-        print("--- browser console ---\n" + "\n".join(log))
+        # Shown by pytest only when the test failed.
+        if log:
+            print("--- browser console ---\n" + "\n".join(log))
+        _close_or_kill(context.close, chromium.chromium_processes, "a page's context")

@@ -43,3 +43,4 @@ def zk_node(start_node):
     def start(name, hosts, *extra, mesh="test", timeout="2"):
         return start_node(name, "--zk", hosts, "--mesh", mesh, "--zk-timeout", timeout, *extra)
     return start
+from browser_fixtures import chromium, page  # noqa: E402,F401  (real headless Chromium)

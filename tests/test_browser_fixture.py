@@ -1,5 +1,5 @@
-"""The browser fixtures (browser_fixtures.py) drive a real headless Chromium
-against pages served over loopback HTTP."""
+"""The browser fixtures (browser_fixtures.py, imported by conftest.py) drive a
+real headless Chromium against pages served over loopback HTTP."""
 
 import http.server
 import os
@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from browser_fixtures import chromium, page  # noqa: F401  (real Chromium fixtures)
+from browser_fixtures import page_wait_until
 
 PAGES = {
     "/button.html": """<!doctype html>
@@ -24,7 +24,8 @@ PAGES = {
 </script>
 </body></html>""",
     "/broken.html": """<!doctype html>
-<html><body><p id="ok">before the error</p>
+<html><head><link rel="icon" href="data:,"></head><body><p id="ok">before the error</p>
+<img src="/missing.png">
 <script>console.warn("about to fail"); null.boom();</script>
 </body></html>""",
 }
@@ -74,6 +75,9 @@ def test_click_changes_text(page, site):
     assert page.text_content("#status") == "clicked 2"
 
     assert "/button.html" in site.requests
+    # Chromium's own /favicon.ico request (a 404 here) is not logged as the page's error.
+    page_wait_until(page, lambda: "/favicon.ico" in site.requests, what="a favicon request")
+    page.wait_for_timeout(200)  # time for its console error to arrive, were it logged
     assert page.console_log == ["console.log: click number 1", "console.log: click number 2"]
 
 
@@ -100,10 +104,14 @@ def test_eventsource_and_websocket_exist(page, site):
 def test_page_errors_are_collected(page, site):
     page.goto(site.url + "/broken.html")
     assert page.text_content("#ok") == "before the error"
-    assert page.console_log[0] == "console.warning: about to fail"
-    assert len(page.console_log) == 2
-    assert page.console_log[1].startswith("pageerror: ")
-    assert "null" in page.console_log[1]
+    page_wait_until(page, lambda: len(page.console_log) >= 3, what="3 console entries")
+    log = page.console_log
+    assert len(log) == 3, log
+    assert "console.warning: about to fail" in log
+    assert (f"console.error: Failed to load resource: the server responded with a status "
+            f"of 404 (Not Found) ({site.url}/missing.png)") in log
+    [error] = [m for m in log if m.startswith("pageerror: ")]
+    assert "null" in error
 
 
 def test_each_page_has_a_fresh_context(chromium, page):
@@ -116,16 +124,41 @@ def test_each_page_has_a_fresh_context(chromium, page):
     assert [c["name"] for c in page.context.cookies()] == ["k"]
 
 
-def test_fixture_knows_the_browser_processes(chromium):
-    # The PIDs recorded at launch are live Chromium processes of this Chromium,
-    # one of them the browser Playwright drives over --remote-debugging-pipe.
+def _read(pid, what):
+    """/proc/PID/<what>, or None if that process has exited since."""
+    try:
+        with open(f"/proc/{pid}/{what}", "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        return None
+
+
+def test_fixture_knows_the_browser_processes(chromium, page):
+    # The PIDs recorded at launch are processes of this Chromium: exactly one is
+    # the browser itself (no --type=, driven over --remote-debugging-pipe), and
+    # Debian's crash handlers keep their database out of the real home.  A page's
+    # renderer, started later, is found too (teardown kills by these PIDs).
     assert chromium.is_connected()
-    assert chromium.chromium_pids
-    cmdlines = []
+    comms, cmdlines = set(), {}
     for pid in chromium.chromium_pids:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            cmdlines.append(f.read().split(b"\0"))
-    assert all(os.path.basename(c[0]) == b"chromium" for c in cmdlines)
-    assert sum(b"--remote-debugging-pipe" in c for c in cmdlines) == 1
-    assert all(b"--disable-crashpad-for-testing" in c for c in cmdlines
-               if b"--remote-debugging-pipe" in c)
+        stat, cmdline = _read(pid, "stat"), _read(pid, "cmdline")
+        if stat is None or cmdline is None:
+            continue  # e.g. a utility process that has finished
+        comms.add(stat.decode().split("(", 1)[1].rsplit(")", 1)[0])
+        # Chromium's child processes rewrite their argv into one space-joined string.
+        cmdlines[pid] = cmdline.decode().replace("\0", " ")
+    assert comms <= {"chromium", "chrome_crashpad"}, comms
+    browsers = [pid for pid, c in cmdlines.items()
+                if "--remote-debugging-pipe" in c and "--type=" not in c]
+    assert len(browsers) == 1, cmdlines
+    environ = _read(browsers[0], "environ").decode().split("\0")
+    env = dict(v.split("=", 1) for v in environ if "=" in v)
+    real_home = os.path.expanduser("~")
+    assert env["HOME"] != real_home
+    assert env["XDG_CONFIG_HOME"].startswith(env["HOME"])
+    assert not [c for c in cmdlines.values() if f"--database={real_home}/" in c]
+
+    page.set_content("<p>renderer</p>")
+    renderers = [pid for pid in chromium.chromium_processes.record()
+                 if b"--type=renderer" in (_read(pid, "cmdline") or b"")]
+    assert renderers

@@ -1,0 +1,99 @@
+"""What a browser sees: real headless Chromium against real edge nodes."""
+
+import json
+import time
+import urllib.request
+
+import pytest
+
+from edgehelpers import http_address
+from mesh import Client
+from nodeproc import wait_until
+
+
+@pytest.fixture
+def edge_pair(start_node):
+    a = start_node("A")
+    e = start_node("E", "--http", "0", peers=[a])
+    wait_until(lambda: a.peer_names() == ["E"] and e.peer_names() == ["A"], what="link")
+    return a, e
+
+
+def publish_until(page, expression, publish, timeout=15):
+    """Publish until ``expression`` (JS) is truthy in the page."""
+    deadline = time.monotonic() + timeout
+    while not page.evaluate(expression):
+        assert time.monotonic() < deadline, f"page never saw it; console: {page.console_log}"
+        publish()
+        page.wait_for_timeout(50)
+
+
+def test_chromium_websocket_receives_what_python_publishes_on_another_node(page, edge_pair):
+    a, e = edge_pair
+    page.goto(f"http://{http_address(e)}/healthz")
+    page.evaluate("""url => new Promise((resolve, reject) => {
+        window.got = [];
+        const ws = new WebSocket(url);
+        ws.onmessage = ev => { const f = JSON.parse(ev.data); if (f.op === "msg") window.got.push(f); else window.reply = f; };
+        ws.onopen = () => { ws.send(JSON.stringify({op: "sub", subject: "browser.*", id: 7})); resolve(); };
+        ws.onerror = reject;
+    })""", f"ws://{http_address(e)}/ws")
+    wait_until(lambda: page.evaluate("window.reply") == {"op": "ok", "id": 7}, what="sub ok")
+    with Client(a.address) as pub:
+        publish_until(page, "window.got.length > 0", lambda: pub.publish("browser.hello", {"from": "python"}))
+        pub.publish("browser.last", [1, "two", None])
+        publish_until(page, "window.got.some(f => f.subject === 'browser.last')", lambda: None)
+    got = page.evaluate("window.got")
+    assert got[0]["subject"] == "browser.hello" and got[0]["data"] == {"from": "python"}
+    assert got[-1]["data"] == [1, "two", None] and got[-1]["origin"] == pub.origin
+    assert all(f["seq"] >= 1 and f["ts"] > 0 for f in got)
+
+
+def test_chromium_eventsource_receives_http_posts(page, edge_pair):
+    a, e = edge_pair
+    base = f"http://{http_address(e)}"
+    page.goto(f"{base}/healthz")
+    page.evaluate("""() => {
+        window.events = [];
+        const source = new EventSource("/sub/sse.%3E");
+        source.onmessage = ev => window.events.push({id: ev.lastEventId, data: JSON.parse(ev.data)});
+    }""")
+
+    def post():
+        request = urllib.request.Request(f"{base}/pub/sse.news", data=json.dumps({"n": 1}).encode(),
+                                         headers={"Content-Type": "application/json"}, method="POST")
+        urllib.request.urlopen(request, timeout=5).read()
+
+    publish_until(page, "window.events.length > 0", post)
+    event = page.evaluate("window.events[0]")
+    assert event["data"]["subject"] == "sse.news" and event["data"]["data"] == {"n": 1}
+    assert event["id"].startswith(f"{event['data']['seq']}:sse.news:")
+
+
+def test_built_in_page_subscribes_publishes_and_shows_messages(page, edge_pair):
+    a, e = edge_pair
+    page.goto(f"http://{http_address(e)}/")
+    page.wait_for_selector("#status.up")
+    page.fill("input[name=pattern]", "page.>")
+    page.click("#sub-form button")
+    page.wait_for_selector("#subs span")
+    assert page.inner_text("#subs") .startswith("page.>")
+    page.fill("input[name=subject]", "page.typed")
+    page.fill("input[name=data]", '{"typed": true}')
+    with Client(a.address) as ca:
+        sub = ca.subscribe("page.>")
+        wait_until(lambda: ca.has_interest("page.x") or True, what="")
+        deadline = time.monotonic() + 15
+        while True:  # the page publishes; a Python subscriber on another node receives
+            page.click("#pub-form button")
+            try:
+                got = sub.get(timeout=0.2)
+                break
+            except TimeoutError:
+                assert time.monotonic() < deadline, page.console_log
+        assert got.subject == "page.typed" and got.data == {"typed": True}
+        publish_until(page, "document.querySelector('#log').innerText.includes('from python')",
+                      lambda: ca.publish("page.python", "from python"))
+    log = page.inner_text("#log")
+    assert "page.typed" in log and '{"typed":true}' in log
+    assert not [m for m in page.console_log if "error" in m.lower()], page.console_log
