@@ -159,6 +159,8 @@ def cmd_run(args):
     logging.getLogger("ws4py").setLevel(max(logging.WARNING, logging.getLevelName(args.log_level)))
     _raise_open_file_limit()
     edge = None
+    if args.auth_secret is not None and len(args.auth_secret.encode()) < 32:
+        raise ValueError("--auth-secret must be at least 32 bytes for HS256 (RFC 7518, section 3.2)")
     if args.http is not None:
         from nodes.edge import EdgeConfig
 

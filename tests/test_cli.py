@@ -104,6 +104,11 @@ def test_run_stops_cleanly_on_sigterm_and_sigint(popen):
         assert "meshnode stopped name=solo" in out
 
 
+def test_run_refuses_a_short_auth_secret():
+    result = meshnode("run", "--port", "0", "--http", "0", "--auth-secret", "short", timeout=20)
+    assert result.returncode == 1 and "at least 32 bytes" in result.stderr
+
+
 def test_run_refuses_a_taken_port(start_node):
     a = start_node("A")
     port = a.address.rsplit(":", 1)[1]

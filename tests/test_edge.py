@@ -188,7 +188,7 @@ def close_code(ws, timeout=10):
             return int.from_bytes(data[:2], "big"), data[2:].decode()
 
 
-SECRET = "test-secret"
+SECRET = "test-secret-of-at-least-thirty-two-bytes"
 
 
 def token(**claims):
@@ -199,7 +199,7 @@ def token(**claims):
 def test_auth_rejects_missing_bad_and_expired_tokens(start_node):
     e = start_node("E", "--http", "0", "--auth-secret", SECRET)
     addr = http_address(e)
-    for bad in (None, jwt.encode({"exp": int(time.time()) + 60}, "wrong", algorithm="HS256"),
+    for bad in (None, jwt.encode({"exp": int(time.time()) + 60}, "wrong-secret-also-thirty-two-bytes-long", algorithm="HS256"),
                 token(exp=int(time.time()) - 10)):
         suffix = "" if bad is None else f"?token={bad}"
         with pytest.raises(websocket.WebSocketBadStatusException) as info:
