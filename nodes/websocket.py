@@ -23,6 +23,7 @@ CLOSE_POLICY = 1008  # RFC 6455: policy violation (slow consumer, auth)
 CLOSE_TOO_BIG = 1009
 CLOSE_GOING_AWAY = 1001
 FLUSH_SECONDS = 5.0
+LINGER_SECONDS = 1.0
 FRAME_SLACK = 1024  # a frame may exceed the payload limit by its JSON framing
 # Kernel send buffer per client. Left to autotuning it grows to megabytes and
 # hides a stalled client's backlog from the queue limit (and costs memory).
@@ -170,7 +171,20 @@ class MeshWebSocket(WebSocket):
         connection = getattr(self, "edge_connection", None)
         if connection is not None:
             connection.flush()
+        self._linger()
         super().terminate()
+
+    def _linger(self):
+        """Half-close and discard what the client still sends (up to a second):
+        closing a socket with unread input resets it, and the reset would
+        destroy the close frame (and any error frame) still on its way."""
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+            with gevent.Timeout(LINGER_SECONDS, False):
+                while self.sock.recv(65536):
+                    pass
+        except (OSError, AttributeError):
+            pass
 
     def closed(self, code, reason=None):
         connection = getattr(self, "edge_connection", None)

@@ -261,14 +261,9 @@ def chromium():
 def page_wait_until(page, predicate, timeout=10.0, what="condition"):
     """Poll predicate() until true, letting Playwright deliver the page's events
     (console messages, page errors, handlers) in between; returns its value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        page.wait_for_timeout(50)
+    from nodeproc import wait_until
+
+    return wait_until(predicate, timeout, 0.05, what, sleep=lambda seconds: page.wait_for_timeout(seconds * 1000))
 
 
 def _log_console(log, msg):

@@ -24,6 +24,15 @@ def start_node():
 
 
 @pytest.fixture
+def edge_pair(start_node):
+    """A plain node A and an edge node E (--http) linked to it."""
+    a = start_node("A")
+    e = start_node("E", "--http", "0", peers=[a])
+    wait_until(lambda: a.peer_names() == ["E"] and e.peer_names() == ["A"], what="link")
+    return a, e
+
+
+@pytest.fixture
 def mesh3(start_node):
     """Three linked nodes A, B, C (B and C name A; links are symmetric)."""
     a = start_node("A")

@@ -74,7 +74,8 @@ class NodeProcess:
             self.proc.stdout.close()
 
 
-def wait_until(predicate, timeout=10.0, interval=0.05, what="condition"):
+def wait_until(predicate, timeout=10.0, interval=0.05, what="condition", sleep=time.sleep):
+    """Poll ``predicate()`` until it is truthy; return its value or fail after ``timeout``."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
@@ -82,4 +83,4 @@ def wait_until(predicate, timeout=10.0, interval=0.05, what="condition"):
             return value
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
+        sleep(interval)

@@ -4,19 +4,9 @@ import json
 import time
 import urllib.request
 
-import pytest
-
 from edgehelpers import http_address
 from mesh import Client
 from nodeproc import wait_until
-
-
-@pytest.fixture
-def edge_pair(start_node):
-    a = start_node("A")
-    e = start_node("E", "--http", "0", peers=[a])
-    wait_until(lambda: a.peer_names() == ["E"] and e.peer_names() == ["A"], what="link")
-    return a, e
 
 
 def publish_until(page, expression, publish, timeout=15):

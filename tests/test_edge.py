@@ -14,15 +14,6 @@ from meshhelpers import collect, warm_up
 from nodeproc import wait_until
 
 
-@pytest.fixture
-def edge_pair(start_node):
-    """A plain node A and an edge node E linked to it."""
-    a = start_node("A")
-    e = start_node("E", "--http", "0", peers=[a])
-    wait_until(lambda: a.peer_names() == ["E"] and e.peer_names() == ["A"], what="link")
-    return a, e
-
-
 def until_delivered(publish, receive, timeout=10):
     """Publish until the first delivery (subscriptions propagate asynchronously)."""
     deadline = time.monotonic() + timeout
