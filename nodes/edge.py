@@ -9,7 +9,7 @@ Routing is in :mod:`nodes.http`, WebSocket handling in :mod:`nodes.websocket`.
 import logging
 from dataclasses import dataclass, field
 
-from ws4py.server.geventserver import WSGIServer
+from gevent.pywsgi import WSGIServer
 
 from mesh import Client
 
@@ -17,7 +17,7 @@ from .auth import Authenticator
 from .edgeproto import EdgeError
 from .fanout import Fanout
 from .http import EdgeApp
-from .websocket import CLOSE_GOING_AWAY
+from .websocket import CLOSE_GOING_AWAY, EdgeHandler
 
 log = logging.getLogger("meshnode.edge")
 
@@ -44,7 +44,7 @@ class Edge:
         self.connections = set()
         self.client = Client(node_address, name=None)
         self.fanout = Fanout(self.client, self.stats)
-        self.server = WSGIServer((config.host, config.port), EdgeApp(self), log=None)
+        self.server = WSGIServer((config.host, config.port), EdgeApp(self), log=None, handler_class=EdgeHandler)
         self.server.init_socket()
         self.port = self.server.server_port
 

@@ -46,13 +46,19 @@ class EdgeConnection:
         self._ready.set()
 
     def take(self, timeout=None):
-        """The next queued frame, or None after ``timeout`` seconds."""
+        """The next queued frame, waiting; None after ``timeout`` seconds."""
         while not self._queue:
             if self.closed:
                 return None
             self._ready.clear()
             if not self._ready.wait(timeout):
                 return None
+        return self.pop()
+
+    def pop(self):
+        """The next queued frame, or None at once if there is none."""
+        if not self._queue:
+            return None
         data = self._queue.popleft()
         self.queued_bytes -= len(data)
         return data

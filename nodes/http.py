@@ -15,14 +15,13 @@ import os
 from urllib.parse import unquote
 
 import gevent
-from ws4py.server.wsgiutils import WebSocketWSGIApplication
 
 from mesh.subjects import Pattern, validate_subject
 
 from .auth import token_from
 from .edgeconn import EdgeConnection
 from .edgeproto import EdgeError, dumps
-from .websocket import MeshWebSocket
+from .websocket import MeshWebSocketApplication
 
 log = logging.getLogger("meshnode.edge")
 
@@ -58,7 +57,7 @@ class SSEConnection(EdgeConnection):
 class EdgeApp:
     def __init__(self, edge):
         self.edge = edge
-        self.websockets = WebSocketWSGIApplication(handler_cls=MeshWebSocket)
+        self.websockets = MeshWebSocketApplication()
 
     def __call__(self, environ, start_response):
         try:

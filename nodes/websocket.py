@@ -1,16 +1,21 @@
 """WebSocket edge connections on ws4py: the JSON protocol of docs/EDGE.md.
 
-ws4py reads frames in its own greenlet and calls ``received_message``. Every
-byte written to the socket goes through one writer greenlet fed by the
-connection's bounded queue (ws4py's own pongs and close frames included), so
-frames never interleave and a client that stops reading blocks nothing but
-its writer.
+ws4py reads frames and calls ``received_message``; it runs in the HTTP
+handler's own greenlet (one greenlet per connection). Writes, ws4py's own
+pongs and close frames included, go out in order: a frame is written at once
+with a non-blocking write while nothing is waiting; otherwise it joins the
+connection's bounded queue, which a writer greenlet drains and then leaves.
+So an idle or keeping-up client costs no greenlet of its own, frames never
+interleave, and a client that stops reading blocks nothing but its writer.
 """
 
 import logging
+import os
 import socket
 
 import gevent
+from gevent.pywsgi import WSGIHandler
+from ws4py.server.wsgiutils import WebSocketWSGIApplication
 from ws4py.websocket import WebSocket
 
 from .edgeconn import EdgeConnection
@@ -37,27 +42,49 @@ class WebSocketConnection(EdgeConnection):
         super().__init__(edge, grant, edge.config.queue_bytes, edge.config.max_subscriptions)
         self.websocket = websocket
         self._partial = b""  # the rest of the frame being written, if any
+        self._writer = None  # a greenlet while a backlog exists
         self._finisher = None
+        self._fd = websocket.sock.fileno()
+        os.set_blocking(self._fd, False)  # gevent keeps it so; the inline write relies on it
         try:
             websocket.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
         except OSError:
             pass
-        self.writer = gevent.spawn(self._write_loop)
 
-    def _write_loop(self):
+    def offer(self, data):
+        if self.closed or self.cut:
+            return
+        if self._writer is not None or self.queued_bytes:
+            super().offer(data)  # a backlog exists: keep order, respect the limit
+            return
+        try:
+            written = os.write(self._fd, data)
+        except BlockingIOError:
+            written = 0
+        except OSError:  # the peer went away; ws4py's reader notices too
+            self.release()
+            return
+        if written < len(data):
+            self._partial = memoryview(data)[written:]
+            self._writer = gevent.spawn(self._drain)
+
+    def _drain(self):
+        """Write the frame in flight and the queue, then end."""
         sock = self.websocket.sock
         try:
             while True:
-                data = self.take()
+                while self._partial:
+                    sent = sock.send(self._partial)
+                    self._partial = self._partial[sent:]
+                data = self.pop()
                 if data is None:
                     return
-                self._partial = view = memoryview(data)
-                while view:
-                    sent = sock.send(view)
-                    self._partial = view = view[sent:]
-                self._partial = b""
-        except (OSError, AttributeError):  # peer went away; ws4py's reader notices too
+                self._partial = memoryview(data)
+        except (OSError, AttributeError):
             self.release()
+        finally:
+            if self._writer is gevent.getcurrent():
+                self._writer = None
 
     def send_text(self, text):
         self.offer(encode_frame("ws", text.encode("utf-8")))
@@ -70,7 +97,9 @@ class WebSocketConnection(EdgeConnection):
         self.cut = True
         if code != CLOSE_GOING_AWAY:
             log.warning("cutting off %s: %s", self.websocket.peer_address, reason)
-        self.writer.kill(block=False)
+        if self._writer is not None:
+            self._writer.kill(block=False)
+            self._writer = None
         self.drop_queue()
         close = self.websocket.stream.close(code=code, reason=reason).single(mask=False)
         last = encode_frame("ws", last_words.encode("utf-8")) if last_words else b""
@@ -92,8 +121,8 @@ class WebSocketConnection(EdgeConnection):
     def flush(self, timeout=FLUSH_SECONDS):
         """Let the writer send what is queued (before ws4py closes the socket)."""
         with gevent.Timeout(timeout, False):
-            while (self.queued_bytes or self._partial) and not self.writer.dead:
-                gevent.sleep(0.01)
+            if self._writer is not None:
+                self._writer.join()
             if self._finisher is not None:
                 self._finisher.join()
 
@@ -190,3 +219,34 @@ class MeshWebSocket(WebSocket):
         connection = getattr(self, "edge_connection", None)
         if connection is not None:
             connection.release()
+
+
+class MeshWebSocketApplication(WebSocketWSGIApplication):
+    """ws4py's upgrade handshake; the handler gets only the keys it needs, not a
+    copy of the whole WSGI environ (memory per connection)."""
+
+    def make_websocket(self, sock, protocols, extensions, environ):
+        keep = {key: environ[key] for key in ("meshnode.edge", "meshnode.grant", "meshnode.pattern")}
+        environ["ws4py.websocket"] = websocket = MeshWebSocket(sock, protocols, extensions, keep)
+        return websocket
+
+
+class EdgeHandler(WSGIHandler):
+    """gevent's WSGI handler that, after a WebSocket upgrade, runs the
+    WebSocket in its own greenlet (ws4py's handler spawns a second one and
+    waits for it)."""
+
+    def run_application(self):
+        if not self.environ.get("HTTP_UPGRADE", "").lower():
+            return super().run_application()
+        self.environ["ws4py.socket"] = self.socket
+        self.result = self.application(self.environ, self.start_response) or []
+        self.process_result()
+        websocket = self.environ.pop("ws4py.websocket", None)
+        if websocket is None:
+            return None
+        # The socket now belongs to the WebSocket: keep pywsgi from closing it.
+        self.socket = None
+        self.rfile.close()
+        self.environ = None
+        websocket.run()

@@ -92,7 +92,10 @@ def test_http_publish_reaches_websocket_python_and_sse(edge_pair):
         http("POST", f"{base}/pub/news.bytes", b"\x01\x02", {"Content-Type": "application/octet-stream"})
         got = {m.subject: m.data for m in collect(sub, 3) if m.subject != "news.warm"}
         assert got == {"news.json": {"k": [1, 2]}, "news.text": "héllo", "news.bytes": b"\x01\x02"}
-    ws_got = {m["subject"]: m["data"] for m in ws.messages(4)}
+    ws_got = {}
+    while len(set(ws_got) - {"news.warm"}) < 3:
+        frame = ws.messages(1)[0]
+        ws_got[frame["subject"]] = frame["data"]
     assert ws_got["news.json"] == {"k": [1, 2]} and ws_got["news.bytes"] == {"$base64": "AQI="}
     events = []
     while len([e for e in events if "news.warm" not in e["data"]]) < 3:
