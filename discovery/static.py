@@ -21,8 +21,9 @@ log = logging.getLogger("meshnode.discovery.static")
 
 
 class StaticDiscovery(Discovery):
-    def __init__(self, context, peers, interval=1.0, expiry=5.0):
+    def __init__(self, context, peers, interval=1.0, expiry=5.0, curve=None):
         self._context = context
+        self._curve = curve
         self._addresses = [normalize_address(p) for p in peers]
         self.interval = interval
         self.expiry = expiry
@@ -39,7 +40,7 @@ class StaticDiscovery(Discovery):
         self._loops.append(gevent.spawn(self._expire_loop))
 
     def _channel(self, address):
-        return ControlChannel(self._context, address, pick_waiter(), timeout=self.interval)
+        return ControlChannel(self._context, address, pick_waiter(), timeout=self.interval, curve=self._curve)
 
     def _introduce_loop(self, address):
         channel = self._channel(address)

@@ -2,8 +2,9 @@
 
 from .client import Client, Subscription
 from .control import ControlError
+from .curve import CurveKeys
 from .envelope import MalformedMessage, Message, PayloadTooLarge
 from .subjects import Pattern
 
-__all__ = ["Client", "Subscription", "Message", "Pattern", "ControlError",
+__all__ = ["Client", "Subscription", "Message", "Pattern", "ControlError", "CurveKeys",
            "MalformedMessage", "PayloadTooLarge"]

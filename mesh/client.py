@@ -17,6 +17,7 @@ import uuid
 import zmq
 
 from .control import ControlChannel
+from .curve import apply_client
 from .envelope import PROTOCOL_VERSION, EnvelopeEncoder, MalformedMessage, decode
 from .subjects import Pattern, subject_from_topic, validate_subject
 from .waiting import pick_waiter, recv_multipart, running_under_gevent
@@ -32,11 +33,12 @@ class Client:
     """A connection to one node. ``publish`` is thread-safe; each Subscription
     belongs to the thread (or greenlet) that reads it."""
 
-    def __init__(self, address, *, name=None, timeout=5.0, hwm=DEFAULT_HWM):
+    def __init__(self, address, *, name=None, timeout=5.0, hwm=DEFAULT_HWM, curve=None):
         self._context = zmq.Context.instance()
         self._wait = pick_waiter()
         self._hwm = hwm
         self._timeout = timeout
+        self._curve = curve  # mesh.CurveKeys when the mesh uses CurveZMQ
         self._control, info = self._hello(address)
         self._adopt(info)
         self.origin = name or f"{self.node}/{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
@@ -66,7 +68,7 @@ class Client:
         return ZooKeeperFailover.connect(cls, hosts, mesh, zk_auth, zk_timeout, on_failover, options)
 
     def _hello(self, address):
-        control = ControlChannel(self._context, address, self._wait, self._timeout)
+        control = ControlChannel(self._context, address, self._wait, self._timeout, self._curve)
         try:
             info = control.request("hello")
             if info.get("protocol") != PROTOCOL_VERSION:
@@ -86,6 +88,7 @@ class Client:
         sock = self._context.socket(zmq.XPUB)
         sock.setsockopt(zmq.SNDHWM, self._hwm)
         sock.setsockopt(zmq.LINGER, 2000)
+        apply_client(self._curve, sock)
         sock.connect(self.endpoints["ingress"])
         return sock
 
@@ -94,6 +97,7 @@ class Client:
         sock.setsockopt(zmq.RCVHWM, self._hwm)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.SUBSCRIBE, prefix)
+        apply_client(self._curve, sock)
         sock.connect(self.endpoints["out"])
         sock.connect(self.endpoints["remote"])
         return sock

@@ -12,6 +12,7 @@ import threading
 import msgpack
 import zmq
 
+from .curve import apply_client
 from .waiting import recv_multipart
 
 CONTROL_VERSION = 1
@@ -53,7 +54,7 @@ def normalize_address(address):
 class ControlChannel:
     """A DEALER connection to one node's control socket; thread-safe."""
 
-    def __init__(self, context, address, wait, timeout=5.0):
+    def __init__(self, context, address, wait, timeout=5.0, curve=None):
         self.address = normalize_address(address)
         self.timeout = timeout
         self._wait = wait
@@ -61,6 +62,7 @@ class ControlChannel:
         self._lock = threading.Lock()
         self._sock = context.socket(zmq.DEALER)
         self._sock.setsockopt(zmq.LINGER, 0)
+        apply_client(curve, self._sock)
         self._sock.connect(self.address)
 
     def request(self, cmd, timeout=None, **fields):

@@ -74,6 +74,13 @@ def build_parser():
                       help="concurrent WebSocket and SSE connections (default: 10000)")
     edge.add_argument("--keepalive", type=float, default=15.0, metavar="SECONDS",
                       help="SSE keep-alive comment interval (default: 15)")
+    security = run.add_argument_group("security")
+    security.add_argument("--curve-keys", metavar="DIR",
+                          help="CurveZMQ on every ZeroMQ socket: serve with DIR/mesh.key_secret, connect to "
+                               "peers as DIR/NAME.key_secret (or the mesh key), and let in only the public "
+                               "keys (*.key) in DIR. Make keys with 'meshnode keygen'")
+    security.add_argument("--insecure", action="store_true",
+                          help="allow binding a non-loopback --host without --curve-keys")
     run.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
 
     pub = commands.add_parser("pub", help="publish a message", description=(
@@ -82,7 +89,7 @@ def build_parser():
         epilog=EPILOG_ADDRESSES)
     pub.add_argument("subject")
     pub.add_argument("data")
-    pub.add_argument("--node", default="127.0.0.1:7400", metavar="HOST:PORT")
+    _node_arguments(pub)
     pub.add_argument("--string", action="store_true", help="send DATA as a string even if it is JSON")
     pub.add_argument("--wait", type=float, default=2.0, metavar="SECONDS",
                      help="wait up to this long for a subscriber to exist before publishing, since "
@@ -93,15 +100,22 @@ def build_parser():
         "message: subject, data, origin, seq, ts. Bytes are shown as {\"$base64\": ...}."),
         epilog=EPILOG_ADDRESSES)
     sub.add_argument("pattern")
-    sub.add_argument("--node", default="127.0.0.1:7400", metavar="HOST:PORT")
+    _node_arguments(sub)
     sub.add_argument("--count", type=_positive_int, help="exit after this many messages")
     sub.add_argument("--timeout", type=float, help="exit with status 1 if no message comes for this long")
 
     stats = commands.add_parser("stats", help="print a node's counters as JSON", epilog=EPILOG_ADDRESSES)
-    stats.add_argument("--node", default="127.0.0.1:7400", metavar="HOST:PORT")
+    _node_arguments(stats)
 
     peers = commands.add_parser("peers", help="print the peers a node is linked to", epilog=EPILOG_ADDRESSES)
-    peers.add_argument("--node", default="127.0.0.1:7400", metavar="HOST:PORT")
+    _node_arguments(peers)
+
+    keygen = commands.add_parser("keygen", help="create a CurveZMQ keypair in a key directory",
+                                 description="Create DIR/NAME.key (public) and DIR/NAME.key_secret. Make 'mesh' "
+                                             "first (the key every node serves with), then one per node and "
+                                             "client. A node lets in every *.key in its directory.")
+    keygen.add_argument("directory", metavar="DIR")
+    keygen.add_argument("name", metavar="NAME")
 
     nodes = commands.add_parser("nodes", help="list the members of a mesh registered in ZooKeeper",
                                 description="List the nodes registered in ZooKeeper for a mesh: name, "
@@ -118,6 +132,19 @@ def build_parser():
     demo.add_argument("--http", type=int, default=8400, metavar="PORT",
                       help="HTTP port of the last node, which serves the built-in page (default: 8400; 0 picks one)")
     return parser
+
+
+def _node_arguments(parser):
+    parser.add_argument("--node", default="127.0.0.1:7400", metavar="HOST:PORT", help="the node to talk to")
+    parser.add_argument("--curve-keys", metavar="DIR", help="key directory of a mesh that uses CurveZMQ")
+    parser.add_argument("--curve-name", default="mesh", metavar="NAME",
+                        help="use DIR/NAME.key_secret as this client's identity (default: mesh)")
+
+
+def _client_curve(args):
+    from mesh.curve import CurveKeys
+
+    return CurveKeys.load(args.curve_keys, args.curve_name) if args.curve_keys else None
 
 
 def _zookeeper_arguments(parser, zk_help, required=False):
@@ -152,7 +179,7 @@ def cmd_run(args):
     import gevent.event
 
     from discovery import StaticDiscovery, ZooKeeperDiscovery
-    from nodes.node import Node, NodeConfig
+    from nodes.node import Node, NodeConfig, node_curve_keys
 
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -169,15 +196,20 @@ def cmd_run(args):
                           max_connections=args.max_connections, auth_secret=args.auth_secret,
                           allowed_origins=args.allowed_origin, keepalive_seconds=args.keepalive)
     config = NodeConfig(name=args.name, host=args.host, port=args.port, advertise=args.advertise,
-                        max_payload=args.max_payload, hwm=args.hwm, peers=args.peer, edge=edge)
+                        max_payload=args.max_payload, hwm=args.hwm, peers=args.peer, edge=edge,
+                        curve_keys=args.curve_keys or "")
     import zmq
 
     if args.zk and args.peer:
         raise ValueError("use either --zk or --peer, not both")
+    if not args.curve_keys and not args.insecure and not _is_loopback(args.host):
+        raise ValueError(f"binding {args.host} without --curve-keys lets anyone who can reach it join and "
+                         f"read the mesh; pass --curve-keys DIR, or --insecure to do it anyway")
+    curve = node_curve_keys(config)
     if args.zk:
         discovery = ZooKeeperDiscovery(args.zk, args.mesh, session_timeout=args.zk_timeout, auth=args.zk_auth)
     else:
-        discovery = StaticDiscovery(zmq.Context.instance(), config.peers)
+        discovery = StaticDiscovery(zmq.Context.instance(), config.peers, curve=curve)
     try:
         node = Node(config, discovery)
     except zmq.ZMQError as exc:
@@ -209,7 +241,7 @@ def cmd_pub(args):
     from mesh import Client
 
     lines = (line.rstrip("\n") for line in sys.stdin) if args.data == "-" else [args.data]
-    with Client(args.node) as client:
+    with Client(args.node, curve=_client_curve(args)) as client:
         interest = client.wait_for_interest(args.subject, args.wait)
         for line in lines:
             data = line
@@ -230,7 +262,7 @@ def cmd_pub(args):
 def cmd_sub(args):
     from mesh import Client
 
-    with Client(args.node) as client:
+    with Client(args.node, curve=_client_curve(args)) as client:
         sub = client.subscribe(args.pattern)
         received = 0
         while args.count is None or received < args.count:
@@ -247,13 +279,13 @@ def cmd_sub(args):
     return 0
 
 
-def _control_request(node, cmd):
+def _control_request(args, cmd):
     import zmq
 
     from mesh.control import ControlChannel
     from mesh.waiting import pick_waiter
 
-    channel = ControlChannel(zmq.Context.instance(), node, pick_waiter())
+    channel = ControlChannel(zmq.Context.instance(), args.node, pick_waiter(), curve=_client_curve(args))
     try:
         return channel.request(cmd)
     finally:
@@ -261,13 +293,39 @@ def _control_request(node, cmd):
 
 
 def cmd_stats(args):
-    print(json.dumps(_control_request(args.node, "stats"), indent=2, sort_keys=True))
+    print(json.dumps(_control_request(args, "stats"), indent=2, sort_keys=True))
     return 0
 
 
 def cmd_peers(args):
-    for record in _control_request(args.node, "peers")["peers"]:
+    for record in _control_request(args, "peers")["peers"]:
         print(json.dumps(record, sort_keys=True))
+    return 0
+
+
+def _is_loopback(host):
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def cmd_keygen(args):
+    import os
+
+    import zmq.auth
+
+    os.makedirs(args.directory, exist_ok=True)
+    for suffix in (".key", ".key_secret"):
+        if os.path.exists(os.path.join(args.directory, args.name + suffix)):
+            raise ValueError(f"{args.directory}/{args.name}{suffix} exists; not overwriting it")
+    public, secret = zmq.auth.create_certificates(args.directory, args.name)
+    os.chmod(secret, 0o600)
+    print(f"{public}\n{secret}")
     return 0
 
 
@@ -300,7 +358,7 @@ def cmd_demo(args):
 
 
 COMMANDS = {"run": cmd_run, "pub": cmd_pub, "sub": cmd_sub, "stats": cmd_stats,
-            "peers": cmd_peers, "nodes": cmd_nodes, "demo": cmd_demo}
+            "peers": cmd_peers, "nodes": cmd_nodes, "keygen": cmd_keygen, "demo": cmd_demo}
 
 
 if __name__ == "__main__":

@@ -28,8 +28,10 @@ class RequestError(Exception):
 
 
 class ControlServer:
-    def __init__(self, context, host, port, handler):
+    def __init__(self, context, host, port, handler, curve=None):
         self.sock = context.socket(zmq.ROUTER)
+        if curve is not None:
+            curve.serve(self.sock)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.MAXMSGSIZE, MAX_REQUEST_BYTES)
         self.sock.setsockopt(zmq.ROUTER_HANDOVER, 1)

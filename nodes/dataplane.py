@@ -27,6 +27,7 @@ import gevent.lock
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
+from mesh.curve import apply_client
 from mesh.subjects import MAX_SUBJECT_BYTES
 from mesh.waiting import pick_waiter, recv_multipart
 
@@ -83,7 +84,8 @@ class _Proxy:
 class DataPlane:
     """Binds the node's data sockets on ``host`` and forwards between them."""
 
-    def __init__(self, context, host, *, hwm, max_payload, heartbeat_ivl_ms=1000, heartbeat_timeout_ms=3000):
+    def __init__(self, context, host, *, hwm, max_payload, curve=None, heartbeat_ivl_ms=1000,
+                 heartbeat_timeout_ms=3000):
         self._context = context
         max_frame = max_payload + _FRAME_OVERHEAD
 
@@ -95,7 +97,11 @@ class DataPlane:
             for name, value in options.items():  # before bind: listeners copy options then
                 sock.setsockopt(getattr(zmq, name), value)
             if bind:
+                if curve is not None:
+                    curve.serve(sock)
                 sock.bind(f"tcp://{host}:*")
+            else:
+                apply_client(curve, sock)
             return sock
 
         # Clients are held to the payload limit here; peers already held theirs.

@@ -36,13 +36,13 @@ class EdgeConfig:
 
 
 class Edge:
-    def __init__(self, node_address, config):
+    def __init__(self, node_address, config, curve=None):
         self.config = config
         self.auth = Authenticator(config.auth_secret)
         self.stats = {"messages_in": 0, "messages_out": 0, "slow_consumers": 0, "errors": 0,
                       "rejected_connections": 0}
         self.connections = set()
-        self.client = Client(node_address, name=None)
+        self.client = Client(node_address, curve=curve)
         self.fanout = Fanout(self.client, self.stats)
         self.server = WSGIServer((config.host, config.port), EdgeApp(self), log=None, handler_class=EdgeHandler)
         self.server.init_socket()

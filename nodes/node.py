@@ -7,6 +7,7 @@ Runs under gevent (bin/meshnode monkey-patches before importing it).
 """
 
 import logging
+import os
 import socket
 import time
 import uuid
@@ -15,9 +16,11 @@ from dataclasses import dataclass, field
 import zmq
 
 from discovery.base import validate_member, validate_name
+from mesh.curve import MESH_CERT, CurveKeys
 from mesh.envelope import DEFAULT_MAX_PAYLOAD, PROTOCOL_VERSION
 
 from .control import ControlServer, RequestError
+from .zap import ZapHandler
 from .dataplane import DataPlane
 
 log = logging.getLogger("meshnode.node")
@@ -36,6 +39,7 @@ class NodeConfig:
     hwm: int = DEFAULT_HWM
     peers: list = field(default_factory=list)
     edge: object = None  # an EdgeConfig when the node serves HTTP/WebSocket (--http)
+    curve_keys: str = ""  # key directory: CurveZMQ on every ZeroMQ socket (mesh/curve.py)
 
     def __post_init__(self):
         if self.host in ("0.0.0.0", "::", "*") and not self.advertise:
@@ -43,6 +47,16 @@ class NodeConfig:
         self.advertise = self.advertise or self.host
         if self.max_payload < 1:
             raise ValueError("max payload must be at least 1 byte")
+
+
+def node_curve_keys(config):
+    """The node's CurveKeys: its own ``<name>.key_secret`` if the directory has
+    one, else the mesh keypair; None without --curve-keys."""
+    if not config.curve_keys:
+        return None
+    name = config.name if config.name and os.path.exists(
+        os.path.join(config.curve_keys, f"{config.name}.key_secret")) else MESH_CERT
+    return CurveKeys.load(config.curve_keys, name)
 
 
 class Node:
@@ -53,8 +67,13 @@ class Node:
         self.started = time.time()
         self.peers = {}
         self.edge = None
-        self.dataplane = DataPlane(self.context, config.host, hwm=config.hwm, max_payload=config.max_payload)
-        self.control = ControlServer(self.context, config.host, config.port, self)
+        self.zap = None
+        self.curve = node_curve_keys(config)
+        if self.curve is not None:
+            self.zap = ZapHandler(self.context, config.curve_keys)  # before anything binds
+        self.dataplane = DataPlane(self.context, config.host, hwm=config.hwm, max_payload=config.max_payload,
+                                   curve=self.curve)
+        self.control = ControlServer(self.context, config.host, config.port, self, self.curve)
         self.name = validate_name(config.name or f"{socket.gethostname()}-{self.control.port}")
         self.member = {
             "name": self.name,
@@ -75,7 +94,7 @@ class Node:
                 from .edge import Edge
 
                 self.edge = Edge(f"127.0.0.1:{self.control.port}" if self.config.host in ("0.0.0.0", "*")
-                                 else self.member["control"], self.config.edge)
+                                 else self.member["control"], self.config.edge, self.curve)
                 self.edge.start()
         except BaseException:
             self.control.stop()
@@ -97,6 +116,8 @@ class Node:
         self.discovery.stop()
         self.control.stop()
         self.dataplane.stop()
+        if self.zap is not None:
+            self.zap.stop()
 
     # -- control commands (see docs/PROTOCOL.md) --------------------------
 
@@ -154,4 +175,5 @@ class Node:
                         "rejected": self.control.rejected, "unknown_commands": self.control.unknown_commands},
             "proxies": counters,
             **({"edge": self.edge.counters()} if self.edge is not None else {}),
+            **({"curve": self.zap.counters()} if self.zap is not None else {}),
         }
