@@ -5,18 +5,11 @@ sockets; library code never patches on import.
 """
 
 import argparse
-import base64
 import json
 import sys
 import time
 
 EPILOG_ADDRESSES = "Addresses are a node's control address, HOST:PORT (default port 7400)."
-
-
-def _json_default(value):
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return {"$base64": base64.b64encode(bytes(value)).decode("ascii")}
-    return repr(value)
 
 
 def _positive_int(text):
@@ -97,7 +90,8 @@ def build_parser():
 
     sub = commands.add_parser("sub", help="subscribe and print messages", description=(
         "Subscribe to PATTERN ('*' matches one token, '>' the rest) and print one JSON line per "
-        "message: subject, data, origin, seq, ts. Bytes are shown as {\"$base64\": ...}."),
+        "message: subject, data, origin, seq, ts. Bytes are shown as {\"$base64\": ...}. On exit it "
+        "reports on stderr how many messages it knows it missed (sequence gaps)."),
         epilog=EPILOG_ADDRESSES)
     sub.add_argument("pattern")
     _node_arguments(sub)
@@ -261,22 +255,25 @@ def cmd_pub(args):
 
 def cmd_sub(args):
     from mesh import Client
+    from nodes.edgeproto import json_default
 
     with Client(args.node, curve=_client_curve(args)) as client:
         sub = client.subscribe(args.pattern)
-        received = 0
-        while args.count is None or received < args.count:
-            try:
-                message = sub.get(timeout=args.timeout)
-            except TimeoutError:
-                print(f"meshnode sub: no message within {args.timeout} s", file=sys.stderr)
-                return 1
-            received += 1
-            print(json.dumps(message.to_dict(), default=_json_default), flush=True)
-        if sub.gaps or sub.malformed:
-            print(f"meshnode sub: {sub.gaps} messages missed, {sub.malformed} malformed dropped",
-                  file=sys.stderr)
-    return 0
+        status = 0
+        try:
+            while args.count is None or sub.received < args.count:
+                try:
+                    message = sub.get(timeout=args.timeout)
+                except TimeoutError:
+                    print(f"meshnode sub: no message within {args.timeout} s", file=sys.stderr)
+                    status = 1
+                    break
+                print(json.dumps(message.to_dict(), default=json_default), flush=True)
+        finally:  # also on Ctrl-C: loss is never silent
+            if sub.gaps or sub.malformed:
+                print(f"meshnode sub: {sub.gaps} messages missed, {sub.malformed} malformed dropped",
+                      file=sys.stderr)
+    return status
 
 
 def _control_request(args, cmd):

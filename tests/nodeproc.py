@@ -15,10 +15,10 @@ MESHNODE = os.path.join(ROOT, "bin", "meshnode")
 
 
 class NodeProcess:
-    def __init__(self, name, *extra, port=0):
+    def __init__(self, name, *extra, port=0, prefix=()):
         self.name = name
         self.stderr_text = ""
-        cmd = [sys.executable, MESHNODE, "run", "--name", name, "--port", str(port), *extra]
+        cmd = [*prefix, sys.executable, MESHNODE, "run", "--name", name, "--port", str(port), *extra]
         # stderr goes to a file: a pipe nobody reads would block the node once full.
         self._log = tempfile.TemporaryFile(mode="w+")
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self._log, text=True)
