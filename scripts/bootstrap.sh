@@ -12,6 +12,7 @@ if [ "${1:-}" = "--test" ]; then
     [ -f /usr/share/java/zookeeper.jar ] || packages+=(zookeeper)
     command -v java >/dev/null || packages+=(default-jre-headless)
     [ -x /usr/bin/chromium ] || packages+=(chromium)
+    command -v ip >/dev/null || packages+=(iproute2)
 fi
 if [ ${#packages[@]} -gt 0 ]; then
     echo "bootstrap: installing Debian packages: ${packages[*]}" >&2

@@ -287,3 +287,20 @@ def test_slow_client_is_cut_off_while_fifty_others_receive_everything(start_node
     assert closed_with == [(1008, "slow consumer: outgoing queue over 16384 bytes")]
     for ws in fast:
         ws.close()
+
+
+def test_connection_limit(start_node):
+    e = start_node("E", "--http", "0", "--max-connections", "2")
+    addr = http_address(e)
+    held = [WS(f"ws://{addr}/ws"), WS(f"ws://{addr}/ws")]
+    with pytest.raises(websocket.WebSocketBadStatusException) as info:
+        websocket.create_connection(f"ws://{addr}/ws", timeout=5)
+    assert info.value.status_code == 503
+    sse = SSE(addr, "/sub/x")
+    assert sse.status == 503
+    sse.close()
+    held[0].close()
+    wait_until(lambda: http("GET", f"http://{addr}/stats")[1]["connections"]["total"] == 1, what="release")
+    WS(f"ws://{addr}/ws").close()
+    assert http("GET", f"http://{addr}/stats")[1]["rejected_connections"] == 2
+    held[1].close()
