@@ -6,6 +6,8 @@ patterns covers, and publish on a subject one of its ``publish`` patterns
 matches. Without ``--auth-secret`` every client may do everything.
 """
 
+from urllib.parse import parse_qs
+
 import jwt
 
 from mesh.subjects import Pattern
@@ -48,9 +50,13 @@ class Authenticator:
             raise EdgeError("unauthorized", "token expired", http_status=401) from None
         except jwt.InvalidTokenError as exc:
             raise EdgeError("unauthorized", f"invalid token: {exc}", http_status=401) from None
+        patterns = {key: claims.get(key, []) for key in ("subscribe", "publish")}
+        for key, value in patterns.items():
+            if not isinstance(value, list) or not all(isinstance(p, str) for p in value):
+                raise EdgeError("unauthorized", f"claim {key!r} must be a list of patterns", http_status=401)
         try:
-            return Grant(claims.get("subscribe", []), claims.get("publish", []), claims.get("sub"))
-        except (ValueError, TypeError) as exc:
+            return Grant(patterns["subscribe"], patterns["publish"], claims.get("sub"))
+        except ValueError as exc:
             raise EdgeError("unauthorized", f"token names a bad pattern: {exc}", http_status=401) from None
 
 
@@ -59,6 +65,4 @@ def token_from(environ):
     header = environ.get("HTTP_AUTHORIZATION", "")
     if header.lower().startswith("bearer "):
         return header[7:].strip()
-    from urllib.parse import parse_qs
-
     return (parse_qs(environ.get("QUERY_STRING", "")).get("token") or [None])[0]

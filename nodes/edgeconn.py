@@ -13,6 +13,8 @@ import collections
 import gevent
 import gevent.event
 
+from .edgeproto import EdgeError
+
 SLOW_CONSUMER = "slow consumer: outgoing queue over {limit} bytes"
 
 
@@ -73,8 +75,6 @@ class EdgeConnection:
     # -- subscriptions ----------------------------------------------------
 
     def subscribe(self, pattern, request_id=None):
-        from .edgeproto import EdgeError
-
         if not self.grant.may_subscribe(pattern):
             raise EdgeError("forbidden", f"not allowed to subscribe to {pattern.text!r}", request_id, 403)
         if pattern.text in self.patterns:
@@ -86,8 +86,6 @@ class EdgeConnection:
         self.edge.fanout.add(self, pattern.text)
 
     def unsubscribe(self, pattern, request_id=None):
-        from .edgeproto import EdgeError
-
         if self.patterns.pop(pattern.text, None) is None:
             raise EdgeError("not_subscribed", f"not subscribed to {pattern.text!r}", request_id)
         self.edge.fanout.remove(self, pattern.text)

@@ -304,3 +304,11 @@ def test_connection_limit(start_node):
     WS(f"ws://{addr}/ws").close()
     assert http("GET", f"http://{addr}/stats")[1]["rejected_connections"] == 2
     held[1].close()
+
+
+def test_tokens_with_malformed_claims_are_refused(start_node):
+    e = start_node("E", "--http", "0", "--auth-secret", SECRET)
+    addr = http_address(e)
+    for claims in ({"publish": "x"}, {"publish": ["a..b"]}, {"subscribe": [1]}):
+        status, body = http("POST", f"http://{addr}/pub/x?token={token(**claims)}", b"1")
+        assert status == 401 and body["error"] == "unauthorized", body
