@@ -12,13 +12,13 @@ import re
 
 from mesh.envelope import PROTOCOL_VERSION
 
-_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
-_ENDPOINT = re.compile(r"^tcp://[^\s/]+:\d{1,5}$")
+_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
+_ENDPOINT = re.compile(r"tcp://[^\s/]+:(\d{1,5})")
 _ENDPOINT_FIELDS = ("control", "ingress", "out", "remote")
 
 
 def validate_name(name):
-    if not isinstance(name, str) or not _NAME.match(name):
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise ValueError(f"node name {name!r} must be 1-128 characters of A-Z a-z 0-9 _ . : -")
     return name
 
@@ -30,7 +30,8 @@ def validate_member(member):
     clean = {"name": validate_name(member.get("name"))}
     for field in _ENDPOINT_FIELDS:
         value = member.get(field)
-        if not isinstance(value, str) or not _ENDPOINT.match(value):
+        match = _ENDPOINT.fullmatch(value) if isinstance(value, str) else None
+        if match is None or not 0 < int(match.group(1)) < 65536:
             raise ValueError(f"member {clean['name']}: {field} {value!r} is not tcp://HOST:PORT")
         clean[field] = value
     for field, kind in (("instance", str), ("started", (int, float)), ("protocol", int), ("max_payload", int)):

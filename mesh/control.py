@@ -38,6 +38,8 @@ def decode(frame):
         raise ValueError(f"not msgpack: {exc}") from None
     if not isinstance(fields, dict):
         raise ValueError("not a msgpack map")
+    if not all(isinstance(key, str) for key in fields):
+        raise ValueError("map keys must be strings")
     return fields
 
 

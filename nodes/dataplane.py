@@ -35,6 +35,11 @@ log = logging.getLogger("meshnode.dataplane")
 
 # Room for the topic frame and the envelope header around the payload limit.
 _FRAME_OVERHEAD = MAX_SUBJECT_BYTES + 256
+# What subscribers may send to out/remote: subscribe/cancel frames of a pattern
+# prefix (at most MAX_SUBJECT_BYTES + 2). libzmq keeps a trie node per byte of a
+# subscription and frees it recursively: one 128 KiB frame overflowed a proxy
+# thread's stack and crashed the node (tests/test_hostile_input.py).
+_MAX_SUBSCRIPTION_FRAME = MAX_SUBJECT_BYTES + 64
 _STAT_NAMES = ("frontend_frames_in", "frontend_bytes_in", "frontend_frames_out", "frontend_bytes_out",
                "backend_frames_in", "backend_bytes_in", "backend_frames_out", "backend_bytes_out")
 
@@ -107,8 +112,8 @@ class DataPlane:
         # Clients are held to the payload limit here; peers already held theirs.
         self.ingress = make(zmq.XSUB, True, MAXMSGSIZE=max_frame)
         heartbeats = {"HEARTBEAT_IVL": heartbeat_ivl_ms, "HEARTBEAT_TIMEOUT": heartbeat_timeout_ms}
-        self.out = make(zmq.XPUB, True, **heartbeats)
-        self.remote = make(zmq.XPUB, True)
+        self.out = make(zmq.XPUB, True, MAXMSGSIZE=_MAX_SUBSCRIPTION_FRAME, **heartbeats)
+        self.remote = make(zmq.XPUB, True, MAXMSGSIZE=_MAX_SUBSCRIPTION_FRAME)
         self.mesh_in = make(zmq.XSUB, False, **heartbeats)
         self.peer_endpoints = set()
         self._reconnecting = gevent.lock.Semaphore()  # one set_peers at a time

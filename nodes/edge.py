@@ -40,7 +40,7 @@ class Edge:
         self.config = config
         self.auth = Authenticator(config.auth_secret)
         self.stats = {"messages_in": 0, "messages_out": 0, "slow_consumers": 0, "errors": 0,
-                      "rejected_connections": 0}
+                      "rejected_connections": 0, "unrenderable": 0}
         self.connections = set()
         self.client = Client(node_address, curve=curve)
         self.fanout = Fanout(self.client, self.stats)

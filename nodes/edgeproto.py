@@ -31,7 +31,27 @@ def json_default(value):
 
 
 def dumps(value):
-    return json.dumps(value, default=json_default, separators=(",", ":"), ensure_ascii=False)
+    try:
+        return json.dumps(value, default=json_default, separators=(",", ":"), ensure_ascii=False)
+    except TypeError:  # map keys JSON has no form for (bytes, tuples): name them as text
+        return json.dumps(_string_keys(value), default=json_default, separators=(",", ":"),
+                          ensure_ascii=False)
+
+
+def _string_keys(value):
+    if isinstance(value, dict):
+        return {_key_text(k): _string_keys(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_string_keys(v) for v in value]
+    return value
+
+
+def _key_text(key):
+    if isinstance(key, (str, int, float, bool)) or key is None:
+        return key
+    if isinstance(key, bytes):
+        return key.decode("utf-8", "backslashreplace")
+    return repr(key)
 
 
 def render_message(message):
@@ -59,7 +79,7 @@ def parse_frame(text):
     """
     try:
         frame = json.loads(text)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, RecursionError) as exc:
         raise EdgeError("bad_json", f"frame is not JSON: {exc}") from None
     if not isinstance(frame, dict):
         raise EdgeError("bad_frame", "frame must be a JSON object")

@@ -47,7 +47,12 @@ class Fanout:
 
     def _deliver(self, route):
         for message in route.subscription:
-            text = render_message(message).encode("utf-8")
+            try:
+                text = render_message(message).encode("utf-8")
+            except (ValueError, TypeError, RecursionError) as exc:  # data JSON cannot express
+                self.stats["unrenderable"] += 1
+                log.warning("cannot render a message on %s for edge clients: %s", message.subject, exc)
+                continue
             frames = {}
             for connection in list(route.connections):
                 frame = frames.get(connection.kind)

@@ -12,7 +12,6 @@ health, stats and the built-in page.
 import json
 import logging
 import os
-from urllib.parse import unquote
 
 import gevent
 
@@ -95,7 +94,10 @@ class EdgeApp:
 
     def _route(self, environ, start_response):
         method = environ["REQUEST_METHOD"]
-        path = environ.get("PATH_INFO", "/")
+        try:  # the server already %-decoded it; WSGI hands it over as Latin-1
+            path = environ.get("PATH_INFO", "/").encode("latin-1").decode("utf-8")
+        except (UnicodeEncodeError, UnicodeDecodeError):
+            raise EdgeError("bad_path", "the path is not UTF-8") from None
         if path == "/healthz":
             return self._json(start_response, 200, {"ok": True, "name": self.edge.client.node})
         if path == "/stats":
@@ -111,9 +113,9 @@ class EdgeApp:
         if path.startswith("/pub/"):
             if method != "POST":
                 raise EdgeError("method_not_allowed", "publish with POST", http_status=405)
-            return self._publish(environ, start_response, unquote(path[5:]))
+            return self._publish(environ, start_response, path[5:])
         if path.startswith("/sub/") and method == "GET":
-            return self._events(environ, start_response, unquote(path[5:]))
+            return self._events(environ, start_response, path[5:])
         raise EdgeError("not_found", f"no route for {method} {path}", http_status=404)
 
     def _websocket(self, environ, start_response, path):
@@ -121,7 +123,7 @@ class EdgeApp:
         self._check_capacity()
         pattern = None
         if path.startswith("/ws/"):
-            pattern = _pattern(unquote(path[4:]))
+            pattern = _pattern(path[4:])
             if not grant.may_subscribe(pattern):
                 raise EdgeError("forbidden", f"not allowed to subscribe to {pattern.text!r}", http_status=403)
         environ["meshnode.edge"] = self.edge

@@ -102,6 +102,11 @@ class Node:
             raise
 
     def _on_members(self, members):
+        mine = {self.member[k] for k in ("control", "ingress", "out", "remote")}
+        for name, record in list(members.items()):
+            if mine.intersection(record[k] for k in ("control", "ingress", "out", "remote")):
+                log.warning("ignoring member %s: it names this node's own endpoints", name)
+                del members[name]
         for record in members.values():
             if record["max_payload"] != self.config.max_payload and record["name"] not in self.peers:
                 log.warning("peer %s has --max-payload %d, this node %d: messages between the two limits "
@@ -134,6 +139,8 @@ class Node:
             member = validate_member(request.get("member"))
         except ValueError as exc:
             raise RequestError("bad_member", str(exc)) from None
+        if member["out"] == self.member["out"] or member["control"] == self.member["control"]:
+            raise RequestError("bad_member", f"member {member['name']} names this node's own endpoints")
         self.discovery.announce(member)
         return {"member": self.member}
 
