@@ -14,7 +14,11 @@ setup(
         "ws4py>=0.5.1",
         "PyJWT>=2.8",
     ],
-    extras_require={"test": ["pytest>=7", "hypothesis>=6.80", "websocket-client>=1.6", "playwright>=1.40"]},
+    extras_require={
+        "test": ["pytest>=7", "hypothesis>=6.80", "websocket-client>=1.6", "playwright>=1.40"],
+        # The benchmark's peers' Python clients (bench/, docs/PERFORMANCE.md).
+        "bench": ["nats-py>=2.6", "redis[hiredis]>=5.0"],
+    },
     package_data={"nodes": ["static/*"]},
     entry_points={"console_scripts": ["meshnode=nodes.cli:main"]},
 )

@@ -27,20 +27,13 @@ import websocket  # noqa: E402
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from bench.procs import rss_kib  # noqa: E402
+from bench.workers import percentile as _percentile  # noqa: E402
 from mesh import Client  # noqa: E402
 
 
-def rss_kib(pid):
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
-
-
 def percentile(values, p):
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(len(ordered) * p / 100))] if ordered else float("nan")
+    return _percentile(sorted(values), p) if values else float("nan")
 
 
 def trial(count, broadcasts):

@@ -2,7 +2,7 @@
 # Install what meshnode needs on a fresh Debian machine, idempotently:
 # Debian packages (python3-venv; with --test also zookeeper, a JRE and
 # chromium for the browser tests), a
-# virtualenv in .venv and the project with its test extras.
+# virtualenv in .venv and the project with its test and bench extras.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,6 +29,6 @@ want=$(sha256sum setup.py | cut -c1-16)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     echo "bootstrap: installing Python packages into .venv" >&2
     .venv/bin/pip install -q --disable-pip-version-check --upgrade pip
-    .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
+    .venv/bin/pip install -q --disable-pip-version-check -e '.[test,bench]'
     echo "$want" > "$stamp"
 fi
