@@ -67,6 +67,8 @@ def build_parser():
                       help="concurrent WebSocket and SSE connections (default: 10000)")
     edge.add_argument("--keepalive", type=float, default=15.0, metavar="SECONDS",
                       help="SSE keep-alive comment interval (default: 15)")
+    edge.add_argument("--request-timeout", type=float, default=30.0, metavar="SECONDS",
+                      help="drop an HTTP client whose request (or SSE write) stalls this long (default: 30)")
     security = run.add_argument_group("security")
     security.add_argument("--curve-keys", metavar="DIR",
                           help="CurveZMQ on every ZeroMQ socket: serve with DIR/mesh.key_secret, connect to "
@@ -188,7 +190,8 @@ def cmd_run(args):
         edge = EdgeConfig(host=args.host, port=args.http, max_payload=args.max_payload,
                           max_subscriptions=args.max_subscriptions, queue_bytes=args.queue_bytes,
                           max_connections=args.max_connections, auth_secret=args.auth_secret,
-                          allowed_origins=args.allowed_origin, keepalive_seconds=args.keepalive)
+                          allowed_origins=args.allowed_origin, keepalive_seconds=args.keepalive,
+                          request_timeout=args.request_timeout)
     config = NodeConfig(name=args.name, host=args.host, port=args.port, advertise=args.advertise,
                         max_payload=args.max_payload, hwm=args.hwm, peers=args.peer, edge=edge,
                         curve_keys=args.curve_keys or "")

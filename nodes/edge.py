@@ -33,6 +33,7 @@ class EdgeConfig:
     auth_secret: str = None
     allowed_origins: list = field(default_factory=list)
     keepalive_seconds: float = 15.0
+    request_timeout: float = 30.0
 
 
 class Edge:

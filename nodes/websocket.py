@@ -234,7 +234,13 @@ class MeshWebSocketApplication(WebSocketWSGIApplication):
 class EdgeHandler(WSGIHandler):
     """gevent's WSGI handler that, after a WebSocket upgrade, runs the
     WebSocket in its own greenlet (ws4py's handler spawns a second one and
-    waits for it)."""
+    waits for it), and gives every request a deadline for each read and write
+    (a client that sends half a request is dropped, not held forever). A
+    WebSocket clears the deadline: ws4py makes its socket blocking."""
+
+    def handle(self):
+        self.socket.settimeout(self.server.application.edge.config.request_timeout)
+        super().handle()
 
     def run_application(self):
         if not self.environ.get("HTTP_UPGRADE", "").lower():

@@ -312,3 +312,29 @@ def test_tokens_with_malformed_claims_are_refused(start_node):
     for claims in ({"publish": "x"}, {"publish": ["a..b"]}, {"subscribe": [1]}):
         status, body = http("POST", f"http://{addr}/pub/x?token={token(**claims)}", b"1")
         assert status == 401 and body["error"] == "unauthorized", body
+
+
+def test_half_sent_requests_are_dropped_after_the_request_timeout(start_node):
+    import socket
+
+    e = start_node("E", "--http", "0", "--request-timeout", "1", "--keepalive", "0.3")
+    host, port = http_address(e).rsplit(":", 1)
+    stalled = socket.create_connection((host, int(port)), timeout=10)
+    stalled.sendall(b"POST /pub/x HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nonly-part")
+    started = time.monotonic()
+    try:
+        while stalled.recv(1024):  # an error response may come before the close
+            pass
+    except ConnectionResetError:
+        pass
+    assert 0.5 < time.monotonic() - started < 8
+    # A WebSocket and an event stream live on past the request timeout.
+    ws = WS(f"ws://{http_address(e)}/ws")
+    sse = SSE(http_address(e), "/sub/long")
+    time.sleep(2)
+    ws.send({"op": "ping"})
+    assert ws.recv() == {"op": "pong"}
+    sse.sock.settimeout(5)
+    assert b"keep-alive" in sse.sock.recv(65536)
+    ws.close()
+    sse.close()
