@@ -1,0 +1,245 @@
+"""What the run prints and writes: the machine, versions, one table per scenario
+(Markdown, so the same text reads in a terminal and in docs/PERFORMANCE.md),
+the targets of the benchmark issue each met or missed, and the JSON file."""
+
+import importlib.metadata
+import json
+import os
+import platform
+import re
+import subprocess
+
+from .peers import version_of
+
+TITLES = {
+    "throughput": "1. Throughput: 1 publisher -> 1 subscriber, 100-byte messages",
+    "latency": "2. One-way latency at a fixed rate, 100-byte messages",
+    "fanout": "3. Fan-out: 1 publisher -> 10 subscribers",
+    "websocket": "4. WebSocket fan-out: one broadcast to every client of one server",
+    "convergence": "5. Convergence",
+}
+
+
+def machine():
+    info = {"nproc": os.cpu_count(), "kernel": platform.release()}
+    try:
+        with open("/proc/cpuinfo") as f:
+            match = re.search(r"^model name\s*:\s*(.+)$", f.read(), re.M)
+            info["cpu"] = match.group(1).strip() if match else None
+        with open("/proc/meminfo") as f:
+            match = re.search(r"^MemTotal:\s*(\d+) kB", f.read(), re.M)
+            info["ram_gib"] = round(int(match.group(1)) / 1024 / 1024, 1) if match else None
+        info["loadavg_start"] = open("/proc/loadavg").read().split()[:3]
+    except OSError:
+        pass
+    return info
+
+
+def _dist(name):
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _deb(package):
+    try:
+        out = subprocess.run(["dpkg-query", "-W", "-f=${Version}", package], stdout=subprocess.PIPE,
+                             stderr=subprocess.DEVNULL, text=True, timeout=10)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+
+
+def versions(nats_binary=None, redis_binary=None):
+    import sys
+
+    import zmq
+
+    return {
+        "python": sys.version.split()[0], "pyzmq": zmq.__version__, "libzmq": zmq.zmq_version(),
+        "gevent": _dist("gevent"), "msgpack": _dist("msgpack"), "ws4py": _dist("ws4py"),
+        "nats-py": _dist("nats-py"), "redis-py": _dist("redis"), "hiredis": _dist("hiredis"),
+        "nats-server": version_of([nats_binary, "--version"]) if nats_binary else None,
+        "redis-server": version_of([redis_binary, "--version"], r"v=(\d+\.\d+\.\d+)") if redis_binary else None,
+        "zookeeper": _deb("zookeeper"),
+    }
+
+
+# -- tables --------------------------------------------------------------------
+
+def _n(value, digits=0):
+    if value is None:
+        return "-"
+    if isinstance(value, (int, float)):
+        return f"{value:,.{digits}f}"
+    return str(value)
+
+
+def _ms(value):
+    if value is None:
+        return "-"
+    return f"{value:,.3f}" if value < 1 else f"{value:,.1f}" if value < 100 else f"{value:,.0f}"
+
+
+def _not_ok(r, width):
+    reason = (r.get("reason") or "").strip().splitlines()
+    text = f"{'**FAILED**' if r['status'] == 'failed' else 'skipped'}: {reason[0] if reason else ''}"
+    return [text[:200]] + [""] * (width - 1)
+
+
+def _table(head, rows):
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in cells) + " |" for cells in rows]
+    return "\n".join(lines)
+
+
+def table(name, rows):
+    if name == "throughput":
+        head = ["case", "delivered / sent (worst run)", "msg/s (median)", "min - max", "x raw pyzmq"]
+        body = []
+        for r in rows:
+            if r["status"] != "ok":
+                body.append([r["label"]] + _not_ok(r, len(head) - 1))
+                continue
+            body.append([r["label"], f"{_n(r['delivered'])} / {_n(r['sent'])}", _n(r["rate"]),
+                         f"{_n(r['rate_min'])} - {_n(r['rate_max'])}", _n(r.get("x_raw"), 2)])
+    elif name == "latency":
+        head = ["case", "delivered / sent", "p50 ms", "p99 ms", "p99.9 ms", "max ms", "p99 x raw pyzmq"]
+        body = []
+        for r in rows:
+            if r["status"] != "ok":
+                body.append([r["label"]] + _not_ok(r, len(head) - 1))
+                continue
+            body.append([r["label"], f"{_n(r['delivered'])} / {_n(r['sent'])}", _ms(r["p50"]), _ms(r["p99"]),
+                         _ms(r["p99_9"]), _ms(r["max"]), _n(r.get("p99_x_raw"), 2)])
+    elif name == "fanout":
+        head = ["case", "delivered / expected", "deliveries/s (all subs)", "slowest sub msg/s", "publisher msg/s"]
+        body = []
+        for r in rows:
+            if r["status"] != "ok":
+                body.append([r["label"]] + _not_ok(r, len(head) - 1))
+                continue
+            body.append([r["label"], f"{_n(r['delivered'])} / {_n(r['expected'])}", _n(r["aggregate_rate"]),
+                         _n(r["slowest_rate"]), _n(r["publisher_rate"])])
+    elif name == "websocket":
+        head = ["server", "clients", "connected", "delivered / expected", "p50 ms", "p99 ms",
+                "server RSS before -> after", "per connection"]
+        body = []
+        for r in rows:
+            if r["status"] != "ok":
+                body.append([r["label"], _n(r.get("clients"))] + _not_ok(r, len(head) - 2))
+                continue
+            kib = r["kib_per_connection"]
+            body.append([r["label"], _n(r["clients"]), _n(r["connected"]),
+                         f"{_n(r['deliveries'])} / {_n(r['expected'])}", _ms(r["p50"]), _ms(r["p99"]),
+                         f"{r['rss_before_mib']:.1f} -> {r['rss_after_mib']:.1f} MiB",
+                         f"{kib:.1f} KiB ({kib * 1.024:.1f} KB)" if kib is not None else "-"])
+    elif name == "convergence":
+        head = ["case", "trials", "median ms", "min ms", "max ms", "of which after ready (median)"]
+        body = []
+        for r in rows:
+            if r["status"] != "ok":
+                body.append([r["label"]] + _not_ok(r, len(head) - 1))
+                continue
+            body.append([r["label"], r["trials"], _ms(r["median_ms"]), _ms(r["min_ms"]), _ms(r["max_ms"]),
+                         _ms(r.get("after_ready_median_ms"))])
+    else:
+        raise ValueError(name)
+    return _table(head, body)
+
+
+# -- targets -------------------------------------------------------------------
+
+def _get(scenarios, name, key):
+    for r in scenarios.get(name, []):
+        if r["key"] == key and r["status"] == "ok":
+            return r
+    return None
+
+
+def targets(scenarios):
+    """The issue's targets, each with its measured value and met/missed (None: not measured)."""
+    out = []
+    tp = lambda key: _get(scenarios, "throughput", key)  # noqa: E731
+    mesh2 = tp("mesh2")
+
+    def ratio(name, other_key, want, other_label):
+        other = tp(other_key)
+        if mesh2 and other and other["rate"]:
+            value = mesh2["rate"] / other["rate"]
+            out.append({"target": name, "want": f">= {want}x", "measured": f"{value:.2f}x "
+                        f"({mesh2['rate']:,.0f} vs {other['rate']:,.0f} msg/s)", "ratio": value,
+                        "met": value >= want})
+        else:
+            out.append({"target": name, "want": f">= {want}x", "measured": f"not measured ({other_label} "
+                        "or mesh 2 nodes missing)", "ratio": None, "met": None})
+
+    ratio("mesh across 2 nodes vs raw pyzmq throughput", "zmq", 0.9, "raw pyzmq")
+    ratio("mesh across 2 nodes vs NATS + nats-py throughput", "nats", 1.2, "NATS")
+    ratio("mesh across 2 nodes vs pipelined Redis throughput", "redis_pipe", 3.0, "Redis pipelined")
+    lat2, raw = _get(scenarios, "latency", "mesh2"), _get(scenarios, "latency", "zmq")
+    if lat2 and raw and raw["p99"]:
+        value = lat2["p99"] / raw["p99"]
+        out.append({"target": "2-node p99 latency vs raw pyzmq p99", "want": "<= 2x",
+                    "measured": f"{value:.2f}x ({lat2['p99']:.3f} vs {raw['p99']:.3f} ms)", "ratio": value,
+                    "met": value <= 2.0})
+    else:
+        out.append({"target": "2-node p99 latency vs raw pyzmq p99", "want": "<= 2x",
+                    "measured": "not measured", "ratio": None, "met": None})
+    ws = [r for r in scenarios.get("websocket", []) if r["key"].startswith("mesh-") and r["status"] == "ok"]
+    big = max(ws, key=lambda r: r["clients"]) if ws else None
+    label = f"{big['clients']:,} WebSocket clients" if big else "10,000 WebSocket clients"
+    if big and big["clients"] < 10_000:
+        label += " (fewer than the 10,000 of the target: a smaller run)"
+    if big and big["kib_per_connection"] is not None:
+        kb = big["kib_per_connection"] * 1.024
+        out.append({"target": f"{label}: memory per connection", "want": "<= 20 KB",
+                    "measured": f"{kb:.1f} KB ({big['kib_per_connection']:.1f} KiB; "
+                                f"{big['connected']:,} connected)",
+                    "ratio": kb / 20, "met": kb <= 20 and big["connected"] == big["clients"]})
+        out.append({"target": f"{label}: broadcast p99", "want": "<= 250 ms",
+                    "measured": f"{big['p99']:.0f} ms ({big['deliveries']:,}/{big['expected']:,} delivered)",
+                    "ratio": big["p99"] / 250 if big["p99"] is not None else None,
+                    "met": big["p99"] is not None and big["p99"] <= 250 and big["deliveries"] == big["expected"]})
+    else:
+        for what, want in (("memory per connection", "<= 20 KB"), ("broadcast p99", "<= 250 ms")):
+            out.append({"target": f"{label}: {what}", "want": want, "measured": "not measured",
+                        "ratio": None, "met": None})
+    return out
+
+
+def targets_table(items):
+    body = [[t["target"], t["want"], t["measured"],
+             "met" if t["met"] else ("**missed**" if t["met"] is False else "not measured")] for t in items]
+    return _table(["target", "wanted", "measured", "result"], body)
+
+
+def render(result):
+    """The whole report as Markdown text."""
+    m, v = result["machine"], result["versions"]
+    load = m.get("loadavg_1min_during_run", {})
+    partial = " (INTERRUPTED: partial)" if result.get("interrupted") else ""
+    parts = [f"meshnode benchmark, {result['started']}{partial}",
+             f"machine: {m.get('nproc')} CPUs ({m.get('cpu')}), {m.get('ram_gib')} GiB RAM, Linux {m.get('kernel')}; "
+             f"load average at start {' '.join(m.get('loadavg_start', []))}, at end "
+             f"{' '.join(m.get('loadavg_end', []))}, 1-minute load during the run mean "
+             f"{load.get('mean')} max {load.get('max')}",
+             "versions: " + ", ".join(f"{k} {val}" for k, val in v.items() if val),
+             "command: " + result["command"], ""]
+    for name, rows in result["scenarios"].items():
+        parts += [f"### {TITLES[name]}", "", table(name, rows), ""]
+    if result.get("targets"):
+        parts += ["### Targets", "", targets_table(result["targets"]), ""]
+    return "\n".join(parts)
+
+
+def write(result, directory):
+    os.makedirs(directory, exist_ok=True)
+    stamp = result["started"].replace(":", "").replace("-", "")
+    path = os.path.join(directory, f"{stamp}.json")
+    with open(path, "w") as f:
+        json.dump(result, f, indent=1, default=str)
+    with open(path[:-5] + ".md", "w") as f:
+        f.write(render(result) + "\n")
+    return path

@@ -1,0 +1,111 @@
+"""The benchmark harness (python -m bench) in its quick mode with tiny counts.
+
+Checks the harness, not the speed: the command runs every scenario, prints a
+table for each, writes the JSON with every row present, marks a peer it
+leaves out as skipped (never drops it), and leaves no process behind. No
+timing assertions. Servers are not installed here (--no-install): a NATS or
+Redis row is measured when the server is on the machine, skipped otherwise.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+TINY = ["--quick", "--no-install", "--skip-peer", "redis", "--messages", "300", "--repeat", "1",
+        "--rate", "1000", "--latency-seconds", "0.2", "--fanout-messages", "200", "--fanout-subscribers", "3",
+        "--ws-clients", "20", "--broadcasts", "2", "--broadcast-interval", "0.2",
+        "--convergence-trials", "1"]
+
+PAIR_KEYS = ["zmq", "mesh1", "mesh2", "mesh3", "zmq_proxy2", "nats", "nats2", "redis", "redis_pipe"]
+EXPECTED = {
+    "throughput": PAIR_KEYS,
+    "latency": PAIR_KEYS,
+    "fanout": ["zmq", "mesh", "nats", "redis", "redis_pipe"],
+    "websocket": ["mesh-20", "nats-20", "redis-20"],
+    "convergence": ["mesh-join", "mesh-sub", "nats-join", "nats-sub", "zmq-join", "zmq-sub", "redis-sub",
+                    "redis-join"],
+}
+ALWAYS_MEASURED = {("throughput", k) for k in ("zmq", "mesh1", "mesh2", "mesh3")} | \
+    {("latency", k) for k in ("zmq", "mesh1", "mesh2", "mesh3")} | \
+    {("fanout", "zmq"), ("fanout", "mesh"), ("websocket", "mesh-20"), ("convergence", "mesh-sub"),
+     ("convergence", "zmq-sub")}
+
+
+def _processes_with(marker):
+    """PIDs of live processes whose environment holds ``marker`` (inherited by every descendant)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and int(entry) != os.getpid():
+            try:
+                with open(f"/proc/{entry}/environ", "rb") as f:
+                    if marker.encode() in f.read():
+                        found.append(int(entry))
+            except OSError:
+                pass
+    return found
+
+
+def test_quick_run_produces_every_scenario(tmp_path):
+    marker = f"bench-test-{uuid.uuid4().hex}"
+    env = dict(os.environ, MESHNODE_BENCH_TEST_RUN=marker)
+    proc = subprocess.Popen([sys.executable, "-m", "bench", *TINY, "--out", str(tmp_path)], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = proc.communicate(timeout=240)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{out[-3000:]}\n{err[-5000:]}"
+
+    # Progress was shown while it ran, one line per case at least.
+    for number in range(1, 6):
+        assert f"[{number} " in err
+    # One table per scenario and the targets.
+    for title in ("1. Throughput", "2. One-way latency", "3. Fan-out", "4. WebSocket", "5. Convergence",
+                  "### Targets"):
+        assert title in out, title
+
+    files = sorted(os.listdir(tmp_path))
+    assert len([f for f in files if f.endswith(".json")]) == 1, files
+    assert len([f for f in files if f.endswith(".md")]) == 1, files
+    with open(tmp_path / next(f for f in files if f.endswith(".json"))) as f:
+        result = json.load(f)
+
+    assert list(result["scenarios"]) == list(EXPECTED)
+    for scenario, keys in EXPECTED.items():
+        rows = {r["key"]: r for r in result["scenarios"][scenario]}
+        assert sorted(rows) == sorted(keys), scenario
+        for key, r in rows.items():
+            assert r["status"] in ("ok", "skipped"), (scenario, r)
+            if r["status"] == "skipped":
+                assert r["reason"], (scenario, r)
+                assert "skipped" in out
+            if (scenario, key) in ALWAYS_MEASURED:
+                assert r["status"] == "ok", (scenario, r)
+            if key.startswith("redis") and scenario != "websocket" and key != "redis-join":
+                assert r["status"] == "skipped" and "--skip-peer" in r["reason"], r
+    # Everything measured delivered everything.
+    for scenario in ("throughput", "latency"):
+        for r in result["scenarios"][scenario]:
+            if r["status"] == "ok":
+                assert r["delivered"] == r["sent"], r
+    for r in result["scenarios"]["fanout"]:
+        if r["status"] == "ok":
+            assert r["delivered"] == r["expected"], r
+    for r in result["scenarios"]["websocket"]:
+        if r["status"] == "ok":
+            assert r["connected"] == 20 and r["deliveries"] == r["expected"], r
+
+    assert len(result["targets"]) == 6
+    for item in ("machine", "versions", "config"):
+        assert result[item]
+    assert result["machine"]["nproc"] and result["versions"]["libzmq"]
+
+    # Nothing the benchmark started (nodes, servers, ZooKeeper, workers) is left running.
+    assert _processes_with(marker) == []
+    assert "still running after stop" not in err
