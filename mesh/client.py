@@ -251,6 +251,7 @@ class Subscription:
         """The next message; raises TimeoutError if none came within ``timeout``
         seconds, RuntimeError if the subscription is closed."""
         if self._ready and not self._closing:
+            self.received += 1
             return self._ready.popleft()
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._state_lock:
@@ -274,6 +275,7 @@ class Subscription:
                 message = self._accept(frames)
                 if message is not None:
                     self._read_ahead()
+                    self.received += 1
                     return message
         finally:
             with self._state_lock:
@@ -318,7 +320,6 @@ class Subscription:
             self.gaps += message.seq - last - 1
         if last is None or message.seq > last:
             self._last_seq[key] = message.seq
-        self.received += 1
         return message
 
     def __iter__(self):

@@ -264,7 +264,7 @@ def cmd_sub(args):
         sub = client.subscribe(args.pattern)
         status = 0
         try:
-            while args.count is None or sub.received < args.count:
+            while args.count is None or sub.received < args.count:  # received: handed to us by get()
                 try:
                     message = sub.get(timeout=args.timeout)
                 except TimeoutError:
