@@ -8,12 +8,14 @@ Reading and decoding happen on the caller's own thread or greenlet.
 """
 
 import collections
+import functools
 import logging
 import os
 import socket
 import threading
 import time
 import uuid
+import weakref
 
 import zmq
 
@@ -29,6 +31,7 @@ DEFAULT_HWM = 100_000
 _INTEREST_DRAIN_EVERY = 1024
 _CLOSE_CHECK_SECONDS = 0.1
 _READ_AHEAD = 256  # messages decoded per socket visit when a burst is waiting
+MARK_SECONDS = 1.0  # how often a publisher announces its last sequence numbers (if it published)
 
 
 class Client:
@@ -51,9 +54,11 @@ class Client:
         self._lock = threading.Lock()
         self._subscriptions = set()
         self._pub = self._publish_socket()
+        self._unmarked = set()  # subjects published since the last sequence marks
         self._failover = None
         self.failovers = 0
         self.closed = False
+        _start_background(functools.partial(_mark_when_idle, weakref.ref(self)), f"mesh-marks-{self.origin}")
 
     @classmethod
     def from_zookeeper(cls, hosts, mesh="default", *, zk_auth=None, zk_timeout=10.0, on_failover=None,
@@ -140,10 +145,20 @@ class Client:
             stream[1] = seq
             self._pub.send(stream[0], zmq.SNDMORE)
             self._pub.send(raw)
+            self._unmarked.add(subject)
             self._publishes += 1
             if self._publishes % _INTEREST_DRAIN_EVERY == 0:
                 self._drain_interest()
             return seq
+
+    def _send_marks(self):
+        """Announce the last sequence number of every subject published since
+        the last marks (lock held). Subscribers count what they never got."""
+        for subject in self._unmarked:
+            topic, seq = self._streams[subject]
+            self._pub.send(topic, zmq.SNDMORE)
+            self._pub.send(self._encoder.encode_mark(seq))
+        self._unmarked.clear()
 
     def _drain_interest(self):
         """Read subscription notices the node forwarded to us (lock held)."""
@@ -208,6 +223,7 @@ class Client:
         if self._failover is not None:
             self._failover.close()
         with self._lock:
+            self._send_marks()  # the end of the last burst counts too (LINGER delivers them)
             self.closed = True
             self._pub.close()
         self._control.close()
@@ -316,6 +332,11 @@ class Subscription:
             return None
         key = (message.origin, subject)
         last = self._last_seq.get(key)
+        if message.is_mark:  # everything up to seq was published: count what never came
+            if last is not None and message.seq > last:
+                self.gaps += message.seq - last
+                self._last_seq[key] = message.seq
+            return None
         if last is not None and message.seq > last + 1:
             self.gaps += message.seq - last - 1
         if last is None or message.seq > last:
@@ -361,16 +382,35 @@ class Subscription:
                 except Exception:
                     log.exception("subscription callback for %r failed", self.pattern.text)
 
-        if running_under_gevent():
-            import gevent
-
-            self._reader = gevent.spawn(run)
-        else:
-            self._reader = threading.Thread(target=run, name=f"mesh-sub-{self.pattern.text}", daemon=True)
-            self._reader.start()
+        self._reader = _start_background(run, f"mesh-sub-{self.pattern.text}")
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
         self.unsubscribe()
+
+
+def _start_background(work, name):
+    """Run ``work`` beside the program: a greenlet under gevent, else a daemon thread."""
+    if running_under_gevent():
+        import gevent
+
+        return gevent.spawn(work)
+    thread = threading.Thread(target=work, name=name, daemon=True)
+    thread.start()
+    return thread
+
+
+def _mark_when_idle(client_ref):
+    """Every MARK_SECONDS, send sequence marks for what a client published since
+    the last ones; ends when the client is closed or collected."""
+    while True:
+        time.sleep(MARK_SECONDS)
+        client = client_ref()
+        if client is None or client.closed:
+            return
+        with client._lock:
+            if client._unmarked and not client.closed:
+                client._send_marks()
+        del client

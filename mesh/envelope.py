@@ -1,7 +1,11 @@
 """The data-plane message: a two-frame ZeroMQ message ``[topic, envelope]``.
 
 The envelope is a msgpack array ``[version, origin, seq, ts, data]`` (see
-docs/PROTOCOL.md). This module owns encoding, decoding and the size limit.
+docs/PROTOCOL.md), or ``[version, origin, seq, ts, nil, 1]`` for a *sequence
+mark*: the publisher's last sequence number on the subject, sent once a second
+for the subjects it published on (and when it closes), so that loss at the end
+of a burst is counted too. This module owns
+encoding, decoding and the size limit.
 """
 
 import time
@@ -10,6 +14,7 @@ import msgpack
 
 PROTOCOL_VERSION = 1
 DEFAULT_MAX_PAYLOAD = 1024 * 1024
+KIND_MARK = 1  # sixth envelope element: a sequence mark, not a message
 
 
 class MalformedMessage(ValueError):
@@ -23,14 +28,15 @@ class PayloadTooLarge(ValueError):
 class Message:
     """One delivered message."""
 
-    __slots__ = ("subject", "data", "origin", "seq", "ts")
+    __slots__ = ("subject", "data", "origin", "seq", "ts", "is_mark")
 
-    def __init__(self, subject, data, origin, seq, ts):
+    def __init__(self, subject, data, origin, seq, ts, is_mark=False):
         self.subject = subject
         self.data = data
         self.origin = origin
         self.seq = seq
         self.ts = ts
+        self.is_mark = is_mark  # a sequence mark: counted, never delivered
 
     def to_dict(self):
         return {"subject": self.subject, "data": self.data, "origin": self.origin,
@@ -60,6 +66,10 @@ class EnvelopeEncoder:
                 f"encoded message is {len(raw)} bytes, over the limit of {self.max_payload} bytes")
         return raw
 
+    def encode_mark(self, seq):
+        """A sequence mark: ``seq`` is the last number published on the subject."""
+        return self._packer.pack((PROTOCOL_VERSION, self.origin, seq, time.time(), None, KIND_MARK))
+
 
 def decode(subject, raw):
     """Decode an envelope into a Message; raise MalformedMessage if it is not one."""
@@ -74,4 +84,6 @@ def decode(subject, raw):
         raise MalformedMessage(f"envelope version {version!r} is not {PROTOCOL_VERSION}")
     if type(origin) is not str or type(seq) is not int or type(ts) not in (int, float):
         raise MalformedMessage("envelope origin/seq/ts have the wrong types")
+    if len(fields) > 5 and fields[5] == KIND_MARK and type(fields[5]) is int:
+        return Message(subject, None, origin, seq, ts, is_mark=True)
     return Message(subject, data, origin, seq, ts)

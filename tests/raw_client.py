@@ -244,7 +244,8 @@ class Subscriber:
             raise ValueError(f"envelope version {version!r}")
         if not isinstance(origin, str) or type(seq) is not int or type(ts) not in (int, float):
             raise ValueError("envelope origin/seq/ts types")
-        return {"subject": subject, "data": data, "origin": origin, "seq": seq, "ts": ts}
+        mark = len(fields) > 5 and type(fields[5]) is int and fields[5] == 1  # PROTOCOL.md 4.2
+        return {"subject": subject, "data": data, "origin": origin, "seq": seq, "ts": ts, "mark": mark}
 
     def get(self, timeout=5.0):
         """The next matching message as a dict; TimeoutError if none in time."""
@@ -263,6 +264,11 @@ class Subscriber:
                 continue
             key = (message["origin"], message["subject"])
             last = self._last.get(key)
+            if message["mark"]:  # the publisher's last seq: count, never deliver
+                if last is not None and message["seq"] > last:
+                    self.gaps += message["seq"] - last
+                    self._last[key] = message["seq"]
+                continue
             if last is not None and message["seq"] > last + 1:
                 self.gaps += message["seq"] - last - 1
             if last is None or message["seq"] > last:

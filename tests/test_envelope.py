@@ -59,3 +59,12 @@ def test_random_bytes_never_raise_anything_but_malformed(raw):
         decode("s", raw)
     except MalformedMessage:
         pass
+
+
+def test_sequence_marks_decode_as_marks_and_other_kinds_as_messages():
+    encoder = EnvelopeEncoder("o")
+    mark = decode("s", encoder.encode_mark(41))
+    assert mark.is_mark and mark.seq == 41 and mark.data is None
+    assert not decode("s", encoder.encode(1, "x")).is_mark
+    assert not decode("s", msgpack.packb([1, "o", 1, 0.0, "x", 0])).is_mark
+    assert not decode("s", msgpack.packb([1, "o", 1, 0.0, "x", True])).is_mark  # a bool is not the kind 1
