@@ -105,7 +105,6 @@ class ZooKeeperDiscovery(Discovery):
         self.path = members_path(mesh)
         self.session_timeout = session_timeout
         self.auth = auth
-        self.registrations = 0
         self._client = None
         self._me = None
         self._on_change = None
@@ -148,7 +147,6 @@ class ZooKeeperDiscovery(Discovery):
                     f"node name {self._me['name']!r} is already taken in mesh {self.mesh!r} by the node "
                     f"at {holder.get('control')} (started {time.time() - holder.get('started', 0):.0f} s ago); "
                     f"choose another --name") from None
-        self.registrations += 1
         log.info("registered %s in ZooKeeper at %s", self.my_path, self.hosts)
 
     def _on_state(self, state):

@@ -18,10 +18,9 @@ from .edgeproto import EdgeError
 class Grant:
     """What one client may do."""
 
-    def __init__(self, subscribe=(">",), publish=(">",), subject=None):
+    def __init__(self, subscribe=(">",), publish=(">",)):
         self.subscribe = [Pattern(p) for p in subscribe]
         self.publish = [Pattern(p) for p in publish]
-        self.subject = subject
 
     def may_subscribe(self, pattern):
         return any(allowed.covers(pattern) for allowed in self.subscribe)
@@ -55,7 +54,7 @@ class Authenticator:
             if not isinstance(value, list) or not all(isinstance(p, str) for p in value):
                 raise EdgeError("unauthorized", f"claim {key!r} must be a list of patterns", http_status=401)
         try:
-            return Grant(patterns["subscribe"], patterns["publish"], claims.get("sub"))
+            return Grant(patterns["subscribe"], patterns["publish"])
         except ValueError as exc:
             raise EdgeError("unauthorized", f"token names a bad pattern: {exc}", http_status=401) from None
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from gevent.pywsgi import WSGIServer
 
-from mesh import Client
+from mesh import Client, PayloadTooLarge
 
 from .auth import Authenticator
 from .edgeproto import EdgeError
@@ -58,9 +58,10 @@ class Edge:
             raise EdgeError("forbidden", f"not allowed to publish on {subject!r}", request_id, 403)
         try:
             seq = self.client.publish(subject, data)
-        except (ValueError, TypeError) as exc:  # PayloadTooLarge is a ValueError
-            code = "too_large" if "over the limit" in str(exc) else "bad_data"
-            raise EdgeError(code, str(exc), request_id, 413 if code == "too_large" else 400) from None
+        except PayloadTooLarge as exc:
+            raise EdgeError("too_large", str(exc), request_id, 413) from None
+        except (ValueError, TypeError) as exc:
+            raise EdgeError("bad_data", str(exc), request_id, 400) from None
         self.stats["messages_in"] += 1
         return seq
 

@@ -20,7 +20,6 @@ class Route:
     def __init__(self, subscription):
         self.subscription = subscription
         self.connections = set()
-        self.reader = None
 
 
 class Fanout:
@@ -33,7 +32,7 @@ class Fanout:
         route = self.routes.get(pattern_text)
         if route is None:
             route = self.routes[pattern_text] = Route(self.client.subscribe(pattern_text))
-            route.reader = gevent.spawn(self._deliver, route)
+            gevent.spawn(self._deliver, route)  # ends when the subscription is unsubscribed
         route.connections.add(connection)
 
     def remove(self, connection, pattern_text):

@@ -101,10 +101,14 @@ class Node:
             self.dataplane.stop()
             raise
 
+    def _names_own_endpoints(self, record):
+        """A record that points at this node under another name would make it
+        its own peer and deliver every local message twice."""
+        return any(record[k] == self.member[k] for k in ("control", "ingress", "out", "remote"))
+
     def _on_members(self, members):
-        mine = {self.member[k] for k in ("control", "ingress", "out", "remote")}
         for name, record in list(members.items()):
-            if mine.intersection(record[k] for k in ("control", "ingress", "out", "remote")):
+            if self._names_own_endpoints(record):
                 log.warning("ignoring member %s: it names this node's own endpoints", name)
                 del members[name]
         for record in members.values():
@@ -139,7 +143,7 @@ class Node:
             member = validate_member(request.get("member"))
         except ValueError as exc:
             raise RequestError("bad_member", str(exc)) from None
-        if member["out"] == self.member["out"] or member["control"] == self.member["control"]:
+        if self._names_own_endpoints(member):
             raise RequestError("bad_member", f"member {member['name']} names this node's own endpoints")
         self.discovery.announce(member)
         return {"member": self.member}

@@ -338,3 +338,9 @@ def test_half_sent_requests_are_dropped_after_the_request_timeout(start_node):
     assert b"keep-alive" in sse.sock.recv(65536)
     ws.close()
     sse.close()
+
+
+def test_a_path_that_is_not_utf8_is_a_clear_error(start_node):
+    e = start_node("E", "--http", "0")
+    status, body = http("POST", f"http://{http_address(e)}/pub/a%FFb", b"1")
+    assert status == 400 and body["error"] == "bad_path"
