@@ -1,6 +1,7 @@
 """meshnode's client library: ``from mesh import Client``."""
 
-from .client import Client, Subscription
+from .client import Client
+from .subscription import Subscription
 from .control import ControlError
 from .curve import CurveKeys
 from .envelope import MalformedMessage, Message, PayloadTooLarge

@@ -1,20 +1,29 @@
-"""The data-plane message: a two-frame ZeroMQ message ``[topic, envelope]``.
+"""The data-plane wire format, version 2 (docs/PROTOCOL.md section 4): batches and marks.
 
-The envelope is a msgpack array ``[version, origin, seq, ts, data]`` (see
-docs/PROTOCOL.md), or ``[version, origin, seq, ts, nil, 1]`` for a *sequence
-mark*: the publisher's last sequence number on the subject, sent once a second
-for the subjects it published on (and when it closes), so that loss at the end
-of a burst is counted too. This module owns
-encoding, decoding and the size limit.
+A data message is two ZeroMQ frames. A **batch** carries consecutive messages
+of one publisher on one subject::
+
+    [subject + b".", msgpack [2, origin, epoch, seq, ts, [data, data, ...]]]
+
+the i-th payload having sequence number ``seq + i``. A **marks** message
+carries the last sequence numbers a publisher sent on many subjects, on the
+topic of a subscription prefix followed by one NUL byte (a byte no subject
+contains, so a mark never passes for a message)::
+
+    [prefix + b"\\x00", msgpack [2, origin, [[subject, epoch, seq], ...]]]
+
+This module owns the encoding, the decoding and the size rule: a batch body,
+header included, never exceeds the node's ``max_payload``.
 """
-
-import time
 
 import msgpack
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 DEFAULT_MAX_PAYLOAD = 1024 * 1024
-KIND_MARK = 1  # sixth envelope element: a sequence mark, not a message
+MARKS_TOPIC_END = b"\x00"
+# The largest batch header: fixarray, version, origin (str 32 header + bytes),
+# epoch, seq (uint64 each), ts (float64) and an array32 header.
+_HEADER_SLACK = 1 + 1 + 5 + 9 + 9 + 9 + 5
 
 
 class MalformedMessage(ValueError):
@@ -22,21 +31,21 @@ class MalformedMessage(ValueError):
 
 
 class PayloadTooLarge(ValueError):
-    """A message whose encoded envelope exceeds the node's payload limit."""
+    """A message whose encoded batch would exceed the node's payload limit."""
 
 
 class Message:
-    """One delivered message."""
+    """One delivered message. Messages of one batch share ``ts`` (the time
+    its first message was published)."""
 
-    __slots__ = ("subject", "data", "origin", "seq", "ts", "is_mark")
+    __slots__ = ("subject", "data", "origin", "seq", "ts")
 
-    def __init__(self, subject, data, origin, seq, ts, is_mark=False):
+    def __init__(self, subject, data, origin, seq, ts):
         self.subject = subject
         self.data = data
         self.origin = origin
         self.seq = seq
         self.ts = ts
-        self.is_mark = is_mark  # a sequence mark: counted, never delivered
 
     def to_dict(self):
         return {"subject": self.subject, "data": self.data, "origin": self.origin,
@@ -47,43 +56,90 @@ class Message:
                 f"origin={self.origin!r}, seq={self.seq})")
 
 
-class EnvelopeEncoder:
-    """Packs envelopes for one publisher; not thread-safe (reuses a Packer)."""
+class BatchEncoder:
+    """Packs payloads and batch bodies for one publisher; not thread-safe
+    (it reuses a Packer)."""
 
     def __init__(self, origin, max_payload=DEFAULT_MAX_PAYLOAD):
         self.origin = origin
-        self.max_payload = max_payload
         self._packer = msgpack.Packer()
+        self._head = self._packer.pack_array_header(6) + self._packer.pack(PROTOCOL_VERSION) \
+            + self._packer.pack(origin)
+        self._marks_head = self._packer.pack_array_header(3) + self._packer.pack(PROTOCOL_VERSION) \
+            + self._packer.pack(origin)
+        self.max_payload = max_payload
 
-    def encode(self, seq, data):
+    @property
+    def max_payload(self):
+        return self._max_payload
+
+    @max_payload.setter
+    def max_payload(self, limit):
+        self._max_payload = limit
+        self.payload_room = limit - len(self._head) - _HEADER_SLACK  # the most one payload may take
+
+    def pack(self, data):
+        """One payload's msgpack bytes; TypeError if msgpack cannot carry it,
+        PayloadTooLarge if even a batch of one would pass the limit."""
         try:
-            raw = self._packer.pack((PROTOCOL_VERSION, self.origin, seq, time.time(), data))
+            packed = self._packer.pack(data)
         except (TypeError, ValueError, OverflowError) as exc:
             self._packer.reset()
             raise TypeError(f"data cannot be encoded with msgpack: {exc}") from None
-        if len(raw) > self.max_payload:
-            raise PayloadTooLarge(
-                f"encoded message is {len(raw)} bytes, over the limit of {self.max_payload} bytes")
-        return raw
+        if len(packed) > self.payload_room:
+            raise PayloadTooLarge(f"encoded message is {len(packed)} bytes; with its batch header "
+                                  f"that is over the limit of {self._max_payload} bytes")
+        return packed
 
-    def encode_mark(self, seq):
-        """A sequence mark: ``seq`` is the last number published on the subject."""
-        return self._packer.pack((PROTOCOL_VERSION, self.origin, seq, time.time(), None, KIND_MARK))
+    def batch(self, epoch, seq, ts, parts):
+        """The body of a batch whose payloads (packed) are ``parts[1:]``;
+        ``parts[0]`` is a slot this method fills with the header."""
+        pack = self._packer.pack
+        parts[0] = (self._head + pack(epoch) + pack(seq) + pack(ts)
+                    + self._packer.pack_array_header(len(parts) - 1))
+        return b"".join(parts)
+
+    def marks(self, entries):
+        """The body of a marks message: ``entries`` are ``[subject, epoch, seq]``."""
+        return self._marks_head + self._packer.pack(entries)
 
 
-def decode(subject, raw):
-    """Decode an envelope into a Message; raise MalformedMessage if it is not one."""
+def _unpack(body):
     try:
-        fields = msgpack.unpackb(raw, raw=False, strict_map_key=False)
+        fields = msgpack.unpackb(body, raw=False, strict_map_key=False)
     except Exception as exc:  # msgpack raises several unrelated types
-        raise MalformedMessage(f"envelope is not msgpack: {exc}") from None
-    if not isinstance(fields, list) or len(fields) < 5:
-        raise MalformedMessage("envelope is not an array of at least 5 fields")
-    version, origin, seq, ts, data = fields[:5]
+        raise MalformedMessage(f"body is not msgpack: {exc}") from None
+    if type(fields) is not list or not fields:
+        raise MalformedMessage("body is not a non-empty array")
+    version = fields[0]
     if type(version) is not int or version != PROTOCOL_VERSION:
-        raise MalformedMessage(f"envelope version {version!r} is not {PROTOCOL_VERSION}")
-    if type(origin) is not str or type(seq) is not int or type(ts) not in (int, float):
-        raise MalformedMessage("envelope origin/seq/ts have the wrong types")
-    if len(fields) > 5 and fields[5] == KIND_MARK and type(fields[5]) is int:
-        return Message(subject, None, origin, seq, ts, is_mark=True)
-    return Message(subject, data, origin, seq, ts)
+        raise MalformedMessage(f"version {version!r} is not {PROTOCOL_VERSION}")
+    return fields
+
+
+def decode_batch(body):
+    """``(origin, epoch, seq, ts, payloads)`` of a batch body, or MalformedMessage."""
+    fields = _unpack(body)
+    if len(fields) < 6:
+        raise MalformedMessage("a batch is an array of at least 6 elements")
+    _, origin, epoch, seq, ts, payloads = fields[:6]
+    if (type(origin) is not str or type(epoch) is not int or type(seq) is not int
+            or type(ts) not in (int, float) or type(payloads) is not list):
+        raise MalformedMessage("batch origin/epoch/seq/ts/payloads have the wrong types")
+    if not payloads or seq < 1 or epoch < 0:
+        raise MalformedMessage("a batch holds at least one payload, seq >= 1, epoch >= 0")
+    return origin, epoch, seq, ts, payloads
+
+
+def decode_marks(body):
+    """``(origin, [(subject, epoch, seq), ...])`` of a marks body, or MalformedMessage."""
+    fields = _unpack(body)
+    if len(fields) < 3 or type(fields[1]) is not str or type(fields[2]) is not list:
+        raise MalformedMessage("marks are an array [2, origin, entries]")
+    entries = []
+    for entry in fields[2]:
+        if (type(entry) is not list or len(entry) < 3 or type(entry[0]) is not str
+                or type(entry[1]) is not int or type(entry[2]) is not int):
+            raise MalformedMessage("a mark entry is [subject, epoch, seq]")
+        entries.append((entry[0], entry[1], entry[2]))
+    return fields[1], entries

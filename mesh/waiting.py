@@ -56,3 +56,24 @@ def recv_multipart(sock, wait, timeout=None):
             if remaining <= 0:
                 raise TimeoutError(f"nothing received within {timeout} s")
         wait(sock, remaining)
+
+
+FAIR_SLICE_SECONDS = 0.002
+_last_yield = [0.0]
+
+
+def fair_yielder():
+    """Under gevent, a function that yields to the hub when library code has
+    run for FAIR_SLICE_SECONDS since the last yield (so a stream drained or
+    published in a loop never freezes the other greenlets); None in a
+    threaded program, where the interpreter switches threads by itself."""
+    if not running_under_gevent():
+        return None
+    import gevent
+
+    def maybe_yield(clock=time.monotonic, last=_last_yield):
+        if clock() - last[0] >= FAIR_SLICE_SECONDS:
+            gevent.sleep(0)
+            last[0] = clock()
+
+    return maybe_yield

@@ -74,7 +74,7 @@ def test_no_subscriber_means_no_traffic_to_peers_and_unsubscribe_stops_it(start_
         for i in range(100):
             pub.publish("quiet.x", i)
         assert len(collect(sub, 100)) == 100
-        assert b.stats()["messages"]["from_peers"] - crossed_before == 100
+        assert 0 < b.stats()["messages"]["from_peers"] - crossed_before <= 100  # batches: fewer messages
 
         sub.unsubscribe()
         other.unsubscribe()
@@ -137,8 +137,8 @@ def test_loss_is_visible_as_sequence_gaps(start_node):
     with Client(a.address, hwm=50) as pub, Client(a.address, hwm=50) as sc:
         sub = sc.subscribe("flood.>")
         warm_up(pub, "flood.warm", [sub])
-        for i in range(50_000):
-            pub.publish("flood.x", i)
+        for i in range(50_000):  # 50 MB: far more than the queues and TCP buffers hold
+            pub.publish("flood.x", b"x" * 1000)
         got = []
         try:
             while True:

@@ -1,0 +1,260 @@
+"""The publishing side of a client: streams, batching, sequence marks, interest.
+
+A *stream* is what one client publishes on one subject: its topic frame, an
+epoch and the last sequence number. Consecutive publishes on one subject
+travel as one batch (docs/PROTOCOL.md 4.2). The flush rule:
+
+* a publish that comes ``IDLE_GAP`` or longer after the previous one goes out
+  at once, alone: a lone message never waits for company;
+* a publish that follows closely opens (or joins) a batch, which goes out when
+  it holds ``BATCH_MAX_MESSAGES`` or ``BATCH_MAX_BYTES``, when a publish on
+  another subject comes (order across subjects is kept), when a publish finds
+  it ``BATCH_MAX_AGE`` old, on ``flush()`` and ``close()``, and otherwise from
+  the housekeeper ``BATCH_MAX_AGE`` after it opened.
+
+Once a second, for the subjects published since the last time, the client
+sends *marks* (each stream's epoch and last sequence number) so that loss at
+the end of a burst is counted; marks for many subjects share one message per
+subscription prefix that covers them. A stream not published for
+``stream_idle`` seconds is forgotten; if its subject is published again it
+starts over at sequence 1 in a new epoch.
+"""
+
+import threading
+import time
+
+import zmq
+
+from .subjects import validate_subject
+
+IDLE_GAP = 0.0001  # a publish this long after the previous one is sent at once
+BATCH_MAX_AGE = 0.0005
+BATCH_MAX_MESSAGES = 256
+BATCH_MAX_BYTES = 64 * 1024
+MARK_SECONDS = 1.0
+MARKS_MAX_ENTRIES = 1024
+DEFAULT_STREAM_IDLE = 60.0
+_INTEREST_DRAIN_EVERY = 1024
+
+
+class _Stream:
+    __slots__ = ("topic", "epoch", "seq", "active")
+
+    def __init__(self, topic, epoch, now):
+        self.topic = topic
+        self.epoch = epoch
+        self.seq = 0
+        self.active = now  # monotonic time it was last published (to within a mark period)
+
+
+class Publisher:
+    """Thread-safe: ``publish`` may be called from any thread."""
+
+    def __init__(self, sock, encoder, stream_idle, kick, maybe_yield):
+        self._sock = sock
+        self._encoder = encoder
+        self.stream_idle = stream_idle
+        self._kick = kick  # an Event that wakes the client's housekeeper
+        self._yield = maybe_yield  # fair yielding under gevent, else None
+        self._lock = threading.Lock()
+        self._streams = {}  # subject -> _Stream, least recently active first
+        self._unmarked = set()  # subjects published since the last marks
+        self._epoch = 0  # grows each time idle streams are forgotten
+        self._interest = set()  # subscription prefixes wanted somewhere in the mesh
+        self._batch = None  # [stream, first seq, ts, parts, bytes, opened] of the open batch
+        self._batch_room = min(BATCH_MAX_BYTES, encoder.payload_room)  # payload bytes a batch may hold
+        self._last_publish = float("-inf")
+        self._next_marks = 0.0
+        self._next_sweep = 0.0
+        self.published = 0
+        self.batches = 0
+        self.mark_messages = 0
+        self.forgotten = 0
+        self.closed = False
+
+    # -- publishing -------------------------------------------------------
+
+    def publish(self, subject, data):
+        with self._lock:
+            if self.closed:
+                raise RuntimeError("client is closed")
+            stream = self._streams.get(subject)
+            now = time.monotonic()
+            if stream is None:
+                stream = self._streams[subject] = _Stream(validate_subject(subject), self._epoch, now)
+            packed = self._encoder.pack(data)
+            batch = self._batch
+            if batch is not None:
+                if (batch[0] is stream and len(batch[3]) <= BATCH_MAX_MESSAGES
+                        and batch[4] + len(packed) <= self._batch_room and now - batch[5] < BATCH_MAX_AGE):
+                    batch[3].append(packed)
+                    batch[4] += len(packed)
+                    seq = stream.seq = stream.seq + 1
+                    self._last_publish = now
+                    self.published += 1
+                    return seq
+                self._send_batch()
+            seq = stream.seq = stream.seq + 1
+            if now - self._last_publish >= IDLE_GAP:
+                self._send(stream, seq, time.time(), [None, packed])
+            else:
+                self._batch = [stream, seq, time.time(), [None, packed], len(packed), now]
+                self._kick.set()
+            self._last_publish = now
+            if not self._unmarked:
+                self._next_marks = now + MARK_SECONDS
+                self._kick.set()
+            self._unmarked.add(subject)
+            self.published += 1
+            if self.published % _INTEREST_DRAIN_EVERY == 0:
+                self._drain_interest()
+        if self._yield is not None:
+            self._yield()
+        return seq
+
+    def _send(self, stream, seq, ts, parts):
+        self._sock.send(stream.topic, zmq.SNDMORE)
+        self._sock.send(self._encoder.batch(stream.epoch, seq, ts, parts))
+        self.batches += 1
+
+    def _send_batch(self):
+        stream, seq, ts, parts, _, _ = self._batch
+        self._batch = None
+        self._send(stream, seq, ts, parts)
+
+    def flush(self):
+        """Send the open batch now, if there is one."""
+        with self._lock:
+            if self._batch is not None:
+                self._send_batch()
+
+    # -- marks and forgetting --------------------------------------------
+
+    def _send_marks(self, now):
+        """Marks for every subject published since the last ones (lock held),
+        one message per covering subscription prefix (in chunks)."""
+        self._drain_interest()
+        interest, streams = self._interest, self._streams
+        groups = {}
+        for subject in self._unmarked:
+            stream = streams.pop(subject)
+            streams[subject] = stream  # most recently active last
+            stream.active = now
+            if not interest:
+                continue
+            entry = (subject, stream.epoch, stream.seq)
+            topic = stream.topic
+            end = 0
+            while end >= 0:  # b"", b"a.", b"a.b.", ...: every token prefix of the topic
+                prefix = topic[:end]
+                if prefix in interest:
+                    groups.setdefault(prefix, []).append(entry)
+                end = topic.find(b".", end) + 1 or -1
+        self._unmarked.clear()
+        room = min(self._encoder.max_payload, BATCH_MAX_BYTES) - 64
+        for prefix, entries in groups.items():
+            chunk, size = [], 0
+            for entry in entries:
+                cost = len(entry[0]) * 4 + 24  # UTF-8 bound of the subject + two uint64
+                if chunk and (size + cost > room or len(chunk) >= MARKS_MAX_ENTRIES):
+                    self._send_marks_message(prefix, chunk)
+                    chunk, size = [], 0
+                chunk.append(entry)
+                size += cost
+            self._send_marks_message(prefix, chunk)
+
+    def _send_marks_message(self, prefix, entries):
+        self._sock.send(prefix + b"\x00", zmq.SNDMORE)
+        self._sock.send(self._encoder.marks(entries))
+        self.mark_messages += 1
+
+    def _forget_idle(self, now):
+        """Forget streams not published for stream_idle seconds (lock held)."""
+        cutoff = now - self.stream_idle
+        idle = []
+        for subject, stream in self._streams.items():
+            if stream.active >= cutoff:
+                break
+            if subject not in self._unmarked:
+                idle.append(subject)
+        for subject in idle:
+            del self._streams[subject]
+        if idle:
+            self._epoch += 1
+            self.forgotten += len(idle)
+
+    def housekeep(self):
+        """Do what is due: send an aged batch, marks, forget idle streams.
+        Returns the seconds until the next duty, or None if none is pending."""
+        with self._lock:
+            if self.closed:
+                return None
+            now = time.monotonic()
+            waits = []
+            if self._batch is not None:
+                age = now - self._batch[5]
+                if age >= BATCH_MAX_AGE:
+                    self._send_batch()
+                else:
+                    waits.append(BATCH_MAX_AGE - age)
+            if self._unmarked:
+                if now >= self._next_marks:
+                    self._send_marks(now)
+                else:
+                    waits.append(self._next_marks - now)
+            if self._streams:
+                if now >= self._next_sweep:
+                    self._forget_idle(now)
+                    self._next_sweep = now + min(self.stream_idle / 4, 15.0)
+                if self._streams:
+                    waits.append(max(0.0, self._next_sweep - now))
+            return min(waits) if waits else None
+
+    @property
+    def streams(self):
+        return len(self._streams)
+
+    # -- interest ---------------------------------------------------------
+
+    def _drain_interest(self):
+        """Read the subscription notices the node forwarded to us (lock held)."""
+        while True:
+            try:
+                notice = self._sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if notice[:1] == b"\x01":
+                self._interest.add(notice[1:])
+            elif notice[:1] == b"\x00":
+                self._interest.discard(notice[1:])
+
+    def has_interest(self, subject):
+        topic = validate_subject(subject)
+        with self._lock:
+            self._drain_interest()
+            return any(topic.startswith(prefix) for prefix in self._interest)
+
+    # -- moving and closing ----------------------------------------------
+
+    def replace_socket(self, sock, max_payload):
+        """The client moved to another node: publish through ``sock`` from now on."""
+        with self._lock:
+            old, self._sock = self._sock, sock
+            self._encoder.max_payload = max_payload
+            self._batch_room = min(BATCH_MAX_BYTES, self._encoder.payload_room)
+            self._interest.clear()
+            if self._batch is not None:
+                self._send_batch()
+        old.close(linger=0)
+
+    def close(self):
+        """Send the open batch and the last marks (LINGER delivers them), then close."""
+        with self._lock:
+            if self.closed:
+                return
+            if self._batch is not None:
+                self._send_batch()
+            if self._unmarked:
+                self._send_marks(time.monotonic())
+            self.closed = True
+            self._sock.close()

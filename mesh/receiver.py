@@ -1,0 +1,288 @@
+"""The receive side of a client: one SUB socket for all its subscriptions.
+
+Every subscription of a client shares one SUB socket (connected to the
+node's ``out`` and ``remote``), so a process may hold tens of thousands of
+subscriptions on three descriptors. Batches are matched to subscriptions by
+subject through a :class:`~mesh.sublist.Sublist` and appended to each
+subscription's bounded queue.
+
+Nobody reads in the background: a caller of ``get()`` whose queue is empty
+becomes the *leader* (it reads the socket, on its own thread or greenlet, for
+every subscription) or, if another caller already leads, a *follower* that
+sleeps until the leader hands it messages or leaves. Waiting costs nothing:
+the leader sleeps on the socket and on a wake-up pipe, followers on an Event.
+Changes to the socket (subscribe, unsubscribe, move, close) are queued and
+applied by whoever holds the lead, since a ZeroMQ socket must not be used by
+two threads at once. Under gevent the leader yields to the hub every
+``FAIR_SLICE_SECONDS`` (mesh/waiting.py).
+"""
+
+import collections
+import os
+import threading
+import time
+
+import zmq
+
+from .envelope import MARKS_TOPIC_END, MalformedMessage, Message, decode_batch, decode_marks
+from .sublist import Sublist
+from .waiting import running_under_gevent
+
+READ_BUDGET = 256  # ZeroMQ messages read per visit before checking on the caller
+
+
+class Receiver:
+    def __init__(self, make_socket, maybe_yield):
+        self._make_socket = make_socket  # () -> a SUB socket connected to the node
+        self._yield = maybe_yield
+        self._green = running_under_gevent()
+        self._sock = None
+        self._poller = None
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._sublist = Sublist()
+        self._prefixes = collections.Counter()  # ZeroMQ prefix -> subscriptions using it
+        self._by_prefix = {}  # ZeroMQ prefix -> set of subscriptions (malformed counts)
+        self._lead = threading.Lock()
+        self._ops = collections.deque()  # socket changes waiting for the leader
+        self._followers = set()
+        self.malformed = 0
+        self.closed = False
+
+    @property
+    def subscriptions(self):
+        return self._sublist.count
+
+    # -- subscriptions ----------------------------------------------------
+
+    def add(self, sub):
+        self._submit(("add", sub))
+
+    def remove(self, sub):
+        self._submit(("remove", sub))
+        sub._wake()
+
+    def move(self):
+        """The client moved to another node: a new socket, the same subscriptions."""
+        self._submit(("move", None))
+
+    def _submit(self, op):
+        self._ops.append(op)
+        if self._lead.acquire(blocking=False):
+            try:
+                self._apply_ops()
+            finally:
+                self._lead.release()
+        else:
+            self._wake_leader()
+
+    def _apply_ops(self):
+        """Apply queued socket changes (lead held)."""
+        while self._ops:
+            kind, sub = self._ops.popleft()
+            if kind == "add":
+                if sub.closed:
+                    continue
+                prefix = sub.pattern.prefix
+                self._sublist.add(sub.pattern, sub)
+                self._by_prefix.setdefault(prefix, set()).add(sub)
+                self._socket().setsockopt(zmq.SUBSCRIBE, prefix)
+                self._prefixes[prefix] += 1
+            elif kind == "remove":
+                prefix = sub.pattern.prefix
+                holders = self._by_prefix.get(prefix)
+                if holders is None or sub not in holders:
+                    continue  # removed before it was added: the add was skipped
+                holders.discard(sub)
+                if not holders:
+                    del self._by_prefix[prefix]
+                self._sublist.remove(sub.pattern, sub)
+                self._sock.setsockopt(zmq.UNSUBSCRIBE, prefix)
+                self._prefixes[prefix] -= 1
+                if not self._prefixes[prefix]:
+                    del self._prefixes[prefix]
+            elif kind == "move" and self._sock is not None:
+                self._sock.close()
+                self._sock = None
+                sock = self._socket()
+                for prefix, count in self._prefixes.items():
+                    for _ in range(count):  # libzmq counts subscriptions per prefix
+                        sock.setsockopt(zmq.SUBSCRIBE, prefix)
+
+    def _socket(self):
+        if self._sock is None:
+            self._sock = self._make_socket()
+            self._poller = zmq.Poller()
+            self._poller.register(self._sock, zmq.POLLIN)
+            self._poller.register(self._wake_r, zmq.POLLIN)
+        return self._sock
+
+    # -- reading ----------------------------------------------------------
+
+    def wait(self, sub, timeout):
+        """The next message of ``sub``, reading for everyone while it waits."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            if sub._queue:
+                return sub._pop()
+            if sub.closed or self.closed:
+                raise RuntimeError("subscription is closed")
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise TimeoutError(f"no message on {sub.pattern.text!r} within {timeout} s")
+            event = sub._event
+            if event is None:
+                event = sub._event = threading.Event()
+            event.clear()
+            sub._waiter = event
+            self._followers.add(sub)  # before trying the lead: a leader leaving wakes us
+            try:
+                if self._lead.acquire(blocking=False):
+                    self._followers.discard(sub)
+                    try:
+                        self._read_for(sub, deadline)
+                    finally:
+                        self._lead.release()
+                        self._after_leading()
+                elif not sub._queue and not sub.closed:
+                    event.wait(remaining)
+            finally:
+                sub._waiter = None
+                self._followers.discard(sub)
+
+    def _after_leading(self):
+        if self._ops and self._lead.acquire(blocking=False):  # queued while we were leaving
+            try:
+                self._apply_ops()
+            finally:
+                self._lead.release()
+        for follower in list(self._followers):  # hand the lead to one who has nothing
+            if not follower._queue:
+                follower._wake()
+                return
+
+    def _read_for(self, sub, deadline):
+        """Lead: read and dispatch until ``sub`` has a message, is closed, or time is up."""
+        while True:
+            if self._ops:
+                self._apply_ops()
+            if sub._queue or sub.closed or self.closed or self._sock is None:
+                return
+            if self._drain():
+                if self._yield is not None:
+                    self._yield()
+                continue
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return
+            self._wait_readable(remaining)
+
+    def _wait_readable(self, timeout):
+        """Sleep until the socket may have a message, a wake-up, or ``timeout``."""
+        if self._green:
+            from gevent.select import select
+
+            if not self._sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                select([self._sock.getsockopt(zmq.FD), self._wake_r], [], [], timeout)
+        else:
+            self._poller.poll(None if timeout is None else max(1, int(timeout * 1000)))
+        try:
+            os.read(self._wake_r, 4096)
+        except BlockingIOError:
+            pass
+
+    def _wake_leader(self):
+        if self._wake_w < 0:
+            return  # closed
+        try:
+            os.write(self._wake_w, b"x")
+        except BlockingIOError:
+            pass  # the pipe is full: a wake-up is pending
+
+    def _drain(self):
+        """Read what has arrived (up to READ_BUDGET messages) and dispatch it."""
+        sock = self._sock
+        now = time.monotonic()
+        count = 0
+        for count in range(1, READ_BUDGET + 1):
+            try:
+                frame = sock.recv(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return count - 1
+            topic = frame.bytes
+            if not frame.more:
+                self._count_malformed(topic)
+                continue
+            body = sock.recv(zmq.NOBLOCK, copy=False)
+            if body.more:
+                while sock.recv(zmq.NOBLOCK, copy=False).more:
+                    pass
+                self._count_malformed(topic)
+                continue
+            self._dispatch(topic, body, now)
+        return count
+
+    def _dispatch(self, topic, body, now):
+        last = topic[-1:]
+        if last == b".":
+            try:
+                subject = topic[:-1].decode("utf-8")
+            except UnicodeDecodeError:
+                self._count_malformed(topic)
+                return
+            subs = self._sublist.match(subject)
+            if not subs:
+                return  # the prefix let it through, no pattern matches: skip
+            try:
+                origin, epoch, seq, ts, payloads = decode_batch(body)
+            except MalformedMessage:
+                self._count_malformed(topic)
+                return
+            messages = [Message(subject, data, origin, seq + i, ts) for i, data in enumerate(payloads)]
+            key = (origin, subject)
+            for sub in subs:
+                sub._accept(key, epoch, seq, messages, now)
+        elif last == MARKS_TOPIC_END:
+            try:
+                origin, entries = decode_marks(body)
+            except MalformedMessage:
+                self._count_malformed(topic)
+                return
+            match = self._sublist.match
+            for subject, epoch, seq in entries:
+                for sub in match(subject):
+                    sub._mark((origin, subject), epoch, seq, now)
+        else:
+            self._count_malformed(topic)
+
+    def _count_malformed(self, topic):
+        """Count a bad message at every subscription whose prefix admitted it."""
+        self.malformed += 1
+        end = 0
+        while end >= 0:
+            for sub in self._by_prefix.get(topic[:end], ()):
+                sub.malformed += 1
+            end = topic.find(b".", end) + 1 or -1
+
+    # -- closing ----------------------------------------------------------
+
+    def close(self):
+        """Wake every reader (they get RuntimeError), then close the socket."""
+        self.closed = True
+        for holders in list(self._by_prefix.values()):
+            for sub in list(holders):
+                sub.closed = True
+        for kind, sub in list(self._ops):
+            if sub is not None:
+                sub.closed = True
+        for sub in list(self._followers):
+            sub._wake()
+        self._wake_leader()
+        with self._lead:
+            if self._sock is not None:
+                self._sock.close()
+                self._sock = None
+            wake_w, self._wake_w = self._wake_w, -1
+            os.close(wake_w)
+            os.close(self._wake_r)

@@ -1,0 +1,171 @@
+"""One subscription: its bounded queue of messages, its stream positions and its counters.
+
+The client's receiver (mesh/receiver.py) puts each batch that matches the
+pattern into the queue; ``get()`` takes from it, and when it is empty asks
+the receiver to read on its behalf. Per stream (publisher, subject) the
+subscription keeps the epoch and last sequence number it saw, counts what is
+missing as ``gaps``, and forgets a stream it has not heard from for
+``stream_idle`` seconds.
+"""
+
+import collections
+import logging
+import time
+
+log = logging.getLogger("mesh.client")
+
+DEFAULT_PENDING_LIMIT = 100_000
+
+
+class Subscription:
+    """Messages matching one pattern, read with ``get()``, ``take()`` or by iterating.
+
+    Counters: ``received`` (handed to you), ``gaps`` (messages known to be
+    missing: sequence numbers a publisher sent that never arrived),
+    ``dropped`` (arrived while this subscription's queue held
+    ``pending_limit`` messages: a slow reader loses, the others do not),
+    ``malformed`` (frames dropped because they did not follow docs/PROTOCOL.md).
+    """
+
+    def __init__(self, receiver, pattern, pending_limit, stream_idle, maybe_yield):
+        self.pattern = pattern
+        self.pending_limit = pending_limit
+        self.stream_idle = stream_idle
+        self.received = 0
+        self.gaps = 0
+        self.dropped = 0
+        self.malformed = 0
+        self.closed = False
+        self._receiver = receiver
+        self._yield = maybe_yield
+        self._queue = collections.deque()
+        self._streams = {}  # (origin, subject) -> [epoch, last seq, last heard], least recent first
+        self._sweep_at = time.monotonic() + self._sweep_every()
+        self._event = None  # made the first time a reader has to wait
+        self._waiter = None  # the Event, while a reader waits for the receiver
+
+    # -- reading ----------------------------------------------------------
+
+    def get(self, timeout=None):
+        """The next message; raises TimeoutError if none came within ``timeout``
+        seconds, RuntimeError if the subscription is closed."""
+        if self._queue:
+            return self._pop()
+        return self._receiver.wait(self, timeout)
+
+    def _pop(self):
+        self.received = count = self.received + 1
+        if self._yield is not None and not count & 1023:
+            self._yield()
+        return self._queue.popleft()
+
+    def take(self, limit=1024, timeout=None):
+        """Every message waiting (at most ``limit``), at least one: waits like ``get``."""
+        batch = [self.get(timeout)]
+        queue = self._queue
+        while queue and len(batch) < limit:
+            batch.append(queue.popleft())
+        self.received += len(batch) - 1
+        return batch
+
+    def __iter__(self):
+        while True:
+            try:
+                yield self.get()
+            except RuntimeError:
+                if self.closed:
+                    return
+                raise
+
+    @property
+    def pending(self):
+        """Messages received and not yet taken."""
+        return len(self._queue)
+
+    @property
+    def streams(self):
+        """Streams (publisher, subject) whose position this subscription remembers."""
+        return len(self._streams)
+
+    # -- filled by the receiver ------------------------------------------
+
+    def _accept(self, key, epoch, seq, messages, now):
+        """A batch of ``messages`` (sequence numbers from ``seq``) of stream ``key``."""
+        if self.closed:
+            return
+        streams = self._streams
+        end = seq + len(messages) - 1
+        position = streams.pop(key, None)
+        if position is None:
+            position = [epoch, end, now]
+        elif position[0] != epoch:  # the publisher forgot the stream and began it again
+            self.gaps += seq - 1
+            position[0], position[1] = epoch, end
+        else:
+            last = position[1]
+            if seq > last + 1:
+                self.gaps += seq - last - 1
+            if end > last:
+                position[1] = end
+        position[2] = now
+        streams[key] = position  # most recently heard last
+        queue = self._queue
+        room = self.pending_limit - len(queue)
+        if room >= len(messages):
+            queue.extend(messages)
+        else:
+            if room > 0:
+                queue.extend(messages[:room])
+            self.dropped += len(messages) - max(room, 0)
+        if self._waiter is not None:
+            self._waiter.set()
+        if now >= self._sweep_at:
+            self._forget_idle(now)
+
+    def _mark(self, key, epoch, seq, now):
+        """The publisher's last sequence number on a stream: count what never came."""
+        position = self._streams.get(key)
+        if position is None or self.closed:
+            return  # a stream we never saw: nothing tells us we should have
+        if position[0] != epoch:
+            self.gaps += seq  # a new epoch of which nothing arrived
+            position[0], position[1] = epoch, seq
+        elif seq > position[1]:
+            self.gaps += seq - position[1]
+            position[1] = seq
+
+    def _forget_idle(self, now):
+        cutoff = now - self.stream_idle
+        streams = self._streams
+        idle = []
+        for key, position in streams.items():
+            if position[2] >= cutoff:
+                break
+            idle.append(key)
+        for key in idle:
+            del streams[key]
+        self._sweep_at = now + self._sweep_every()
+
+    def _sweep_every(self):
+        return min(self.stream_idle / 4, 15.0)
+
+    def _wake(self):
+        if self._waiter is not None:
+            self._waiter.set()
+
+    # -- ending -----------------------------------------------------------
+
+    def unsubscribe(self):
+        """Stop receiving; a reader waiting in ``get`` gets RuntimeError at once.
+        Safe to call from any thread."""
+        if self.closed:
+            return
+        self.closed = True
+        self._queue.clear()
+        self._receiver.remove(self)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.unsubscribe()
