@@ -9,6 +9,8 @@ import json
 import sys
 import time
 
+from mesh.publisher import DEFAULT_STREAM_IDLE  # imports no sockets: patching later is fine
+
 EPILOG_ADDRESSES = "Addresses are a node's control address, HOST:PORT (default port 7400)."
 
 
@@ -16,6 +18,13 @@ def _positive_int(text):
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
+    return value
+
+
+def _positive_float(text):
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive number")
     return value
 
 
@@ -50,6 +59,10 @@ def build_parser():
                      help="largest encoded message accepted (default: 1048576)")
     run.add_argument("--hwm", type=_positive_int, default=100_000, metavar="MESSAGES",
                      help="queue limit per socket connection before messages are dropped (default: 100000)")
+    run.add_argument("--stream-idle", type=_positive_float, default=DEFAULT_STREAM_IDLE, metavar="SECONDS",
+                     help="forget a stream (a publisher's subject) after this long without a message, "
+                          "in this node's edge (the library's Client(stream_idle=) default is the same; "
+                          "docs/PROTOCOL.md 4.5) (default: %(default)s)")
     edge = run.add_argument_group("edge (HTTP, WebSocket, Server-Sent Events; off without --http)")
     edge.add_argument("--http", type=int, metavar="PORT",
                       help="serve WebSocket (/ws), HTTP publish (/pub), SSE (/sub), /stats and a page at / "
@@ -191,7 +204,7 @@ def cmd_run(args):
                           max_subscriptions=args.max_subscriptions, queue_bytes=args.queue_bytes,
                           max_connections=args.max_connections, auth_secret=args.auth_secret,
                           allowed_origins=args.allowed_origin, keepalive_seconds=args.keepalive,
-                          request_timeout=args.request_timeout)
+                          request_timeout=args.request_timeout, stream_idle=args.stream_idle)
     config = NodeConfig(name=args.name, host=args.host, port=args.port, advertise=args.advertise,
                         max_payload=args.max_payload, hwm=args.hwm, peers=args.peer, edge=edge,
                         curve_keys=args.curve_keys or "")
@@ -273,9 +286,9 @@ def cmd_sub(args):
                     break
                 print(json.dumps(message.to_dict(), default=json_default), flush=True)
         finally:  # also on Ctrl-C: loss is never silent
-            if sub.gaps or sub.malformed:
-                print(f"meshnode sub: {sub.gaps} messages missed, {sub.malformed} malformed dropped",
-                      file=sys.stderr)
+            if sub.gaps or sub.malformed or sub.dropped:
+                print(f"meshnode sub: {sub.gaps} messages missed, {sub.dropped} dropped while we lagged, "
+                      f"{sub.malformed} malformed dropped", file=sys.stderr)
     return status
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from gevent.pywsgi import WSGIServer
 
 from mesh import Client, PayloadTooLarge
+from mesh.publisher import DEFAULT_STREAM_IDLE
 
 from .auth import Authenticator
 from .edgeproto import EdgeError
@@ -34,6 +35,7 @@ class EdgeConfig:
     allowed_origins: list = field(default_factory=list)
     keepalive_seconds: float = 15.0
     request_timeout: float = 30.0
+    stream_idle: float = DEFAULT_STREAM_IDLE
 
 
 class Edge:
@@ -43,7 +45,7 @@ class Edge:
         self.stats = {"messages_in": 0, "messages_out": 0, "slow_consumers": 0, "errors": 0,
                       "rejected_connections": 0, "unrenderable": 0}
         self.connections = set()
-        self.client = Client(node_address, curve=curve)
+        self.client = Client(node_address, curve=curve, stream_idle=config.stream_idle)
         self.fanout = Fanout(self.client, self.stats)
         self.server = WSGIServer((config.host, config.port), EdgeApp(self), log=None, handler_class=EdgeHandler)
         self.server.init_socket()
@@ -73,6 +75,7 @@ class Edge:
             "patterns": len(self.fanout.routes),
             "queued_bytes": sum(c.queued_bytes for c in self.connections),
             "gaps": self.fanout.gaps,
+            "dropped": self.fanout.dropped,
             **self.stats,
         }
 

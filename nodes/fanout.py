@@ -15,6 +15,8 @@ from .edgeproto import render_message
 
 log = logging.getLogger("meshnode.edge")
 
+DELIVER_BATCH = 64  # messages fanned out between yields to the connections' writers
+
 
 class Route:
     def __init__(self, subscription):
@@ -42,30 +44,44 @@ class Fanout:
         route.connections.discard(connection)
         if not route.connections:
             del self.routes[pattern_text]
-            route.subscription.unsubscribe()  # the reader ends within 0.1 s
+            route.subscription.unsubscribe()  # wakes and ends the route's greenlet
 
     def _deliver(self, route):
-        for message in route.subscription:
+        subscription = route.subscription
+        while True:
             try:
-                text = render_message(message).encode("utf-8")
-            except (ValueError, TypeError, RecursionError) as exc:  # data JSON cannot express
-                self.stats["unrenderable"] += 1
-                log.warning("cannot render a message on %s for edge clients: %s", message.subject, exc)
-                continue
-            frames = {}
-            for connection in list(route.connections):
-                frame = frames.get(connection.kind)
-                if frame is None:
-                    frame = frames[connection.kind] = encode_frame(
-                        connection.kind, text, f"{message.seq}:{message.subject}:{message.origin}")
-                connection.offer(frame)
-                self.stats["messages_out"] += 1
+                batch = subscription.take(DELIVER_BATCH)
+            except RuntimeError:  # unsubscribed: the last connection left
+                break
+            for message in batch:
+                self._fan_out(route, message)
             gevent.sleep(0)  # let the writers run: a burst must not fill every queue first
-        log.debug("route %s closed", route.subscription.pattern.text)
+        log.debug("route %s closed", subscription.pattern.text)
+
+    def _fan_out(self, route, message):
+        """Render one message once per transport and queue it to every connection."""
+        try:
+            text = render_message(message).encode("utf-8")
+        except (ValueError, TypeError, RecursionError) as exc:  # data JSON cannot express
+            self.stats["unrenderable"] += 1
+            log.warning("cannot render a message on %s for edge clients: %s", message.subject, exc)
+            return
+        frames = {}
+        for connection in list(route.connections):
+            frame = frames.get(connection.kind)
+            if frame is None:
+                frame = frames[connection.kind] = encode_frame(
+                    connection.kind, text, f"{message.seq}:{message.subject}:{message.origin}")
+            connection.offer(frame)
+            self.stats["messages_out"] += 1
 
     @property
     def gaps(self):
         return sum(route.subscription.gaps for route in self.routes.values())
+
+    @property
+    def dropped(self):
+        return sum(route.subscription.dropped for route in self.routes.values())
 
 
 def encode_frame(kind, text, event_id=None):
