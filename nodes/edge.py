@@ -76,6 +76,7 @@ class Edge:
             "queued_bytes": sum(c.queued_bytes for c in self.connections),
             "gaps": self.fanout.gaps,
             "dropped": self.fanout.dropped,
+            "streams": self.fanout.streams,
             **self.stats,
         }
 

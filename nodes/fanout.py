@@ -80,6 +80,10 @@ class Fanout:
         return sum(route.subscription.gaps for route in self.routes.values())
 
     @property
+    def streams(self):
+        return sum(route.subscription.streams for route in self.routes.values())
+
+    @property
     def dropped(self):
         return sum(route.subscription.dropped for route in self.routes.values())
 
