@@ -364,7 +364,7 @@ def pub_mesh(cfg):
             publish(subject, CONSTANT)
 
     run_publisher(cfg, lambda: publish(subject, payload(WARM)), burst,
-                  lambda data: publish(subject, data), lambda: None)
+                  lambda data: publish(subject, data), client.flush)
     client.close()
 
 

@@ -139,7 +139,7 @@ def decode_marks(body):
     entries = []
     for entry in fields[2]:
         if (type(entry) is not list or len(entry) < 3 or type(entry[0]) is not str
-                or type(entry[1]) is not int or type(entry[2]) is not int):
-            raise MalformedMessage("a mark entry is [subject, epoch, seq]")
+                or type(entry[1]) is not int or type(entry[2]) is not int or entry[1] < 0 or entry[2] < 1):
+            raise MalformedMessage("a mark entry is [subject, epoch >= 0, seq >= 1]")
         entries.append((entry[0], entry[1], entry[2]))
     return fields[1], entries

@@ -236,8 +236,10 @@ class Receiver:
                 return  # the prefix let it through, no pattern matches: skip
             try:
                 origin, epoch, seq, ts, payloads = decode_batch(body)
-            except MalformedMessage:
-                self._count_malformed(topic)
+            except MalformedMessage:  # counted where the pattern matched (PROTOCOL.md 5)
+                self.malformed += 1
+                for sub in subs:
+                    sub.malformed += 1
                 return
             messages = [Message(subject, data, origin, seq + i, ts) for i, data in enumerate(payloads)]
             key = (origin, subject)

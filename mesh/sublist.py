@@ -70,9 +70,10 @@ class Sublist:
                 tail = nxt.get(">")
                 if tail is not None:
                     result.extend(tail.here)  # '>' takes this token and all after it
-                exact = nxt.get(token)
-                if exact is not None:
-                    reached.append(exact)
+                if token != "*" and token != ">":  # a raw publisher's literal wildcard: no second path
+                    exact = nxt.get(token)
+                    if exact is not None:
+                        reached.append(exact)
                 star = nxt.get("*")
                 if star is not None:
                     reached.append(star)

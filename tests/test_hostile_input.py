@@ -24,7 +24,6 @@ wrong and where.
 
 import base64
 import json
-import math
 import os
 import random
 import socket
@@ -41,7 +40,7 @@ from hypothesis import strategies as st
 from discovery.base import validate_member, validate_name
 from edgehelpers import WS, http, http_address
 from mesh import Client
-from mesh.envelope import MalformedMessage, Message, decode
+from mesh.envelope import BatchEncoder, MalformedMessage, Message, decode_batch, decode_marks
 from mesh.subjects import MAX_SUBJECT_BYTES, Pattern, subject_from_topic, topic_frame, validate_subject
 from meshhelpers import WARM_UP, collect, warm_up
 from nodeproc import wait_until
@@ -210,62 +209,156 @@ def spec_match(pattern, subject):
     return all(w == "*" or w == g for w, g in zip(head, got))
 
 
+def spec_prefix(pattern):
+    """PROTOCOL.md 3.3: the literal tokens before the first wildcard, each followed by '.'."""
+    literal = []
+    for token in pattern.split("."):
+        if token in ("*", ">"):
+            break
+        literal.append(token)
+    return "".join(t + "." for t in literal).encode("utf-8")
+
+
+def spec_unpack(body):
+    """A data body's fields (a msgpack array whose element 0 is the integer 2), or None."""
+    try:
+        fields = msgpack.unpackb(body, raw=False, strict_map_key=False)
+    except Exception:
+        return None
+    if type(fields) is not list or not fields or type(fields[0]) is not int or fields[0] != 2:
+        return None
+    return fields
+
+
+def spec_batch(body):
+    """PROTOCOL.md 5 step 2: ``(origin, epoch, seq, ts, payloads)`` of a good batch body, else None."""
+    fields = spec_unpack(body)
+    if fields is None or len(fields) < 6:
+        return None
+    _, origin, epoch, seq, ts, payloads = fields[:6]
+    if not (type(origin) is str and type(epoch) is int and epoch >= 0 and type(seq) is int and seq >= 1
+            and type(ts) in (int, float) and type(payloads) is list and payloads):
+        return None
+    return origin, epoch, seq, ts, payloads
+
+
+def spec_marks(body):
+    """PROTOCOL.md 5 step 3: ``(origin, [(subject, epoch, seq), ...])`` of a good marks body, else None."""
+    fields = spec_unpack(body)
+    if fields is None or len(fields) < 3 or type(fields[1]) is not str or type(fields[2]) is not list:
+        return None
+    entries = []
+    for entry in fields[2]:
+        if not (type(entry) is list and len(entry) >= 3 and type(entry[0]) is str and type(entry[1]) is int
+                and type(entry[2]) is int and entry[1] >= 0 and entry[2] >= 1):
+            return None
+        entries.append((entry[0], entry[1], entry[2]))
+    return fields[1], entries
+
+
 def spec_classify(frames, pattern):
-    """'malformed', 'skipped' or 'ok' for one multipart message at a subscriber of ``pattern``."""
+    """What PROTOCOL.md 5 makes of one multipart message at a subscriber of ``pattern``
+    whose ZeroMQ prefix admitted it: 'malformed', 'skipped' (a batch whose subject does
+    not match), 'marks' (well-formed marks: applied, never delivered) or 'ok' (a batch
+    delivered, one message per payload: see ``spec_delivered``)."""
     if len(frames) != 2:
         return "malformed"
-    topic = frames[0]
-    if not topic.endswith(b"."):
-        return "malformed"
-    try:
-        subject = topic[:-1].decode("utf-8")
-    except UnicodeDecodeError:
-        return "malformed"
-    if not spec_match(pattern, subject):
-        return "skipped"
-    try:
-        envelope = msgpack.unpackb(frames[1], raw=False, strict_map_key=False)
-    except Exception:
-        return "malformed"
-    if not isinstance(envelope, list) or len(envelope) < 5:
-        return "malformed"
-    version, origin, seq, ts = envelope[:4]
-    if not (type(version) is int and version == 1 and type(origin) is str and type(seq) is int
-            and type(ts) in (int, float)):
-        return "malformed"
-    return "ok"
+    topic, body = frames
+    if topic.endswith(b"."):
+        try:
+            subject = topic[:-1].decode("utf-8")
+        except UnicodeDecodeError:
+            return "malformed"
+        if not spec_match(pattern, subject):
+            return "skipped"  # before the body is looked at: a bad body here is no error
+        return "ok" if spec_batch(body) is not None else "malformed"
+    if topic.endswith(b"\x00"):
+        return "marks" if spec_marks(body) is not None else "malformed"
+    return "malformed"  # empty, or ending in anything else
 
 
-def envelope(origin, seq, data, version=1, ts=None):
-    return msgpack.packb([version, origin, seq, time.time() if ts is None else ts, data])
+def spec_delivered(frames, pattern):
+    """How many messages a subscriber of ``pattern`` delivers for this wire message."""
+    if spec_classify(frames, pattern) != "ok":
+        return 0
+    return len(spec_batch(frames[1])[4])
+
+
+def batch(origin, seq, datas, epoch=0, version=2, ts=None):
+    """A batch body (PROTOCOL.md 4.2)."""
+    return msgpack.packb([version, origin, epoch, seq, time.time() if ts is None else ts, datas])
+
+
+def marks(origin, entries, version=2):
+    """A marks body (PROTOCOL.md 4.3)."""
+    return msgpack.packb([version, origin, entries])
+
+
+def hostile_bodies(rng):
+    """Frame-1 bodies, most of them bad (v2 batches and marks, v1 envelopes, garbage)."""
+    ts = time.time()
+    head = msgpack.packb(2) + msgpack.packb("o") + msgpack.packb(0) + msgpack.packb(1) + msgpack.packb(ts)
+    return [
+        rng.randbytes(rng.randint(0, 300)),                                   # random bytes
+        b"", b"\xc1", b"\x96", msgpack.packb({"v": 2}), msgpack.packb("text"), msgpack.packb(None),
+        msgpack.packb([]),
+        msgpack.packb([2, "o", 0, 1, 1.0]),                                   # five fields
+        batch("o", 1, [1], version=3), batch("o", 1, [1], version=True), batch("o", 1, [1], version=2.0),
+        batch("o", 1, [1], version="2"),
+        msgpack.packb([1, "o", 1, ts, "v1 envelope"]),                        # data protocol 1
+        msgpack.packb([1, "o", 1, ts, None, 1]),                              # a v1 sequence mark
+        batch("o", 1, [1], version=1),
+        msgpack.packb([2, 7, 0, 1, ts, [0]]),                                 # origin not a str
+        msgpack.packb([2, b"o", 0, 1, ts, [0]]),
+        batch("o", 1, [0], epoch=-1), batch("o", 1, [0], epoch=True), batch("o", 1, [0], epoch=1.5),
+        batch("o", 1, [0], epoch="0"), batch("o", 1, [0], epoch=None),
+        batch("o", 0, [0]), batch("o", -1, [0]), batch("o", True, [0]), batch("o", "1", [0]),
+        batch("o", 1.0, [0]),
+        batch("o", 1, [0], ts="now"), batch("o", 1, [0], ts=None), batch("o", 1, [0], ts=True),
+        batch("o", 1, []), batch("o", 1, "x"), batch("o", 1, None), batch("o", 1, {"0": "x"}),
+        b"\x96" + head + b"\x93\xa1a\xa2\xff\xfe\xa1c",                           # one payload not UTF-8
+        batch("o", 1, [1])[:-1],                                              # truncated msgpack
+        batch("o", 1, [1]) + b"\x00",                                         # trailing bytes
+        marks("o", [["a", 0, 1]]),                                            # a marks body
+        marks("o", []), marks("nobody", [["fz.a", 0, 9]]),
+        marks("o", [["fz.a", 0, 1]], version=1), marks("o", [["fz.a", 0, 1]], version=True),
+        msgpack.packb([2, "o"]), msgpack.packb([2, 5, []]), marks("o", "entries"), marks("o", None),
+        marks("o", [["fz.a", 0]]), marks("o", [["fz.a", True, 1]]), marks("o", [["fz.a", 0, 1.0]]),
+        marks("o", [[b"fz.a", 0, 1]]), marks("o", [None]), marks("o", ["fz.a"]),
+        marks("o", [["fz.a", 0, 1], ["fz.b", 0]]),                             # one bad entry spoils all
+        marks("nobody", [["fz.a", -1, -5, "extra"]]),                         # odd numbers are still ints
+        marks("o", [["fz.a", 0, 1]]) + b"\xc0",                               # trailing bytes
+        batch("o", 1, [1]),                                                   # a good batch
+        msgpack.packb([2, "o", 0, 1, ts, [1], "extra", {"x": 1}]),            # good: extra elements ignored
+        batch("o", 1, [None, {"k": b"v"}, [1]]),                              # good: three messages
+        msgpack.packb([2, "o", 0, 1, 5, ["int ts"]]),                         # good: int ts
+    ]
 
 
 def garbage_messages(rng, prefix, count):
     """Multipart messages whose first frame starts with ``prefix``, most of them malformed."""
+    good = batch("o", 1, [1])
     shapes = [
         lambda: [prefix + b"a."],                                              # one frame
-        lambda: [prefix + b"a.", envelope("o", 1, 1), b"extra"],               # three frames
+        lambda: [prefix + b"a.", good, b"extra"],                              # three frames
         lambda: [prefix + b"a.", b"", b"", b"", b""],                          # five frames
-        lambda: [prefix + b"a", envelope("o", 1, 1)],                          # no trailing '.'
-        lambda: [prefix + b"\xff\xfe.", envelope("o", 1, 1)],                  # not UTF-8
-        lambda: [prefix + b"a.", rng.randbytes(rng.randint(0, 300))],         # random envelope
-        lambda: [prefix + b"a.", b""],                                         # empty envelope
-        lambda: [prefix + b"a.", msgpack.packb({"v": 1})],                     # a map
-        lambda: [prefix + b"a.", msgpack.packb([1, "o", 1, 1.0])],             # four fields
-        lambda: [prefix + b"a.", msgpack.packb("text")],
-        lambda: [prefix + b"a.", msgpack.packb(None)],
-        lambda: [prefix + b"a.", envelope("o", 1, 1, version=2)],              # unknown version
-        lambda: [prefix + b"a.", envelope("o", 1, 1, version=True)],
-        lambda: [prefix + b"a.", envelope("o", 1, 1, version=1.0)],
-        lambda: [prefix + b"a.", msgpack.packb([1, 7, 1, 1.0, 0])],            # origin not str
-        lambda: [prefix + b"a.", msgpack.packb([1, "o", "1", 1.0, 0])],        # seq not int
-        lambda: [prefix + b"a.", msgpack.packb([1, "o", 1, "now", 0])],        # ts not a number
-        lambda: [prefix + b"a.", envelope("o", 1, 1)[:-1]],                    # truncated msgpack
-        lambda: [prefix + b"a.", envelope("o", 1, 1) + b"\x00"],               # trailing bytes
+        lambda: [prefix + b"a", good],                                         # no trailing '.' or NUL
+        lambda: [prefix + b"a\x01", good],
+        lambda: [prefix + b"a.\x00x", marks("o", [])],                          # NUL not last
+        lambda: [prefix + b"\xff\xfe.", good],                                 # not UTF-8
+        lambda: [prefix + b"a.", rng.choice(hostile_bodies(rng))],             # batch topic, any body
+        lambda: [prefix + b"a.", rng.choice(hostile_bodies(rng))],
+        lambda: [prefix + b"a.", rng.choice(hostile_bodies(rng))],
+        lambda: [prefix + b"\x00", rng.choice(hostile_bodies(rng))],           # marks topics, any body
+        lambda: [prefix + b"a.\x00", rng.choice(hostile_bodies(rng))],
+        lambda: [prefix + b"a\x00", rng.choice(hostile_bodies(rng))],
+        lambda: [prefix + b"\x00"],                                            # marks, one frame
+        lambda: [prefix + b"\x00", marks("o", []), b""],                        # marks, three frames
         lambda: [prefix + rng.randbytes(rng.randint(0, 40)) + b"."] +         # random multipart
                 [rng.randbytes(rng.randint(0, 200)) for _ in range(rng.randint(0, 4))],
-        lambda: [prefix + b"w" * 600 + b".", envelope("o", 1, 1)],             # subject over 512 bytes
-        lambda: [prefix + b"a..b.", envelope("o", 1, 1)],                      # empty token
+        lambda: [prefix + rng.randbytes(rng.randint(0, 40)) + b"\x00", rng.randbytes(rng.randint(0, 60))],
+        lambda: [prefix + b"w" * 600 + b".", good],                            # subject over 512 bytes
+        lambda: [prefix + b"a..b.", good],                                     # empty token
     ]
     return [rng.choice(shapes)() for _ in range(count)]
 
@@ -308,7 +401,9 @@ def control_bodies(rng, good_member):
               {"v": 1, "cmd": "peer"}, {"v": 1, "cmd": "peer", "member": "x"},
               {"v": 1, "cmd": "peer", "member": {}}, {"v": 1, "cmd": "peer", "member": [good_member]},
               {"v": 1, "cmd": "peer", "member": {**good_member, "name": "bad name"}},
-              {"v": 1, "cmd": "peer", "member": {**good_member, "name": "Z", "protocol": 2}},
+              {"v": 1, "cmd": "peer", "member": {**good_member, "name": "Z", "protocol": 1}},   # a v1 node
+              {"v": 1, "cmd": "peer", "member": {**good_member, "name": "Z", "protocol": 3}},
+              {"v": 1, "cmd": "peer", "member": {**good_member, "name": "Z", "protocol": 2.0}},
               {"v": 1, "cmd": "peer", "member": {**good_member, "name": "Z", "out": "ipc:///x"}},
               {"v": 1, "cmd": "peer", "member": {**good_member, "name": "Z", "started": "now"}},
               {"v": 1, "cmd": "peer", "member": {**good_member, "name": "Z", "max_payload": True}},
@@ -405,6 +500,9 @@ def test_control_socket_survives_garbage_and_counts_it(edge_pair):
 
 # -- 2. ingress (XSUB) as a publisher -----------------------------------------------
 
+BARRAGE_PATTERNS = ("fz.>", ">")  # ">" (prefix b"") admits every message the node forwards
+
+
 def test_ingress_survives_garbage_publishers_and_subscribers_count_it(edge_pair):
     a, e = edge_pair
     watcher = bystander(e)
@@ -413,23 +511,25 @@ def test_ingress_survives_garbage_publishers_and_subscribers_count_it(edge_pair)
     info = e.request("hello")
     ingress, max_payload = info["endpoints"]["ingress"], info["max_payload"]
     ctx = zmq.Context.instance()
-    expected = {"malformed": 0, "garbage_ok": 0}
+    expected = {pattern: {"malformed": 0, "garbage_ok": 0} for pattern in BARRAGE_PATTERNS}
 
     def account(messages):
-        """What PROTOCOL.md 5 makes of these at a subscriber of fz.>."""
+        """What PROTOCOL.md 5 makes of these at a subscriber of each pattern."""
         for frames in messages:
-            if not frames[0].startswith(b"fz."):
-                continue  # ZeroMQ's prefix filter: a subscriber of fz.> never sees it
-            verdict = spec_classify(frames, "fz.>")
-            if verdict == "malformed":
-                expected["malformed"] += 1
-            elif verdict == "ok":  # e.g. b"fz.a..b.": receivers do not re-validate subjects
-                expected["garbage_ok"] += 1
+            for pattern in BARRAGE_PATTERNS:
+                if not frames[0].startswith(spec_prefix(pattern)):
+                    continue  # ZeroMQ's prefix filter: such a subscriber never sees it
+                verdict = spec_classify(frames, pattern)
+                if verdict == "malformed":
+                    expected[pattern]["malformed"] += 1
+                elif verdict == "ok":  # e.g. b"fz.a..b.": receivers do not re-validate subjects
+                    expected[pattern]["garbage_ok"] += spec_delivered(frames, pattern)
 
     with Client(e.address) as ce, Client(a.address) as ca:
         here = ce.subscribe("fz.>")      # E's own subscriber: out
+        everything = ce.subscribe(">")   # on the same socket as `here`: both count what both admit
         there = ca.subscribe("fz.>")     # A's subscriber: E.out -> A.mesh_in -> A.remote
-        warm_up(ce, "fz.warm", [here, there], timeout=15)
+        warm_up(ce, "fz.warm", [here, there, everything], timeout=15)
 
         # Phase 1: a libzmq XPUB publisher that waits for interest, then sends garbage among valid messages.
         pub = ctx.socket(zmq.XPUB)
@@ -437,18 +537,20 @@ def test_ingress_survives_garbage_publishers_and_subscribers_count_it(edge_pair)
         pub.setsockopt(zmq.SNDHWM, 0)
         pub.connect(ingress)
         notices = set()
-        while b"\x01fz." not in notices:
+        while not {b"\x01fz.", b"\x01"} <= notices:
             assert pub.poll(10000), "no subscription notice from ingress"
             notices.add(pub.recv())
         messages = garbage_messages(rng, b"fz.", 1500)
         messages += [[b"calm.x.", m[1] if len(m) > 1 else b""] for m in garbage_messages(rng, b"fz.", 100)]
-        messages += [[b"calm.x."], [b"calm.x.", b"\xc1"], [b"calm.x", envelope("o", 1, 1)]]
+        messages += [[b"calm.x."], [b"calm.x.", b"\xc1"], [b"calm.x", batch("o", 1, [1])], [b""],
+                     [b"", batch("o", 1, [1])], [b"\x00", b"\xc1"], [b"\x00", marks("nobody", [["calm.x", 0, 1]])]]
+        messages += garbage_messages(rng, b"", 200)
         seq = 0
         for i, frames in enumerate(messages):
             pub.send_multipart(frames)
             if i % 50 == 0:
                 seq += 1
-                pub.send_multipart([b"fz.ok.", envelope("fz-ok", seq, {"n": seq})])
+                pub.send_multipart([b"fz.ok.", batch("fz-ok", seq, [{"n": seq}])])
         account(messages)
 
         # Phase 2: a hand-written ZMTP "PUB" that ignores subscriptions: random topics, random frames.
@@ -458,7 +560,7 @@ def test_ingress_survives_garbage_publishers_and_subscribers_count_it(edge_pair)
                         for _ in range(1000)]
         raw_messages += garbage_messages(rng, b"fz.", 500)
         wire = []
-        for frames in raw_messages + [[b"fz.raw.", envelope("fz-raw", 1, "end")]]:
+        for frames in raw_messages + [[b"fz.raw.", batch("fz-raw", 1, ["end"])]]:
             wire += [zmtp_frame(f, more=j < len(frames) - 1) for j, f in enumerate(frames)]
         raw.sendall(b"".join(wire))
         account(raw_messages)
@@ -474,16 +576,17 @@ def test_ingress_survives_garbage_publishers_and_subscribers_count_it(edge_pair)
         big.connect(ingress)
         assert big.poll(10000)  # the subscription notices: it will not filter fz.big. out
         for _ in range(3):
-            big.send_multipart([b"fz.big.", envelope("big", 1, "z" * (max_payload + 1000))])
+            big.send_multipart([b"fz.big.", batch("big", 1, ["z" * (max_payload + 1000)])])
         # Socket types that may not publish to an XSUB.
         for socket_type in (b"ROUTER", b"SUB", b"PULL"):
             odd = zmtp_connect(ingress, socket_type)
-            odd.sendall(zmtp_frame(b"fz.ok.", more=True) + zmtp_frame(envelope("odd", 1, 1)))
+            odd.sendall(zmtp_frame(b"fz.ok.", more=True) + zmtp_frame(batch("odd", 1, [1])))
             assert closed_by_peer(odd, 5), f"ingress accepted a {socket_type} peer"
             odd.close()
         seq += 1
-        pub.send_multipart([b"fz.ok.", envelope("fz-ok", seq, {"n": seq})])  # the last one
-        for sub in (here, there):
+        pub.send_multipart([b"fz.ok.", batch("fz-ok", seq, [{"n": seq}])])  # the last one
+        for sub in (here, there, everything):
+            want = expected[sub.pattern.text]
             seqs, raw_end, garbage_ok = [], False, 0
             while not (seqs and seqs[-1] == seq and raw_end):
                 message = sub.get(timeout=15)
@@ -495,18 +598,107 @@ def test_ingress_survives_garbage_publishers_and_subscribers_count_it(edge_pair)
                     assert message.origin not in ("big", "odd"), f"a refused message arrived: {message!r}"
                     garbage_ok += 1
             assert seqs == list(range(1, seq + 1)), "valid messages lost or reordered among the garbage"
-            assert sub.malformed == expected["malformed"], (sub.malformed, expected)
-            assert garbage_ok == expected["garbage_ok"]
+            assert sub.malformed == want["malformed"], (sub.pattern.text, sub.malformed, want)
+            assert garbage_ok == want["garbage_ok"], (sub.pattern.text, garbage_ok, want)
             assert sub.gaps == 0
+        assert expected["fz.>"]["malformed"] > 1000 and expected[">"]["malformed"] > expected["fz.>"]["malformed"]
+        assert expected["fz.>"]["garbage_ok"] > 10
         big.close()
         pub.close()
         raw.close()
-        print(f"[measure] ingress: {len(messages) + len(raw_messages)} garbage messages, "
-              f"{expected['malformed']} malformed by the spec: counted {here.malformed} at E and "
-              f"{there.malformed} at A; {seq} valid ones delivered in order; oversized and odd peers refused")
+        print(f"[measure] ingress: {len(messages) + len(raw_messages)} garbage messages, malformed by the spec "
+              f"{ {p: v['malformed'] for p, v in expected.items()} }: counted {here.malformed} (fz.>) and "
+              f"{everything.malformed} (>) at E, {there.malformed} (fz.>) at A; {seq} valid ones delivered in "
+              f"order; oversized and odd peers refused")
     memory.check()
     assert_serving(a, e, watcher, "ingress")
     watcher.close()
+
+
+def test_one_socket_many_subscriptions_count_malformed_messages_as_the_spec_says(start_node):
+    """PROTOCOL.md 5 for each of several overlapping subscriptions of one client (one SUB
+    socket): a message with bad frames counts at every subscription whose prefix admitted
+    it; a batch is looked at only by the subscriptions whose pattern matches its subject
+    ('no match: skip it silently (not an error)'), so a bad body counts only there;
+    bad marks count wherever their topic was admitted."""
+    node = start_node("A")
+    rng = random.Random(2121)
+    patterns = [">", "fz.>", "fz.*", "fz.a", "fz.a.>", "fz.*.x", "fz.b", "*.a"]
+    topics = [b"fz.a.", b"fz.b.", b"fz.a.x.", b"fz.q.x.", b"fz.", b"fz.a.b.c.", b"other.", b"other.a.",
+              b"\x00", b"fz.\x00", b"fz.a.\x00", b"fz.a\x00", b"fz.a.x.\x00", b"fz.a", b"", b"fz.\xff."]
+    messages = [[topic, body] for topic in topics for body in hostile_bodies(rng)]
+    messages += [[topic] for topic in topics] + [[topic, b"", b""] for topic in topics]
+    expected = {p: {"malformed": 0, "delivered": 0} for p in patterns}
+    for frames in messages:
+        for pattern in patterns:
+            if frames[0].startswith(spec_prefix(pattern)):
+                expected[pattern]["malformed"] += spec_classify(frames, pattern) == "malformed"
+                expected[pattern]["delivered"] += spec_delivered(frames, pattern)
+    with Client(node.address) as client:
+        subs = {p: client.subscribe(p) for p in patterns}
+        pub = zmq.Context.instance().socket(zmq.XPUB)
+        pub.setsockopt(zmq.LINGER, 0)
+        pub.setsockopt(zmq.SNDHWM, 0)
+        pub.connect(node.request("hello")["endpoints"]["ingress"])
+        try:
+            wanted = {b"\x01" + spec_prefix(p) for p in patterns}
+            notices = set()
+            while not wanted <= notices:
+                assert pub.poll(10000), f"subscription notices missing: {wanted - notices}"
+                notices.add(pub.recv())
+            for frames in messages:
+                pub.send_multipart(frames)
+            pub.send_multipart([b"fz.end.", batch("end", 1, ["end"])])
+            # One socket, read in order: once '>' has the end marker, every subscription has
+            # been handed what came before it.
+            while subs[">"].get(timeout=10).origin != "end":
+                pass
+            counted = {p: {"malformed": s.malformed,
+                           "delivered": s.received + s.pending - (p in (">", "fz.>", "fz.*"))}
+                       for p, s in subs.items()}
+            print(f"[measure] one socket, {len(messages)} messages: spec {expected}, library {counted}")
+            assert {p: c["delivered"] for p, c in counted.items()} == {p: e["delivered"] for p, e in expected.items()}
+            assert all(s.gaps == 0 for s in subs.values())
+            assert {p: c["malformed"] for p, c in counted.items()} == {p: e["malformed"] for p, e in expected.items()}
+        finally:
+            pub.close()
+
+
+def test_received_subjects_with_wildcard_tokens_are_delivered_once(start_node):
+    """A raw publisher may send the topic b"fz.>." or b"fz.*." (5: received subjects are not
+    re-validated). A pattern matches such a subject or not (3.2); it never matches twice,
+    and delivery is at most once (9)."""
+    node = start_node("A")
+    patterns = [">", "fz.>", "fz.*", "*.*"]
+    subjects = ["fz.>", "fz.*", "fz.a", ">", "*", "*.*"]
+    with Client(node.address) as client:
+        subs = {p: client.subscribe(p) for p in patterns}
+        pub = zmq.Context.instance().socket(zmq.XPUB)
+        pub.setsockopt(zmq.LINGER, 0)
+        pub.connect(node.request("hello")["endpoints"]["ingress"])
+        try:
+            wanted = {b"\x01" + spec_prefix(p) for p in patterns}
+            notices = set()
+            while not wanted <= notices:
+                assert pub.poll(10000), f"subscription notices missing: {wanted - notices}"
+                notices.add(pub.recv())
+            for subject in subjects:
+                pub.send_multipart([subject.encode() + b".", batch("wild", 1, [subject])])
+            pub.send_multipart([b"end.", batch("end", 1, ["end"])])
+            got = {p: [] for p in patterns}
+            while True:  # '>' reads for all (one socket): once it has "end", all the rest was dispatched
+                message = subs[">"].get(timeout=10)
+                if message.origin == "end":
+                    break
+                got[">"].append(message.data)
+            for pattern, sub in subs.items():
+                while sub.pending:
+                    got[pattern].append(sub.get(timeout=0).data)
+            want = {p: [s for s in subjects if spec_match(p, s)] for p in patterns}
+            print(f"[measure] wildcard-token subjects: spec {want}, library {got}")
+            assert got == want
+        finally:
+            pub.close()
 
 
 # -- 3. out and remote (XPUB) as a subscriber ----------------------------------------
@@ -1236,37 +1428,86 @@ msgpack_values = st.recursive(
     max_leaves=20)
 
 
+ODD_INTS = st.one_of(MSGPACK_INT, st.integers(-3, 3), st.booleans(), st.floats(), st.text(max_size=3), st.none())
+batch_fields = st.tuples(
+    st.sampled_from([2, 2, 2, 1, 3, 2.0, True, "2"]),
+    st.one_of(st.text(max_size=5), st.text(max_size=5), MSGPACK_INT, st.binary(max_size=3)),
+    ODD_INTS, ODD_INTS,
+    st.one_of(st.floats(), st.integers(min_value=-2 ** 40, max_value=2 ** 40), st.none(), st.booleans()),
+    st.one_of(st.lists(msgpack_values, max_size=4), st.lists(msgpack_values, min_size=1, max_size=4), msgpack_values),
+    st.lists(msgpack_values, max_size=2),  # extra elements
+).map(lambda t: msgpack.packb(list(t[:6]) + t[6]))
+marks_fields = st.tuples(
+    st.sampled_from([2, 2, 2, 1, 2.0, True]),
+    st.one_of(st.text(max_size=5), st.text(max_size=5), MSGPACK_INT),
+    st.one_of(st.lists(st.one_of(st.lists(st.one_of(st.text(max_size=6), st.integers(-2, 2)), max_size=4),
+                                 st.tuples(st.text(max_size=6), ODD_INTS, ODD_INTS).map(list),
+                                 st.tuples(st.text(max_size=6), MSGPACK_INT, MSGPACK_INT).map(list)), max_size=4),
+              msgpack_values),
+    st.lists(msgpack_values, max_size=2),
+).map(lambda t: msgpack.packb(list(t[:3]) + t[3]))
+DATA_BODIES = st.one_of(st.binary(max_size=200), msgpack_values.map(msgpack.packb),
+                        st.lists(msgpack_values, min_size=3, max_size=7).map(msgpack.packb), batch_fields, marks_fields)
+
+
+def same_msgpack(a, b):
+    """Equal as msgpack values (NaN equals NaN, tuples equal lists)."""
+    return msgpack.packb(a) == msgpack.packb(b)
+
+
 @PROPERTY
-@given(st.one_of(st.binary(max_size=200),
-                 msgpack_values.map(msgpack.packb),
-                 st.lists(msgpack_values, min_size=5, max_size=7).map(msgpack.packb),
-                 st.tuples(st.sampled_from([1, 2, 1.0, True, "1"]), st.one_of(st.text(max_size=5), MSGPACK_INT),
-                           st.one_of(MSGPACK_INT, st.floats(), st.text(max_size=3)),
-                           st.one_of(st.floats(), st.integers(min_value=0, max_value=2 ** 40), st.none()),
-                           msgpack_values).map(lambda t: msgpack.packb(list(t)))),
-       st.text(max_size=10))
-@example(b"\x91" * 5000 + b"\x00", "a")
-@example(b"\xdd\xff\xff\xff\xff", "a")
-@example(b"\xc6\xff\xff\xff\xff", "a")
-@example(b"\x95\x01\xa1o\x01\xcb\x00\x00\x00\x00\x00\x00\x00\x00\xd6\xff\x00\x00\x00\x00", "a")
-def test_envelope_decode_gives_a_message_or_malformed(raw, subject):
+@given(DATA_BODIES)
+@example(b"\x91" * 5000 + b"\x00")
+@example(b"\xdd\xff\xff\xff\xff")
+@example(b"\xc6\xff\xff\xff\xff")
+@example(b"\x96\x02\xa1o\x00\x01\xd6\xff\x00\x00\x00\x00\x91\x00")  # ts a msgpack timestamp (ext -1)
+@example(msgpack.packb([2, "o", 0, 1, 1.0, ["x"]]))
+@example(msgpack.packb([1, "o", 1, 1.0, "a v1 envelope"]))
+def test_decode_batch_agrees_with_the_spec(raw):
+    want = spec_batch(raw)
     try:
-        message = decode(subject, raw)
+        got = decode_batch(raw)
     except MalformedMessage:
-        try:
-            fields = msgpack.unpackb(raw, raw=False, strict_map_key=False)
-        except Exception:
-            return
-        assert not (isinstance(fields, list) and len(fields) >= 5 and type(fields[0]) is int and fields[0] == 1
-                    and type(fields[1]) is str and type(fields[2]) is int and type(fields[3]) in (int, float))
+        assert want is None, f"the library refuses a batch PROTOCOL.md 5 accepts: {want!r}"
         return
-    assert isinstance(message, Message)
-    fields = msgpack.unpackb(raw, raw=False, strict_map_key=False)
-    assert fields[0] == 1 and type(fields[0]) is int
-    assert (message.subject, message.origin, message.seq) == (subject, fields[1], fields[2])
-    assert msgpack.packb(message.data) == msgpack.packb(fields[4])
-    assert type(message.origin) is str and type(message.seq) is int and type(message.ts) in (int, float)
-    assert message.ts == fields[3] or (math.isnan(message.ts) and math.isnan(fields[3]))
+    assert want is not None, f"the library accepts a batch PROTOCOL.md 5 refuses: {got!r}"
+    assert same_msgpack(list(got), list(want))
+    origin, epoch, seq, ts, payloads = got
+    assert type(origin) is str and type(epoch) is int and type(seq) is int and type(ts) in (int, float)
+    message = Message("a.b", payloads[0], origin, seq, ts)
+    assert same_msgpack(message.data, want[4][0])
+
+
+@PROPERTY
+@given(DATA_BODIES)
+@example(msgpack.packb([2, "o", [["a", 0, 1]]]))
+@example(msgpack.packb([2, "o", [["a", True, 1]]]))
+@example(msgpack.packb([2, "o", [["a", 0, 1, "extra"]], "extra"]))
+@example(msgpack.packb([1, "o", [["a", 0, 1]]]))
+def test_decode_marks_agrees_with_the_spec(raw):
+    want = spec_marks(raw)
+    try:
+        got = decode_marks(raw)
+    except MalformedMessage:
+        assert want is None, f"the library refuses marks PROTOCOL.md 5 accepts: {want!r}"
+        return
+    assert want is not None, f"the library accepts marks PROTOCOL.md 5 refuses: {got!r}"
+    assert got[0] == want[0] and list(got[1]) == want[1]
+
+
+@PROPERTY
+@given(st.lists(msgpack_values, min_size=1, max_size=5), st.integers(0, 2 ** 64 - 1), st.integers(1, 2 ** 64 - 1),
+       st.one_of(st.floats(), st.integers(-2 ** 63, 2 ** 64 - 1)), st.text(max_size=10))
+def test_encoded_batches_and_marks_are_what_the_spec_accepts(datas, epoch, seq, ts, origin):
+    encoder = BatchEncoder(origin)
+    try:
+        parts = [None] + [encoder.pack(d) for d in datas]
+    except TypeError:
+        return  # e.g. a key msgpack cannot pack; the library refuses it before the wire
+    body = encoder.batch(epoch, seq, ts, parts)
+    assert spec_batch(body) is not None and same_msgpack(list(spec_batch(body)), [origin, epoch, seq, ts, datas])
+    body = encoder.marks([[origin, epoch, seq]])
+    assert spec_marks(body) == (origin, [(origin, epoch, seq)])
 
 
 json_values = st.recursive(
@@ -1321,8 +1562,9 @@ def test_every_decodable_message_renders(data):
         data = 0
         for _ in range(1000):
             data = [data]
-    raw = msgpack.packb([1, "o", 1, 1.0, data])
-    message = decode("a.b", raw)
+    raw = msgpack.packb([2, "o", 0, 1, 1.0, [data]])
+    origin, epoch, seq, ts, payloads = decode_batch(raw)
+    message = Message("a.b", payloads[0], origin, seq, ts)  # what mesh/receiver.py hands the edge
     json.loads(render_message(message))
 
 
@@ -1334,7 +1576,7 @@ member_values = {
                       st.none()),
     "instance": st.one_of(st.text(max_size=10), st.integers(), st.none()),
     "started": st.one_of(st.floats(), st.integers(), st.booleans(), st.text(max_size=3)),
-    "protocol": st.one_of(st.just(1), st.integers(-2, 3), st.booleans(), st.floats(), st.text(max_size=2)),
+    "protocol": st.one_of(st.just(2), st.integers(-2, 3), st.booleans(), st.floats(), st.text(max_size=2)),
     "max_payload": st.one_of(st.integers(), st.booleans(), st.floats(), st.none()),
 }
 any_value = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=10),
@@ -1350,9 +1592,11 @@ members = st.one_of(
 @PROPERTY
 @given(members)
 @example({"name": "A", "control": "tcp://h:1", "ingress": "tcp://h:2", "out": "tcp://h:3", "remote": "tcp://h:4",
-          "instance": "i", "started": 1.0, "protocol": 1, "max_payload": 1024, "link": "up"})
+          "instance": "i", "started": 1.0, "protocol": 2, "max_payload": 1024, "link": "up"})
 @example({"name": "A", "control": "tcp://h:1", "ingress": "tcp://h:2", "out": "tcp://h:3", "remote": "tcp://h:4",
-          "instance": "i", "started": True, "protocol": 1, "max_payload": 1024})
+          "instance": "i", "started": True, "protocol": 2, "max_payload": 1024})
+@example({"name": "A", "control": "tcp://h:1", "ingress": "tcp://h:2", "out": "tcp://h:3", "remote": "tcp://h:4",
+          "instance": "i", "started": 1.0, "protocol": 1, "max_payload": 1024})
 def test_validate_member_gives_a_clean_record_or_value_error(member):
     try:
         clean = validate_member(member)
@@ -1362,7 +1606,7 @@ def test_validate_member_gives_a_clean_record_or_value_error(member):
     assert isinstance(member, dict)
     assert set(clean) == set(member_fields)
     assert all(clean[f] is member[f] for f in member_fields)
-    assert clean["protocol"] == 1 and type(clean["protocol"]) is int
+    assert clean["protocol"] == 2 and type(clean["protocol"]) is int  # PROTOCOL.md 1, 7.3: protocol 1 is refused
     assert type(clean["max_payload"]) is int and type(clean["instance"]) is str
     assert type(clean["started"]) in (int, float)
     assert all(isinstance(clean[f], str) and clean[f].startswith("tcp://")

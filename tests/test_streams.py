@@ -108,27 +108,32 @@ from mesh import Client
 def report(**fields):
     with open("/proc/self/status") as status:
         rss = next(int(line.split()[1]) for line in status if line.startswith("VmRSS")) / 1024
-    print(json.dumps({"rss": rss, **fields}), flush=True)
+    print(json.dumps({"rss": rss, "blocks": sys.getallocatedblocks(), **fields}), flush=True)
 
 client = Client(sys.argv[2], stream_idle=1)
 if sys.argv[3] == "sub":
     sub = client.subscribe("r.>")
-    print("ready", flush=True)
+    print(json.dumps("ready"), flush=True)
+    count = 0
     while True:
         for message in sub.take(timeout=60):
-            if message.subject == "r.tock":
+            if message.subject == "r.tock":  # sent once both ends should have forgotten the round
                 report(streams=sub.streams, gaps=sub.gaps, dropped=sub.dropped)
+                count = 0
+            else:
+                count += 1
+                if count == 200_000:
+                    print(json.dumps("drained"), flush=True)
 else:
     while not client.has_interest("r.x"):
         time.sleep(0.01)
     for rnd in range(3):
+        sys.stdin.readline()
         for i in range(200_000):
             client.publish(f"r.{rnd}.{i}", i)
         client.flush()
-        time.sleep(2.5)  # both ends forget the round's streams
-        client.publish("r.tick", rnd)  # the subscriber sweeps when something arrives,
-        time.sleep(1.5)                # and it may still have been reading the round
-        client.publish("r.tock", rnd)
+        sys.stdin.readline()
+        client.publish("r.tock", rnd)  # the subscriber sweeps when something arrives
         client.flush()
         report(streams=client.counters()["streams"])
 """
@@ -141,24 +146,36 @@ def test_three_rounds_of_200000_new_subjects_do_not_grow_publisher_or_subscriber
     sub = subprocess.Popen([sys.executable, "-c", ROUNDS_PROGRAM, ROOT, b.address, "sub"],
                            stdout=subprocess.PIPE, text=True)
     pub = None
+    rounds = []
     try:
-        assert sub.stdout.readline().strip() == "ready"
+        assert json.loads(sub.stdout.readline()) == "ready"
         pub = subprocess.Popen([sys.executable, "-c", ROUNDS_PROGRAM, ROOT, a.address, "pub"],
-                               stdout=subprocess.PIPE, text=True)
-        rounds = [(json.loads(pub.stdout.readline()), json.loads(sub.stdout.readline())) for _ in range(3)]
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        for _ in range(3):
+            pub.stdin.write("round\n")
+            pub.stdin.flush()
+            assert json.loads(sub.stdout.readline()) == "drained"
+            time.sleep(2.5)  # longer than stream_idle, and than the marks' second
+            pub.stdin.write("tock\n")
+            pub.stdin.flush()
+            rounds.append((json.loads(pub.stdout.readline()), json.loads(sub.stdout.readline())))
         assert pub.wait(60) == 0
     finally:
         for proc in (pub, sub):
             if proc is not None:
                 proc.kill()
                 proc.wait()
-    assert all(p["streams"] < 10 and s["streams"] < 10 for p, s in rounds), rounds  # not 200,000
+    assert all(p["streams"] <= 1 and s["streams"] <= 1 for p, s in rounds), rounds  # not 200,000
     assert all(s["gaps"] == s["dropped"] == 0 for _, s in rounds), rounds
-    # Before bounded stream state each round of new subjects grew both by
-    # about 50 MiB and nothing was given back.
+    # Python objects: 200,000 remembered streams are over a million blocks.
+    # Resident memory: before bounded stream state each round grew both sides
+    # by 50-80 MiB; what still varies is libzmq's buffers for the backlog of a
+    # subscriber that lags (tens of MiB, given back to the allocator).
     for side in (0, 1):
+        blocks = [r[side]["blocks"] for r in rounds]
+        assert blocks[2] - blocks[0] < 50_000, (["pub", "sub"][side], rounds)
         sizes = [r[side]["rss"] for r in rounds]
-        assert sizes[2] - sizes[0] < 15, (["pub", "sub"][side], rounds)
+        assert sizes[2] - sizes[0] < 60, (["pub", "sub"][side], rounds)
 
 
 def test_an_edge_forgets_idle_streams_of_a_wide_subscription(start_node):
