@@ -16,12 +16,14 @@ from . import report
 from .procs import ROOT, Procs, raise_nofile_limit
 from .scenarios import Bench
 
-SCENARIOS = ("throughput", "latency", "fanout", "websocket", "convergence")
+SCENARIOS = ("throughput", "sizes", "latency", "fanout", "websocket", "convergence", "receive", "entities")
 
 FULL = {"messages": 200_000, "repeat": 3, "latency_seconds": 10.0, "fanout_messages": 50_000,
-        "ws_clients": [1000, 5000, 10000], "broadcasts": 5, "convergence_trials": 5}
+        "ws_clients": [1000, 5000, 10000], "broadcasts": 5, "convergence_trials": 5,
+        "sizes": [1024, 16384], "subscriptions": [1000, 10000], "entities": 100_000, "entity_seconds": 60.0}
 QUICK = {"messages": 20_000, "repeat": 1, "latency_seconds": 2.0, "fanout_messages": 5_000,
-         "ws_clients": [200, 1000], "broadcasts": 3, "convergence_trials": 3}
+         "ws_clients": [200, 1000], "broadcasts": 3, "convergence_trials": 3,
+         "sizes": [1024], "subscriptions": [1000], "entities": 10_000, "entity_seconds": 8.0}
 
 
 def parse(argv):
@@ -32,6 +34,7 @@ def parse(argv):
                    help=f"which to run (default all: {' '.join(SCENARIOS)})")
     p.add_argument("--messages", type=int, help="throughput: messages per run (full 200000)")
     p.add_argument("--repeat", type=int, help="throughput: runs per case, the median is reported (full 3)")
+    p.add_argument("--sizes", type=int, nargs="+", help="payload sizes for the sizes scenario (full 1024 16384)")
     p.add_argument("--rate", type=int, default=5000, help="latency: messages per second (default 5000)")
     p.add_argument("--latency-seconds", type=float, help="latency: seconds per case (full 10)")
     p.add_argument("--fanout-messages", type=int, help="fan-out: messages (to each subscriber; full 50000)")
@@ -42,6 +45,10 @@ def parse(argv):
     p.add_argument("--convergence-trials", type=int, help="joins and subscribes to time (full 5)")
     p.add_argument("--convergence-rate", type=int, default=1000,
                    help="convergence: publisher ticks per second (the resolution; default 1000)")
+    p.add_argument("--subscriptions", type=int, nargs="+",
+                   help="receive: subscription counts for idle cost and scale (full 1000 10000)")
+    p.add_argument("--entities", type=int, help="entities: distinct subjects (full 100000)")
+    p.add_argument("--entity-seconds", type=float, help="entities: seconds of the workload (full 60)")
     p.add_argument("--redis-batch", type=int, default=100, help="Redis: publishes per pipeline (default 100)")
     p.add_argument("--redis-flush-ms", type=float, default=1.0,
                    help="Redis latency: a pipelined publisher flushes every this many ms (default 1)")

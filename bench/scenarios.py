@@ -169,19 +169,35 @@ class Bench:
 
     def throughput(self, rows=None):
         rows = [] if rows is None else rows  # the caller's list: partial results survive Ctrl-C
-        n, repeat = self.args.messages, self.args.repeat
-        cases = self.pair_cases()
+        return self._throughput(rows, self.pair_cases(), self.args.messages, size=100, step="1 throughput")
+
+    def sizes(self, rows=None):
+        """Throughput of raw pyzmq, the mesh across 2 nodes and NATS at larger payloads."""
+        rows = [] if rows is None else rows
+        wanted = ("zmq", "mesh2", "nats")
+        cases = [c for c in self.pair_cases() if c[0] in wanted]
+        for size in self.args.sizes:
+            n = max(1000, self.args.messages * 1024 // max(size, 1024))  # 16 KiB: a quarter
+            sized = [(f"{key}@{size}", f"{label}, {size:,} B", system, endpoints, extra)
+                     for key, label, system, endpoints, extra in cases]
+            self._throughput(rows, sized, n, size=size, step=f"1b sizes {size:,} B")
+        return rows
+
+    def _throughput(self, rows, cases, n, size, step):
+        repeat = self.args.repeat
+        first = len(rows)
         for index, (key, label, system, endpoints, extra) in enumerate(cases, 1):
-            self.say(f"[1 throughput {index}/{len(cases)}] {label}: {repeat} x {n:,} messages")
+            self.say(f"[{step} {index}/{len(cases)}] {label}: {repeat} x {n:,} messages")
             try:
                 pub_ep, sub_ep = endpoints()
                 runs = []
                 for r in range(repeat):
-                    if key == "zmq" and r:
+                    if key.startswith("zmq") and r:
                         pub_ep, sub_ep = endpoints()
                     pub, (sub,) = self.run_case(
-                        {"system": system, "endpoint": pub_ep, "subject": SUBJECT, "count": n, **extra},
-                        [{"system": system, "endpoint": sub_ep, "subject": SUBJECT, "count": n}],
+                        {"system": system, "endpoint": pub_ep, "subject": SUBJECT, "count": n, "size": size,
+                         **extra},
+                        [{"system": system, "endpoint": sub_ep, "subject": SUBJECT, "count": n, "size": size}],
                         timeout=120 + n / 2000)
                     runs.append({"sent": pub["sent"], "delivered": sub["delivered"], "rate": sub["rate"],
                                  "seconds": sub["seconds"], "publisher_rate": pub["rate"],
@@ -191,8 +207,8 @@ class Bench:
                 rates = sorted(run["rate"] for run in runs)
                 median = statistics.median(rates)
                 # delivered: the worst run's, so that loss in any run shows in the table
-                rows.append(row(key, label, sent=n, delivered=min(run["delivered"] for run in runs), rate=median,
-                                rate_min=rates[0], rate_max=rates[-1], runs=runs))
+                rows.append(row(key, label, sent=n, size=size, delivered=min(run["delivered"] for run in runs),
+                                rate=median, rate_min=rates[0], rate_max=rates[-1], runs=runs))
             except Skip as exc:
                 rows.append(skipped(key, label, str(exc)))
                 self.say(f"    skipped: {exc}")
@@ -201,8 +217,9 @@ class Bench:
                 self.say(f"    FAILED: {exc}")
             finally:
                 self.end_case()
-        raw = _rate_of(rows, "zmq")
-        for r in rows:
+        mine = rows[first:]
+        raw = next((r["rate"] for r in mine if r["key"].split("@")[0] == "zmq" and r["status"] == "ok"), None)
+        for r in mine:
             if r["status"] == "ok" and raw:
                 r["x_raw"] = r["rate"] / raw
         return rows
@@ -578,6 +595,18 @@ class Bench:
             pub.send("exit")
             self.procs.stop(pub.proc)
 
+    # -- the client library at scale (bench/library.py) ---------------------
+
+    def receive(self, rows=None):
+        from .library import receive
+
+        return receive(self, [] if rows is None else rows)
+
+    def entities(self, rows=None):
+        from .library import entities
+
+        return entities(self, [] if rows is None else rows)
+
 
 def run_case(procs, pub_cfg, sub_cfgs, timeout):
     """Subscribers first, then the publisher; warm-up until every subscriber
@@ -612,10 +641,6 @@ def run_case(procs, pub_cfg, sub_cfgs, timeout):
 
 class Skip(Exception):
     """A peer that cannot be had: the row is reported as skipped with this reason."""
-
-
-def _rate_of(rows, key):
-    return next((r["rate"] for r in rows if r["key"] == key and r["status"] == "ok"), None)
 
 
 def _summary(values, prefix=""):

@@ -49,6 +49,13 @@ def payload(kind, seq=0, ts=0.0):
 CONSTANT = payload(MEASURED)
 
 
+def set_size(size):
+    """Messages of ``size`` bytes from now on (cfg ``size``; default 100)."""
+    global PAD, CONSTANT
+    PAD = b"." * (size - HEADER.size)
+    CONSTANT = payload(MEASURED)
+
+
 def percentile(ordered, p):
     """The p-th percentile of an already sorted list (nearest rank); None if empty."""
     if not ordered:
@@ -255,7 +262,31 @@ def sub_nats(cfg, collector):
     asyncio.run(main())
 
 
-SUBSCRIBERS = {"zmq": sub_zmq, "mesh": sub_mesh, "redis": sub_redis, "nats": sub_nats}
+def sub_mesh_green(cfg, collector):
+    """sub_mesh in a gevent program (patched in ``main``) beside a greenlet that
+    sleeps 5 ms in a loop: how late it wakes while the stream is drained."""
+    import gevent
+
+    samples = []  # (woke at, late by seconds)
+
+    def ticker():
+        while True:
+            start = time.monotonic()
+            gevent.sleep(0.005)
+            now = time.monotonic()
+            samples.append((now, now - start - 0.005))
+
+    gevent.spawn(ticker)
+    gevent.sleep(1.0)
+    collector.extra["idle_max_late_ms"] = max(late for _, late in samples) * 1000
+    sub_mesh(cfg, collector)
+    during = [late for at, late in samples if collector.first is not None and collector.first <= at <= collector.last]
+    collector.extra["drain_max_late_ms"] = max(during) * 1000 if during else None
+    collector.extra["ticks_during_drain"] = len(during)
+
+
+SUBSCRIBERS = {"zmq": sub_zmq, "mesh": sub_mesh, "mesh_green": sub_mesh_green, "redis": sub_redis,
+               "nats": sub_nats}
 
 
 def subscriber(cfg):
@@ -495,6 +526,11 @@ def proxy(cfg):
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     role, cfg = argv[0], json.loads(argv[1])
+    if cfg.get("system") == "mesh_green":
+        from gevent import monkey
+
+        monkey.patch_all()
+    set_size(cfg.get("size", SIZE))
     if role == "proxy":
         proxy(cfg)
     elif role == "sub":

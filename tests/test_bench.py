@@ -18,21 +18,26 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--quick", "--no-install", "--skip-peer", "redis", "--messages", "300", "--repeat", "1",
         "--rate", "1000", "--latency-seconds", "0.2", "--fanout-messages", "200", "--fanout-subscribers", "3",
         "--ws-clients", "20", "--broadcasts", "2", "--broadcast-interval", "0.2",
-        "--convergence-trials", "1"]
+        "--convergence-trials", "1", "--sizes", "1024", "--subscriptions", "200", "--entities", "2000",
+        "--entity-seconds", "3"]
 
 PAIR_KEYS = ["zmq", "mesh1", "mesh2", "mesh3", "zmq_proxy2", "nats", "nats2", "redis", "redis_pipe"]
 EXPECTED = {
     "throughput": PAIR_KEYS,
+    "sizes": ["zmq@1024", "mesh2@1024", "nats@1024"],
     "latency": PAIR_KEYS,
     "fanout": ["zmq", "mesh", "nats", "redis", "redis_pipe"],
     "websocket": ["mesh-20", "nats-20", "redis-20"],
     "convergence": ["mesh-join", "mesh-sub", "nats-join", "nats-sub", "zmq-join", "zmq-sub", "redis-sub",
                     "redis-join"],
+    "receive": ["green", "subscriptions-200"],
+    "entities": ["entities"],
 }
 ALWAYS_MEASURED = {("throughput", k) for k in ("zmq", "mesh1", "mesh2", "mesh3")} | \
     {("latency", k) for k in ("zmq", "mesh1", "mesh2", "mesh3")} | \
     {("fanout", "zmq"), ("fanout", "mesh"), ("websocket", "mesh-20"), ("convergence", "mesh-sub"),
-     ("convergence", "zmq-sub")}
+     ("convergence", "zmq-sub"), ("sizes", "zmq@1024"), ("sizes", "mesh2@1024"), ("receive", "green"),
+     ("receive", "subscriptions-200"), ("entities", "entities")}
 
 
 def _processes_with(marker):
@@ -63,11 +68,11 @@ def test_quick_run_produces_every_scenario(tmp_path):
     assert proc.returncode == 0, f"exit {proc.returncode}\n{out[-3000:]}\n{err[-5000:]}"
 
     # Progress was shown while it ran, one line per case at least.
-    for number in range(1, 6):
+    for number in range(1, 8):
         assert f"[{number} " in err
     # One table per scenario and the targets.
-    for title in ("1. Throughput", "2. One-way latency", "3. Fan-out", "4. WebSocket", "5. Convergence",
-                  "### Targets"):
+    for title in ("1. Throughput", "1b. Throughput at larger", "2. One-way latency", "3. Fan-out", "4. WebSocket",
+                  "5. Convergence", "6. The client's receive path", "7. Per-entity", "### Targets"):
         assert title in out, title
 
     files = sorted(os.listdir(tmp_path))
@@ -90,7 +95,7 @@ def test_quick_run_produces_every_scenario(tmp_path):
             if key.startswith("redis") and scenario != "websocket" and key != "redis-join":
                 assert r["status"] == "skipped" and "--skip-peer" in r["reason"], r
     # Everything measured delivered everything.
-    for scenario in ("throughput", "latency"):
+    for scenario in ("throughput", "sizes", "latency"):
         for r in result["scenarios"][scenario]:
             if r["status"] == "ok":
                 assert r["delivered"] == r["sent"], r
@@ -101,7 +106,12 @@ def test_quick_run_produces_every_scenario(tmp_path):
         if r["status"] == "ok":
             assert r["connected"] == 20 and r["deliveries"] == r["expected"], r
 
-    assert len(result["targets"]) == 6
+    receive = {r["key"]: r for r in result["scenarios"]["receive"]}
+    assert receive["green"]["gaps"] == 0 and receive["green"]["drain_max_late_ms"] is not None, receive
+    assert receive["subscriptions-200"]["delivered"] == receive["subscriptions-200"]["subscriptions"] == 200
+    entity = result["scenarios"]["entities"][0]
+    assert entity["received"] == entity["published"] and entity["gaps"] == entity["dropped"] == 0, entity
+    assert len(result["targets"]) == 7
     for item in ("machine", "versions", "config"):
         assert result[item]
     assert result["machine"]["nproc"] and result["versions"]["libzmq"]
