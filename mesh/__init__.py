@@ -5,7 +5,8 @@ from .subscription import Subscription
 from .control import ControlError
 from .curve import CurveKeys
 from .envelope import MalformedMessage, Message, PayloadTooLarge
+from .publisher import Disconnected
 from .subjects import Pattern
 
 __all__ = ["Client", "Subscription", "Message", "Pattern", "ControlError", "CurveKeys",
-           "MalformedMessage", "PayloadTooLarge"]
+           "MalformedMessage", "PayloadTooLarge", "Disconnected"]

@@ -8,7 +8,8 @@ through one SUB socket connected to the node's ``out`` (local publishers) and
 (mesh/receiver.py). Reading and decoding happen on the caller's own thread or
 greenlet; one housekeeper (a thread, or a greenlet under gevent) sends aged
 batches and marks and forgets idle streams, and sleeps when there is nothing
-to do.
+to do. A watch (mesh/watch.py) notices when the node goes away or restarts
+and attaches the client again.
 """
 
 import functools
@@ -25,11 +26,12 @@ import zmq
 from .control import ControlChannel
 from .curve import apply_client
 from .envelope import PROTOCOL_VERSION, BatchEncoder
-from .publisher import DEFAULT_STREAM_IDLE, Publisher
+from .publisher import DEFAULT_BACKLOG_BYTES, DEFAULT_STREAM_IDLE, Publisher
 from .receiver import Receiver
 from .subjects import Pattern
 from .subscription import DEFAULT_PENDING_LIMIT, Subscription
 from .waiting import fair_yielder, pick_waiter, running_under_gevent
+from .watch import BACKLOG_GRACE, NodeWatch
 
 log = logging.getLogger("mesh.client")
 
@@ -44,10 +46,17 @@ class Client:
     saw no message is forgotten, here and at subscribers (docs/PROTOCOL.md 4.5).
     ``pending_limit``: messages a subscription holds for its reader before it
     drops (counted in ``Subscription.dropped``).
+    ``backlog_bytes``: how much a client holds of what it publishes while its
+    node is unreachable (mesh/watch.py); past it ``publish`` raises
+    ``mesh.Disconnected``.
+    ``on_disconnect(client)``, ``on_reconnect(client)``: called (from the
+    watch's thread or greenlet) when the node stops answering and when the
+    client is attached again.
     """
 
     def __init__(self, address, *, name=None, timeout=5.0, hwm=DEFAULT_HWM, curve=None,
-                 stream_idle=DEFAULT_STREAM_IDLE, pending_limit=DEFAULT_PENDING_LIMIT):
+                 stream_idle=DEFAULT_STREAM_IDLE, pending_limit=DEFAULT_PENDING_LIMIT,
+                 backlog_bytes=DEFAULT_BACKLOG_BYTES, on_disconnect=None, on_reconnect=None):
         if not stream_idle > 0:
             raise ValueError("stream_idle must be a positive number of seconds")
         self._context = zmq.Context.instance()
@@ -57,19 +66,36 @@ class Client:
         self._curve = curve  # mesh.CurveKeys when the mesh uses CurveZMQ
         self.stream_idle = stream_idle
         self.pending_limit = pending_limit
+        self.backlog_bytes = backlog_bytes
+        self.on_disconnect = on_disconnect
+        self.on_reconnect = on_reconnect
         self._control, info = self._hello(address)
+        self.address = self._control.address
         self._adopt(info)
-        self.origin = name or f"{self.node}/{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
+        self._name = name
+        self._failover = None
+        self.failovers = 0
+        self.reconnects = 0
+        self.disconnects = 0
+        self.connected = True
+        self.closed = False
+        self._attach_lock = threading.Lock()
+        self._open()
+
+    def _open(self):
+        """Sockets, origin and background workers (again in a forked child)."""
+        self._pid = os.getpid()
+        self.origin = self._name or f"{self.node}/{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
         self._yield = fair_yielder()
         self._kick = kick = threading.Event()
         self._publisher = Publisher(self._publish_socket(), BatchEncoder(self.origin, self.max_payload),
-                                    stream_idle, kick, self._yield)
+                                    self.stream_idle, kick, self._yield, self.backlog_bytes)
         self._receiver = Receiver(self._subscribe_socket, self._yield)
-        self._failover = None
-        self.failovers = 0
-        self.closed = False
-        weakref.finalize(self, kick.set)  # a client dropped without close() lets its housekeeper end
+        self._watch = NodeWatch(self)
+        weakref.finalize(self, kick.set)  # a client dropped without close() lets its workers end
+        weakref.finalize(self, self._watch.wake.set)
         _start_background(functools.partial(_housekeep, weakref.ref(self), kick), f"mesh-house-{self.origin}")
+        _start_background(self._watch.run, f"mesh-watch-{self.origin}")
 
     @classmethod
     def from_zookeeper(cls, hosts, mesh="default", *, zk_auth=None, zk_timeout=10.0, on_failover=None,
@@ -101,6 +127,7 @@ class Client:
         self.node = info["name"]
         self.endpoints = info["endpoints"]
         self.max_payload = info["max_payload"]
+        self.instance = info["member"]["instance"]
 
     def _publish_socket(self):
         sock = self._context.socket(zmq.XPUB)
@@ -124,13 +151,43 @@ class Client:
         return sock
 
     def _move_to(self, address):
-        """Switch to the node at ``address``: publisher, subscriptions, control."""
+        """Attach to the node at ``address`` (ZooKeeper failover)."""
         control, info = self._hello(address)
         old_control, self._control = self._control, control
-        self._adopt(info)
-        self._publisher.replace_socket(self._publish_socket(), self.max_payload)
+        self.address = control.address
         old_control.close()
-        self._receiver.move()
+        self._attach(info)
+
+    def _attach(self, info):
+        """Attach to the node that answered ``info`` (after a restart or a move):
+        new data sockets, every subscription re-created, publishes held until
+        the interest is back (mesh/watch.py)."""
+        with self._attach_lock:
+            self._publisher.disconnect()
+            self._adopt(info)
+            self._publisher.replace_socket(self._publish_socket(), self.max_payload)
+            self._receiver.move()
+            self.connected = True
+            self.reconnects += 1
+            self._watch.flush_soon()
+        self._call(self.on_reconnect)
+
+    def _lost(self):
+        """The node stopped answering: hold publishes until it is back."""
+        with self._attach_lock:
+            if not self.connected:
+                return
+            self.connected = False
+            self.disconnects += 1
+            self._publisher.disconnect()
+        self._call(self.on_disconnect)
+
+    def _call(self, callback):
+        if callback is not None:
+            try:
+                callback(self)
+            except Exception:
+                log.exception("connection callback %r failed", callback)
 
     # -- publishing -------------------------------------------------------
 
@@ -142,6 +199,8 @@ class Client:
         Returns the message's sequence number on this subject. Messages
         published in quick succession travel in batches; see ``flush``.
         """
+        if self._pid != _pid[0]:
+            self._reopen_after_fork()
         return self._publisher.publish(subject, data)
 
     def flush(self):
@@ -177,6 +236,8 @@ class Client:
         """
         if self.closed:
             raise RuntimeError("client is closed")
+        if self._pid != _pid[0]:
+            self._reopen_after_fork()
         sub = Subscription(self._receiver, Pattern(pattern),
                            self.pending_limit if pending_limit is None else pending_limit,
                            self.stream_idle, self._yield)
@@ -190,9 +251,10 @@ class Client:
         return self._control.request("stats")
 
     def counters(self):
-        """This client's own counters: streams held, batches and marks sent."""
+        """This client's own counters: connection, streams held, batches and marks sent."""
         publisher = self._publisher
-        return {"published": publisher.published, "batches": publisher.batches,
+        return {"connected": self.connected, "reconnects": self.reconnects, "disconnects": self.disconnects,
+                "backlog": publisher.backlog, "published": publisher.published, "batches": publisher.batches,
                 "mark_messages": publisher.mark_messages, "streams": publisher.streams,
                 "streams_forgotten": publisher.forgotten, "subscriptions": self._receiver.subscriptions,
                 "malformed": self._receiver.malformed}
@@ -201,11 +263,21 @@ class Client:
         """Send what is pending (batch, marks), end every subscription, close."""
         if self.closed:
             return
+        if self._pid != _pid[0]:
+            self.closed = True
+            return  # a forked child never touches its parent's sockets
+        deadline = time.monotonic() + BACKLOG_GRACE
+        while self._publisher.backlog and self.connected and time.monotonic() < deadline:
+            time.sleep(0.01)  # just attached: the watch sends the backlog once the interest is back
         self.closed = True
         if self._failover is not None:
             self._failover.close()
         self._publisher.close()
-        self._kick.set()  # the housekeeper sees the client closed and ends
+        if self._publisher.dropped_at_close:
+            log.warning("closed with %d publishes still waiting for node %s: not published",
+                        self._publisher.dropped_at_close, self.node)
+        self._kick.set()  # the housekeeper and the watch see the client closed and end
+        self._watch.wake.set()
         self._receiver.close()
         self._control.close()
 
@@ -214,6 +286,39 @@ class Client:
 
     def __exit__(self, *exc):
         self.close()
+
+
+    # -- fork -------------------------------------------------------------
+
+    def _reopen_after_fork(self):
+        """In a forked child: ZeroMQ sockets must not cross a fork, and the
+        parent's sequence numbers must not be reused. Open our own sockets
+        under a new origin; subscriptions made before the fork stay behind
+        (their ``get`` raises)."""
+        with _fork_lock[0]:
+            if self._pid == _pid[0]:
+                return
+            self._attach_lock = threading.Lock()  # the parent's may have been held at the fork
+            self._context = zmq.Context.instance()  # pyzmq gives a forked child a new one
+            self._control, info = self._hello(self.address)
+            self._adopt(info)
+            self._receiver.forked()
+            self._open()
+            self._publisher.hold()    # like any new attachment: hold publishes until the
+            self._watch.flush_soon()  # interest has come to the new socket
+            log.info("client reopened in forked process %d as %s", self._pid, self.origin)
+
+
+_pid = [os.getpid()]  # this process; a client made in another one was forked
+_fork_lock = [threading.Lock()]
+
+
+def _after_fork_in_child():
+    _pid[0] = os.getpid()
+    _fork_lock[0] = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _call_back(sub, callback):

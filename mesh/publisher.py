@@ -18,7 +18,15 @@ the end of a burst is counted; marks for many subjects share one message per
 subscription prefix that covers them. A stream not published for
 ``stream_idle`` seconds is forgotten; if its subject is published again it
 starts over at sequence 1 in a new epoch.
+
+While the node is unreachable (mesh/watch.py says so), publishes wait in a
+backlog bounded in bytes, with their sequence numbers; once the client is
+attached again and the subscriptions of their subjects have arrived (or a
+grace period passed), they go out in order. A publish that does not fit
+raises :class:`Disconnected`.
 """
+
+import collections
 
 import threading
 import time
@@ -34,7 +42,12 @@ BATCH_MAX_BYTES = 64 * 1024
 MARK_SECONDS = 1.0
 MARKS_MAX_ENTRIES = 1024
 DEFAULT_STREAM_IDLE = 60.0
+DEFAULT_BACKLOG_BYTES = 8 * 1024 * 1024
 _INTEREST_DRAIN_EVERY = 1024
+
+
+class Disconnected(RuntimeError):
+    """A publish made while the node is unreachable, with the reconnect backlog full."""
 
 
 class _Stream:
@@ -50,7 +63,7 @@ class _Stream:
 class Publisher:
     """Thread-safe: ``publish`` may be called from any thread."""
 
-    def __init__(self, sock, encoder, stream_idle, kick, maybe_yield):
+    def __init__(self, sock, encoder, stream_idle, kick, maybe_yield, backlog_bytes=DEFAULT_BACKLOG_BYTES):
         self._sock = sock
         self._encoder = encoder
         self.stream_idle = stream_idle
@@ -71,6 +84,11 @@ class Publisher:
         self.mark_messages = 0
         self.forgotten = 0
         self.closed = False
+        self.connected = True
+        self.backlog_limit = backlog_bytes
+        self._backlog = None  # a deque of (stream, seq, packed, ts) while publishes must wait
+        self._backlog_bytes = 0
+        self.dropped_at_close = 0  # publishes still waiting for the node when the client closed
 
     # -- publishing -------------------------------------------------------
 
@@ -83,6 +101,8 @@ class Publisher:
             if stream is None:
                 stream = self._streams[subject] = _Stream(validate_subject(subject), self._epoch, now)
             packed = self._encoder.pack(data)
+            if self._backlog is not None:  # unreachable, or just back: keep order behind the backlog
+                return self._hold(subject, stream, packed)
             batch = self._batch
             if batch is not None:
                 if (batch[0] is stream and len(batch[3]) <= BATCH_MAX_MESSAGES
@@ -112,6 +132,18 @@ class Publisher:
             self._yield()
         return seq
 
+    def _hold(self, subject, stream, packed):
+        """Keep a publish for after the reconnect (lock held)."""
+        if self._backlog_bytes + len(packed) > self.backlog_limit:
+            raise Disconnected(f"the node is unreachable and the reconnect backlog is full "
+                               f"({self._backlog_bytes} of {self.backlog_limit} bytes): not published")
+        seq = stream.seq = stream.seq + 1
+        self._backlog.append((stream, seq, packed, time.time()))
+        self._backlog_bytes += len(packed)
+        self._unmarked.add(subject)
+        self.published += 1
+        return seq
+
     def _send(self, stream, seq, ts, parts):
         self._sock.send(stream.topic, zmq.SNDMORE)
         self._sock.send(self._encoder.batch(stream.epoch, seq, ts, parts))
@@ -132,7 +164,13 @@ class Publisher:
 
     def _send_marks(self, now):
         """Marks for every subject published since the last ones (lock held),
-        one message per covering subscription prefix (in chunks)."""
+        one message per covering subscription prefix (in chunks). They follow
+        every message they count: the open batch goes first, and while
+        publishes are held none are sent (they would overtake the backlog)."""
+        if self._backlog is not None:
+            return
+        if self._batch is not None:
+            self._send_batch()
         self._drain_interest()
         interest, streams = self._interest, self._streams
         groups = {}
@@ -231,21 +269,83 @@ class Publisher:
     def has_interest(self, subject):
         topic = validate_subject(subject)
         with self._lock:
+            if not self.connected:
+                return False  # what we knew is stale
             self._drain_interest()
             return any(topic.startswith(prefix) for prefix in self._interest)
 
-    # -- moving and closing ----------------------------------------------
+    # -- losing and regaining the node --------------------------------------
+
+    def disconnect(self):
+        """The node is unreachable: what we knew of its interest is stale; hold publishes."""
+        with self._lock:
+            self.connected = False
+            self._interest.clear()
+        self.hold()
+
+    def hold(self):
+        """Hold publishes (the open batch too) until ``release_backlog``."""
+        with self._lock:
+            if self._backlog is None:
+                self._backlog, self._backlog_bytes = collections.deque(), 0
+                if self._batch is not None:
+                    stream, seq, ts, parts, size, _ = self._batch
+                    self._batch = None
+                    self._backlog.extend((stream, seq + i, packed, ts) for i, packed in enumerate(parts[1:]))
+                    self._backlog_bytes = size
 
     def replace_socket(self, sock, max_payload):
-        """The client moved to another node: publish through ``sock`` from now on."""
+        """The client is attached to a node again (the same one restarted, or
+        another): publish through ``sock``. Publishes keep waiting in the
+        backlog (if any) until ``release_backlog``."""
         with self._lock:
             old, self._sock = self._sock, sock
             self._encoder.max_payload = max_payload
             self._batch_room = min(BATCH_MAX_BYTES, self._encoder.payload_room)
             self._interest.clear()
+            self.connected = True
             if self._batch is not None:
                 self._send_batch()
         old.close(linger=0)
+
+    def backlog_ready(self):
+        """True when no backlog waits, or every subject in it has a subscriber."""
+        with self._lock:
+            if not self._backlog:
+                return True
+            self._drain_interest()
+            interest = self._interest
+            for topic in {item[0].topic for item in self._backlog}:
+                end = 0
+                while end >= 0 and topic[:end] not in interest:
+                    end = topic.find(b".", end) + 1 or -1
+                if end < 0:
+                    return False
+            return True
+
+    def release_backlog(self):
+        """Send what waited, in order, in batches; publishes go straight out again."""
+        with self._lock:
+            backlog, self._backlog, self._backlog_bytes = self._backlog, None, 0
+            run = None  # [stream, first seq, ts, parts, bytes]
+            for stream, seq, packed, ts in backlog or ():
+                if (run is not None and run[0] is stream and seq == run[1] + len(run[3]) - 1
+                        and len(run[3]) <= BATCH_MAX_MESSAGES and run[4] + len(packed) <= self._batch_room):
+                    run[3].append(packed)
+                    run[4] += len(packed)
+                    continue
+                if run is not None:
+                    self._send(*run[:4])
+                run = [stream, seq, ts, [None, packed], len(packed)]
+            if run is not None:
+                self._send(*run[:4])
+
+    @property
+    def backlog(self):
+        """Publishes waiting for the node (count)."""
+        return len(self._backlog or ())
+
+    # -- closing ---------------------------------------------------------
 
     def close(self):
         """Send the open batch and the last marks (LINGER delivers them), then close."""
@@ -254,7 +354,9 @@ class Publisher:
                 return
             if self._batch is not None:
                 self._send_batch()
-            if self._unmarked:
+            if self._backlog:
+                self.dropped_at_close = len(self._backlog)
+            if self._unmarked and self.connected:
                 self._send_marks(time.monotonic())
             self.closed = True
             self._sock.close()

@@ -100,12 +100,14 @@ def build_parser():
     _node_arguments(pub)
     pub.add_argument("--string", action="store_true", help="send DATA as a string even if it is JSON")
     pub.add_argument("--wait", type=float, default=2.0, metavar="SECONDS",
-                     help="wait up to this long for a subscriber to exist before publishing, since "
-                          "messages with no subscriber are dropped (default: 2)")
+                     help="wait up to this long for the node to answer (it may be restarting) and for "
+                          "a subscriber to exist before publishing, since messages with no subscriber "
+                          "are dropped (default: 2)")
 
     sub = commands.add_parser("sub", help="subscribe and print messages", description=(
         "Subscribe to PATTERN ('*' matches one token, '>' the rest) and print one JSON line per "
-        "message: subject, data, origin, seq, ts. Bytes are shown as {\"$base64\": ...}. On exit it "
+        "message: subject, data, origin, seq, ts. Bytes are shown as {\"$base64\": ...}. If the node "
+        "stops or restarts, it says so on stderr and keeps going when the node is back. On exit it "
         "reports on stderr how many messages it knows it missed (sequence gaps)."),
         epilog=EPILOG_ADDRESSES)
     sub.add_argument("pattern")
@@ -251,8 +253,17 @@ def cmd_pub(args):
     from mesh import Client
 
     lines = (line.rstrip("\n") for line in sys.stdin) if args.data == "-" else [args.data]
-    with Client(args.node, curve=_client_curve(args)) as client:
-        interest = client.wait_for_interest(args.subject, args.wait)
+    deadline = time.monotonic() + args.wait
+    while True:  # a node that is restarting gets until --wait to answer
+        try:
+            client = Client(args.node, curve=_client_curve(args), timeout=min(5.0, max(1.0, args.wait)))
+            break
+        except TimeoutError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.25)
+    with client:
+        interest = client.wait_for_interest(args.subject, max(0.0, deadline - time.monotonic()))
         for line in lines:
             data = line
             if not args.string:
@@ -270,10 +281,20 @@ def cmd_pub(args):
 
 
 def cmd_sub(args):
+    import logging
+
     from mesh import Client
     from nodes.edgeproto import json_default
 
-    with Client(args.node, curve=_client_curve(args)) as client:
+    def say(text):
+        return lambda client: print(f"meshnode sub: {text.format(client=client)}", file=sys.stderr, flush=True)
+
+    logging.getLogger("mesh").addHandler(logging.NullHandler())  # say() tells the user instead
+
+    with Client(args.node, curve=_client_curve(args),
+                on_disconnect=say("node {client.node} at {client.address} does not answer; reconnecting"),
+                on_reconnect=say("attached to node {client.node} again; messages missed meanwhile "
+                                 "count as missed")) as client:
         sub = client.subscribe(args.pattern)
         status = 0
         try:

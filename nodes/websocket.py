@@ -89,9 +89,10 @@ class WebSocketConnection(EdgeConnection):
     def send_text(self, text):
         self.offer(encode_frame("ws", text.encode("utf-8")))
 
-    def cut_off(self, reason, code=CLOSE_POLICY, last_words=""):
+    def cut_off(self, reason, code=CLOSE_POLICY, last_words="", by_reader=False):
         """Drop the queue, finish the frame in flight, send ``last_words`` (a
-        JSON text, if any), then close with ``code``."""
+        JSON text, if any), then close with ``code``. ``by_reader``: called
+        from the connection's own reader, which then lingers itself."""
         if self.cut:
             return
         self.cut = True
@@ -103,17 +104,21 @@ class WebSocketConnection(EdgeConnection):
         self.drop_queue()
         close = self.websocket.stream.close(code=code, reason=reason).single(mask=False)
         last = encode_frame("ws", last_words.encode("utf-8")) if last_words else b""
-        self._finisher = gevent.spawn(self._finish, bytes(self._partial) + last + close)
+        self._finisher = gevent.spawn(self._finish, bytes(self._partial) + last + close, by_reader)
 
-    def _finish(self, data):
+    def _finish(self, data, by_reader):
         self.websocket.server_terminated = True
         try:
             with gevent.Timeout(FLUSH_SECONDS):
                 self.websocket.sock.sendall(data)
         except (OSError, AttributeError, gevent.Timeout):
             pass
-        try:  # ws4py's reader sees end-of-stream and closes the socket itself
-            self.websocket.sock.shutdown(socket.SHUT_RDWR)
+        # A reader blocked in recv must see end-of-stream; a reader that cut us
+        # off itself is about to linger (drain what the client still sends), and
+        # shutting the read side under it would turn its close into a reset
+        # that destroys the close frame (a 2 MB frame refused mid-send did).
+        try:
+            self.websocket.sock.shutdown(socket.SHUT_WR if by_reader else socket.SHUT_RDWR)
         except (OSError, AttributeError):
             pass
         self.release()
@@ -151,7 +156,8 @@ class MeshWebSocket(WebSocket):
         if self.reading_buffer_size > limit or (message is not None and len(message.data or b"") > limit):
             self.edge_connection.edge.stats["errors"] += 1
             reason = f"frame over {limit} bytes"
-            self.edge_connection.cut_off(reason, CLOSE_TOO_BIG, render_error(EdgeError("too_large", reason)))
+            self.edge_connection.cut_off(reason, CLOSE_TOO_BIG, render_error(EdgeError("too_large", reason)),
+                                         by_reader=True)
             return False
         return keep_going
 
