@@ -4,13 +4,16 @@ A *stream* is what one client publishes on one subject: its topic frame, an
 epoch and the last sequence number. Consecutive publishes on one subject
 travel as one batch (docs/PROTOCOL.md 4.2). The flush rule:
 
-* a publish that comes ``IDLE_GAP`` or longer after the previous one goes out
-  at once, alone: a lone message never waits for company;
-* a publish that follows closely opens (or joins) a batch, which goes out when
-  it holds ``BATCH_MAX_MESSAGES`` or ``BATCH_MAX_BYTES``, when a publish on
-  another subject comes (order across subjects is kept), when a publish finds
-  it ``BATCH_MAX_AGE`` old, on ``flush()`` and ``close()``, and otherwise from
-  the housekeeper ``BATCH_MAX_AGE`` after it opened.
+* publishes closer than ``IDLE_GAP`` to the one before are a *burst*; the
+  first ``BURST_STREAK`` of a burst, and every publish outside one, go out at
+  once, alone: a lone message, or one of a steady stream at any rate a program
+  paces itself to, never waits for company;
+* the next publish of a burst opens a batch, which the following ones join;
+  it goes out when it holds ``BATCH_MAX_MESSAGES`` or ``BATCH_MAX_BYTES``,
+  when a publish on another subject comes (order across subjects is kept),
+  when a publish comes after a pause (it joins, and the burst is over), when
+  a publish finds it ``BATCH_MAX_AGE`` old, on ``flush()`` and ``close()``,
+  and otherwise from the housekeeper ``BATCH_MAX_AGE`` after it opened.
 
 Once a second, for the subjects published since the last time, the client
 sends *marks* (each stream's epoch and last sequence number) so that loss at
@@ -35,7 +38,8 @@ import zmq
 
 from .subjects import validate_subject
 
-IDLE_GAP = 0.0001  # a publish this long after the previous one is sent at once
+IDLE_GAP = 0.00002  # publishes closer than this are a burst
+BURST_STREAK = 2  # a batch opens on the third publish of a burst
 BATCH_MAX_AGE = 0.0005
 BATCH_MAX_MESSAGES = 256
 BATCH_MAX_BYTES = 64 * 1024
@@ -77,6 +81,7 @@ class Publisher:
         self._batch = None  # [stream, first seq, ts, parts, bytes, opened] of the open batch
         self._batch_room = min(BATCH_MAX_BYTES, encoder.payload_room)  # payload bytes a batch may hold
         self._last_publish = float("-inf")
+        self._streak = 0  # publishes in a row that came within IDLE_GAP of the one before
         self._next_marks = 0.0
         self._next_sweep = 0.0
         self.published = 0
@@ -103,6 +108,9 @@ class Publisher:
             packed = self._encoder.pack(data)
             if self._backlog is not None:  # unreachable, or just back: keep order behind the backlog
                 return self._hold(subject, stream, packed)
+            quick = now - self._last_publish < IDLE_GAP
+            self._last_publish = now
+            self._streak = self._streak + 1 if quick else 0
             batch = self._batch
             if batch is not None:
                 if (batch[0] is stream and len(batch[3]) <= BATCH_MAX_MESSAGES
@@ -110,17 +118,17 @@ class Publisher:
                     batch[3].append(packed)
                     batch[4] += len(packed)
                     seq = stream.seq = stream.seq + 1
-                    self._last_publish = now
                     self.published += 1
+                    if not quick:  # the burst is over: nothing more will join
+                        self._send_batch()
                     return seq
                 self._send_batch()
             seq = stream.seq = stream.seq + 1
-            if now - self._last_publish >= IDLE_GAP:
+            if self._streak < BURST_STREAK:
                 self._send(stream, seq, time.time(), [None, packed])
             else:
                 self._batch = [stream, seq, time.time(), [None, packed], len(packed), now]
                 self._kick.set()
-            self._last_publish = now
             if not self._unmarked:
                 self._next_marks = now + MARK_SECONDS
                 self._kick.set()
