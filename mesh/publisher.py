@@ -19,8 +19,8 @@ Once a second, for the subjects published since the last time, the client
 sends *marks* (each stream's epoch and last sequence number) so that loss at
 the end of a burst is counted; marks for many subjects share one message per
 subscription prefix that covers them. A stream not published for
-``stream_idle`` seconds is forgotten; if its subject is published again it
-starts over at sequence 1 in a new epoch.
+``stream_idle`` seconds (at most twice that) is forgotten; if its subject is
+published again it starts over at sequence 1 in a new epoch.
 
 While the node is unreachable (mesh/watch.py says so), publishes wait in a
 backlog bounded in bytes, with their sequence numbers; once the client is
@@ -55,13 +55,12 @@ class Disconnected(RuntimeError):
 
 
 class _Stream:
-    __slots__ = ("topic", "epoch", "seq", "active")
+    __slots__ = ("topic", "epoch", "seq")
 
-    def __init__(self, topic, epoch, now):
+    def __init__(self, topic, epoch):
         self.topic = topic
         self.epoch = epoch
         self.seq = 0
-        self.active = now  # monotonic time it was last published (to within a mark period)
 
 
 class Publisher:
@@ -74,7 +73,11 @@ class Publisher:
         self._kick = kick  # an Event that wakes the client's housekeeper
         self._yield = maybe_yield  # fair yielding under gevent, else None
         self._lock = threading.Lock()
-        self._streams = {}  # subject -> _Stream, least recently active first
+        # Two generations (no per-publish bookkeeping, no dict churn): streams
+        # published since the last rotation, and those published only before it.
+        # A rotation every stream_idle forgets the older generation.
+        self._streams = {}  # subject -> _Stream
+        self._idle_streams = {}
         self._unmarked = set()  # subjects published since the last marks
         self._epoch = 0  # grows each time idle streams are forgotten
         self._interest = set()  # subscription prefixes wanted somewhere in the mesh
@@ -83,7 +86,7 @@ class Publisher:
         self._last_publish = float("-inf")
         self._streak = 0  # publishes in a row that came within IDLE_GAP of the one before
         self._next_marks = 0.0
-        self._next_sweep = 0.0
+        self._next_rotation = 0.0
         self.published = 0
         self.batches = 0
         self.mark_messages = 0
@@ -104,7 +107,12 @@ class Publisher:
             stream = self._streams.get(subject)
             now = time.monotonic()
             if stream is None:
-                stream = self._streams[subject] = _Stream(validate_subject(subject), self._epoch, now)
+                stream = self._idle_streams.pop(subject, None)
+                if stream is None:
+                    stream = _Stream(validate_subject(subject), self._epoch)
+                    if not self._streams and not self._idle_streams:  # the first generation begins
+                        self._next_rotation = now + self.stream_idle
+                self._streams[subject] = stream
             packed = self._encoder.pack(data)
             if self._backlog is not None:  # unreachable, or just back: keep order behind the backlog
                 return self._hold(subject, stream, packed)
@@ -180,13 +188,11 @@ class Publisher:
         if self._batch is not None:
             self._send_batch()
         self._drain_interest()
-        interest, streams = self._interest, self._streams
+        interest, streams, idle = self._interest, self._streams, self._idle_streams
         groups = {}
-        for subject in self._unmarked:
-            stream = streams.pop(subject)
-            streams[subject] = stream  # most recently active last
-            stream.active = now
-            if not interest:
+        for subject in self._unmarked if interest else ():
+            stream = streams.get(subject) or idle.get(subject)
+            if stream is None:
                 continue
             entry = (subject, stream.epoch, stream.seq)
             topic = stream.topic
@@ -214,20 +220,21 @@ class Publisher:
         self._sock.send(self._encoder.marks(entries))
         self.mark_messages += 1
 
-    def _forget_idle(self, now):
-        """Forget streams not published for stream_idle seconds (lock held)."""
-        cutoff = now - self.stream_idle
-        idle = []
-        for subject, stream in self._streams.items():
-            if stream.active >= cutoff:
-                break
-            if subject not in self._unmarked:
-                idle.append(subject)
-        for subject in idle:
-            del self._streams[subject]
-        if idle:
+    def _rotate(self, now):
+        """Forget the streams not published for a whole generation (lock held):
+        a stream is forgotten between stream_idle and twice that after its
+        last message."""
+        gone = len(self._idle_streams)
+        if now >= self._next_rotation + self.stream_idle:  # late by a generation: both are idle
+            gone += len(self._streams)
+            self._idle_streams = {}
+        else:
+            self._idle_streams = self._streams
+        self._streams = {}
+        if gone:
             self._epoch += 1
-            self.forgotten += len(idle)
+            self.forgotten += gone
+        self._next_rotation = now + self.stream_idle
 
     def housekeep(self):
         """Do what is due: send an aged batch, marks, forget idle streams.
@@ -248,17 +255,15 @@ class Publisher:
                     self._send_marks(now)
                 else:
                     waits.append(self._next_marks - now)
-            if self._streams:
-                if now >= self._next_sweep:
-                    self._forget_idle(now)
-                    self._next_sweep = now + min(self.stream_idle / 4, 15.0)
-                if self._streams:
-                    waits.append(max(0.0, self._next_sweep - now))
+            if self._streams or self._idle_streams:
+                if now >= self._next_rotation:
+                    self._rotate(now)
+                waits.append(max(0.0, self._next_rotation - now))
             return min(waits) if waits else None
 
     @property
     def streams(self):
-        return len(self._streams)
+        return len(self._streams) + len(self._idle_streams)
 
     # -- interest ---------------------------------------------------------
 

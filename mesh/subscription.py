@@ -5,7 +5,7 @@ pattern into the queue; ``get()`` takes from it, and when it is empty asks
 the receiver to read on its behalf. Per stream (publisher, subject) the
 subscription keeps the epoch and last sequence number it saw, counts what is
 missing as ``gaps``, and forgets a stream it has not heard from for
-``stream_idle`` seconds.
+``stream_idle`` seconds (at most twice that).
 """
 
 import collections
@@ -39,8 +39,11 @@ class Subscription:
         self._receiver = receiver
         self._yield = maybe_yield
         self._queue = collections.deque()
-        self._streams = {}  # (origin, subject) -> [epoch, last seq, last heard], least recent first
-        self._sweep_at = time.monotonic() + self._sweep_every()
+        # (origin, subject) -> [epoch, last seq], in two generations: heard since
+        # the last rotation, and heard only before it (forgotten at the next).
+        self._streams = {}
+        self._idle_streams = {}
+        self._rotate_at = time.monotonic() + stream_idle
         self._event = None  # made the first time a reader has to wait
         self._waiter = None  # the Event, while a reader waits for the receiver
 
@@ -85,7 +88,7 @@ class Subscription:
     @property
     def streams(self):
         """Streams (publisher, subject) whose position this subscription remembers."""
-        return len(self._streams)
+        return len(self._streams) + len(self._idle_streams)
 
     # -- filled by the receiver ------------------------------------------
 
@@ -93,12 +96,16 @@ class Subscription:
         """A batch of ``messages`` (sequence numbers from ``seq``) of stream ``key``."""
         if self.closed:
             return
-        streams = self._streams
+        if now >= self._rotate_at:
+            self._rotate(now)
         end = seq + len(messages) - 1
-        position = streams.pop(key, None)
+        position = self._streams.get(key)
         if position is None:
-            position = [epoch, end, now]
-        elif position[0] != epoch:  # the publisher forgot the stream and began it again
+            position = self._idle_streams.pop(key, None)
+            if position is None:
+                position = [epoch, seq - 1]  # a stream we never saw: its first batch sets the baseline
+            self._streams[key] = position
+        if position[0] != epoch:  # the publisher forgot the stream and began it again
             self.gaps += seq - 1
             position[0], position[1] = epoch, end
         else:
@@ -107,8 +114,6 @@ class Subscription:
                 self.gaps += seq - last - 1
             if end > last:
                 position[1] = end
-        position[2] = now
-        streams[key] = position  # most recently heard last
         queue = self._queue
         room = self.pending_limit - len(queue)
         if room >= len(messages):
@@ -119,12 +124,10 @@ class Subscription:
             self.dropped += len(messages) - max(room, 0)
         if self._waiter is not None:
             self._waiter.set()
-        if now >= self._sweep_at:
-            self._forget_idle(now)
 
     def _mark(self, key, epoch, seq, now):
         """The publisher's last sequence number on a stream: count what never came."""
-        position = self._streams.get(key)
+        position = self._streams.get(key) or self._idle_streams.get(key)
         if position is None or self.closed:
             return  # a stream we never saw: nothing tells us we should have
         if position[0] != epoch:
@@ -134,20 +137,15 @@ class Subscription:
             self.gaps += seq - position[1]
             position[1] = seq
 
-    def _forget_idle(self, now):
-        cutoff = now - self.stream_idle
-        streams = self._streams
-        idle = []
-        for key, position in streams.items():
-            if position[2] >= cutoff:
-                break
-            idle.append(key)
-        for key in idle:
-            del streams[key]
-        self._sweep_at = now + self._sweep_every()
-
-    def _sweep_every(self):
-        return min(self.stream_idle / 4, 15.0)
+    def _rotate(self, now):
+        """Forget streams not heard from for a whole generation (between
+        stream_idle and twice that after their last message)."""
+        if now >= self._rotate_at + self.stream_idle:  # nothing arrived for a generation
+            self._idle_streams = {}
+        else:
+            self._idle_streams = self._streams
+        self._streams = {}
+        self._rotate_at = now + self.stream_idle
 
     def _wake(self):
         if self._waiter is not None:
