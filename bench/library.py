@@ -33,8 +33,15 @@ def rss_mib(pid="self"):
 
 
 def cpu_seconds():
-    t = os.times()
-    return t.user + t.system
+    """CPU time of every thread of this process, from the scheduler's own
+    nanosecond count (os.times bills a whole 10 ms tick to a thread that
+    happens to run on it, which overstates short periodic wake-ups many times)."""
+    try:
+        return sum(int(open(f"/proc/self/task/{task}/schedstat").read().split()[0])
+                   for task in os.listdir("/proc/self/task")) / 1e9
+    except (OSError, ValueError, IndexError):
+        t = os.times()
+        return t.user + t.system
 
 
 def say(value):

@@ -93,7 +93,7 @@ class Client:
         self._receiver = Receiver(self._subscribe_socket, self._yield)
         self._watch = NodeWatch(self)
         weakref.finalize(self, kick.set)  # a client dropped without close() lets its workers end
-        weakref.finalize(self, self._watch.wake.set)
+        weakref.finalize(self, self._watch.wake)
         _start_background(functools.partial(_housekeep, weakref.ref(self), kick), f"mesh-house-{self.origin}")
         _start_background(self._watch.run, f"mesh-watch-{self.origin}")
 
@@ -157,6 +157,7 @@ class Client:
         self.address = control.address
         old_control.close()
         self._attach(info)
+        self._watch.wake()  # it follows us to the new address
 
     def _attach(self, info):
         """Attach to the node that answered ``info`` (after a restart or a move):
@@ -277,7 +278,7 @@ class Client:
             log.warning("closed with %d publishes still waiting for node %s: not published",
                         self._publisher.dropped_at_close, self.node)
         self._kick.set()  # the housekeeper and the watch see the client closed and end
-        self._watch.wake.set()
+        self._watch.wake()
         self._receiver.close()
         self._control.close()
 

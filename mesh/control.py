@@ -56,7 +56,9 @@ def normalize_address(address):
 class ControlChannel:
     """A DEALER connection to one node's control socket; thread-safe."""
 
-    def __init__(self, context, address, wait, timeout=5.0, curve=None):
+    def __init__(self, context, address, wait, timeout=5.0, curve=None, heartbeat=None):
+        """``heartbeat``: (interval, timeout) seconds of ZMTP pings, so that a
+        node that froze drops the connection (mesh/watch.py)."""
         self.address = normalize_address(address)
         self.timeout = timeout
         self._wait = wait
@@ -64,8 +66,17 @@ class ControlChannel:
         self._lock = threading.Lock()
         self._sock = context.socket(zmq.DEALER)
         self._sock.setsockopt(zmq.LINGER, 0)
+        self._sock.setsockopt(zmq.RECONNECT_IVL, 250)
+        self._sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
+        if heartbeat is not None:
+            self._sock.setsockopt(zmq.HEARTBEAT_IVL, int(heartbeat[0] * 1000))
+            self._sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, int(heartbeat[1] * 1000))
         apply_client(curve, self._sock)
         self._sock.connect(self.address)
+
+    def monitor(self, events):
+        """A socket that receives this connection's ZeroMQ ``events``."""
+        return self._sock.get_monitor_socket(events)
 
     def request(self, cmd, timeout=None, **fields):
         """Send one command and return the reply map (without ``ok``/``id``)."""
@@ -95,4 +106,8 @@ class ControlChannel:
         return reply
 
     def close(self):
+        try:
+            self._sock.disable_monitor()
+        except zmq.ZMQError:
+            pass
         self._sock.close(linger=0)

@@ -26,7 +26,7 @@ import zmq
 
 from .envelope import MARKS_TOPIC_END, MalformedMessage, Message, decode_batch, decode_marks
 from .sublist import Sublist
-from .waiting import running_under_gevent
+from .waiting import wait_socket_or_pipe, wake_up_pipe
 
 READ_BUDGET = 1024  # messages (not batches) decoded per visit before checking on the caller
 
@@ -35,12 +35,8 @@ class Receiver:
     def __init__(self, make_socket, maybe_yield):
         self._make_socket = make_socket  # () -> a SUB socket connected to the node
         self._yield = maybe_yield
-        self._green = running_under_gevent()
         self._sock = None
-        self._poller = None
-        self._wake_r, self._wake_w = os.pipe()
-        os.set_blocking(self._wake_r, False)
-        os.set_blocking(self._wake_w, False)
+        self._wake_r, self._wake_w = wake_up_pipe()
         self._sublist = Sublist()
         self._prefixes = collections.Counter()  # ZeroMQ prefix -> subscriptions using it
         self._by_prefix = {}  # ZeroMQ prefix -> set of subscriptions (malformed counts)
@@ -116,9 +112,6 @@ class Receiver:
     def _socket(self):
         if self._sock is None:
             self._sock = self._make_socket()
-            self._poller = zmq.Poller()
-            self._poller.register(self._sock, zmq.POLLIN)
-            self._poller.register(self._wake_r, zmq.POLLIN)
         return self._sock
 
     # -- reading ----------------------------------------------------------
@@ -182,21 +175,7 @@ class Receiver:
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 return
-            self._wait_readable(remaining)
-
-    def _wait_readable(self, timeout):
-        """Sleep until the socket may have a message, a wake-up, or ``timeout``."""
-        if self._green:
-            from gevent.select import select
-
-            if not self._sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-                select([self._sock.getsockopt(zmq.FD), self._wake_r], [], [], timeout)
-        else:
-            self._poller.poll(None if timeout is None else max(1, int(timeout * 1000)))
-        try:
-            os.read(self._wake_r, 4096)
-        except BlockingIOError:
-            pass
+            wait_socket_or_pipe(self._sock, self._wake_r, remaining)
 
     def _wake_leader(self):
         if self._wake_w < 0:

@@ -7,6 +7,7 @@ program, ``gevent.socket.wait_read`` on the socket's edge-triggered FD in a
 gevent-patched one.
 """
 
+import os
 import sys
 import time
 
@@ -37,6 +38,30 @@ def _wait_green(sock, timeout):
 def pick_waiter():
     """The wait function for this program: wait(sock, timeout_seconds_or_None)."""
     return _wait_green if running_under_gevent() else _wait_thread
+
+
+def wait_socket_or_pipe(sock, pipe_fd, timeout=None):
+    """Sleep until ``sock`` may have a message, ``pipe_fd`` (a wake-up pipe) is
+    readable, or ``timeout`` seconds (None: forever) pass; then empty the pipe."""
+    if running_under_gevent():
+        from gevent.select import select
+
+        if not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            select([sock.getsockopt(zmq.FD), pipe_fd], [], [], timeout)
+    else:
+        zmq.select([sock, pipe_fd], [], [], timeout)
+    try:
+        os.read(pipe_fd, 4096)
+    except BlockingIOError:
+        pass
+
+
+def wake_up_pipe():
+    """A non-blocking pipe (read end, write end) for waking a waiter."""
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(read_fd, False)
+    os.set_blocking(write_fd, False)
+    return read_fd, write_fd
 
 
 def recv_multipart(sock, wait, timeout=None):

@@ -2,17 +2,23 @@
 
 A node's data ports change every time it starts, so a client whose node was
 restarted (by systemd, Kubernetes, an operator) would publish into the void
-and wait on a dead socket forever. The watch asks the node ``hello`` every
-``HEARTBEAT_SECONDS`` on a control connection of its own, idle client or not:
+and wait on a dead socket forever. The watch keeps a control connection of its
+own to the node and listens to its ZeroMQ socket events, so an idle client
+costs no wake-ups:
 
-* no answer within ``HEARTBEAT_TIMEOUT``: the client is *disconnected*:
-  publishes wait in the publisher's backlog, ``has_interest`` is false, and
-  the watch asks again with backoff and jitter until the node answers;
-* an answer from another instance (the node restarted within a heartbeat), or
-  the first answer after a disconnection: the client *attaches* again to the
+* the connection drops (the node process ended: the kernel closes its TCP
+  connections at once; or the node froze: ZMTP heartbeats, every
+  ``PING_SECONDS``, give up after ``PING_TIMEOUT``): the client is
+  *disconnected*: publishes wait in the publisher's backlog and
+  ``has_interest`` is false. libzmq reconnects by itself, every 0.25 s
+  backing off to 2 s;
+* the connection is up again (or the node did not answer ``hello`` in
+  ``HELLO_TIMEOUT``): the watch asks ``hello``. A node that answers after a
+  disconnection, or a different instance of it (it restarted faster than a
+  disconnection could be seen), gets the client *attached* again to the
   endpoints in the answer: a new publishing socket, every subscription
   re-created on a new receiving socket, stream positions kept (so what was
-  missed counts as gaps); the backlog goes out once the subscriptions of its
+  missed counts as gaps). The backlog goes out once the subscriptions of its
   subjects have arrived, or after ``BACKLOG_GRACE`` seconds.
 
 It runs beside the program (a thread, or a greenlet under gevent) and ends
@@ -20,54 +26,86 @@ when the client is closed or collected.
 """
 
 import logging
+import os
 import random
-import threading
 import time
 import weakref
 
+import zmq
+from zmq.utils.monitor import recv_monitor_message
+
 from .control import ControlChannel, ControlError
+from .waiting import wait_socket_or_pipe, wake_up_pipe
 
 log = logging.getLogger("mesh.client")
 
-HEARTBEAT_SECONDS = 1.0
-HEARTBEAT_TIMEOUT = 1.0
-RETRY_FIRST = 0.25
-RETRY_MAX = 2.0
-JITTER = 0.2  # +-20% on every retry delay, so clients of one node do not come back in step
+PING_SECONDS = 2.0
+PING_TIMEOUT = 5.0
+HELLO_TIMEOUT = 2.0
+RECONNECT_FIRST = 0.25
+RECONNECT_MAX = 2.0
+JITTER = 0.2  # +-20% on hello retries, so the clients of one node do not come back in step
 BACKLOG_GRACE = 2.0
 _BACKLOG_POLL = 0.02
+_EVENTS = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
 
 
 class NodeWatch:
     def __init__(self, client):
         self._client = weakref.ref(client)
+        self._address = None
         self._channel = None
+        self._monitor = None
         self._failures = 0
+        self._ask = True  # ask hello at the next turn
         self._flush_by = None  # monotonic deadline while a backlog waits for interest
-        self.wake = threading.Event()
+        self._wake_r, self._wake_w = wake_up_pipe()
+
+    def wake(self):
+        if self._wake_w < 0:
+            return  # the watch has ended
+        try:
+            os.write(self._wake_w, b"x")
+        except (BlockingIOError, OSError):
+            pass  # a wake-up is pending, or the watch has ended
 
     def flush_soon(self):
         """The client attached again: send its backlog when the interest is back."""
         self._flush_by = time.monotonic() + BACKLOG_GRACE
-        self.wake.set()
+        self.wake()
 
     def run(self):
-        delay = HEARTBEAT_SECONDS
-        while True:
-            self.wake.wait(delay)
-            self.wake.clear()
-            client = self._client()
-            if client is None or client.closed:
-                self._close_channel()
-                return
-            try:
-                delay = self._step(client)
-            except Exception:  # the watch must outlive any surprise
-                log.exception("node watch of %s", client.origin)
-                delay = HEARTBEAT_SECONDS
-            del client
+        timeout = 0.0
+        try:
+            while True:
+                if self._monitor is not None:
+                    wait_socket_or_pipe(self._monitor, self._wake_r, timeout)
+                client = self._client()
+                if client is None or client.closed:
+                    return
+                try:
+                    timeout = self._step(client)
+                except Exception:  # the watch must outlive any surprise
+                    log.exception("node watch of %s", client.origin)
+                    timeout = RECONNECT_MAX
+                del client
+        finally:
+            self._close_channel()
+            wake_w, self._wake_w = self._wake_w, -1
+            os.close(wake_w)
+            os.close(self._wake_r)
 
     def _step(self, client):
+        if self._address != client.address:  # first turn, or moved to another node
+            self._open_channel(client)
+        for event in self._events():
+            if event == zmq.EVENT_DISCONNECTED:
+                if client.connected:
+                    log.warning("lost node %s at %s: holding publishes until it is back",
+                                client.node, client.address)
+                    client._lost()
+            else:
+                self._ask = True
         if self._flush_by is not None:
             publisher = client._publisher
             if publisher.backlog_ready() or time.monotonic() >= self._flush_by:
@@ -75,33 +113,47 @@ class NodeWatch:
                 publisher.release_backlog()
             else:
                 return _BACKLOG_POLL
+        if not self._ask:
+            return None  # nothing to do until the connection changes
         try:
-            info = self._hello(client)
+            info = self._channel.request("hello", timeout=HELLO_TIMEOUT)
         except (TimeoutError, ControlError, RuntimeError) as exc:
-            self._close_channel()  # a fresh connection next time: no stale requests queue up
             if client.connected:
-                log.warning("node %s at %s does not answer (%s): holding publishes, reconnecting",
-                            client.node, client.address, exc)
+                log.warning("node %s at %s does not answer (%s): holding publishes", client.node,
+                            client.address, exc)
                 client._lost()
             self._failures += 1
-            delay = min(RETRY_MAX, RETRY_FIRST * 2 ** (self._failures - 1))
+            self._open_channel(client)  # a fresh connection: no stale requests queue up
+            delay = min(RECONNECT_MAX, RECONNECT_FIRST * 2 ** (self._failures - 1))
             return delay * random.uniform(1 - JITTER, 1 + JITTER)
         self._failures = 0
+        self._ask = False
         if not client.connected or info["member"]["instance"] != client.instance:
             log.warning("node %s is back at %s (instance %s): attaching again",
                         info["name"], client.address, info["member"]["instance"])
             client._attach(info)
             return 0.0
-        return HEARTBEAT_SECONDS
+        return None
 
-    def _hello(self, client):
-        if self._channel is None or self._channel.address != client.address:
-            self._close_channel()
-            self._channel = ControlChannel(client._context, client.address, client._wait,
-                                           HEARTBEAT_TIMEOUT, client._curve)
-        return self._channel.request("hello")
+    def _events(self):
+        events = []
+        while self._monitor.poll(0):
+            try:
+                events.append(recv_monitor_message(self._monitor, zmq.NOBLOCK)["event"])
+            except zmq.Again:
+                break
+        return events
+
+    def _open_channel(self, client):
+        self._close_channel()
+        self._address = client.address
+        self._channel = ControlChannel(client._context, client.address, client._wait, HELLO_TIMEOUT,
+                                       client._curve, heartbeat=(PING_SECONDS, PING_TIMEOUT))
+        self._monitor = self._channel.monitor(_EVENTS)
+        self._ask = True
 
     def _close_channel(self):
         if self._channel is not None:
             self._channel.close()
-            self._channel = None
+            self._monitor.close(linger=0)
+            self._channel = self._monitor = None
