@@ -26,7 +26,7 @@ import zmq
 
 from .envelope import MARKS_TOPIC_END, MalformedMessage, Message, decode_batch, decode_marks
 from .sublist import Sublist
-from .waiting import wait_socket_or_pipe, wake_up_pipe
+from .waiting import SocketOrPipe, wake_up_pipe
 
 READ_BUDGET = 1024  # messages (not batches) decoded per visit before checking on the caller
 
@@ -36,6 +36,7 @@ class Receiver:
         self._make_socket = make_socket  # () -> a SUB socket connected to the node
         self._yield = maybe_yield
         self._sock = None
+        self._waiter = None  # a SocketOrPipe for the socket and the wake-up pipe
         self._wake_r, self._wake_w = wake_up_pipe()
         self._sublist = Sublist()
         self._prefixes = collections.Counter()  # ZeroMQ prefix -> subscriptions using it
@@ -112,6 +113,7 @@ class Receiver:
     def _socket(self):
         if self._sock is None:
             self._sock = self._make_socket()
+            self._waiter = SocketOrPipe(self._sock, self._wake_r)
         return self._sock
 
     # -- reading ----------------------------------------------------------
@@ -175,7 +177,7 @@ class Receiver:
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 return
-            wait_socket_or_pipe(self._sock, self._wake_r, remaining)
+            self._waiter.wait(remaining)
 
     def _wake_leader(self):
         if self._wake_w < 0:

@@ -35,7 +35,7 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from .control import ControlChannel, ControlError
-from .waiting import wait_socket_or_pipe, wake_up_pipe
+from .waiting import SocketOrPipe, wake_up_pipe
 
 log = logging.getLogger("mesh.client")
 
@@ -56,6 +56,7 @@ class NodeWatch:
         self._address = None
         self._channel = None
         self._monitor = None
+        self._waiter = None  # a SocketOrPipe for the monitor and the wake-up pipe
         self._failures = 0
         self._ask = True  # ask hello at the next turn
         self._flush_by = None  # monotonic deadline while a backlog waits for interest
@@ -79,7 +80,7 @@ class NodeWatch:
         try:
             while True:
                 if self._monitor is not None:
-                    wait_socket_or_pipe(self._monitor, self._wake_r, timeout)
+                    self._waiter.wait(timeout)
                 client = self._client()
                 if client is None or client.closed:
                     return
@@ -150,6 +151,7 @@ class NodeWatch:
         self._channel = ControlChannel(client._context, client.address, client._wait, HELLO_TIMEOUT,
                                        client._curve, heartbeat=(PING_SECONDS, PING_TIMEOUT))
         self._monitor = self._channel.monitor(_EVENTS)
+        self._waiter = SocketOrPipe(self._monitor, self._wake_r)
         self._ask = True
 
     def _close_channel(self):

@@ -192,3 +192,24 @@ def test_a_client_made_before_fork_publishes_from_the_child_under_its_own_origin
         assert got["child"].origin != got["parent-1"].origin and got["child"].seq == 1
         assert got["parent-2"].origin == got["parent-1"].origin
         assert got["parent-2"].seq == got["parent-1"].seq + 1 and sub.gaps == 0
+
+
+def test_meshnode_pub_waits_for_a_restarting_node(start_node):
+    a = start_node("A", "--port", str(free_port()))
+    start_again = restart(start_node, a, "kill")
+    pub = subprocess.Popen([sys.executable, MESHNODE, "pub", "late.x", '{"n": 1}', "--node", a.address,
+                            "--wait", "15"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(1.0)  # it is already asking a node that is not there
+        assert pub.poll() is None, pub.communicate()
+        again = start_again()
+        with Client(again.address) as sc:
+            sub = sc.subscribe("late.>")
+            out, err = pub.communicate(timeout=20)
+            assert pub.returncode == 0, err
+            assert json.loads(out)["subscribers"] is True
+            assert collect(sub, 1)[0].data == {"n": 1}
+    finally:
+        if pub.poll() is None:
+            pub.kill()
+            pub.wait()
