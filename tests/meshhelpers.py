@@ -38,8 +38,9 @@ def collect(subscription, count, timeout=10.0):
     return got
 
 
-def assert_quiet(subscription, seconds=0.3):
-    """Nothing but warm-up messages arrives for ``seconds``."""
+def assert_quiet(subscription, seconds=0.3, data_of=lambda message: message.data):
+    """Nothing but warm-up messages arrives for ``seconds`` (``data_of``: how to
+    read a message's data, for subscribers that are not the library's)."""
     deadline = time.monotonic() + seconds
     while True:
         remaining = deadline - time.monotonic()
@@ -49,4 +50,4 @@ def assert_quiet(subscription, seconds=0.3):
             message = subscription.get(timeout=remaining)
         except TimeoutError:
             return
-        assert message.data == WARM_UP, f"unexpected extra message {message!r}"
+        assert data_of(message) == WARM_UP, f"unexpected extra message {message!r}"

@@ -636,16 +636,8 @@ def test_one_socket_many_subscriptions_count_malformed_messages_as_the_spec_says
                 expected[pattern]["delivered"] += spec_delivered(frames, pattern)
     with Client(node.address) as client:
         subs = {p: client.subscribe(p) for p in patterns}
-        pub = zmq.Context.instance().socket(zmq.XPUB)
-        pub.setsockopt(zmq.LINGER, 0)
-        pub.setsockopt(zmq.SNDHWM, 0)
-        pub.connect(node.request("hello")["endpoints"]["ingress"])
+        pub = raw_publisher_with_interest(node, patterns)
         try:
-            wanted = {b"\x01" + spec_prefix(p) for p in patterns}
-            notices = set()
-            while not wanted <= notices:
-                assert pub.poll(10000), f"subscription notices missing: {wanted - notices}"
-                notices.add(pub.recv())
             for frames in messages:
                 pub.send_multipart(frames)
             pub.send_multipart([b"fz.end.", batch("end", 1, ["end"])])
@@ -664,6 +656,20 @@ def test_one_socket_many_subscriptions_count_malformed_messages_as_the_spec_says
             pub.close()
 
 
+def raw_publisher_with_interest(node, patterns):
+    """A raw XPUB on ``node``'s ingress, once the prefixes of ``patterns`` reached it."""
+    pub = zmq.Context.instance().socket(zmq.XPUB)
+    pub.setsockopt(zmq.LINGER, 0)
+    pub.setsockopt(zmq.SNDHWM, 0)
+    pub.connect(node.request("hello")["endpoints"]["ingress"])
+    wanted = {b"\x01" + spec_prefix(p) for p in patterns}
+    notices = set()
+    while not wanted <= notices:
+        assert pub.poll(10000), f"subscription notices missing: {wanted - notices}"
+        notices.add(pub.recv())
+    return pub
+
+
 def test_received_subjects_with_wildcard_tokens_are_delivered_once(start_node):
     """A raw publisher may send the topic b"fz.>." or b"fz.*." (5: received subjects are not
     re-validated). A pattern matches such a subject or not (3.2); it never matches twice,
@@ -673,15 +679,8 @@ def test_received_subjects_with_wildcard_tokens_are_delivered_once(start_node):
     subjects = ["fz.>", "fz.*", "fz.a", ">", "*", "*.*"]
     with Client(node.address) as client:
         subs = {p: client.subscribe(p) for p in patterns}
-        pub = zmq.Context.instance().socket(zmq.XPUB)
-        pub.setsockopt(zmq.LINGER, 0)
-        pub.connect(node.request("hello")["endpoints"]["ingress"])
+        pub = raw_publisher_with_interest(node, patterns)
         try:
-            wanted = {b"\x01" + spec_prefix(p) for p in patterns}
-            notices = set()
-            while not wanted <= notices:
-                assert pub.poll(10000), f"subscription notices missing: {wanted - notices}"
-                notices.add(pub.recv())
             for subject in subjects:
                 pub.send_multipart([subject.encode() + b".", batch("wild", 1, [subject])])
             pub.send_multipart([b"end.", batch("end", 1, ["end"])])

@@ -11,6 +11,7 @@ import zmq
 
 import raw_client
 from mesh import Client, PayloadTooLarge
+from meshhelpers import WARM_UP, assert_quiet
 from nodeproc import wait_until
 
 
@@ -428,7 +429,7 @@ def test_oversized_frames_are_dropped_by_the_node_and_show_as_a_gap(start_node):
 
 # -- helpers for library (Message) and raw (dict) subscribers alike -------------------
 
-WARM = "warm-up"
+WARM = WARM_UP
 
 
 def _field(message, name):
@@ -463,16 +464,7 @@ def _next(sub, timeout=10.0):
 
 def _quiet(sub, seconds=0.3):
     """Nothing but warm-ups arrives for ``seconds`` (a library subscription applies marks meanwhile)."""
-    deadline = time.monotonic() + seconds
-    while True:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            return
-        try:
-            message = sub.get(timeout=remaining)
-        except TimeoutError:
-            return
-        assert _field(message, "data") == WARM, f"unexpected message {message!r}"
+    assert_quiet(sub, seconds, data_of=lambda message: _field(message, "data"))
 
 
 # -- version 1 meets version 2 (PROTOCOL.md 1) -------------------------------------
