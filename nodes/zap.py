@@ -10,7 +10,6 @@ knows the mesh's public key.
 import logging
 
 import gevent
-import zmq
 from zmq.auth.base import Authenticator
 
 from mesh.waiting import pick_waiter, recv_multipart

@@ -10,7 +10,7 @@ import websocket
 
 from edgehelpers import SSE, WS, http, http_address
 from mesh import Client
-from meshhelpers import collect, warm_up
+from meshhelpers import collect
 from nodeproc import wait_until
 
 
