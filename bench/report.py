@@ -20,6 +20,7 @@ TITLES = {
     "convergence": "5. Convergence",
     "receive": "6. The client's receive path: gevent fairness and many subscriptions",
     "entities": "7. Per-entity subjects: wire overhead and memory over time",
+    "http": "8. HTTP publish at an edge (POST /pub)",
 }
 
 
@@ -175,6 +176,14 @@ def table(name, rows):
             body.append([r["label"], _n(r["published"]), f"{r['wire_per_published']:.3f}",
                          f"{_n(r['received'])} ({r['gaps']}, {r['dropped']})", series(r["publisher_rss"]),
                          series(r["subscriber_rss"]), series(r["edge_rss"])])
+    elif name == "http":
+        head = ["case", "requests", "requests/s"]
+        body = []
+        for r in rows:
+            if r["status"] != "ok":
+                body.append([r["label"]] + _not_ok(r, len(head) - 1))
+                continue
+            body.append([r["label"], _n(r["requests"]), _n(r["rate"])])
     else:
         raise ValueError(name)
     return _table(head, body)

@@ -607,6 +607,11 @@ class Bench:
 
         return entities(self, [] if rows is None else rows)
 
+    def http(self, rows=None):
+        from .edge_http import http_publish
+
+        return http_publish(self, [] if rows is None else rows)
+
 
 def run_case(procs, pub_cfg, sub_cfgs, timeout):
     """Subscribers first, then the publisher; warm-up until every subscriber

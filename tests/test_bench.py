@@ -32,12 +32,14 @@ EXPECTED = {
                     "redis-join"],
     "receive": ["green", "subscriptions-200"],
     "entities": ["entities"],
+    "http": ["keepalive", "new-connection"],
 }
 ALWAYS_MEASURED = {("throughput", k) for k in ("zmq", "mesh1", "mesh2", "mesh3")} | \
     {("latency", k) for k in ("zmq", "mesh1", "mesh2", "mesh3")} | \
     {("fanout", "zmq"), ("fanout", "mesh"), ("websocket", "mesh-20"), ("convergence", "mesh-sub"),
      ("convergence", "zmq-sub"), ("sizes", "zmq@1024"), ("sizes", "mesh2@1024"), ("receive", "green"),
-     ("receive", "subscriptions-200"), ("entities", "entities")}
+     ("receive", "subscriptions-200"), ("entities", "entities"), ("http", "keepalive"),
+     ("http", "new-connection")}
 
 
 def _processes_with(marker):
@@ -68,11 +70,12 @@ def test_quick_run_produces_every_scenario(tmp_path):
     assert proc.returncode == 0, f"exit {proc.returncode}\n{out[-3000:]}\n{err[-5000:]}"
 
     # Progress was shown while it ran, one line per case at least.
-    for number in range(1, 8):
+    for number in range(1, 9):
         assert f"[{number} " in err
     # One table per scenario and the targets.
     for title in ("1. Throughput", "1b. Throughput at larger", "2. One-way latency", "3. Fan-out", "4. WebSocket",
-                  "5. Convergence", "6. The client's receive path", "7. Per-entity", "### Targets"):
+                  "5. Convergence", "6. The client's receive path", "7. Per-entity", "8. HTTP publish",
+                  "### Targets"):
         assert title in out, title
 
     files = sorted(os.listdir(tmp_path))

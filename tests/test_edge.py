@@ -344,3 +344,22 @@ def test_a_path_that_is_not_utf8_is_a_clear_error(start_node):
     e = start_node("E", "--http", "0")
     status, body = http("POST", f"http://{http_address(e)}/pub/a%FFb", b"1")
     assert status == 400 and body["error"] == "bad_path"
+
+
+def test_post_on_a_keep_alive_connection_is_not_held_by_nagle(edge_pair):
+    """pywsgi writes headers and body apart; without TCP_NODELAY the body waited for
+    the client's delayed ACK: 44 ms a request, 4.4 s for these 100. Now about 0.05 s.
+    The bound is there to catch the 40 ms timer, with a 50x margin for a busy machine."""
+    import http.client
+
+    _, e = edge_pair
+    host, port = http_address(e).rsplit(":", 1)
+    connection = http.client.HTTPConnection(host, int(port), timeout=10)
+    started = time.monotonic()
+    for i in range(100):
+        connection.request("POST", "/pub/ka.x", body=json.dumps({"i": i}),
+                           headers={"Content-Type": "application/json"})
+        response = connection.getresponse()
+        assert response.status == 200 and json.loads(response.read())["seq"] == i + 1
+    connection.close()
+    assert time.monotonic() - started < 2.5
