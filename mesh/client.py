@@ -226,6 +226,19 @@ class Client:
             time.sleep(0.005)
         return True
 
+    def wait_for_subscription(self, pattern, timeout=5.0):
+        """Wait until a subscription to ``pattern`` (this client's, or anyone's)
+        has reached this client's node: from then on a message published
+        through this node that matches it is delivered to it. Returns False on
+        timeout. (Publishers on other nodes get it once it crossed their link.)"""
+        prefix = Pattern(pattern).prefix
+        deadline = time.monotonic() + timeout
+        while not self._publisher.has_prefix(prefix):
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.001)
+        return True
+
     # -- subscribing ------------------------------------------------------
 
     def subscribe(self, pattern, callback=None, *, pending_limit=None):

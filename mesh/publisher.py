@@ -279,6 +279,14 @@ class Publisher:
             elif notice[:1] == b"\x00":
                 self._interest.discard(notice[1:])
 
+    def has_prefix(self, prefix):
+        """True once the node has told us of a subscription to exactly ``prefix``."""
+        with self._lock:
+            if not self.connected:
+                return False
+            self._drain_interest()
+            return prefix in self._interest
+
     def has_interest(self, subject):
         topic = validate_subject(subject)
         with self._lock:

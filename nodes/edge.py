@@ -22,6 +22,8 @@ from .websocket import CLOSE_GOING_AWAY, EdgeHandler
 
 log = logging.getLogger("meshnode.edge")
 
+LIVE_SECONDS = 2.0  # longest a sub's reply waits for the node to have the subscription
+
 
 @dataclass
 class EdgeConfig:
@@ -43,7 +45,7 @@ class Edge:
         self.config = config
         self.auth = Authenticator(config.auth_secret)
         self.stats = {"messages_in": 0, "messages_out": 0, "slow_consumers": 0, "errors": 0,
-                      "rejected_connections": 0, "unrenderable": 0}
+                      "rejected_connections": 0, "unrenderable": 0, "not_live": 0}
         self.connections = set()
         self.client = Client(node_address, curve=curve, stream_idle=config.stream_idle)
         self.fanout = Fanout(self.client, self.stats)
@@ -53,6 +55,14 @@ class Edge:
 
     def start(self):
         self.server.start()
+
+    def wait_live(self, pattern):
+        """Until the node has the subscription for ``pattern``: then a message
+        published at this node (by any edge client, POST or library client)
+        reaches it. Counted in ``not_live`` if that takes longer than LIVE_SECONDS."""
+        if not self.client.wait_for_subscription(pattern.text, LIVE_SECONDS):
+            self.stats["not_live"] += 1
+            log.warning("subscription to %r not confirmed by the node within %s s", pattern.text, LIVE_SECONDS)
 
     def publish(self, grant, subject, data, request_id=None):
         """Publish for an edge client; EdgeError if not allowed or too large."""

@@ -84,6 +84,7 @@ class EdgeConnection:
                             f"at most {self.max_subscriptions} subscriptions per connection", request_id, 429)
         self.patterns[pattern.text] = pattern
         self.edge.fanout.add(self, pattern.text)
+        self.edge.wait_live(pattern)  # so that what this node publishes after the reply is delivered
 
     def unsubscribe(self, pattern, request_id=None):
         if self.patterns.pop(pattern.text, None) is None:
