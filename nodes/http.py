@@ -12,8 +12,10 @@ health, stats and the built-in page.
 import json
 import logging
 import os
+import socket
 
 import gevent
+from gevent.socket import wait_read
 
 from mesh.subjects import Pattern, validate_subject
 
@@ -33,9 +35,28 @@ STATUS = {200: "200 OK", 400: "400 Bad Request", 401: "401 Unauthorized", 403: "
 class SSEConnection(EdgeConnection):
     kind = "sse"
 
-    def __init__(self, edge, grant):
+    def __init__(self, edge, grant, sock=None):
         super().__init__(edge, grant, edge.config.queue_bytes, edge.config.max_subscriptions)
         self.greenlet = gevent.getcurrent()
+        self._watcher = gevent.spawn(self._watch_departure, sock) if sock is not None else None
+
+    def _watch_departure(self, sock):
+        """A client that closes its stream sends nothing more, so the stream would
+        only notice at its next write (up to two keep-alives later): wait for the
+        end of the client's side instead, and release at once."""
+        try:
+            wait_read(sock.fileno())
+            if sock.recv(1, socket.MSG_PEEK):
+                return  # the client sent something (it should not): stop watching
+        except (OSError, ValueError):
+            pass
+        if not self.closed:
+            self.release()  # wakes the stream, which ends
+
+    def release(self):
+        super().release()
+        if self._watcher is not None and self._watcher is not gevent.getcurrent():
+            self._watcher.kill(block=False)
 
     def cut_off(self, reason):
         log.warning("cutting off an event stream: %s", reason)
@@ -159,8 +180,12 @@ class EdgeApp:
         grant = self._admit(environ)
         self._check_capacity()
         pattern = _pattern(pattern_text)
-        connection = SSEConnection(self.edge, grant)
-        connection.subscribe(pattern)  # raises forbidden before any byte is sent
+        connection = SSEConnection(self.edge, grant, environ.get("meshnode.socket"))
+        try:
+            connection.subscribe(pattern)  # raises forbidden before any byte is sent
+        except EdgeError:
+            connection.release()
+            raise
         self.edge.connections.add(connection)
         start_response("200 OK", [("Content-Type", "text/event-stream"), ("Cache-Control", "no-cache"),
                                   ("X-Accel-Buffering", "no")])

@@ -399,3 +399,18 @@ def test_ok_to_a_sub_means_live_for_what_this_node_publishes_next(edge_pair):
     finally:
         by_ws.close()
         by_post.close()
+
+
+def test_an_event_stream_closed_by_its_client_is_released_at_once(edge_pair):
+    """The client of an event stream sends nothing after its request, so its
+    departure used to show only at the next write (up to two keep-alives, 30 s)."""
+    _, e = edge_pair
+    address = http_address(e)
+    streams = [SSE(address, "/sub/gone.>") for _ in range(3)]
+    assert [stream.status for stream in streams] == [200] * 3
+    wait_until(lambda: http("GET", f"http://{address}/stats")[1]["connections"]["sse"] == 3, what="3 streams")
+    for stream in streams[:2]:
+        stream.close()
+    wait_until(lambda: http("GET", f"http://{address}/stats")[1]["connections"]["sse"] == 1, timeout=2,
+               interval=0.1, what="the closed streams to be released")
+    streams[2].close()
