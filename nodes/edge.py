@@ -17,6 +17,7 @@ from mesh.publisher import DEFAULT_STREAM_IDLE
 from .auth import Authenticator
 from .edgeproto import EdgeError
 from .fanout import Fanout
+from .ratelog import RateLog
 from .http import EdgeApp
 from .websocket import CLOSE_GOING_AWAY, EdgeHandler
 
@@ -45,7 +46,8 @@ class Edge:
         self.config = config
         self.auth = Authenticator(config.auth_secret)
         self.stats = {"messages_in": 0, "messages_out": 0, "slow_consumers": 0, "errors": 0,
-                      "rejected_connections": 0, "unrenderable": 0, "not_live": 0}
+                      "rejected_connections": 0, "unrenderable": 0, "not_live": 0, "client_resets": 0}
+        self.ratelog = RateLog(log)
         self.connections = set()
         self.client = Client(node_address, curve=curve, stream_idle=config.stream_idle)
         self.fanout = Fanout(self.client, self.stats)

@@ -221,6 +221,17 @@ class MeshWebSocket(WebSocket):
         except (OSError, AttributeError):
             pass
 
+    def unhandled_error(self, error):
+        """ws4py logs every failed receive with a traceback; a client that went
+        away is no error of ours: count it, and say so once in a while."""
+        edge = self.environ["meshnode.edge"]
+        if isinstance(error, (ConnectionError, TimeoutError)):
+            edge.stats["client_resets"] += 1
+            edge.ratelog.note("reset", f"WebSocket clients went away without closing ({error})")
+        else:
+            edge.stats["errors"] += 1
+            edge.ratelog.note(type(error).__name__, f"WebSocket receive failed: {error!r}", logging.WARNING)
+
     def closed(self, code, reason=None):
         connection = getattr(self, "edge_connection", None)
         if connection is not None:

@@ -414,3 +414,23 @@ def test_an_event_stream_closed_by_its_client_is_released_at_once(edge_pair):
     wait_until(lambda: http("GET", f"http://{address}/stats")[1]["connections"]["sse"] == 1, timeout=2,
                interval=0.1, what="the closed streams to be released")
     streams[2].close()
+
+
+def test_clients_that_reset_leave_one_log_line_and_a_count(edge_pair):
+    import socket
+    import struct
+
+    _, e = edge_pair
+    address = http_address(e)
+    host, port = address.rsplit(":", 1)
+    for _ in range(5):
+        sock = socket.create_connection((host, int(port)))
+        sock.sendall(b"GET /ws/reset.> HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                     b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+        assert sock.recv(4096).startswith(b"HTTP/1.1 101")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()  # a reset, not a close frame
+    wait_until(lambda: http("GET", f"http://{address}/stats")[1]["client_resets"] == 5, what="5 resets counted")
+    e.kill()
+    assert "Traceback" not in e.stderr_text
+    assert e.stderr_text.count("went away without closing") == 1, e.stderr_text
