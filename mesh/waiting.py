@@ -123,3 +123,10 @@ def fair_yielder():
             last[0] = clock()
 
     return maybe_yield
+
+
+def yield_to_hub():
+    """One full turn of gevent's loop (I/O and timers included, unlike sleep(0))."""
+    import gevent
+
+    gevent.sleep(_YIELD_SECONDS)

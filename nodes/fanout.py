@@ -11,6 +11,8 @@ import logging
 import gevent
 from ws4py.messaging import TextMessage
 
+from mesh.waiting import yield_to_hub
+
 from .edgeproto import render_message
 
 log = logging.getLogger("meshnode.edge")
@@ -55,7 +57,7 @@ class Fanout:
                 break
             for message in batch:
                 self._fan_out(route, message)
-            gevent.sleep(0)  # let the writers run: a burst must not fill every queue first
+            yield_to_hub()  # let the writers write: a burst must not fill every queue first
         log.debug("route %s closed", subscription.pattern.text)
 
     def _fan_out(self, route, message):
