@@ -9,10 +9,7 @@ missing as ``gaps``, and forgets a stream it has not heard from for
 """
 
 import collections
-import logging
 import time
-
-log = logging.getLogger("mesh.client")
 
 DEFAULT_PENDING_LIMIT = 100_000
 
