@@ -77,7 +77,12 @@ def build_parser():
                       help="outgoing queue per connection; a client that lets it fill is cut off "
                            "(default: 1048576)")
     edge.add_argument("--max-connections", type=_positive_int, default=10_000, metavar="N",
-                      help="concurrent WebSocket and SSE connections (default: 10000)")
+                      help="concurrent HTTP connections of every kind (WebSocket, SSE, requests); lowered, "
+                           "with a warning, to what the open-file limit leaves after the node's own "
+                           "reserve (docs/EDGE.md) (default: 10000)")
+    edge.add_argument("--header-timeout", type=_positive_float, default=10.0, metavar="SECONDS",
+                      help="close a connection whose request line and headers are not complete this "
+                           "long after it began waiting for them (slow or idle clients) (default: 10)")
     edge.add_argument("--keepalive", type=float, default=15.0, metavar="SECONDS",
                       help="SSE keep-alive comment interval (default: 15)")
     edge.add_argument("--request-timeout", type=float, default=30.0, metavar="SECONDS",
@@ -195,16 +200,19 @@ def cmd_run(args):
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("ws4py").setLevel(max(logging.WARNING, logging.getLevelName(args.log_level)))
-    _raise_open_file_limit()
+    open_files = _raise_open_file_limit()
     edge = None
     if args.auth_secret is not None and len(args.auth_secret.encode()) < 32:
         raise ValueError("--auth-secret must be at least 32 bytes for HS256 (RFC 7518, section 3.2)")
     if args.http is not None:
         from nodes.edge import EdgeConfig
 
+        from nodes.edge import connection_budget
+
         edge = EdgeConfig(host=args.host, port=args.http, max_payload=args.max_payload,
                           max_subscriptions=args.max_subscriptions, queue_bytes=args.queue_bytes,
-                          max_connections=args.max_connections, auth_secret=args.auth_secret,
+                          max_connections=connection_budget(args.max_connections, open_files),
+                          header_timeout=args.header_timeout, auth_secret=args.auth_secret,
                           allowed_origins=args.allowed_origin, keepalive_seconds=args.keepalive,
                           request_timeout=args.request_timeout, stream_idle=args.stream_idle)
     config = NodeConfig(name=args.name, host=args.host, port=args.port, advertise=args.advertise,
@@ -231,7 +239,8 @@ def cmd_run(args):
     for signum in (signal.SIGTERM, signal.SIGINT):
         gevent.signal_handler(signum, stop.set)
     member = node.member
-    http = f" http={config.advertise}:{node.edge.port}" if node.edge is not None else ""
+    http = "" if node.edge is None else (f" http={config.advertise}:{node.edge.port} "
+                                         f"max_connections={node.edge.config.max_connections}")
     print(f"meshnode ready name={node.name} control={member['control'].removeprefix('tcp://')} "
           f"ingress={member['ingress']} out={member['out']} remote={member['remote']}{http}", flush=True)
     stop.wait()
@@ -241,12 +250,14 @@ def cmd_run(args):
 
 
 def _raise_open_file_limit():
-    """Every edge connection and peer link is a file descriptor: use the hard limit."""
+    """Every edge connection and peer link is a file descriptor: use the hard
+    limit. Returns the limit now in force."""
     import resource
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
 def cmd_pub(args):

@@ -9,6 +9,7 @@ Routing is in :mod:`nodes.http`, WebSocket handling in :mod:`nodes.websocket`.
 import logging
 from dataclasses import dataclass, field
 
+from gevent.pool import Pool
 from gevent.pywsgi import WSGIServer
 
 from mesh import Client, PayloadTooLarge
@@ -24,6 +25,26 @@ from .websocket import CLOSE_GOING_AWAY, EdgeHandler
 log = logging.getLogger("meshnode.edge")
 
 LIVE_SECONDS = 2.0  # longest a sub's reply waits for the node to have the subscription
+# Descriptors the node keeps for itself: its ZeroMQ sockets and their mailboxes,
+# a TCP connection per peer link and per local client socket, ZooKeeper, logs.
+RESERVED_FILES_MIN = 256
+RESERVED_FILES_MAX = 4096
+# HTTP connections beyond the WebSocket/SSE cap, for requests and for the 503s
+# that refuse a long-lived connection when the cap is reached.
+REQUEST_HEADROOM = 64
+
+
+def connection_budget(wanted, open_files):
+    """The edge's cap on WebSocket and SSE connections: ``wanted``, or, if less,
+    what the open-file limit leaves after the node's reserve (an eighth of the
+    limit, 256 to 4,096) and the headroom for plain requests."""
+    reserve = min(RESERVED_FILES_MAX, max(RESERVED_FILES_MIN, open_files // 8))
+    budget = max(1, open_files - reserve - REQUEST_HEADROOM)
+    if wanted > budget:
+        log.warning("--max-connections %d lowered to %d: the open-file limit is %d and the node keeps %d "
+                    "(raise the limit, e.g. LimitNOFILE= in systemd)", wanted, budget, open_files, reserve)
+        return budget
+    return wanted
 
 
 @dataclass
@@ -39,6 +60,7 @@ class EdgeConfig:
     keepalive_seconds: float = 15.0
     request_timeout: float = 30.0
     stream_idle: float = DEFAULT_STREAM_IDLE
+    header_timeout: float = 10.0
 
 
 class Edge:
@@ -46,12 +68,18 @@ class Edge:
         self.config = config
         self.auth = Authenticator(config.auth_secret)
         self.stats = {"messages_in": 0, "messages_out": 0, "slow_consumers": 0, "errors": 0,
-                      "rejected_connections": 0, "unrenderable": 0, "not_live": 0, "client_resets": 0}
+                      "rejected_connections": 0, "unrenderable": 0, "not_live": 0, "client_resets": 0,
+                      "header_timeouts": 0}
         self.ratelog = RateLog(log)
         self.connections = set()
         self.client = Client(node_address, curve=curve, stream_idle=config.stream_idle)
         self.fanout = Fanout(self.client, self.stats)
-        self.server = WSGIServer((config.host, config.port), EdgeApp(self), log=None, handler_class=EdgeHandler)
+        # Every HTTP connection, finished request or not, holds a slot: when all are
+        # taken the server stops accepting (new ones wait in the listen queue,
+        # half-open ones are closed after --header-timeout) instead of running
+        # the process out of descriptors.
+        self.server = WSGIServer((config.host, config.port), EdgeApp(self), log=None, handler_class=EdgeHandler,
+                                 spawn=Pool(config.max_connections + REQUEST_HEADROOM))
         self.server.init_socket()
         self.port = self.server.server_port
 
@@ -83,6 +111,8 @@ class Edge:
         kinds = [c.kind for c in self.connections]
         return {
             "connections": {"ws": kinds.count("ws"), "sse": kinds.count("sse"), "total": len(kinds)},
+            "http_connections": len(self.server.pool),  # every open HTTP connection, requests included
+            "max_connections": self.config.max_connections,
             "subscriptions": sum(len(c.patterns) for c in self.connections),
             "patterns": len(self.fanout.routes),
             "queued_bytes": sum(c.queued_bytes for c in self.connections),

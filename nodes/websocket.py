@@ -255,7 +255,38 @@ class EdgeHandler(WSGIHandler):
     (a client that sends half a request is dropped, not held forever). A
     WebSocket clears the deadline: ws4py makes its socket blocking."""
 
+    def read_requestline(self):
+        # One deadline for the request line and the headers together: a client that
+        # trickles them (or idles between keep-alive requests) is closed.
+        self._header_timer = gevent.Timeout.start_new(self.server.application.edge.config.header_timeout)
+        return super().read_requestline()
+
+    def read_request(self, raw_requestline):
+        try:
+            return super().read_request(raw_requestline)
+        finally:
+            self._header_timer.cancel()
+
+    def handle_one_request(self):
+        try:
+            return super().handle_one_request()
+        finally:  # also when it returned before reading headers (closed, line too long)
+            timer = getattr(self, "_header_timer", None)
+            if timer is not None:
+                timer.cancel()
+
     def handle(self):
+        edge = self.server.application.edge
+        try:
+            self._handle()
+        except gevent.Timeout as timeout:
+            if timeout is not getattr(self, "_header_timer", None):
+                raise
+            edge.stats["header_timeouts"] += 1
+            edge.ratelog.note("header-timeout", f"closed connections whose headers did not come within "
+                                                f"{edge.config.header_timeout} s")
+
+    def _handle(self):
         self.socket.settimeout(self.server.application.edge.config.request_timeout)
         # pywsgi writes a response's headers and body separately; with Nagle on,
         # the body waited for the client's delayed ACK: 44 ms per request on a

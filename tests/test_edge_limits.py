@@ -1,0 +1,80 @@
+"""An unauthenticated client must not be able to stop a node (issue: slow
+requests, file descriptors, connection caps): a node with the open-file limit
+of most shells, and more half-open requests than it has descriptors."""
+
+import os
+import socket
+import time
+
+from edgehelpers import http, http_address
+from meshhelpers import collect, warm_up
+from nodeproc import wait_until
+
+from mesh import Client
+
+PRLIMIT = ("prlimit", "--nofile=1024:1024", "--")
+
+
+def open_descriptors(pid):
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def test_half_open_requests_beyond_the_descriptor_limit_do_not_stop_the_node(start_node):
+    a = start_node("A")
+    e = start_node("E", "--http", "0", "--header-timeout", "3", peers=[a], prefix=PRLIMIT)
+    wait_until(lambda: e.peer_names() == ["A"], what="link")
+    fields = dict(part.split("=", 1) for part in e.ready_line.split()[2:])
+    assert int(fields["max_connections"]) < 1024 - 64  # lowered from 10,000 to fit the limit
+    host, port = http_address(e).rsplit(":", 1)
+    half_open = []
+    for _ in range(1100):  # the request line and a header, never the blank line that ends them
+        sock = socket.socket()
+        sock.setblocking(False)
+        try:
+            sock.connect((host, int(port)))
+        except BlockingIOError:
+            pass
+        half_open.append(sock)
+    time.sleep(0.5)
+    for sock in half_open:
+        try:
+            sock.send(b"GET /stats HTTP/1.1\r\nHost: x\r\n")
+        except OSError:
+            pass
+    try:
+        assert open_descriptors(e.pid) < 1024
+        # The control plane and the data plane go on: stats, publish and subscribe through E,
+        # and delivery from a peer.
+        assert e.stats()["name"] == "E"
+        with Client(e.address) as at_e, Client(a.address) as at_a:
+            here, there = at_e.subscribe("lim.>"), at_a.subscribe("lim.>")
+            warm_up(at_e, "lim.x", [here, there])
+            at_a.publish("lim.y", "from A")
+            assert collect(here, 1)[0].data == "from A"
+        # The half-open requests are closed after the header timeout; the edge answers again.
+        wait_until(lambda: open_descriptors(e.pid) < 200, timeout=15, what="the half-open requests to close")
+        status, stats = http("GET", f"http://{http_address(e)}/stats")
+        assert status == 200 and stats["header_timeouts"] > 0
+    finally:
+        for sock in half_open:
+            sock.close()
+    e.stop()
+    assert "Too many open files" not in e.stderr_text and "Traceback" not in e.stderr_text
+
+
+def test_sigterm_with_hundreds_of_slow_clients_held_stops_the_node(start_node):
+    e = start_node("E", "--http", "0", "--header-timeout", "60", prefix=PRLIMIT)
+    host, port = http_address(e).rsplit(":", 1)
+    held = []
+    try:
+        for _ in range(600):
+            sock = socket.create_connection((host, int(port)))
+            sock.sendall(b"GET /stats HTTP/1.1\r\n")
+            held.append(sock)
+        wait_until(lambda: open_descriptors(e.pid) > 600, what="the slow clients to be held")
+        started = time.monotonic()
+        assert e.stop(timeout=10) == 0
+        assert time.monotonic() - started < 10
+    finally:
+        for sock in held:
+            sock.close()
