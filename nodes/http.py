@@ -28,7 +28,8 @@ log = logging.getLogger("meshnode.edge")
 
 PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static", "index.html")
 STATUS = {200: "200 OK", 400: "400 Bad Request", 401: "401 Unauthorized", 403: "403 Forbidden",
-          404: "404 Not Found", 405: "405 Method Not Allowed", 411: "411 Length Required",
+          404: "404 Not Found", 405: "405 Method Not Allowed", 408: "408 Request Timeout",
+          411: "411 Length Required",
           413: "413 Payload Too Large", 429: "429 Too Many Requests", 503: "503 Service Unavailable"}
 
 
@@ -84,8 +85,9 @@ class EdgeApp:
             return self._route(environ, start_response)
         except EdgeError as exc:
             self.edge.stats["errors"] += 1
+            close = [("Connection", "close")] if exc.http_status == 408 else []  # the rest of the body is lost
             return self._json(start_response, exc.http_status,
-                              {"ok": False, "error": exc.code, "message": str(exc)})
+                              {"ok": False, "error": exc.code, "message": str(exc)}, close)
 
     def _json(self, start_response, status, body, extra=()):
         data = dumps(body).encode("utf-8")
@@ -171,7 +173,14 @@ class EdgeApp:
         if length > limit:
             raise EdgeError("too_large", f"body of {length} bytes is over the limit of {limit} bytes",
                             http_status=413)
-        body = environ["wsgi.input"].read(length)
+        # --request-timeout bounds each read; a body that trickles in a byte at a
+        # time must still arrive whole within it.
+        body = None
+        with gevent.Timeout(self.edge.config.request_timeout, False):
+            body = environ["wsgi.input"].read(length)
+        if body is None:
+            raise EdgeError("timeout", f"the body did not arrive within {self.edge.config.request_timeout} s",
+                            http_status=408)
         data = _body_data(environ.get("CONTENT_TYPE", ""), body)
         seq = self.edge.publish(grant, subject, data)
         return self._json(start_response, 200, {"ok": True, "subject": subject, "seq": seq})

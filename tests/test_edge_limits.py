@@ -78,3 +78,35 @@ def test_sigterm_with_hundreds_of_slow_clients_held_stops_the_node(start_node):
     finally:
         for sock in held:
             sock.close()
+
+
+def test_a_body_that_trickles_in_is_cut_at_the_request_timeout(start_node):
+    """Each byte comes well within --request-timeout, the whole body does not."""
+    e = start_node("E", "--http", "0", "--request-timeout", "2")
+    host, port = http_address(e).rsplit(":", 1)
+    sock = socket.create_connection((host, int(port)), timeout=10)
+    try:
+        sock.sendall(b"POST /pub/trickle.x HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\n"
+                     b"Content-Length: 100\r\n\r\n")
+        started = time.monotonic()
+        answer = b""
+        for _ in range(100):
+            try:
+                sock.sendall(b"x")
+            except OSError:
+                break
+            time.sleep(0.5)
+            sock.setblocking(False)
+            try:
+                answer += sock.recv(4096)
+            except BlockingIOError:
+                pass
+            sock.setblocking(True)
+            if answer:
+                break
+        assert answer.startswith(b"HTTP/1.1 408"), answer
+        assert time.monotonic() - started < 6
+    finally:
+        sock.close()
+    status, stats = http("GET", f"http://{http_address(e)}/stats")
+    assert status == 200 and stats["messages_in"] == 0
