@@ -15,6 +15,15 @@ from mesh import Client
 PRLIMIT = ("prlimit", "--nofile=1024:1024", "--")
 
 
+def room_for_sockets(count):
+    """Make sure this test process itself may open ``count`` more sockets."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < count + 200:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, count + 1000), hard))
+
+
 def open_descriptors(pid):
     return len(os.listdir(f"/proc/{pid}/fd"))
 
@@ -26,6 +35,7 @@ def test_half_open_requests_beyond_the_descriptor_limit_do_not_stop_the_node(sta
     fields = dict(part.split("=", 1) for part in e.ready_line.split()[2:])
     assert int(fields["max_connections"]) < 1024 - 64  # lowered from 10,000 to fit the limit
     host, port = http_address(e).rsplit(":", 1)
+    room_for_sockets(1100)
     half_open = []
     for _ in range(1100):  # the request line and a header, never the blank line that ends them
         sock = socket.socket()
@@ -65,6 +75,7 @@ def test_half_open_requests_beyond_the_descriptor_limit_do_not_stop_the_node(sta
 def test_sigterm_with_hundreds_of_slow_clients_held_stops_the_node(start_node):
     e = start_node("E", "--http", "0", "--header-timeout", "60", prefix=PRLIMIT)
     host, port = http_address(e).rsplit(":", 1)
+    room_for_sockets(600)
     held = []
     try:
         for _ in range(600):
