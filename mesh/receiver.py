@@ -120,6 +120,15 @@ class Receiver:
 
     def wait(self, sub, timeout):
         """The next message of ``sub``, reading for everyone while it waits."""
+        try:
+            return self._wait(sub, timeout)
+        finally:
+            # Leaving (a message, closed, timed out) perhaps just after being handed
+            # the lead: if nobody leads now, the followers left must not sleep on.
+            if self._followers and not self._lead.locked():
+                self._hand_off()
+
+    def _wait(self, sub, timeout):
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             if sub._queue:
@@ -158,7 +167,11 @@ class Receiver:
                 self._apply_ops()
             finally:
                 self._lead.release()
-        for follower in list(self._followers):  # hand the lead to one who has nothing
+        self._hand_off()
+
+    def _hand_off(self):
+        """Wake one follower who has nothing yet: it will take the lead."""
+        for follower in list(self._followers):
             if not follower._queue:
                 follower._wake()
                 return
