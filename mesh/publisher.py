@@ -47,7 +47,7 @@ MARK_SECONDS = 1.0
 MARKS_MAX_ENTRIES = 1024
 DEFAULT_STREAM_IDLE = 60.0
 DEFAULT_BACKLOG_BYTES = 8 * 1024 * 1024
-_INTEREST_DRAIN_EVERY = 1024
+_INTEREST_DRAIN_EVERY = 64  # batches sent between reads of the interest notices
 
 
 class Disconnected(RuntimeError):
@@ -142,8 +142,6 @@ class Publisher:
                 self._kick.set()
             self._unmarked.add(subject)
             self.published += 1
-            if self.published % _INTEREST_DRAIN_EVERY == 0:
-                self._drain_interest()
         if self._yield is not None:
             self._yield()
         return seq
@@ -164,6 +162,8 @@ class Publisher:
         self._sock.send(stream.topic, zmq.SNDMORE)
         self._sock.send(self._encoder.batch(stream.epoch, seq, ts, parts))
         self.batches += 1
+        if not self.batches % _INTEREST_DRAIN_EVERY:  # notices queue in the socket until read
+            self._drain_interest()
 
     def _send_batch(self):
         stream, seq, ts, parts, _, _ = self._batch

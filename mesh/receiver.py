@@ -47,6 +47,7 @@ class Receiver:
         self.malformed = 0
         self.closed = False
         self._forked = False
+        self._pid = os.getpid()
 
     @property
     def subscriptions(self):
@@ -120,6 +121,8 @@ class Receiver:
 
     def wait(self, sub, timeout):
         """The next message of ``sub``, reading for everyone while it waits."""
+        if self._pid != os.getpid() and not self._forked:
+            self.forked()  # a subscription used in a forked child: never read the parent's socket
         try:
             return self._wait(sub, timeout)
         finally:

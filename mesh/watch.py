@@ -117,7 +117,7 @@ class NodeWatch:
         if not self._ask:
             return None  # nothing to do until the connection changes
         try:
-            info = self._channel.request("hello", timeout=HELLO_TIMEOUT)
+            info = self._channel.request("hello")  # the channel's timeout: HELLO_TIMEOUT
         except (TimeoutError, ControlError, RuntimeError) as exc:
             if client.connected:
                 log.warning("node %s at %s does not answer (%s): holding publishes", client.node,

@@ -178,13 +178,26 @@ def test_a_client_made_before_fork_publishes_from_the_child_under_its_own_origin
         child = os.fork()
         if child == 0:  # the child: publish through the inherited client, then leave at once
             try:
+                try:
+                    sub.get(timeout=1)  # made before the fork: a clear error, never the parent's socket
+                    os._exit(2)
+                except RuntimeError as exc:
+                    if "before os.fork()" not in str(exc):
+                        os._exit(3)
                 pub.publish("fk.x", "child")
                 pub.flush()
                 pub.close()
                 os._exit(0)
             except BaseException:
                 os._exit(1)
-        _, status = os.waitpid(child, 0)
+        deadline = time.monotonic() + 15
+        while (ended := os.waitpid(child, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        status = ended[1]
+        if ended[0] == 0:
+            os.kill(child, signal.SIGKILL)
+            os.waitpid(child, 0)
+            raise AssertionError("the forked child hung")
         assert os.waitstatus_to_exitcode(status) == 0
         pub.publish("fk.x", "parent-2")
         got = {m.data: m for m in collect(sub, 3)}
