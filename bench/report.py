@@ -21,6 +21,7 @@ TITLES = {
     "receive": "6. The client's receive path: gevent fairness and many subscriptions",
     "entities": "7. Per-entity subjects: wire overhead and memory over time",
     "http": "8. HTTP publish at an edge (POST /pub)",
+    "edge_memory": "9. An edge under a WebSocket publish flood and connection churn",
 }
 
 
@@ -184,6 +185,21 @@ def table(name, rows):
                 body.append([r["label"]] + _not_ok(r, len(head) - 1))
                 continue
             body.append([r["label"], _n(r["requests"]), _n(r["rate"])])
+    elif name == "edge_memory":
+        head = ["case", "result", "edge RSS MiB"]
+        body = []
+        for r in rows:
+            if r["status"] != "ok":
+                body.append([r["label"]] + _not_ok(r, len(head) - 1))
+            elif r["key"] == "flood":
+                body.append([r["label"], f"{_n(r['rate'])} msg/s published; fast readers got "
+                             f"{', '.join(_n(n) for n in r['delivered'])}, {r['fast_cut']} cut; slow consumers "
+                             f"{r['slow_consumers']}, dropped {r['dropped']}",
+                             f"{r['rss_before_mib']:.0f} -> peak {r['rss_peak_mib']:.0f} -> "
+                             f"{r['rss_after_mib']:.0f} after"])
+            else:
+                body.append([r["label"], "all closed", f"{r['rss_before_mib']:.0f} -> {r['rss_after_mib']:.0f} "
+                             f"-> {r['rss_later_mib']:.0f} five seconds later"])
     else:
         raise ValueError(name)
     return _table(head, body)

@@ -612,6 +612,11 @@ class Bench:
 
         return http_publish(self, [] if rows is None else rows)
 
+    def edge_memory(self, rows=None):
+        from .edge_memory import edge_memory
+
+        return edge_memory(self, [] if rows is None else rows)
+
 
 def run_case(procs, pub_cfg, sub_cfgs, timeout):
     """Subscribers first, then the publisher; warm-up until every subscriber

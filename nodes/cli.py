@@ -76,10 +76,16 @@ def build_parser():
     edge.add_argument("--queue-bytes", type=_positive_int, default=1024 * 1024, metavar="BYTES",
                       help="outgoing queue per connection; a client that lets it fill is cut off "
                            "(default: 1048576)")
+    edge.add_argument("--buffer-bytes", type=_positive_int, default=256 * 1024 * 1024, metavar="BYTES",
+                      help="outgoing queues of all connections together; when they are full a client with "
+                           "a backlog is cut off like a slow consumer (default: 268435456)")
     edge.add_argument("--max-connections", type=_positive_int, default=10_000, metavar="N",
                       help="concurrent HTTP connections of every kind (WebSocket, SSE, requests); lowered, "
                            "with a warning, to what the open-file limit leaves after the node's own "
                            "reserve (docs/EDGE.md) (default: 10000)")
+    edge.add_argument("--max-per-address", type=int, default=0, metavar="N",
+                      help="connections one client address may hold; more get 503 (default: 0, no limit: "
+                           "behind a load balancer every client has its address)")
     edge.add_argument("--header-timeout", type=_positive_float, default=10.0, metavar="SECONDS",
                       help="close a connection whose request line and headers are not complete this "
                            "long after it began waiting for them (slow or idle clients) (default: 10)")
@@ -207,10 +213,11 @@ def cmd_run(args):
     if args.http is not None:
         from nodes.edge import EdgeConfig
 
-        from nodes.edge import connection_budget
+        from nodes.edgeserver import connection_budget
 
         edge = EdgeConfig(host=args.host, port=args.http, max_payload=args.max_payload,
                           max_subscriptions=args.max_subscriptions, queue_bytes=args.queue_bytes,
+                          buffer_bytes=args.buffer_bytes, max_per_address=max(0, args.max_per_address),
                           max_connections=connection_budget(args.max_connections, open_files),
                           header_timeout=args.header_timeout, auth_secret=args.auth_secret,
                           allowed_origins=args.allowed_origin, keepalive_seconds=args.keepalive,

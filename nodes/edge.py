@@ -3,48 +3,28 @@
 It owns the HTTP server (gevent WSGI with ws4py's upgrade handler), a mesh
 Client connected to its own node (edges subscribe and publish like any local
 client), the fan-out, the set of live connections and the edge counters.
-Routing is in :mod:`nodes.http`, WebSocket handling in :mod:`nodes.websocket`.
+Accepting connections is in :mod:`nodes.edgeserver`, routing in :mod:`nodes.http`,
+WebSocket handling in :mod:`nodes.websocket`.
 """
 
 import logging
 from dataclasses import dataclass, field
-
-from gevent.pool import Pool
-from gevent.pywsgi import WSGIServer
 
 from mesh import Client, PayloadTooLarge
 from mesh.publisher import DEFAULT_STREAM_IDLE
 
 from .auth import Authenticator
 from .edgeproto import EdgeError
+from .edgeserver import EdgeServer
 from .fanout import Fanout
-from .ratelog import RateLog
 from .http import EdgeApp
-from .websocket import CLOSE_GOING_AWAY, EdgeHandler
+from .ratelog import RateLog
+from .websocket import CLOSE_GOING_AWAY
 
 log = logging.getLogger("meshnode.edge")
 
 LIVE_SECONDS = 2.0  # longest a sub's reply waits for the node to have the subscription
-# Descriptors the node keeps for itself: its ZeroMQ sockets and their mailboxes,
-# a TCP connection per peer link and per local client socket, ZooKeeper, logs.
-RESERVED_FILES_MIN = 256
-RESERVED_FILES_MAX = 4096
-# HTTP connections beyond the WebSocket/SSE cap, for requests and for the 503s
-# that refuse a long-lived connection when the cap is reached.
-REQUEST_HEADROOM = 64
-
-
-def connection_budget(wanted, open_files):
-    """The edge's cap on WebSocket and SSE connections: ``wanted``, or, if less,
-    what the open-file limit leaves after the node's reserve (an eighth of the
-    limit, 256 to 4,096) and the headroom for plain requests."""
-    reserve = min(RESERVED_FILES_MAX, max(RESERVED_FILES_MIN, open_files // 8))
-    budget = max(1, open_files - reserve - REQUEST_HEADROOM)
-    if wanted > budget:
-        log.warning("--max-connections %d lowered to %d: the open-file limit is %d and the node keeps %d "
-                    "(raise the limit, e.g. LimitNOFILE= in systemd)", wanted, budget, open_files, reserve)
-        return budget
-    return wanted
+INTEREST_SECONDS_MAX = 30.0  # longest an interest request may wait
 
 
 @dataclass
@@ -61,6 +41,8 @@ class EdgeConfig:
     request_timeout: float = 30.0
     stream_idle: float = DEFAULT_STREAM_IDLE
     header_timeout: float = 10.0
+    buffer_bytes: int = 256 * 1024 * 1024
+    max_per_address: int = 0
 
 
 class Edge:
@@ -69,17 +51,13 @@ class Edge:
         self.auth = Authenticator(config.auth_secret)
         self.stats = {"messages_in": 0, "messages_out": 0, "slow_consumers": 0, "errors": 0,
                       "rejected_connections": 0, "unrenderable": 0, "not_live": 0, "client_resets": 0,
-                      "header_timeouts": 0}
+                      "header_timeouts": 0, "refused_connections": 0}
         self.ratelog = RateLog(log)
         self.connections = set()
+        self.queued_total = 0  # bytes queued for all connections, bounded by buffer_bytes
         self.client = Client(node_address, curve=curve, stream_idle=config.stream_idle)
         self.fanout = Fanout(self.client, self.stats)
-        # Every HTTP connection, finished request or not, holds a slot: when all are
-        # taken the server stops accepting (new ones wait in the listen queue,
-        # half-open ones are closed after --header-timeout) instead of running
-        # the process out of descriptors.
-        self.server = WSGIServer((config.host, config.port), EdgeApp(self), log=None, handler_class=EdgeHandler,
-                                 spawn=Pool(config.max_connections + REQUEST_HEADROOM))
+        self.server = EdgeServer((config.host, config.port), EdgeApp(self), self)
         self.server.init_socket()
         self.port = self.server.server_port
 
@@ -94,6 +72,15 @@ class Edge:
             self.stats["not_live"] += 1
             log.warning("subscription to %r not confirmed by the node within %s s", pattern.text, LIVE_SECONDS)
 
+    def wait_for_interest(self, subject, timeout, request_id=None):
+        """Until a subscriber somewhere in the mesh covers ``subject`` (then what
+        this edge publishes on it is delivered there); EdgeError ``no_interest``
+        after ``timeout`` seconds."""
+        timeout = min(max(timeout, 0.0), INTEREST_SECONDS_MAX)
+        if not self.client.wait_for_interest(subject, timeout):
+            raise EdgeError("no_interest", f"no subscriber in the mesh covers {subject!r} after {timeout} s",
+                            request_id, 504)
+
     def publish(self, grant, subject, data, request_id=None):
         """Publish for an edge client; EdgeError if not allowed or too large."""
         if not grant.may_publish(subject):
@@ -102,7 +89,7 @@ class Edge:
             seq = self.client.publish(subject, data)
         except PayloadTooLarge as exc:
             raise EdgeError("too_large", str(exc), request_id, 413) from None
-        except (ValueError, TypeError) as exc:
+        except (ValueError, TypeError, OverflowError) as exc:  # OverflowError: integers msgpack cannot hold
             raise EdgeError("bad_data", str(exc), request_id, 400) from None
         self.stats["messages_in"] += 1
         return seq
@@ -115,7 +102,8 @@ class Edge:
             "max_connections": self.config.max_connections,
             "subscriptions": sum(len(c.patterns) for c in self.connections),
             "patterns": len(self.fanout.routes),
-            "queued_bytes": sum(c.queued_bytes for c in self.connections),
+            "queued_bytes": self.queued_total,
+            "buffer_bytes": self.config.buffer_bytes,
             "gaps": self.fanout.gaps,
             "dropped": self.fanout.dropped,
             "streams": self.fanout.streams,

@@ -5,7 +5,9 @@ reading lets the queue fill; when the next frame would pass the limit the
 connection is cut off (WebSocket: the queue is dropped, the frame being
 written is finished, then a close frame 1008 "slow consumer"; SSE: the stream
 ends). Nothing waits on a slow client except its own writer, so it never slows
-delivery to the others.
+delivery to the others. The queues of all connections together are bounded
+too (``--buffer-bytes``): a frame for a connection that already has a backlog
+when the total is spent cuts that connection off the same way.
 """
 
 import collections
@@ -16,6 +18,7 @@ import gevent.event
 from .edgeproto import EdgeError
 
 SLOW_CONSUMER = "slow consumer: outgoing queue over {limit} bytes"
+EDGE_FULL = "slow consumer: the edge's buffers ({limit} bytes for all connections) are full"
 
 
 class EdgeConnection:
@@ -39,12 +42,19 @@ class EdgeConnection:
         """Queue one encoded frame; cut the client off if the queue is full."""
         if self.closed or self.cut:
             return
-        if self.queued_bytes + len(data) > self.queue_limit:
-            self.edge.stats["slow_consumers"] += 1
+        size = len(data)
+        edge = self.edge
+        if self.queued_bytes + size > self.queue_limit:
+            edge.stats["slow_consumers"] += 1
             self.cut_off(SLOW_CONSUMER.format(limit=self.queue_limit))
             return
+        if self.queued_bytes and edge.queued_total + size > edge.config.buffer_bytes:
+            edge.stats["slow_consumers"] += 1
+            self.cut_off(EDGE_FULL.format(limit=edge.config.buffer_bytes))
+            return
         self._queue.append(data)
-        self.queued_bytes += len(data)
+        self.queued_bytes += size
+        edge.queued_total += size
         self._ready.set()
 
     def take(self, timeout=None):
@@ -63,10 +73,12 @@ class EdgeConnection:
             return None
         data = self._queue.popleft()
         self.queued_bytes -= len(data)
+        self.edge.queued_total -= len(data)
         return data
 
     def drop_queue(self):
         self._queue.clear()
+        self.edge.queued_total -= self.queued_bytes
         self.queued_bytes = 0
 
     def cut_off(self, reason):

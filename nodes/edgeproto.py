@@ -1,7 +1,8 @@
 """The edge's JSON protocol (docs/EDGE.md): parsing client frames, rendering server frames.
 
 Client frames: ``{"op": "sub"|"unsub", "subject": PATTERN, "id": N}``,
-``{"op": "pub", "subject": S, "data": ANY, "id": N}``, ``{"op": "ping"}``.
+``{"op": "pub", "subject": S, "data": ANY, "id": N}``, ``{"op": "ping"}``,
+``{"op": "interest", "subject": S, "timeout": SECONDS, "id": N}``.
 Server frames: ``msg``, ``ok``, ``error``, ``pong``. Binary data from the mesh
 is rendered as ``{"$base64": "..."}`` since JSON has no bytes.
 """
@@ -11,7 +12,8 @@ import json
 
 from mesh.subjects import Pattern, validate_subject
 
-OPS = ("sub", "unsub", "pub", "ping")
+OPS = ("sub", "unsub", "pub", "ping", "interest")
+DEFAULT_INTEREST_TIMEOUT = 5.0
 
 
 class EdgeError(Exception):
@@ -74,8 +76,9 @@ PONG = dumps({"op": "pong"})
 def parse_frame(text):
     """Parse one client frame into ``(op, request_id, target, data)``.
 
-    ``target`` is a Pattern for sub/unsub, a subject str for pub, None for
-    ping. Raises EdgeError naming the problem.
+    ``target`` is a Pattern for sub/unsub, a subject str for pub and
+    interest, None for ping; ``data`` is the message for pub, the timeout in
+    seconds for interest. Raises EdgeError naming the problem.
     """
     try:
         frame = json.loads(text)
@@ -98,6 +101,12 @@ def parse_frame(text):
                 raise EdgeError("bad_frame", "pub needs data", request_id)
             validate_subject(subject)
             return op, request_id, subject, frame["data"]
+        if op == "interest":
+            timeout = frame.get("timeout", DEFAULT_INTEREST_TIMEOUT)
+            if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout >= 0:
+                raise EdgeError("bad_frame", "timeout must be a number of seconds, 0 or more", request_id)
+            validate_subject(subject)
+            return op, request_id, subject, float(timeout)
         return op, request_id, Pattern(subject), None
     except ValueError as exc:
         raise EdgeError("invalid_subject", str(exc), request_id) from None

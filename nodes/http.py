@@ -6,6 +6,7 @@ health, stats and the built-in page.
     GET  /ws/<pattern>     subscribe-only WebSocket
     POST /pub/<subject>    publish the body
     GET  /sub/<pattern>    Server-Sent Events
+    GET  /interest/<subject>?timeout=S   wait until a subscriber in the mesh covers it
     GET  /healthz, /stats  JSON
 """
 
@@ -13,6 +14,7 @@ import json
 import logging
 import os
 import socket
+from urllib.parse import parse_qs
 
 import gevent
 from gevent.socket import wait_read
@@ -21,7 +23,7 @@ from mesh.subjects import Pattern, validate_subject
 
 from .auth import token_from
 from .edgeconn import EdgeConnection
-from .edgeproto import EdgeError, dumps
+from .edgeproto import DEFAULT_INTEREST_TIMEOUT, EdgeError, dumps
 from .websocket import MeshWebSocketApplication
 
 log = logging.getLogger("meshnode.edge")
@@ -30,7 +32,8 @@ PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static", "index
 STATUS = {200: "200 OK", 400: "400 Bad Request", 401: "401 Unauthorized", 403: "403 Forbidden",
           404: "404 Not Found", 405: "405 Method Not Allowed", 408: "408 Request Timeout",
           411: "411 Length Required",
-          413: "413 Payload Too Large", 429: "429 Too Many Requests", 503: "503 Service Unavailable"}
+          413: "413 Payload Too Large", 429: "429 Too Many Requests", 503: "503 Service Unavailable",
+          504: "504 Gateway Timeout"}
 
 
 class SSEConnection(EdgeConnection):
@@ -139,6 +142,8 @@ class EdgeApp:
             return self._publish(environ, start_response, path[5:])
         if path.startswith("/sub/") and method == "GET":
             return self._events(environ, start_response, path[5:])
+        if path.startswith("/interest/") and method == "GET":
+            return self._interest(environ, start_response, path[10:])
         raise EdgeError("not_found", f"no route for {method} {path}", http_status=404)
 
     def _websocket(self, environ, start_response, path):
@@ -184,6 +189,22 @@ class EdgeApp:
         data = _body_data(environ.get("CONTENT_TYPE", ""), body)
         seq = self.edge.publish(grant, subject, data)
         return self._json(start_response, 200, {"ok": True, "subject": subject, "seq": seq})
+
+    def _interest(self, environ, start_response, subject):
+        self._admit(environ)
+        try:
+            validate_subject(subject)
+        except ValueError as exc:
+            raise EdgeError("invalid_subject", str(exc)) from None
+        text = (parse_qs(environ.get("QUERY_STRING", "")).get("timeout") or [str(DEFAULT_INTEREST_TIMEOUT)])[0]
+        try:
+            timeout = float(text)
+        except ValueError:
+            timeout = -1.0
+        if not timeout >= 0:
+            raise EdgeError("bad_request", f"timeout must be a number of seconds, 0 or more, not {text!r}")
+        self.edge.wait_for_interest(subject, timeout)
+        return self._json(start_response, 200, {"ok": True, "subject": subject})
 
     def _events(self, environ, start_response, pattern_text):
         grant = self._admit(environ)

@@ -14,7 +14,6 @@ import os
 import socket
 
 import gevent
-from gevent.pywsgi import WSGIHandler
 from ws4py.server.wsgiutils import WebSocketWSGIApplication
 from ws4py.websocket import WebSocket
 
@@ -173,6 +172,7 @@ class MeshWebSocket(WebSocket):
         except UnicodeDecodeError:
             raise EdgeError("bad_frame", "frame is not UTF-8") from None
         op, request_id, target, data = parse_frame(text)
+        self._request_id = request_id  # for the reply to a failure that is not an EdgeError
         connection = self.edge_connection
         if op == "ping":
             connection.send_text(PONG)
@@ -183,6 +183,8 @@ class MeshWebSocket(WebSocket):
             connection.subscribe(target, request_id)
         elif op == "unsub":
             connection.unsubscribe(target, request_id)
+        elif op == "interest":
+            connection.edge.wait_for_interest(target, data, request_id)
         else:
             if self.environ.get("meshnode.pattern") is not None:
                 raise EdgeError("forbidden", "this endpoint is subscribe-only", request_id)
@@ -190,13 +192,14 @@ class MeshWebSocket(WebSocket):
         connection.send_text(render_ok(request_id))
 
     def _serve(self, action):
+        self._request_id = None
         try:
             action()
         except EdgeError as exc:
             self._reply_error(exc)
         except Exception as exc:  # a bug must not take the connection or the node down
             log.exception("edge request failed")
-            self._reply_error(EdgeError("internal", f"{type(exc).__name__}: {exc}"))
+            self._reply_error(EdgeError("internal", f"{type(exc).__name__}: {exc}", self._request_id))
 
     def _reply_error(self, error):
         self.edge_connection.edge.stats["errors"] += 1
@@ -225,6 +228,9 @@ class MeshWebSocket(WebSocket):
         """ws4py logs every failed receive with a traceback; a client that went
         away is no error of ours: count it, and say so once in a while."""
         edge = self.environ["meshnode.edge"]
+        connection = getattr(self, "edge_connection", None)
+        if connection is not None and connection.cut:
+            return  # we cut it off, and closed the socket under the reader
         if isinstance(error, (ConnectionError, TimeoutError)):
             edge.stats["client_resets"] += 1
             edge.ratelog.note("reset", f"WebSocket clients went away without closing ({error})")
@@ -246,70 +252,3 @@ class MeshWebSocketApplication(WebSocketWSGIApplication):
         keep = {key: environ[key] for key in ("meshnode.edge", "meshnode.grant", "meshnode.pattern")}
         environ["ws4py.websocket"] = websocket = MeshWebSocket(sock, protocols, extensions, keep)
         return websocket
-
-
-class EdgeHandler(WSGIHandler):
-    """gevent's WSGI handler that, after a WebSocket upgrade, runs the
-    WebSocket in its own greenlet (ws4py's handler spawns a second one and
-    waits for it), and gives every request a deadline for each read and write
-    (a client that sends half a request is dropped, not held forever). A
-    WebSocket clears the deadline: ws4py makes its socket blocking."""
-
-    def read_requestline(self):
-        # One deadline for the request line and the headers together: a client that
-        # trickles them (or idles between keep-alive requests) is closed.
-        self._header_timer = gevent.Timeout.start_new(self.server.application.edge.config.header_timeout)
-        return super().read_requestline()
-
-    def read_request(self, raw_requestline):
-        try:
-            return super().read_request(raw_requestline)
-        finally:
-            self._header_timer.cancel()
-
-    def handle_one_request(self):
-        try:
-            return super().handle_one_request()
-        finally:  # also when it returned before reading headers (closed, line too long)
-            timer = getattr(self, "_header_timer", None)
-            if timer is not None:
-                timer.cancel()
-
-    def handle(self):
-        edge = self.server.application.edge
-        try:
-            self._handle()
-        except gevent.Timeout as timeout:
-            if timeout is not getattr(self, "_header_timer", None):
-                raise
-            edge.stats["header_timeouts"] += 1
-            edge.ratelog.note("header-timeout", f"closed connections whose headers did not come within "
-                                                f"{edge.config.header_timeout} s")
-
-    def _handle(self):
-        self.socket.settimeout(self.server.application.edge.config.request_timeout)
-        # pywsgi writes a response's headers and body separately; with Nagle on,
-        # the body waited for the client's delayed ACK: 44 ms per request on a
-        # keep-alive connection (23 POSTs/s). Frames are never tiny writes we
-        # would want coalesced, so no Nagle for WebSockets either.
-        try:
-            self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError:
-            pass
-        super().handle()
-
-    def run_application(self):
-        if not self.environ.get("HTTP_UPGRADE", "").lower():
-            self.environ["meshnode.socket"] = self.socket  # an event stream watches it for departure
-            return super().run_application()
-        self.environ["ws4py.socket"] = self.socket
-        self.result = self.application(self.environ, self.start_response) or []
-        self.process_result()
-        websocket = self.environ.pop("ws4py.websocket", None)
-        if websocket is None:
-            return None
-        # The socket now belongs to the WebSocket: keep pywsgi from closing it.
-        self.socket = None
-        self.rfile.close()
-        self.environ = None
-        websocket.run()

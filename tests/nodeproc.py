@@ -54,14 +54,16 @@ class NodeProcess:
         return self.proc.poll() is None
 
     def stop(self, timeout=10):
-        """SIGTERM and wait; returns the exit code."""
+        """SIGTERM and wait; returns the exit code (``stderr_text`` then holds the log)."""
         if self.alive():
             os.kill(self.pid, signal.SIGTERM)
         try:
-            return self.proc.wait(timeout=timeout)
+            code = self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             self.kill()
             raise
+        self.kill()  # gone already: this collects its log
+        return code
 
     def kill(self):
         if self.alive():

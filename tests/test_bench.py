@@ -33,13 +33,14 @@ EXPECTED = {
     "receive": ["green", "subscriptions-200"],
     "entities": ["entities"],
     "http": ["keepalive", "new-connection"],
+    "edge_memory": ["flood", "churn"],
 }
 ALWAYS_MEASURED = {("throughput", k) for k in ("zmq", "mesh1", "mesh2", "mesh3")} | \
     {("latency", k) for k in ("zmq", "mesh1", "mesh2", "mesh3")} | \
     {("fanout", "zmq"), ("fanout", "mesh"), ("websocket", "mesh-20"), ("convergence", "mesh-sub"),
      ("convergence", "zmq-sub"), ("sizes", "zmq@1024"), ("sizes", "mesh2@1024"), ("receive", "green"),
      ("receive", "subscriptions-200"), ("entities", "entities"), ("http", "keepalive"),
-     ("http", "new-connection")}
+     ("http", "new-connection"), ("edge_memory", "flood"), ("edge_memory", "churn")}
 
 
 def _processes_with(marker):
@@ -70,11 +71,12 @@ def test_quick_run_produces_every_scenario(tmp_path):
     assert proc.returncode == 0, f"exit {proc.returncode}\n{out[-3000:]}\n{err[-5000:]}"
 
     # Progress was shown while it ran, one line per case at least.
-    for number in range(1, 9):
+    for number in range(1, 10):
         assert f"[{number} " in err
     # One table per scenario and the targets.
     for title in ("1. Throughput", "1b. Throughput at larger", "2. One-way latency", "3. Fan-out", "4. WebSocket",
                   "5. Convergence", "6. The client's receive path", "7. Per-entity", "8. HTTP publish",
+                  "9. An edge under a WebSocket publish flood",
                   "### Targets"):
         assert title in out, title
 
@@ -114,6 +116,9 @@ def test_quick_run_produces_every_scenario(tmp_path):
     assert receive["subscriptions-200"]["delivered"] == receive["subscriptions-200"]["subscriptions"] == 200
     entity = result["scenarios"]["entities"][0]
     assert entity["received"] == entity["published"] and entity["gaps"] == entity["dropped"] == 0, entity
+    flood = next(r for r in result["scenarios"]["edge_memory"] if r["key"] == "flood")
+    assert flood["delivered"] == [flood["messages"]] * 3 and flood["fast_cut"] == 0, flood
+    assert flood["slow_consumers"] == 1, flood  # the reader that never reads, and only it
     assert len(result["targets"]) == 7
     for item in ("machine", "versions", "config"):
         assert result[item]

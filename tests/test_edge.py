@@ -293,12 +293,15 @@ def test_connection_limit(start_node):
     e = start_node("E", "--http", "0", "--max-connections", "2")
     addr = http_address(e)
     held = [WS(f"ws://{addr}/ws"), WS(f"ws://{addr}/ws")]
+    held[1].request("sub", subject="cap.>")
     with pytest.raises(websocket.WebSocketBadStatusException) as info:
         websocket.create_connection(f"ws://{addr}/ws", timeout=5)
     assert info.value.status_code == 503
     sse = SSE(addr, "/sub/x")
     assert sse.status == 503
     sse.close()
+    assert held[0].request("pub", subject="cap.x", data="still served")["op"] == "ok"
+    assert held[1].messages(1)[0]["data"] == "still served"
     held[0].close()
     wait_until(lambda: http("GET", f"http://{addr}/stats")[1]["connections"]["total"] == 1, what="release")
     WS(f"ws://{addr}/ws").close()

@@ -6,7 +6,7 @@ import os
 import socket
 import time
 
-from edgehelpers import http, http_address
+from edgehelpers import WS, http, http_address
 from meshhelpers import collect, warm_up
 from nodeproc import wait_until
 
@@ -121,3 +121,48 @@ def test_a_body_that_trickles_in_is_cut_at_the_request_timeout(start_node):
         sock.close()
     status, stats = http("GET", f"http://{http_address(e)}/stats")
     assert status == 200 and stats["messages_in"] == 0
+
+
+def test_a_full_edge_refuses_new_connections_at_once_and_serves_again_after(start_node):
+    """Every slot held by a half-open request: a new connection gets a 503 at
+    once instead of waiting in the listen queue; the node itself goes on."""
+    e = start_node("E", "--http", "0", "--max-connections", "10", "--header-timeout", "60")
+    host, port = http_address(e).rsplit(":", 1)
+    held = []
+    try:
+        for _ in range(10 + 64):  # the cap plus the headroom for plain requests
+            sock = socket.create_connection((host, int(port)))
+            sock.sendall(b"GET /stats HTTP/1.1\r\n")
+            held.append(sock)
+        wait_until(lambda: open_descriptors(e.pid) > 74, what="the slow clients to be held")
+        started = time.monotonic()
+        status, body = http("GET", f"http://{host}:{port}/healthz")
+        assert (status, body["error"]) == (503, "too_many_connections")
+        assert time.monotonic() - started < 2
+        assert e.stats()["name"] == "E"  # the control plane is untouched
+    finally:
+        for sock in held:
+            sock.close()
+    stats = wait_until(lambda: http("GET", f"http://{host}:{port}/stats")[1], what="the edge to serve again")
+    assert stats["refused_connections"] == 1
+    assert e.stop() == 0 and "refused connections: every connection slot is taken" in e.stderr_text
+
+
+def test_max_per_address_limits_one_address_and_not_another(start_node):
+    e = start_node("E", "--http", "0", "--max-per-address", "3")
+    address = http_address(e)
+    host, port = address.rsplit(":", 1)
+    held = [WS(f"ws://{address}/ws") for _ in range(3)]
+    status, body = http("GET", f"http://{address}/healthz")
+    assert (status, body["error"]) == (503, "too_many_connections")
+    assert "--max-per-address" in body["message"]
+    other = socket.create_connection((host, int(port)), source_address=("127.0.0.2", 0))  # another client
+    other.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert other.recv(100).startswith(b"HTTP/1.1 200")
+    other.close()
+    held[0].request("sub", subject="addr.>")
+    held.pop().close()
+    wait_until(lambda: http("GET", f"http://{address}/healthz")[0] == 200, what="a slot for this address")
+    assert held[1].request("pub", subject="addr.x", data=1)["op"] == "ok"
+    assert held[0].messages(1)[0]["data"] == 1  # the first connections were never disturbed
+    assert http("GET", f"http://{address}/stats")[1]["refused_connections"] >= 1
