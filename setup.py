@@ -12,7 +12,7 @@ setup(
         "msgpack>=1.0.5",
         "kazoo>=2.9",
         "ws4py>=0.5.1",
-        "PyJWT>=2.8",
+        "PyJWT[crypto]>=2.8",  # crypto: RS256, ES256 and EdDSA keys (cryptography)
     ],
     extras_require={
         "test": ["pytest>=7", "hypothesis>=6.80", "websocket-client>=1.6", "playwright>=1.40"],

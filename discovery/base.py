@@ -5,10 +5,12 @@ ZooKeeper: ``name``, ``control``, ``ingress``, ``out``, ``remote`` (tcp
 endpoints), ``instance`` (random per process start), ``started`` (unix time),
 ``protocol``, ``max_payload``. A backend calls ``on_change(members)`` with the full current
 map of peer name -> record whenever it changes; the node connects to exactly
-those peers.
+those peers. A backend may also keep token revocations (``share_revocation``,
+``follow_revocations``) where nodes that start later find them.
 """
 
 import re
+import time
 
 from mesh.envelope import PROTOCOL_VERSION
 
@@ -45,6 +47,21 @@ def validate_member(member):
     return clean
 
 
+MAX_REVOKED_SUB_BYTES = 256
+MAX_REVOCATION_SECONDS = 366 * 24 * 3600.0
+
+
+def validate_revocation(subject, until):
+    """``(subject, until)`` checked; ValueError naming the problem."""
+    if not isinstance(subject, str) or not subject or len(subject.encode()) > MAX_REVOKED_SUB_BYTES:
+        raise ValueError(f"a revocation names a token sub of 1 to {MAX_REVOKED_SUB_BYTES} bytes")
+    if isinstance(until, bool) or not isinstance(until, (int, float)) or not until > 0:
+        raise ValueError("a revocation lapses at a time (Unix seconds)")
+    if until > time.time() + MAX_REVOCATION_SECONDS:
+        raise ValueError(f"a revocation lasts at most {MAX_REVOCATION_SECONDS:g} s")
+    return subject, float(until)
+
+
 class Discovery:
     """Base class of membership backends."""
 
@@ -57,6 +74,15 @@ class Discovery:
 
     def depart(self, name):
         """A peer said goodbye on the control socket."""
+
+    def share_revocation(self, subject, until):
+        """Keep a token revocation where nodes that start later find it
+        (nodes/revocations.py); False when this backend has no such place."""
+        return False
+
+    def follow_revocations(self, on_revocation):
+        """Call ``on_revocation(subject, until)`` for each stored revocation,
+        now and as they are added. Nothing by default."""
 
     def stop(self):
         """Leave the mesh and stop."""

@@ -1,7 +1,10 @@
 """ZooKeeper membership: one ephemeral znode per node, a children watch for peers.
 
 Layout: ``/meshnode/<mesh>/nodes/<node name>``, ephemeral, holding the node's
-member record as JSON (readable with zkCli). The node connects to whoever is
+member record as JSON (readable with zkCli). Token revocations
+(nodes/revocations.py) are persistent znodes
+``/meshnode/<mesh>/revoked/<sub, %-encoded>`` holding ``{"sub": S, "until": T}``;
+every node watches them, and whoever sees one lapsed deletes it. The node connects to whoever is
 there and follows the children watch as nodes come and go. ZooKeeper is never
 on the data path:
 
@@ -20,6 +23,7 @@ cannot delete or rewrite the mesh's membership.
 import json
 import logging
 import time
+from urllib.parse import quote
 
 import gevent
 import gevent.event
@@ -31,7 +35,7 @@ from kazoo.security import OPEN_ACL_UNSAFE, make_acl, make_digest_acl
 
 from mesh.waiting import running_under_gevent
 
-from .base import Discovery, validate_member, validate_name
+from .base import Discovery, validate_member, validate_name, validate_revocation
 
 log = logging.getLogger("meshnode.discovery.zookeeper")
 
@@ -44,6 +48,10 @@ class DiscoveryError(RuntimeError):
 
 def members_path(mesh):
     return f"{ROOT}/{validate_name(mesh)}/nodes"
+
+
+def revoked_path(mesh):
+    return f"{ROOT}/{validate_name(mesh)}/revoked"
 
 
 def connect(hosts, session_timeout=10.0, connect_timeout=None, auth=None):
@@ -188,6 +196,53 @@ class ZooKeeperDiscovery(Discovery):
             if members != self._published:
                 self._published = members
                 self._on_change(dict(members))
+
+    # -- token revocations -------------------------------------------------
+
+    def share_revocation(self, subject, until):
+        path = f"{revoked_path(self.mesh)}/{quote(subject, safe='')}"
+        data = json.dumps({"sub": subject, "until": until}).encode()
+        try:
+            try:
+                self._client.create(path, data, makepath=True)
+            except NodeExistsError:
+                self._client.set(path, data)
+            return True
+        except (KazooException, ZookeeperError) as exc:
+            log.warning("cannot store the revocation of %r in ZooKeeper (%s): relayed to peers only", subject, exc)
+            return False
+
+    def follow_revocations(self, on_revocation):
+        path = revoked_path(self.mesh)
+        self._client.ensure_path(path)
+
+        def on_children(children):
+            self._client.handler.spawn(self._read_revocations, path, children, on_revocation)
+            return not self._stopping
+
+        ChildrenWatch(self._client, path, on_children)
+
+    def _read_revocations(self, path, children, on_revocation):
+        for child in children:
+            try:
+                data, _ = self._client.get(f"{path}/{child}")
+                record = json.loads(data.decode())
+                subject, until = record["sub"], record["until"]
+            except NoNodeError:
+                continue
+            except (KazooException, ZookeeperError, ValueError, KeyError, TypeError) as exc:
+                log.warning("ignoring revocation znode %s/%s: %s", path, child, exc)
+                continue
+            if isinstance(until, (int, float)) and until <= time.time():
+                try:
+                    self._client.delete(f"{path}/{child}")
+                except (KazooException, ZookeeperError):
+                    pass
+                continue
+            try:
+                on_revocation(*validate_revocation(subject, until))
+            except ValueError as exc:
+                log.warning("ignoring revocation znode %s/%s: %s", path, child, exc)
 
     def stop(self):
         """Delete our znode (peers drop us at once) and close the session."""

@@ -264,6 +264,12 @@ class Client:
         """The node's counters (see docs/PROTOCOL.md, command ``stats``)."""
         return self._control.request("stats")
 
+    def revoke(self, sub, seconds=None):
+        """Make every edge of the mesh close the connections whose token has
+        this ``sub`` and refuse its tokens for ``seconds`` (default: the node's
+        --auth-max-lifetime). Returns which peers confirmed (docs/EDGE.md)."""
+        return self._control.request("revoke", sub=sub, **({} if seconds is None else {"seconds": seconds}))
+
     def counters(self):
         """This client's own counters: connection, streams held, batches and marks sent."""
         publisher = self._publisher

@@ -9,7 +9,8 @@ import json
 import sys
 import time
 
-from mesh.publisher import DEFAULT_STREAM_IDLE  # imports no sockets: patching later is fine
+from mesh.publisher import DEFAULT_STREAM_IDLE  # these import no sockets: patching later is fine
+from nodes.auth import DEFAULT_MAX_LIFETIME
 
 EPILOG_ADDRESSES = "Addresses are a node's control address, HOST:PORT (default port 7400)."
 
@@ -67,8 +68,22 @@ def build_parser():
     edge.add_argument("--http", type=int, metavar="PORT",
                       help="serve WebSocket (/ws), HTTP publish (/pub), SSE (/sub), /stats and a page at / "
                            "on this port (0 picks one)")
-    edge.add_argument("--auth-secret", metavar="SECRET",
-                      help="require HS256 JWTs signed with this secret (claims: exp, subscribe, publish)")
+    edge.add_argument("--auth-secret", action="append", default=[], metavar="SECRET",
+                      help="require JWTs; accept HS256 ones signed with this secret (at least 32 bytes); "
+                           "repeatable, to rotate secrets (claims: exp, sub, subscribe, publish, admin; "
+                           "docs/EDGE.md)")
+    edge.add_argument("--auth-public-key", action="append", default=[], metavar="FILE",
+                      help="require JWTs; accept ones signed by the private half of this PEM public key "
+                           "(RSA: RS256..PS512, EC: ES256/384/512, Ed25519: EdDSA); repeatable")
+    edge.add_argument("--auth-jwks", action="append", default=[], metavar="FILE",
+                      help="require JWTs; accept ones signed by a key of this JWKS document, picked by the "
+                           "token's kid; repeatable")
+    edge.add_argument("--auth-audience", metavar="AUD", help="accept only tokens whose aud names this")
+    edge.add_argument("--auth-issuer", metavar="ISS", help="accept only tokens whose iss is this")
+    edge.add_argument("--auth-max-lifetime", type=_positive_float, default=DEFAULT_MAX_LIFETIME,
+                      metavar="SECONDS",
+                      help="refuse tokens that expire further ahead than this; also how long a revocation "
+                           "lasts unless told (default: %(default)s)")
     edge.add_argument("--allowed-origin", action="append", default=[], metavar="ORIGIN",
                       help="accept browser requests only from this Origin; repeatable (default: any)")
     edge.add_argument("--max-subscriptions", type=_positive_int, default=128, metavar="N",
@@ -128,6 +143,18 @@ def build_parser():
 
     stats = commands.add_parser("stats", help="print a node's counters as JSON", epilog=EPILOG_ADDRESSES)
     _node_arguments(stats)
+
+    revoke = commands.add_parser("revoke", help="close and refuse a token subject's connections mesh-wide",
+                                 description=(
+        "Make every edge of the mesh close the connections whose token 'sub' is SUB (an error frame "
+        "token_revoked, then close code 4003) and refuse that sub's tokens until the revocation lapses. "
+        "The node relays it to every peer it knows and, with --zk, stores it in ZooKeeper for nodes "
+        "that start later. Prints which peers confirmed."), epilog=EPILOG_ADDRESSES)
+    revoke.add_argument("sub", metavar="SUB")
+    revoke.add_argument("--for", dest="seconds", type=_positive_float, metavar="SECONDS",
+                        help="how long it lasts (default: the node's --auth-max-lifetime, so that every token "
+                             "that could name SUB has expired when it lapses)")
+    _node_arguments(revoke)
 
     peers = commands.add_parser("peers", help="print the peers a node is linked to", epilog=EPILOG_ADDRESSES)
     _node_arguments(peers)
@@ -208,9 +235,10 @@ def cmd_run(args):
     logging.getLogger("ws4py").setLevel(max(logging.WARNING, logging.getLevelName(args.log_level)))
     open_files = _raise_open_file_limit()
     edge = None
-    if args.auth_secret is not None and len(args.auth_secret.encode()) < 32:
+    if any(len(secret.encode()) < 32 for secret in args.auth_secret):
         raise ValueError("--auth-secret must be at least 32 bytes for HS256 (RFC 7518, section 3.2)")
     if args.http is not None:
+        from nodes.auth import Authenticator
         from nodes.edge import EdgeConfig
 
         from nodes.edgeserver import connection_budget
@@ -219,12 +247,15 @@ def cmd_run(args):
                           max_subscriptions=args.max_subscriptions, queue_bytes=args.queue_bytes,
                           buffer_bytes=args.buffer_bytes, max_per_address=max(0, args.max_per_address),
                           max_connections=connection_budget(args.max_connections, open_files),
-                          header_timeout=args.header_timeout, auth_secret=args.auth_secret,
+                          header_timeout=args.header_timeout,
+                          auth=Authenticator(args.auth_secret, args.auth_public_key, args.auth_jwks,
+                                             audience=args.auth_audience, issuer=args.auth_issuer,
+                                             max_lifetime=args.auth_max_lifetime),
                           allowed_origins=args.allowed_origin, keepalive_seconds=args.keepalive,
                           request_timeout=args.request_timeout, stream_idle=args.stream_idle)
     config = NodeConfig(name=args.name, host=args.host, port=args.port, advertise=args.advertise,
                         max_payload=args.max_payload, hwm=args.hwm, peers=args.peer, edge=edge,
-                        curve_keys=args.curve_keys or "")
+                        curve_keys=args.curve_keys or "", revocation_seconds=args.auth_max_lifetime)
     import zmq
 
     if args.zk and args.peer:
@@ -331,7 +362,7 @@ def cmd_sub(args):
     return status
 
 
-def _control_request(args, cmd):
+def _control_request(args, cmd, **fields):
     import zmq
 
     from mesh.control import ControlChannel
@@ -339,9 +370,21 @@ def _control_request(args, cmd):
 
     channel = ControlChannel(zmq.Context.instance(), args.node, pick_waiter(), curve=_client_curve(args))
     try:
-        return channel.request(cmd)
+        return channel.request(cmd, **fields)
     finally:
         channel.close()
+
+
+def cmd_revoke(args):
+    reply = _control_request(args, "revoke", sub=args.sub, **({} if args.seconds is None else
+                                                              {"seconds": args.seconds}))
+    print(json.dumps(reply, sort_keys=True))
+    missed = [name for name, answer in reply["peers"].items() if answer != "ok"]
+    if missed and not reply["stored"]:
+        print(f"meshnode revoke: not confirmed by {', '.join(missed)}, and no ZooKeeper holds it: "
+              f"those nodes do not know", file=sys.stderr)
+        return 1
+    return 0
 
 
 def cmd_stats(args):
@@ -409,7 +452,7 @@ def cmd_demo(args):
     return run_demo(args.nodes, args.base_port, args.seconds, args.http)
 
 
-COMMANDS = {"run": cmd_run, "pub": cmd_pub, "sub": cmd_sub, "stats": cmd_stats,
+COMMANDS = {"run": cmd_run, "pub": cmd_pub, "sub": cmd_sub, "stats": cmd_stats, "revoke": cmd_revoke,
             "peers": cmd_peers, "nodes": cmd_nodes, "keygen": cmd_keygen, "demo": cmd_demo}
 
 

@@ -35,7 +35,7 @@ class EdgeConfig:
     max_subscriptions: int = 128
     queue_bytes: int = 1024 * 1024
     max_connections: int = 10_000
-    auth_secret: str = None
+    auth: Authenticator = None  # None: every client may do everything
     allowed_origins: list = field(default_factory=list)
     keepalive_seconds: float = 15.0
     request_timeout: float = 30.0
@@ -46,12 +46,13 @@ class EdgeConfig:
 
 
 class Edge:
-    def __init__(self, node_address, config, curve=None):
+    def __init__(self, node_address, config, curve, node):
         self.config = config
-        self.auth = Authenticator(config.auth_secret)
+        self.node = node  # its revocations, and making new ones (POST /revoke)
+        self.auth = config.auth or Authenticator()
         self.stats = {"messages_in": 0, "messages_out": 0, "slow_consumers": 0, "errors": 0,
                       "rejected_connections": 0, "unrenderable": 0, "not_live": 0, "client_resets": 0,
-                      "header_timeouts": 0, "refused_connections": 0}
+                      "header_timeouts": 0, "refused_connections": 0, "expired": 0, "revoked": 0}
         self.ratelog = RateLog(log)
         self.connections = set()
         self.queued_total = 0  # bytes queued for all connections, bounded by buffer_bytes
@@ -71,6 +72,24 @@ class Edge:
         if not self.client.wait_for_subscription(pattern.text, LIVE_SECONDS):
             self.stats["not_live"] += 1
             log.warning("subscription to %r not confirmed by the node within %s s", pattern.text, LIVE_SECONDS)
+
+    def grant_for(self, token, request_id=None):
+        """The Grant of a token; EdgeError 401 if it is missing, invalid, expired or revoked."""
+        try:
+            grant = self.auth.grant(token)
+        except EdgeError as exc:
+            exc.request_id = request_id
+            raise
+        if grant.subject is not None and self.node.revocations.revoked(grant.subject):
+            raise EdgeError("unauthorized", f"the tokens of {grant.subject!r} are revoked", request_id, 401)
+        return grant
+
+    def end_grants_of(self, subject):
+        """A revocation: close every connection whose token names ``subject``."""
+        for connection in list(self.connections):
+            if connection.grant.subject == subject and not (connection.closed or connection.cut):
+                self.stats["revoked"] += 1
+                connection.end_grant("token_revoked", f"the tokens of {subject!r} are revoked")
 
     def wait_for_interest(self, subject, timeout, request_id=None):
         """Until a subscriber somewhere in the mesh covers ``subject`` (then what

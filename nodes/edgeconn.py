@@ -1,4 +1,10 @@
-"""One edge client connection (WebSocket or SSE): its subscriptions and outgoing queue.
+"""One edge client connection (WebSocket or SSE): its grant, subscriptions and outgoing queue.
+
+The grant (nodes/auth.py) holds until its token's ``exp``: one timer per
+connection ends the connection then (``token_expired``) unless a refresh
+replaced the grant first; a revocation of the token's ``sub`` ends it at once
+(``token_revoked``). A refreshed grant that no longer covers a subscription
+ends that subscription.
 
 Frames for a client wait in a queue bounded in bytes. A client that stops
 reading lets the queue fill; when the next frame would pass the limit the
@@ -11,11 +17,12 @@ when the total is spent cuts that connection off the same way.
 """
 
 import collections
+import time
 
 import gevent
 import gevent.event
 
-from .edgeproto import EdgeError
+from .edgeproto import EdgeError, dumps
 
 SLOW_CONSUMER = "slow consumer: outgoing queue over {limit} bytes"
 EDGE_FULL = "slow consumer: the edge's buffers ({limit} bytes for all connections) are full"
@@ -35,6 +42,8 @@ class EdgeConnection:
         self.cut = False  # cut off: accept no more frames
         self._queue = collections.deque()
         self._ready = gevent.event.Event()
+        self._expiry = None  # a libev timer while the grant has an exp
+        self._arm_expiry()
 
     # -- outgoing ---------------------------------------------------------
 
@@ -76,12 +85,53 @@ class EdgeConnection:
         self.edge.queued_total -= len(data)
         return data
 
+    @property
+    def pending_frames(self):
+        return len(self._queue)
+
     def drop_queue(self):
         self._queue.clear()
         self.edge.queued_total -= self.queued_bytes
         self.queued_bytes = 0
 
     def cut_off(self, reason):
+        raise NotImplementedError
+
+    # -- the grant --------------------------------------------------------
+
+    def _arm_expiry(self):
+        if self._expiry is not None:
+            self._expiry.close()
+            self._expiry = None
+        if self.grant.expires is not None:
+            self._expiry = gevent.get_hub().loop.timer(max(0.0, self.grant.expires - time.time()))
+            self._expiry.start(gevent.spawn, self._expired)  # a timer callback runs in the hub: no switching
+
+    def _expired(self):
+        if not (self.closed or self.cut):
+            self.edge.stats["expired"] += 1
+            self.end_grant("token_expired", "the token expired")
+
+    def end_grant(self, code, message):
+        """The client's token no longer holds (``code``: token_expired, token_revoked):
+        tell it with an error frame, deliver nothing more, and close."""
+        raise NotImplementedError
+
+    def refresh(self, grant, request_id=None):
+        """Replace the grant without reconnecting; subscriptions it no longer
+        covers end, each with a ``forbidden`` error frame naming it."""
+        if self.grant.subject is not None and grant.subject != self.grant.subject:
+            raise EdgeError("forbidden", f"a refresh must be for the same sub ({self.grant.subject!r}), "
+                                         f"not {grant.subject!r}", request_id, 403)
+        self.grant = grant
+        self._arm_expiry()
+        for text, pattern in list(self.patterns.items()):
+            if not grant.may_subscribe(pattern):
+                self.unsubscribe(pattern)
+                self.send_text(dumps({"op": "error", "id": None, "code": "forbidden", "subject": text,
+                                      "message": f"the refreshed token does not allow {text!r}: unsubscribed"}))
+
+    def send_text(self, text):
         raise NotImplementedError
 
     # -- subscriptions ----------------------------------------------------
@@ -109,6 +159,9 @@ class EdgeConnection:
             return
         self.closed = True
         self._ready.set()
+        if self._expiry is not None:
+            self._expiry.close()
+            self._expiry = None
         for text in list(self.patterns):
             self.edge.fanout.remove(self, text)
         self.patterns.clear()

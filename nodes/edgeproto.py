@@ -2,7 +2,8 @@
 
 Client frames: ``{"op": "sub"|"unsub", "subject": PATTERN, "id": N}``,
 ``{"op": "pub", "subject": S, "data": ANY, "id": N}``, ``{"op": "ping"}``,
-``{"op": "interest", "subject": S, "timeout": SECONDS, "id": N}``.
+``{"op": "interest", "subject": S, "timeout": SECONDS, "id": N}``,
+``{"op": "refresh", "token": JWT, "id": N}``.
 Server frames: ``msg``, ``ok``, ``error``, ``pong``. Binary data from the mesh
 is rendered as ``{"$base64": "..."}`` since JSON has no bytes.
 """
@@ -12,7 +13,7 @@ import json
 
 from mesh.subjects import Pattern, validate_subject
 
-OPS = ("sub", "unsub", "pub", "ping", "interest")
+OPS = ("sub", "unsub", "pub", "ping", "interest", "refresh")
 DEFAULT_INTEREST_TIMEOUT = 5.0
 
 
@@ -77,8 +78,9 @@ def parse_frame(text):
     """Parse one client frame into ``(op, request_id, target, data)``.
 
     ``target`` is a Pattern for sub/unsub, a subject str for pub and
-    interest, None for ping; ``data`` is the message for pub, the timeout in
-    seconds for interest. Raises EdgeError naming the problem.
+    interest, None for ping and refresh; ``data`` is the message for pub, the
+    timeout in seconds for interest, the token for refresh. Raises EdgeError
+    naming the problem.
     """
     try:
         frame = json.loads(text)
@@ -94,6 +96,11 @@ def parse_frame(text):
         raise EdgeError("unknown_op", f"unknown op {op!r}; expected one of {', '.join(OPS)}", request_id)
     if op == "ping":
         return op, request_id, None, None
+    if op == "refresh":
+        token = frame.get("token")
+        if not isinstance(token, str) or not token:
+            raise EdgeError("bad_frame", "refresh needs a token", request_id)
+        return op, request_id, None, token
     subject = frame.get("subject")
     try:
         if op == "pub":

@@ -7,6 +7,7 @@ health, stats and the built-in page.
     POST /pub/<subject>    publish the body
     GET  /sub/<pattern>    Server-Sent Events
     GET  /interest/<subject>?timeout=S   wait until a subscriber in the mesh covers it
+    POST /revoke/<sub>?for=S  refuse the tokens of sub mesh-wide (an admin token when auth is on)
     GET  /healthz, /stats  JSON
 """
 
@@ -14,16 +15,19 @@ import json
 import logging
 import os
 import socket
+import time
 from urllib.parse import parse_qs
 
 import gevent
 from gevent.socket import wait_read
 
+from discovery.base import validate_revocation
 from mesh.subjects import Pattern, validate_subject
 
 from .auth import token_from
 from .edgeconn import EdgeConnection
-from .edgeproto import DEFAULT_INTEREST_TIMEOUT, EdgeError, dumps
+from .edgeproto import DEFAULT_INTEREST_TIMEOUT, EdgeError, dumps, render_error
+from .fanout import encode_frame
 from .websocket import MeshWebSocketApplication
 
 log = logging.getLogger("meshnode.edge")
@@ -68,12 +72,23 @@ class SSEConnection(EdgeConnection):
         if self.greenlet is not gevent.getcurrent():
             self.greenlet.kill(block=False)  # interrupts a blocked write; the server closes the socket
 
+    def send_text(self, text):
+        self.offer(encode_frame("sse", text.encode("utf-8")))
+
+    def end_grant(self, code, message):
+        """The last event is an ``error`` naming the cause; then the stream ends."""
+        self.drop_queue()
+        self.send_text(render_error(EdgeError(code, message)))
+        self.cut = True
+
     def events(self, keepalive):
         yield b"retry: 2000\n\n"
         try:
             while not self.closed:
                 frame = self.take(timeout=keepalive)
                 yield frame if frame is not None else b": keep-alive\n\n"
+                if self.cut and not self.pending_frames:
+                    return  # the grant ended and its error event is out
         finally:
             self.release()
 
@@ -106,7 +121,7 @@ class EdgeApp:
             self.edge.stats["rejected_connections"] += 1
             raise EdgeError("forbidden_origin", f"origin {origin!r} is not allowed", http_status=403)
         try:
-            return self.edge.auth.grant(token_from(environ))
+            return self.edge.grant_for(token_from(environ))
         except EdgeError:
             self.edge.stats["rejected_connections"] += 1
             raise
@@ -144,6 +159,10 @@ class EdgeApp:
             return self._events(environ, start_response, path[5:])
         if path.startswith("/interest/") and method == "GET":
             return self._interest(environ, start_response, path[10:])
+        if path.startswith("/revoke/"):
+            if method != "POST":
+                raise EdgeError("method_not_allowed", "revoke with POST", http_status=405)
+            return self._revoke(environ, start_response, path[8:])
         raise EdgeError("not_found", f"no route for {method} {path}", http_status=404)
 
     def _websocket(self, environ, start_response, path):
@@ -196,15 +215,20 @@ class EdgeApp:
             validate_subject(subject)
         except ValueError as exc:
             raise EdgeError("invalid_subject", str(exc)) from None
-        text = (parse_qs(environ.get("QUERY_STRING", "")).get("timeout") or [str(DEFAULT_INTEREST_TIMEOUT)])[0]
-        try:
-            timeout = float(text)
-        except ValueError:
-            timeout = -1.0
-        if not timeout >= 0:
-            raise EdgeError("bad_request", f"timeout must be a number of seconds, 0 or more, not {text!r}")
+        timeout = _seconds(environ, "timeout", DEFAULT_INTEREST_TIMEOUT)
         self.edge.wait_for_interest(subject, timeout)
         return self._json(start_response, 200, {"ok": True, "subject": subject})
+
+    def _revoke(self, environ, start_response, subject):
+        grant = self._admit(environ)
+        if self.edge.auth.enabled and not grant.admin:
+            raise EdgeError("forbidden", "revoking needs a token with \"admin\": true", http_status=403)
+        seconds = _seconds(environ, "for", self.edge.node.config.revocation_seconds)
+        try:
+            subject, until = validate_revocation(subject, time.time() + seconds)
+        except ValueError as exc:
+            raise EdgeError("bad_request", str(exc)) from None
+        return self._json(start_response, 200, {"ok": True, **self.edge.node.revoke(subject, until)})
 
     def _events(self, environ, start_response, pattern_text):
         grant = self._admit(environ)
@@ -227,6 +251,20 @@ def _pattern(text):
         return Pattern(text)
     except ValueError as exc:
         raise EdgeError("invalid_subject", str(exc)) from None
+
+
+def _seconds(environ, name, default):
+    """A query parameter holding seconds (0 or more); EdgeError if it is not one."""
+    text = (parse_qs(environ.get("QUERY_STRING", "")).get(name) or [None])[0]
+    if text is None:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        raise EdgeError("bad_request", f"{name} must be a number of seconds, 0 or more, not {text!r}")
+    return value
 
 
 def _body_data(content_type, body):

@@ -1,8 +1,9 @@
 """A node: its data plane, its control socket and its membership backend.
 
 The node owns the member record it publishes about itself, answers control
-commands (``hello``, ``peer``, ``bye``, ``peers``, ``stats``, ``ping``) and
-keeps the data plane connected to exactly the peers its backend reports.
+commands (``hello``, ``peer``, ``bye``, ``peers``, ``stats``, ``ping``,
+``revoke``) and keeps the data plane connected to exactly the peers its
+backend reports.
 Runs under gevent (bin/meshnode monkey-patches before importing it).
 """
 
@@ -15,18 +16,20 @@ from dataclasses import dataclass, field
 
 import zmq
 
-from discovery.base import validate_member, validate_name
+from discovery.base import validate_member, validate_name, validate_revocation
 from mesh.curve import MESH_CERT, CurveKeys
 from mesh.envelope import DEFAULT_MAX_PAYLOAD, PROTOCOL_VERSION
 
 from .control import ControlServer, RequestError
-from .zap import ZapHandler
 from .dataplane import DataPlane
+from .revocations import Revocations
+from .zap import ZapHandler
 
 log = logging.getLogger("meshnode.node")
 
 DEFAULT_PORT = 7400
 DEFAULT_HWM = 100_000
+DEFAULT_REVOCATION_SECONDS = 24 * 3600.0
 
 
 @dataclass
@@ -40,6 +43,7 @@ class NodeConfig:
     peers: list = field(default_factory=list)
     edge: object = None  # an EdgeConfig when the node serves HTTP/WebSocket (--http)
     curve_keys: str = ""  # key directory: CurveZMQ on every ZeroMQ socket (mesh/curve.py)
+    revocation_seconds: float = DEFAULT_REVOCATION_SECONDS  # how long a revocation lasts unless told
 
     def __post_init__(self):
         if self.host in ("0.0.0.0", "::", "*") and not self.advertise:
@@ -74,6 +78,7 @@ class Node:
         self.dataplane = DataPlane(self.context, config.host, hwm=config.hwm, max_payload=config.max_payload,
                                    curve=self.curve)
         self.control = ControlServer(self.context, config.host, config.port, self, self.curve)
+        self.revocations = Revocations(discovery, self.context, self.curve)
         self.name = validate_name(config.name or f"{socket.gethostname()}-{self.control.port}")
         self.member = {
             "name": self.name,
@@ -94,8 +99,10 @@ class Node:
                 from .edge import Edge
 
                 self.edge = Edge(f"127.0.0.1:{self.control.port}" if self.config.host in ("0.0.0.0", "*")
-                                 else self.member["control"], self.config.edge, self.curve)
+                                 else self.member["control"], self.config.edge, self.curve, self)
+                self.revocations.listeners.append(self.edge.end_grants_of)
                 self.edge.start()
+            self.revocations.start()
         except BaseException:
             self.control.stop()
             self.dataplane.stop()
@@ -155,6 +162,28 @@ class Node:
         self.discovery.depart(name)
         return {}
 
+    def cmd_revoke(self, request):
+        """Refuse the tokens of ``sub`` on every edge of the mesh until
+        ``until`` (or for ``seconds``); relayed to the peers unless ``relay`` is false."""
+        seconds = request.get("seconds", self.config.revocation_seconds)
+        until = request.get("until")
+        try:
+            if until is None:
+                if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds > 0:
+                    raise ValueError("seconds must be a positive number")
+                until = time.time() + seconds
+            subject, until = validate_revocation(request.get("sub"), until)
+        except ValueError as exc:
+            raise RequestError("bad_request", str(exc)) from None
+        if request.get("relay", True) is False:
+            self.revocations.apply(subject, until)
+            return {"sub": subject, "until": until}
+        return self.revoke(subject, until)
+
+    def revoke(self, subject, until):
+        """A new revocation made here: applied, stored and relayed (nodes/revocations.py)."""
+        return self.revocations.revoke(subject, until, list(self.peers.values()))
+
     def cmd_peers(self, request):
         """Peer records, each with ``link``: "up" or "down" (the data link to its ``out``)."""
         links = self.dataplane.links
@@ -185,6 +214,7 @@ class Node:
             "control": {"requests": self.control.requests, "malformed": self.control.malformed,
                         "rejected": self.control.rejected, "unknown_commands": self.control.unknown_commands},
             "proxies": counters,
+            "revocations": len(self.revocations.current()),
             **({"edge": self.edge.counters()} if self.edge is not None else {}),
             **({"curve": self.zap.counters()} if self.zap is not None else {}),
         }

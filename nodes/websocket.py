@@ -26,6 +26,7 @@ log = logging.getLogger("meshnode.edge")
 CLOSE_POLICY = 1008  # RFC 6455: policy violation (slow consumer, auth)
 CLOSE_TOO_BIG = 1009
 CLOSE_GOING_AWAY = 1001
+CLOSE_GRANT_ENDED = {"token_expired": 4001, "token_revoked": 4003}  # application codes (RFC 6455 7.4.2)
 FLUSH_SECONDS = 5.0
 LINGER_SECONDS = 1.0
 FRAME_SLACK = 1024  # a frame may exceed the payload limit by its JSON framing
@@ -88,6 +89,9 @@ class WebSocketConnection(EdgeConnection):
     def send_text(self, text):
         self.offer(encode_frame("ws", text.encode("utf-8")))
 
+    def end_grant(self, code, message):
+        self.cut_off(message, CLOSE_GRANT_ENDED[code], render_error(EdgeError(code, message)))
+
     def cut_off(self, reason, code=CLOSE_POLICY, last_words="", by_reader=False):
         """Drop the queue, finish the frame in flight, send ``last_words`` (a
         JSON text, if any), then close with ``code``. ``by_reader``: called
@@ -95,7 +99,7 @@ class WebSocketConnection(EdgeConnection):
         if self.cut:
             return
         self.cut = True
-        if code != CLOSE_GOING_AWAY:
+        if code in (CLOSE_POLICY, CLOSE_TOO_BIG):
             log.warning("cutting off %s: %s", self.websocket.peer_address, reason)
         if self._writer is not None:
             self._writer.kill(block=False)
@@ -174,6 +178,8 @@ class MeshWebSocket(WebSocket):
         op, request_id, target, data = parse_frame(text)
         self._request_id = request_id  # for the reply to a failure that is not an EdgeError
         connection = self.edge_connection
+        if connection.cut:  # expired, revoked or cut off: frames still in flight are not served
+            return
         if op == "ping":
             connection.send_text(PONG)
             return
@@ -185,6 +191,8 @@ class MeshWebSocket(WebSocket):
             connection.unsubscribe(target, request_id)
         elif op == "interest":
             connection.edge.wait_for_interest(target, data, request_id)
+        elif op == "refresh":
+            connection.refresh(connection.edge.grant_for(data, request_id), request_id)
         else:
             if self.environ.get("meshnode.pattern") is not None:
                 raise EdgeError("forbidden", "this endpoint is subscribe-only", request_id)

@@ -1,0 +1,88 @@
+"""Revoked token subjects, mesh-wide: whose tokens the edges refuse, and until when.
+
+A revocation names a token's ``sub`` and the time it lapses. It is made at
+any node (the ``revoke`` control command: ``meshnode revoke``,
+``Client.revoke``, or an edge's ``POST /revoke/<sub>`` with an admin token),
+applied there at once (its edge closes that subject's connections and
+refuses new ones), and then:
+
+* relayed to every peer the node knows at that moment, one ``revoke`` with
+  ``relay: false`` each over the control plane, each answered within
+  RELAY_TIMEOUT; the reply says which peers confirmed;
+* with ZooKeeper, also stored under ``/meshnode/<mesh>/revoked/`` (by the
+  discovery backend), so a node that starts later, or that was cut off
+  during the relay, loads it and hears of new ones through a watch.
+
+Without ZooKeeper a node that was unreachable during the relay, or joins
+later, does not learn of the revocation (docs/EDGE.md says so).
+"""
+
+import logging
+import time
+
+import gevent
+
+from mesh.control import ControlChannel, ControlError
+from mesh.waiting import pick_waiter
+
+log = logging.getLogger("meshnode.revocations")
+
+RELAY_TIMEOUT = 2.0
+
+
+class Revocations:
+    def __init__(self, discovery, context, curve=None):
+        self.discovery = discovery
+        self._context = context
+        self._curve = curve
+        self._until = {}  # subject -> Unix time it lapses
+        self.listeners = []  # callables(subject), told of each new revocation (the edge)
+
+    def start(self):
+        self.discovery.follow_revocations(self.apply)
+
+    def revoked(self, subject):
+        until = self._until.get(subject)
+        if until is None:
+            return False
+        if until <= time.time():
+            del self._until[subject]
+            return False
+        return True
+
+    def current(self):
+        now = time.time()
+        return {subject: until for subject, until in self._until.items() if until > now}
+
+    def apply(self, subject, until):
+        """Make a revocation hold here (a later ``until`` extends it)."""
+        if until <= time.time() or until <= self._until.get(subject, 0):
+            return
+        self._until[subject] = until
+        log.info("token sub %r revoked until %s", subject, time.strftime("%Y-%m-%d %H:%M:%S",
+                                                                          time.localtime(until)))
+        for listener in self.listeners:
+            listener(subject)
+
+    def revoke(self, subject, until, peers):
+        """Apply, store and relay a new revocation; ``peers`` are member
+        records. Returns what the requester is told: which peers confirmed and
+        whether ZooKeeper holds it."""
+        self.apply(subject, until)
+        stored = self.discovery.share_revocation(subject, until)
+        jobs = {record["name"]: gevent.spawn(self._relay, record["control"], subject, until) for record in peers}
+        gevent.joinall(list(jobs.values()), timeout=RELAY_TIMEOUT + 1)
+        return {"sub": subject, "until": until, "stored": stored,
+                "peers": {name: job.value if job.ready() else "timeout" for name, job in sorted(jobs.items())}}
+
+    def _relay(self, address, subject, until):
+        channel = ControlChannel(self._context, address, pick_waiter(), timeout=RELAY_TIMEOUT, curve=self._curve)
+        try:
+            channel.request("revoke", sub=subject, until=until, relay=False)
+            return "ok"
+        except TimeoutError:
+            return "timeout"
+        except ControlError as exc:
+            return str(exc)
+        finally:
+            channel.close()
