@@ -12,14 +12,13 @@ after every connection closed, and five seconds later.
 """
 
 import json
-import socket
 import subprocess
 import sys
 import threading
 import time
 
 from .procs import ROOT, rss_kib
-from .wsclient import handshake, masked_frame
+from .wsclient import masked_frame, upgrade
 
 CHURN_ROUND = 500
 
@@ -58,23 +57,6 @@ def _address(node):
     return host, int(port)
 
 
-def _upgrade(host, port, path, rcvbuf=None):
-    sock = socket.socket()
-    if rcvbuf:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-    sock.connect((host, port))
-    sock.sendall(handshake(host, port, path))
-    head = b""
-    while b"\r\n\r\n" not in head:
-        chunk = sock.recv(4096)
-        if not chunk:
-            raise ConnectionError(f"{path}: closed during the upgrade")
-        head += chunk
-    if not head.startswith(b"HTTP/1.1 101"):
-        raise ConnectionError(f"{path}: upgrade refused: {head[:60]!r}")
-    return sock
-
-
 def _flood(bench, count):
     edge = bench.procs.node("flood-edge", "--http", "0")
     try:
@@ -86,8 +68,8 @@ def _flood(bench, count):
         for reader in readers:
             if reader.stdout.readline().strip() != "ready":
                 raise RuntimeError("a reader did not connect")
-        stalled = _upgrade(host, port, "/ws/flood.>", rcvbuf=4096)
-        publisher = _upgrade(host, port, "/ws")
+        stalled = upgrade(host, port, "/ws/flood.>", rcvbuf=4096)[0]
+        publisher = upgrade(host, port, "/ws")[0]
         oks = [0]
 
         def read_oks():
@@ -134,7 +116,7 @@ def _churn(bench, connections):
         host, port = _address(edge)
         before = rss_kib(edge.proc.pid)
         for start in range(0, connections, CHURN_ROUND):
-            socks = [_upgrade(host, port, "/ws") for _ in range(min(CHURN_ROUND, connections - start))]
+            socks = [upgrade(host, port, "/ws")[0] for _ in range(min(CHURN_ROUND, connections - start))]
             for i, sock in enumerate(socks):
                 sock.sendall(masked_frame(json.dumps({"op": "sub", "subject": f"churn.{start + i}.>"}).encode()))
             for sock in socks:

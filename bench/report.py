@@ -22,6 +22,7 @@ TITLES = {
     "entities": "7. Per-entity subjects: wire overhead and memory over time",
     "http": "8. HTTP publish at an edge (POST /pub)",
     "edge_memory": "9. An edge under a WebSocket publish flood and connection churn",
+    "revocation": "10. Revoking a token subject across 3 nodes",
 }
 
 
@@ -200,6 +201,15 @@ def table(name, rows):
             else:
                 body.append([r["label"], "all closed", f"{r['rss_before_mib']:.0f} -> {r['rss_after_mib']:.0f} "
                              f"-> {r['rss_later_mib']:.0f} five seconds later"])
+    elif name == "revocation":
+        head = ["case", "peers confirmed", "revoke answered", "last connection closed"]
+        body = []
+        for r in rows:
+            if r["status"] != "ok":
+                body.append([r["label"]] + _not_ok(r, len(head) - 1))
+                continue
+            body.append([r["label"], ", ".join(f"{k}: {v}" for k, v in r["peers"].items()),
+                         f"{r['reply_ms']:.0f} ms", f"{r['last_close_ms']:.0f} ms"])
     else:
         raise ValueError(name)
     return _table(head, body)
@@ -253,7 +263,8 @@ def targets(scenarios):
     else:
         out.append({"target": "2-node p99 latency vs raw pyzmq p99", "want": "<= 2x",
                     "measured": "not measured", "ratio": None, "met": None})
-    ws = [r for r in scenarios.get("websocket", []) if r["key"].startswith("mesh-") and r["status"] == "ok"]
+    ws = [r for r in scenarios.get("websocket", []) if r["key"].startswith("mesh-")
+          and not r["key"].startswith("mesh-auth") and r["status"] == "ok"]
     big = max(ws, key=lambda r: r["clients"]) if ws else None
     label = f"{big['clients']:,} WebSocket clients" if big else "10,000 WebSocket clients"
     if big and big["clients"] < 10_000:

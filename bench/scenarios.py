@@ -21,6 +21,8 @@ import time
 from .peers import NatsServer, RedisServer, ensure_debian, nats_cluster, wait_nats_routes
 from .procs import LOOPBACK, free_port, rss_kib, wait_port
 
+BENCH_SECRET = "bench-secret-of-at-least-thirty-two-bytes"
+
 SUBJECT = "bench.x"
 PEERS = {
     # name: (Debian package, binary, Python module, pip name)
@@ -327,10 +329,11 @@ class Bench:
     def websocket(self, rows=None):
         rows = [] if rows is None else rows  # the caller's list: partial results survive Ctrl-C
         for count in self.args.ws_clients:
-            for kind in ("mesh", "nats", "redis"):
+            for kind in ("mesh", "mesh-auth", "nats", "redis"):
                 key = f"{kind}-{count}"
-                label = {"mesh": "meshnode edge (/ws/<pattern>)", "nats": "nats-server WebSocket listener",
-                         "redis": "Redis"}[kind]
+                label = {"mesh": "meshnode edge (/ws/<pattern>)",
+                         "mesh-auth": "meshnode edge, JWT auth (an expiry timer per connection)",
+                         "nats": "nats-server WebSocket listener", "redis": "Redis"}[kind]
                 if kind == "redis":
                     rows.append(dict(skipped(key, label, "Redis has no WebSocket endpoint"), clients=count))
                     continue
@@ -356,11 +359,20 @@ class Bench:
 
         from .workers import PAD
 
-        if kind == "mesh":
-            node = self.procs.node(f"bench-edge-{count}", "--http", "0", "--max-connections", str(count + 100))
+        if kind.startswith("mesh"):
+            auth = []
+            path = "/ws/bench.all"
+            if kind == "mesh-auth":
+                import jwt
+
+                auth = ["--auth-secret", BENCH_SECRET]
+                path += "?token=" + jwt.encode({"exp": time.time() + 3600, "sub": "bench", "subscribe": [">"]},
+                                               BENCH_SECRET, algorithm="HS256")
+            node = self.procs.node(f"bench-edge-{count}", "--http", "0", "--max-connections", str(count + 100),
+                                   *auth)
             fields = dict(part.split("=", 1) for part in node.ready_line.split()[2:])
             host, port = fields["http"].rsplit(":", 1)
-            pid, path, stop = node.pid, "/ws/bench.all", (lambda: self.procs.stop_node(node))
+            pid, stop = node.pid, (lambda: self.procs.stop_node(node))
         else:
             binary, reason = self.peer("nats")
             if binary is None:
@@ -370,8 +382,8 @@ class Bench:
         try:
             time.sleep(0.5)
             before = rss_kib(pid)
-            cfg = {"kind": kind, "host": host, "port": int(port), "path": path, "count": count,
-                   "subject": "bench.all"}
+            cfg = {"kind": "mesh" if kind.startswith("mesh") else kind, "host": host, "port": int(port),
+                   "path": path, "count": count, "subject": "bench.all"}
             client = self.procs.worker(None, cfg, name=f"wsclient:{kind}", module="bench.wsclient")
             started = time.monotonic()
             line = client.line(120 + count / 50)
@@ -381,9 +393,10 @@ class Bench:
             connect_s = time.monotonic() - started
             time.sleep(1.0)
             after = rss_kib(pid)
-            publisher = MeshPublisher(node.address) if kind == "mesh" else RawNats(f"{LOOPBACK}:{server.port}")
+            mesh = kind.startswith("mesh")
+            publisher = MeshPublisher(node.address) if mesh else RawNats(f"{LOOPBACK}:{server.port}")
             try:
-                if kind == "mesh" and not publisher.client.wait_for_interest("bench.all", timeout=10):
+                if mesh and not publisher.client.wait_for_interest("bench.all", timeout=10):
                     raise RuntimeError("the edge's subscription did not reach its publisher")
                 for i in range(self.args.broadcasts):
                     publisher.publish("bench.all", {"t": time.monotonic(), "i": i, "pad": PAD[:60].decode()})
@@ -616,6 +629,11 @@ class Bench:
         from .edge_memory import edge_memory
 
         return edge_memory(self, [] if rows is None else rows)
+
+    def revocation(self, rows=None):
+        from .edge_auth import revocation
+
+        return revocation(self, [] if rows is None else rows)
 
 
 def run_case(procs, pub_cfg, sub_cfgs, timeout):

@@ -40,6 +40,26 @@ def handshake(host, port, path):
             f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode()
 
 
+def upgrade(host, port, path, rcvbuf=None):
+    """A blocking socket upgraded to a WebSocket at ``path``: (socket, bytes read past the handshake)."""
+    sock = socket.socket()
+    if rcvbuf:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    sock.settimeout(30)
+    sock.connect((host, int(port)))
+    sock.sendall(handshake(host, port, path))
+    head = b""
+    while b"\r\n\r\n" not in head:
+        chunk = sock.recv(4096)
+        if not chunk:
+            raise ConnectionError(f"{path}: closed during the upgrade")
+        head += chunk
+    status, rest = head.split(b"\r\n\r\n", 1)
+    if not status.startswith(b"HTTP/1.1 101"):
+        raise ConnectionError(f"{path}: upgrade refused: {status[:80]!r}")
+    return sock, rest
+
+
 def masked_frame(payload, opcode=0x1):
     mask = os.urandom(4)
     head = bytes([0x80 | opcode])

@@ -10,26 +10,9 @@ and fall behind for reasons of their own.
 """
 
 import json
-import socket
 import sys
 
-from .wsclient import handshake, parse_frames
-
-
-def upgrade(address, path):
-    host, port = address.rsplit(":", 1)
-    sock = socket.create_connection((host, int(port)), timeout=10)
-    sock.sendall(handshake(host, port, path))
-    head = b""
-    while b"\r\n\r\n" not in head:
-        chunk = sock.recv(4096)
-        if not chunk:
-            raise ConnectionError("closed during the upgrade")
-        head += chunk
-    status, rest = head.split(b"\r\n\r\n", 1)
-    if not status.startswith(b"HTTP/1.1 101"):
-        raise ConnectionError(f"upgrade refused: {status[:80]!r}")
-    return sock, rest
+from .wsclient import parse_frames, upgrade
 
 
 def read(sock, buffer, count):
@@ -58,6 +41,7 @@ def read(sock, buffer, count):
 
 if __name__ == "__main__":
     address, path, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
-    sock, rest = upgrade(address, path)
+    host, port = address.rsplit(":", 1)
+    sock, rest = upgrade(host, port, path)
     print("ready", flush=True)
     print(json.dumps(read(sock, rest, count)), flush=True)

@@ -142,6 +142,7 @@ class EdgeApp:
         if path == "/healthz":
             return self._json(start_response, 200, {"ok": True, "name": self.edge.client.node})
         if path == "/stats":
+            self._admin(environ)
             return self._json(start_response, 200, self.edge.counters())
         if path == "/" and method == "GET":
             with open(PAGE, "rb") as page:
@@ -219,10 +220,14 @@ class EdgeApp:
         self.edge.wait_for_interest(subject, timeout)
         return self._json(start_response, 200, {"ok": True, "subject": subject})
 
-    def _revoke(self, environ, start_response, subject):
+    def _admin(self, environ):
+        """Endpoints that reveal or change the mesh: an admin token when auth is on."""
         grant = self._admit(environ)
         if self.edge.auth.enabled and not grant.admin:
-            raise EdgeError("forbidden", "revoking needs a token with \"admin\": true", http_status=403)
+            raise EdgeError("forbidden", "this needs a token with \"admin\": true", http_status=403)
+
+    def _revoke(self, environ, start_response, subject):
+        self._admin(environ)
         seconds = _seconds(environ, "for", self.edge.node.config.revocation_seconds)
         try:
             subject, until = validate_revocation(subject, time.time() + seconds)

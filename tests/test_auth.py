@@ -110,7 +110,9 @@ def test_a_connection_ends_at_exp_and_a_refreshed_one_keeps_receiving(start_node
     assert not refresher_errors, refresher_errors
     assert len(received) > 100 and received == list(range(received[0], received[0] + len(received)))  # no gap
     assert time.time() > expires + 3  # it received past twice its first token's life
-    assert http("GET", f"http://{address}/stats")[1]["expired"] == 1
+    assert http("GET", f"http://{address}/stats?token={token(admin=True)}")[1]["expired"] == 1
+    assert http("GET", f"http://{address}/stats?token={token()}")[0] == 403  # counters are for admins
+    assert http("GET", f"http://{address}/healthz")[0] == 200  # health stays open
 
 
 def test_a_refresh_that_no_longer_covers_a_subscription_ends_it(start_node):

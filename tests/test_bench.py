@@ -27,20 +27,22 @@ EXPECTED = {
     "sizes": ["zmq@1024", "mesh2@1024", "nats@1024"],
     "latency": PAIR_KEYS,
     "fanout": ["zmq", "mesh", "nats", "redis", "redis_pipe"],
-    "websocket": ["mesh-20", "nats-20", "redis-20"],
+    "websocket": ["mesh-20", "mesh-auth-20", "nats-20", "redis-20"],
     "convergence": ["mesh-join", "mesh-sub", "nats-join", "nats-sub", "zmq-join", "zmq-sub", "redis-sub",
                     "redis-join"],
     "receive": ["green", "subscriptions-200"],
     "entities": ["entities"],
     "http": ["keepalive", "new-connection"],
     "edge_memory": ["flood", "churn"],
+    "revocation": ["revoke-3-nodes"],
 }
 ALWAYS_MEASURED = {("throughput", k) for k in ("zmq", "mesh1", "mesh2", "mesh3")} | \
     {("latency", k) for k in ("zmq", "mesh1", "mesh2", "mesh3")} | \
-    {("fanout", "zmq"), ("fanout", "mesh"), ("websocket", "mesh-20"), ("convergence", "mesh-sub"),
+    {("fanout", "zmq"), ("fanout", "mesh"), ("websocket", "mesh-20"), ("websocket", "mesh-auth-20"), ("convergence", "mesh-sub"),
      ("convergence", "zmq-sub"), ("sizes", "zmq@1024"), ("sizes", "mesh2@1024"), ("receive", "green"),
      ("receive", "subscriptions-200"), ("entities", "entities"), ("http", "keepalive"),
-     ("http", "new-connection"), ("edge_memory", "flood"), ("edge_memory", "churn")}
+     ("http", "new-connection"), ("edge_memory", "flood"), ("edge_memory", "churn"),
+     ("revocation", "revoke-3-nodes")}
 
 
 def _processes_with(marker):
@@ -71,12 +73,12 @@ def test_quick_run_produces_every_scenario(tmp_path):
     assert proc.returncode == 0, f"exit {proc.returncode}\n{out[-3000:]}\n{err[-5000:]}"
 
     # Progress was shown while it ran, one line per case at least.
-    for number in range(1, 10):
+    for number in range(1, 11):
         assert f"[{number} " in err
     # One table per scenario and the targets.
     for title in ("1. Throughput", "1b. Throughput at larger", "2. One-way latency", "3. Fan-out", "4. WebSocket",
                   "5. Convergence", "6. The client's receive path", "7. Per-entity", "8. HTTP publish",
-                  "9. An edge under a WebSocket publish flood",
+                  "9. An edge under a WebSocket publish flood", "10. Revoking a token subject",
                   "### Targets"):
         assert title in out, title
 
@@ -119,6 +121,8 @@ def test_quick_run_produces_every_scenario(tmp_path):
     flood = next(r for r in result["scenarios"]["edge_memory"] if r["key"] == "flood")
     assert flood["delivered"] == [flood["messages"]] * 3 and flood["fast_cut"] == 0, flood
     assert flood["slow_consumers"] == 1, flood  # the reader that never reads, and only it
+    revoked = result["scenarios"]["revocation"][0]
+    assert revoked["closed"] == revoked["connections"] and revoked["peers"] == {"rv-b": "ok", "rv-c": "ok"}
     assert len(result["targets"]) == 7
     for item in ("machine", "versions", "config"):
         assert result[item]

@@ -4,12 +4,12 @@ publisher can wait for the mesh's interest, and error frames echo their id."""
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
 
 import websocket
+from bench.wsclient import upgrade
 from edgehelpers import WS, http, http_address
 from nodeproc import wait_until
 
@@ -36,13 +36,8 @@ class Reader:
 
 def stalled_websocket(address, path):
     """A WebSocket that never reads, with a small receive buffer."""
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     host, port = address.rsplit(":", 1)
-    sock.connect((host, int(port)))
-    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                 f"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n".encode())
-    return sock
+    return upgrade(host, port, path, rcvbuf=4096)[0]
 
 
 def flood(address, count, payload):
