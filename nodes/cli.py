@@ -9,8 +9,9 @@ import json
 import sys
 import time
 
-from mesh.publisher import DEFAULT_STREAM_IDLE  # these import no sockets: patching later is fine
-from nodes.auth import DEFAULT_MAX_LIFETIME
+from mesh.publisher import DEFAULT_STREAM_IDLE  # imports no sockets: patching later is fine
+
+DEFAULT_AUTH_MAX_LIFETIME = 24 * 3600.0  # nodes/auth.py imports PyJWT, which must come after patching
 
 EPILOG_ADDRESSES = "Addresses are a node's control address, HOST:PORT (default port 7400)."
 
@@ -64,6 +65,12 @@ def build_parser():
                      help="forget a stream (a publisher's subject) after this long without a message, "
                           "in this node's edge (the library's Client(stream_idle=) default is the same; "
                           "docs/PROTOCOL.md 4.5) (default: %(default)s)")
+    run.add_argument("--history", action="append", default=[], metavar="PATTERN=COUNT/AGEs",
+                     help="keep the last COUNT messages of each subject PATTERN matches, none older than AGE "
+                          "seconds, of what is published at this node (e.g. 'chat.>=1000/300s'); repeatable; "
+                          "read with the history control command (docs/HISTORY.md)")
+    run.add_argument("--history-bytes", type=_positive_int, default=64 * 1024 * 1024, metavar="BYTES",
+                     help="all history together; the oldest messages go first (default: 67108864)")
     edge = run.add_argument_group("edge (HTTP, WebSocket, Server-Sent Events; off without --http)")
     edge.add_argument("--http", type=int, metavar="PORT",
                       help="serve WebSocket (/ws), HTTP publish (/pub), SSE (/sub), /stats and a page at / "
@@ -80,7 +87,7 @@ def build_parser():
                            "token's kid; repeatable")
     edge.add_argument("--auth-audience", metavar="AUD", help="accept only tokens whose aud names this")
     edge.add_argument("--auth-issuer", metavar="ISS", help="accept only tokens whose iss is this")
-    edge.add_argument("--auth-max-lifetime", type=_positive_float, default=DEFAULT_MAX_LIFETIME,
+    edge.add_argument("--auth-max-lifetime", type=_positive_float, default=DEFAULT_AUTH_MAX_LIFETIME,
                       metavar="SECONDS",
                       help="refuse tokens that expire further ahead than this; also how long a revocation "
                            "lasts unless told (default: %(default)s)")
@@ -229,6 +236,7 @@ def cmd_run(args):
 
     from discovery import StaticDiscovery, ZooKeeperDiscovery
     from nodes.node import Node, NodeConfig, node_curve_keys
+    from nodes.recorder import HistoryRule
 
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -255,7 +263,8 @@ def cmd_run(args):
                           request_timeout=args.request_timeout, stream_idle=args.stream_idle)
     config = NodeConfig(name=args.name, host=args.host, port=args.port, advertise=args.advertise,
                         max_payload=args.max_payload, hwm=args.hwm, peers=args.peer, edge=edge,
-                        curve_keys=args.curve_keys or "", revocation_seconds=args.auth_max_lifetime)
+                        curve_keys=args.curve_keys or "", revocation_seconds=args.auth_max_lifetime,
+                        history=[HistoryRule(text) for text in args.history], history_bytes=args.history_bytes)
     import zmq
 
     if args.zk and args.peer:

@@ -2,7 +2,7 @@
 
 The node owns the member record it publishes about itself, answers control
 commands (``hello``, ``peer``, ``bye``, ``peers``, ``stats``, ``ping``,
-``revoke``) and keeps the data plane connected to exactly the peers its
+``revoke``, ``history``) and keeps the data plane connected to exactly the peers its
 backend reports.
 Runs under gevent (bin/meshnode monkey-patches before importing it).
 """
@@ -14,14 +14,17 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
+import msgpack
 import zmq
 
 from discovery.base import validate_member, validate_name, validate_revocation
 from mesh.curve import MESH_CERT, CurveKeys
 from mesh.envelope import DEFAULT_MAX_PAYLOAD, PROTOCOL_VERSION
+from mesh.subjects import Pattern
 
 from .control import ControlServer, RequestError
 from .dataplane import DataPlane
+from .recorder import DEFAULT_HISTORY_BYTES, MAX_ASKED_STREAMS, MAX_PAGE_MESSAGES, Recorder
 from .revocations import Revocations
 from .zap import ZapHandler
 
@@ -44,6 +47,8 @@ class NodeConfig:
     edge: object = None  # an EdgeConfig when the node serves HTTP/WebSocket (--http)
     curve_keys: str = ""  # key directory: CurveZMQ on every ZeroMQ socket (mesh/curve.py)
     revocation_seconds: float = DEFAULT_REVOCATION_SECONDS  # how long a revocation lasts unless told
+    history: list = field(default_factory=list)  # HistoryRules (nodes/recorder.py)
+    history_bytes: int = DEFAULT_HISTORY_BYTES
 
     def __post_init__(self):
         if self.host in ("0.0.0.0", "::", "*") and not self.advertise:
@@ -79,6 +84,7 @@ class Node:
                                    curve=self.curve)
         self.control = ControlServer(self.context, config.host, config.port, self, self.curve)
         self.revocations = Revocations(discovery, self.context, self.curve)
+        self.recorder = None
         self.name = validate_name(config.name or f"{socket.gethostname()}-{self.control.port}")
         self.member = {
             "name": self.name,
@@ -92,6 +98,11 @@ class Node:
 
     def start(self):
         self.dataplane.start()
+        if self.config.history:
+            self.recorder = Recorder(self.context, self.dataplane.endpoints("127.0.0.1")["out"]
+                                     if self.config.host in ("0.0.0.0", "*") else self.member["out"],
+                                     self.config.history, self.config.history_bytes, self.curve)
+            self.recorder.start()
         self.control.start()
         try:
             self.discovery.start(self.member, self._on_members)
@@ -129,6 +140,8 @@ class Node:
     def stop(self):
         if self.edge is not None:
             self.edge.stop()
+        if self.recorder is not None:
+            self.recorder.stop()
         self.discovery.stop()
         self.control.stop()
         self.dataplane.stop()
@@ -184,6 +197,30 @@ class Node:
         """A new revocation made here: applied, stored and relayed (nodes/revocations.py)."""
         return self.revocations.revoke(subject, until, list(self.peers.values()))
 
+    def cmd_history(self, request):
+        """A page of what this node recorded on a pattern (nodes/recorder.py)."""
+        if self.recorder is None:
+            return {"messages": [], "next": None, "streams": [], "recording": False}
+        try:
+            pattern = Pattern(request.get("pattern"))
+            since = _number(request.get("since", 0.0), "since")
+            cursor = int(_number(request.get("cursor", 0), "cursor"))
+            limit = min(MAX_PAGE_MESSAGES, max(1, int(_number(request.get("limit", MAX_PAGE_MESSAGES), "limit"))))
+            after = request.get("after", [])
+            if not isinstance(after, list) or len(after) > MAX_ASKED_STREAMS:
+                raise ValueError(f"after is a list of at most {MAX_ASKED_STREAMS} [origin, subject, epoch, seq]")
+            for item in after:
+                if (not isinstance(item, list) or len(item) != 4 or not all(isinstance(x, str) for x in item[:2])
+                        or not all(type(x) is int and x >= 0 for x in item[2:])):
+                    raise ValueError("each after entry is [origin, subject, epoch, seq]")
+        except (ValueError, TypeError) as exc:
+            raise RequestError("bad_request", str(exc)) from None
+        messages, next_cursor, streams = self.recorder.page(pattern, since, after, cursor, limit)
+        return {"messages": [[e.subject, e.origin, e.epoch, e.seq, e.ts, msgpack.unpackb(e.packed, raw=False, strict_map_key=False)]
+                             for e in messages],
+                "next": next_cursor, "recording": True,
+                "streams": [[origin, subject, state] for (origin, subject), state in streams.items()]}
+
     def cmd_peers(self, request):
         """Peer records, each with ``link``: "up" or "down" (the data link to its ``out``)."""
         links = self.dataplane.links
@@ -215,6 +252,13 @@ class Node:
                         "rejected": self.control.rejected, "unknown_commands": self.control.unknown_commands},
             "proxies": counters,
             "revocations": len(self.revocations.current()),
+            **({"history": self.recorder.counters()} if self.recorder is not None else {}),
             **({"edge": self.edge.counters()} if self.edge is not None else {}),
             **({"curve": self.zap.counters()} if self.zap is not None else {}),
         }
+
+
+def _number(value, name):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise ValueError(f"{name} must be a number, 0 or more")
+    return value

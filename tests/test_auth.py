@@ -203,6 +203,7 @@ def test_two_secrets_during_a_rotation_and_a_removed_one(start_node):
     assert http("POST", f"{base}?token={token(secret=SECRET)}", b"1")[0] == 200
     assert http("POST", f"{base}?token={token(secret=OTHER_SECRET)}", b"1")[0] == 200
     both.stop()
+    assert "MonkeyPatchWarning" not in both.stderr_text  # PyJWT must be imported after gevent patches
     rotated = start_node("F", "--http", "0", "--auth-secret", OTHER_SECRET)
     base = f"http://{http_address(rotated)}/pub/r"
     assert http("POST", f"{base}?token={token(secret=SECRET)}", b"1")[0] == 401

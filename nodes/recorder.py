@@ -1,0 +1,207 @@
+"""History: the messages a node's own publishers sent on subjects with history on.
+
+``--history PATTERN=COUNT/AGEs`` turns history on for the subjects a pattern
+matches: the node keeps the last COUNT messages of each such subject, none
+older than AGE seconds, and all of them together within ``--history-bytes``
+(the oldest go first). The recorder is one SUB socket connected to the
+node's own ``out``, subscribed only to the history patterns' prefixes, so
+libzmq filters out every other subject before Python sees it; it records
+what was *published at this node* (messages from peers never pass ``out``),
+so each message is held by exactly one node: the one its publisher used.
+
+Per stream (origin, subject) it also remembers the last sequence number it
+evicted, so a question "everything after seq N" is answered either in full
+or with ``evicted``: never a silent partial answer. ``history`` control
+requests (docs/PROTOCOL.md 7.3) read it page by page.
+"""
+
+import collections
+import logging
+import re
+import time
+
+import gevent
+import msgpack
+import zmq
+
+from mesh.curve import apply_client
+from mesh.envelope import MalformedMessage, decode_batch
+from mesh.subjects import Pattern, subject_from_topic
+from mesh.waiting import pick_waiter, recv_multipart
+
+log = logging.getLogger("meshnode.recorder")
+
+DEFAULT_HISTORY_BYTES = 64 * 1024 * 1024
+ENTRY_OVERHEAD = 120  # bytes an entry costs beyond its payload (tuple, deque slot, ints)
+MAX_PAGE_MESSAGES = 1000
+MAX_PAGE_BYTES = 1024 * 1024
+MAX_ASKED_STREAMS = 1000
+_RULE = re.compile(r"^(?P<pattern>[^=\s]+)=(?P<count>\d+)/(?P<age>\d+(?:\.\d+)?)s$")
+
+
+class HistoryRule:
+    """One ``--history`` option: a pattern, a count per subject, an age."""
+
+    def __init__(self, text):
+        match = _RULE.match(text)
+        if not match:
+            raise ValueError(f"--history {text!r} is not PATTERN=COUNT/AGEs (for example 'chat.>=1000/300s')")
+        self.pattern = Pattern(match["pattern"])
+        self.count = int(match["count"])
+        self.age = float(match["age"])
+        if self.count < 1 or self.age <= 0:
+            raise ValueError(f"--history {text!r}: the count and the age must be positive")
+        self.text = text
+
+
+class _Entry:
+    __slots__ = ("subject", "origin", "epoch", "seq", "ts", "packed", "alive")
+
+    def __init__(self, subject, origin, epoch, seq, ts, packed):
+        self.subject, self.origin, self.epoch, self.seq, self.ts, self.packed = subject, origin, epoch, seq, ts, packed
+        self.alive = True
+
+
+class Recorder:
+    def __init__(self, context, out_endpoint, rules, budget=DEFAULT_HISTORY_BYTES, curve=None):
+        self.rules = list(rules)
+        self.budget = budget
+        self.bytes = 0
+        self.recorded = 0
+        self.evicted = 0
+        self.malformed = 0
+        self._subjects = {}  # subject -> deque of live _Entry, oldest first
+        self._arrivals = collections.deque()  # every _Entry, oldest first (dead ones skipped)
+        self._evicted_to = {}  # (origin, subject) -> (epoch, seq) of the newest entry evicted
+        self._rule_of = {}  # subject -> HistoryRule (first matching rule wins)
+        self._sock = context.socket(zmq.SUB)
+        self._sock.setsockopt(zmq.LINGER, 0)
+        self._sock.setsockopt(zmq.RCVHWM, 0)  # the recorder keeps up or the node's memory says so
+        apply_client(curve, self._sock)
+        for prefix in {rule.pattern.prefix for rule in self.rules}:
+            self._sock.setsockopt(zmq.SUBSCRIBE, prefix)
+        self._sock.connect(out_endpoint)
+        self._loop = None
+
+    def start(self):
+        self._loop = gevent.spawn(self._run)
+
+    def stop(self):
+        if self._loop is not None:
+            self._loop.kill()
+        self._sock.close(linger=0)
+
+    # -- recording -------------------------------------------------------
+
+    def _run(self):
+        wait = pick_waiter()
+        while True:
+            frames = recv_multipart(self._sock, wait)
+            try:
+                self._record(frames)
+            except MalformedMessage:
+                self.malformed += 1
+
+    def _rule(self, subject):
+        rule = self._rule_of.get(subject)
+        if rule is None:
+            rule = next((r for r in self.rules if r.pattern.matches(subject)), False)
+            if len(self._rule_of) < 100_000:
+                self._rule_of[subject] = rule
+        return rule
+
+    def _record(self, frames):
+        if len(frames) != 2 or frames[0].endswith(b"\x00"):
+            return  # marks, or not a data message
+        try:
+            subject = subject_from_topic(frames[0])
+        except ValueError:
+            raise MalformedMessage("bad topic") from None
+        rule = self._rule(subject)
+        if not rule:
+            return  # a prefix subscription also lets neighbours of the pattern in
+        origin, epoch, seq, ts, payloads = decode_batch(frames[1])
+        entries = self._subjects.get(subject)
+        if entries is None:
+            entries = self._subjects[subject] = collections.deque()
+        for i, data in enumerate(payloads):
+            entry = _Entry(subject, origin, epoch, seq + i, ts, msgpack.packb(data))
+            entries.append(entry)
+            self._arrivals.append(entry)
+            self.bytes += len(entry.packed) + ENTRY_OVERHEAD
+            self.recorded += 1
+        while len(entries) > rule.count:
+            self._evict(entries.popleft())
+        self._trim()
+
+    def _evict(self, entry):
+        entry.alive = False
+        self.bytes -= len(entry.packed) + ENTRY_OVERHEAD
+        self.evicted += 1
+        key = (entry.origin, entry.subject)
+        newest = self._evicted_to.get(key)
+        if newest is None or newest[0] != entry.epoch or newest[1] < entry.seq:
+            self._evicted_to[key] = (entry.epoch, entry.seq)
+
+    def _trim(self, now=None):
+        """Evict what is past its age, then the oldest while over the byte budget."""
+        now = time.time() if now is None else now
+        arrivals = self._arrivals
+        while arrivals:
+            entry = arrivals[0]
+            if entry.alive:
+                rule = self._rule(entry.subject)
+                if self.bytes <= self.budget and entry.ts >= now - rule.age:
+                    break
+                self._evict(entry)
+                subject_entries = self._subjects[entry.subject]
+                subject_entries.popleft()  # the oldest of its subject too
+                if not subject_entries:
+                    del self._subjects[entry.subject]
+            arrivals.popleft()
+
+    # -- reading ---------------------------------------------------------
+
+    def page(self, pattern, since=0.0, after=(), cursor=0, limit=MAX_PAGE_MESSAGES):
+        """Messages on subjects ``pattern`` matches, oldest first, from the
+        ``cursor``-th one that qualifies: those of a stream named in ``after``
+        that come after its (epoch, seq) (a publisher's epochs only grow),
+        those of other streams published at ``since`` or later. At most ``limit`` messages and
+        MAX_PAGE_BYTES of payload. Returns ``(messages, next_cursor or None,
+        streams)``; ``streams`` maps each asked stream this node recorded to
+        "complete" or "evicted" (a message after its position is gone)."""
+        self._trim()
+        asked = {(origin, subject): (epoch, seq) for origin, subject, epoch, seq in after}
+        streams = {}
+        for key, position in asked.items():
+            evicted = self._evicted_to.get(key)
+            if evicted is not None and evicted > position:  # (epoch, seq): epochs only grow
+                streams[key] = "evicted"
+        messages, size, skipped, next_cursor = [], 0, 0, None
+        for subject in sorted(s for s in self._subjects if pattern.matches(s)):
+            for entry in self._subjects[subject]:
+                key = (entry.origin, entry.subject)
+                position = asked.get(key)
+                if position is not None:
+                    if streams.setdefault(key, "complete") == "evicted":
+                        continue  # all or nothing per stream
+                    if (entry.epoch, entry.seq) <= position:
+                        continue
+                elif entry.ts < since:
+                    continue
+                if skipped < cursor:
+                    skipped += 1
+                    continue
+                if len(messages) >= limit or size + len(entry.packed) > MAX_PAGE_BYTES:
+                    next_cursor = cursor + len(messages)
+                    break
+                messages.append(entry)
+                size += len(entry.packed)
+            if next_cursor is not None:
+                break
+        return messages, next_cursor, streams
+
+    def counters(self):
+        return {"rules": [rule.text for rule in self.rules], "subjects": len(self._subjects), "bytes": self.bytes,
+                "budget": self.budget, "recorded": self.recorded, "evicted": self.evicted,
+                "malformed": self.malformed}

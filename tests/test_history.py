@@ -1,0 +1,95 @@
+"""History at the node that recorded it (nodes/recorder.py, the history control
+command): what is kept, what is evicted and said so, paging, bad requests."""
+
+import time
+
+from nodeproc import wait_until
+
+from mesh import Client
+
+
+def history(node, pattern, **fields):
+    reply = node.request("history", pattern=pattern, **fields)
+    assert reply["ok"], reply
+    return reply
+
+
+def published(client, subject, count, start=0):
+    assert client.wait_for_interest(subject)  # the recorder subscribes like anyone else
+    for i in range(start, start + count):
+        client.publish(subject, {"i": i})
+    client.flush()
+
+
+def test_a_node_keeps_the_last_messages_of_each_history_subject_and_nothing_else(start_node):
+    a = start_node("A", "--history", "h.>=5/60s")
+    with Client(a.address) as client:
+        published(client, "h.a", 10)
+        published(client, "h.b", 3)
+        for i in range(4):
+            client.publish("other.x", i)  # no history for it, and no subscriber
+        wait_until(lambda: a.stats()["history"]["recorded"] == 13, what="the recorder to see 13 messages")
+        reply = history(a, "h.>")
+        got = [(subject, seq, data["i"]) for subject, origin, epoch, seq, ts, data in reply["messages"]]
+        assert got == [("h.a", seq, seq - 1) for seq in range(6, 11)] + [("h.b", seq, seq - 1) for seq in (1, 2, 3)]
+        assert reply["next"] is None and reply["recording"] is True
+        origin, epoch = reply["messages"][0][1], reply["messages"][0][2]
+        assert history(a, "other.>")["messages"] == []
+        assert history(a, "h.b")["messages"][0][0] == "h.b"
+        # After a position: the rest of that stream, or "evicted" if part of the rest is gone.
+        after = history(a, "h.a", after=[[origin, "h.a", epoch, 7]])
+        assert [m[3] for m in after["messages"]] == [8, 9, 10]
+        assert after["streams"] == [[origin, "h.a", "complete"]]
+        gone = history(a, "h.a", after=[[origin, "h.a", epoch, 3]])
+        assert gone["messages"] == [] and gone["streams"] == [[origin, "h.a", "evicted"]]
+        # Streams not named are served from a time on.
+        assert history(a, "h.>", since=time.time() + 60)["messages"] == []
+        # Pages.
+        first = history(a, "h.>", limit=3)
+        second = history(a, "h.>", limit=3, cursor=first["next"])
+        rest = history(a, "h.>", limit=3, cursor=second["next"])
+        assert [m[3] for m in first["messages"] + second["messages"] + rest["messages"]] == \
+            [6, 7, 8, 9, 10, 1, 2, 3]
+        assert rest["next"] is None
+        stats = a.stats()["history"]
+        assert stats["subjects"] == 2 and stats["evicted"] == 5 and stats["rules"] == ["h.>=5/60s"]
+
+
+def test_age_and_the_byte_budget_evict(start_node):
+    a = start_node("A", "--history", "old.>=1000/1s", "--history", "big.>=1000/600s", "--history-bytes", "20000")
+    with Client(a.address) as client:
+        published(client, "old.x", 3)
+        assert client.wait_for_interest("big.x")
+        client.publish("big.x", "y" * 5000)
+        client.flush()
+        wait_until(lambda: a.stats()["history"]["recorded"] == 4, what="the recorder")
+        time.sleep(1.2)
+        assert history(a, "old.>")["messages"] == []  # older than 1 s
+        for _ in range(6):  # 30 KB into a 20 KB budget: the oldest go
+            client.publish("big.x", "z" * 5000)
+        client.flush()
+        wait_until(lambda: a.stats()["history"]["recorded"] == 10, what="the recorder")
+        kept = history(a, "big.>")["messages"]
+        assert 2 <= len(kept) <= 3 and kept[-1][3] == 7
+        assert a.stats()["history"]["bytes"] <= 20000
+
+
+def test_a_bad_history_option_is_a_clear_start_up_error():
+    import subprocess
+    import sys
+
+    from nodeproc import MESHNODE
+
+    result = subprocess.run([sys.executable, MESHNODE, "run", "--port", "0", "--history", "chat.>=1000"],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode != 0 and "is not PATTERN=COUNT/AGEs" in result.stderr
+
+
+def test_bad_history_requests_and_options(start_node):
+    a = start_node("A", "--history", "h.>=5/60s")
+    for fields in ({"pattern": "a..b"}, {"pattern": "h.>", "since": "yesterday"}, {"pattern": "h.>", "after": "x"},
+                   {"pattern": "h.>", "after": [["o", "h.a", -1, 2]]}, {"pattern": "h.>", "limit": -1}, {}):
+        reply = a.request("history", **fields)
+        assert (reply["ok"], reply["error"]) == (False, "bad_request"), (fields, reply)
+    plain = start_node("B")
+    assert plain.request("history", pattern="h.>")["recording"] is False
