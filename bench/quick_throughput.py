@@ -6,7 +6,11 @@ pyzmq. It uses the suite's workers (bench/workers.py) and process handling
 (bench/procs.py); the full suite with NATS, Redis, latency, fan-out,
 WebSocket and convergence is ``python -m bench`` (docs/PERFORMANCE.md).
 
-    .venv/bin/python bench/quick_throughput.py [--messages 200000]
+    .venv/bin/python bench/quick_throughput.py [--messages 200000] [--history]
+
+``--history`` adds two cases across 2 nodes: both nodes with a ``--history``
+rule for another subject (what history costs the subjects that do not use
+it), and for the benchmark's own subject (what it costs the ones that do).
 """
 
 import argparse
@@ -31,6 +35,7 @@ def pair(procs, system, pub_endpoint, sub_endpoint, count):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=200_000)
+    parser.add_argument("--history", action="store_true", help="also measure with history rules on the nodes")
     args = parser.parse_args()
     n = args.messages
     procs = Procs()
@@ -46,12 +51,22 @@ def main():
         results["mesh A->B (2 nodes)"] = pair(procs, "mesh", a.address, b.address, n)
         print("mesh on one node ...", flush=True)
         results["mesh A->A (1 node)"] = pair(procs, "mesh", a.address, a.address, n)
+        if args.history:
+            for label, rule in (("history on another subject", "other.>=1000/60s"),
+                                ("history on this subject", f"{SUBJECT}=1000/60s")):
+                procs.stop_node(a)
+                procs.stop_node(b)
+                a = procs.node("bench-a", "--history", rule)
+                b = procs.node("bench-b", "--peer", a.address, "--history", rule)
+                time.sleep(2)
+                print(f"mesh across 2 nodes, {label} ...", flush=True)
+                results[f"mesh A->B, {label}"] = pair(procs, "mesh", a.address, b.address, n)
     finally:
         procs.close()
     raw_rate = results["raw pyzmq PUB->SUB"][1]
-    print(f"\n{'case':<24}{'delivered':>12}{'msg/s':>12}{'x raw':>8}")
+    print(f"\n{'case':<44}{'delivered':>12}{'msg/s':>12}{'x raw':>8}")
     for case, (delivered, rate) in results.items():
-        print(f"{case:<24}{delivered:>12}{rate:>12,.0f}{rate / raw_rate:>8.2f}")
+        print(f"{case:<44}{delivered:>12}{rate:>12,.0f}{rate / raw_rate:>8.2f}")
 
 
 if __name__ == "__main__":
