@@ -6,7 +6,8 @@ from .control import ControlError
 from .curve import CurveKeys
 from .envelope import MalformedMessage, Message, PayloadTooLarge
 from .publisher import Disconnected
+from .recovery import Position, Recovery
 from .subjects import Pattern
 
-__all__ = ["Client", "Subscription", "Message", "Pattern", "ControlError", "CurveKeys",
+__all__ = ["Client", "Subscription", "Message", "Pattern", "Position", "Recovery", "ControlError", "CurveKeys",
            "MalformedMessage", "PayloadTooLarge", "Disconnected"]

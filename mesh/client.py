@@ -28,6 +28,7 @@ from .curve import apply_client
 from .envelope import PROTOCOL_VERSION, BatchEncoder
 from .publisher import DEFAULT_BACKLOG_BYTES, DEFAULT_STREAM_IDLE, Publisher
 from .receiver import Receiver
+from .recovery import DEFAULT_MAX_REPLAY, Position, recover
 from .subjects import Pattern
 from .subscription import DEFAULT_PENDING_LIMIT, Subscription
 from .waiting import fair_yielder, pick_waiter, running_under_gevent
@@ -241,21 +242,35 @@ class Client:
 
     # -- subscribing ------------------------------------------------------
 
-    def subscribe(self, pattern, callback=None, *, pending_limit=None):
+    def subscribe(self, pattern, callback=None, *, pending_limit=None, since=None, max_replay=DEFAULT_MAX_REPLAY):
         """Subscribe to a pattern (``*`` one token, ``>`` the rest).
 
         Without ``callback``, returns a Subscription to read with ``get()``,
         ``take()`` or iteration. With ``callback``, a reader thread (a greenlet
         under gevent) calls ``callback(message)`` for each message.
+
+        ``since``: a ``Subscription.position`` (or its ``to_json()`` text)
+        from before: what was published after it and is still in the mesh's
+        history comes first, marked ``replayed``, then live messages, with no
+        gap or duplicate between them; ``subscription.recovery`` says whether
+        every stream was recovered (docs/HISTORY.md). At most ``max_replay``
+        messages.
         """
         if self.closed:
             raise RuntimeError("client is closed")
         if self._pid != _pid[0]:
             self._reopen_after_fork()
+        if isinstance(since, str):
+            since = Position.from_json(since)
         sub = Subscription(self._receiver, Pattern(pattern),
                            self.pending_limit if pending_limit is None else pending_limit,
                            self.stream_idle, self._yield)
+        if since is not None:
+            sub._begin_hold()  # live messages wait until the replay is queued
         self._receiver.add(sub)
+        if since is not None:
+            self.wait_for_subscription(pattern, self._timeout)  # what the node forwards from now on is held
+            recover(self, sub, since, max_replay)
         if callback is not None:
             _start_background(functools.partial(_call_back, sub, callback), f"mesh-sub-{pattern}")
         return sub

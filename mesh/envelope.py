@@ -36,20 +36,24 @@ class PayloadTooLarge(ValueError):
 
 class Message:
     """One delivered message. Messages of one batch share ``ts`` (the time
-    its first message was published)."""
+    its first message was published). ``epoch`` and ``seq`` place it in its
+    stream (``origin``, ``subject``): PROTOCOL.md 4.2. ``replayed`` is true
+    for a message recovered from history (docs/HISTORY.md)."""
 
-    __slots__ = ("subject", "data", "origin", "seq", "ts")
+    __slots__ = ("subject", "data", "origin", "seq", "ts", "epoch", "replayed")
 
-    def __init__(self, subject, data, origin, seq, ts):
+    def __init__(self, subject, data, origin, seq, ts, epoch=0, replayed=False):
         self.subject = subject
         self.data = data
         self.origin = origin
         self.seq = seq
         self.ts = ts
+        self.epoch = epoch
+        self.replayed = replayed
 
     def to_dict(self):
         return {"subject": self.subject, "data": self.data, "origin": self.origin,
-                "seq": self.seq, "ts": self.ts}
+                "seq": self.seq, "ts": self.ts, "epoch": self.epoch}
 
     def __repr__(self):
         return (f"Message(subject={self.subject!r}, data={self.data!r}, "

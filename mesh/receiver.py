@@ -248,7 +248,7 @@ class Receiver:
                 for sub in subs:
                     sub.malformed += 1
                 return 1
-            messages = [Message(subject, data, origin, seq + i, ts) for i, data in enumerate(payloads)]
+            messages = [Message(subject, data, origin, seq + i, ts, epoch) for i, data in enumerate(payloads)]
             key = (origin, subject)
             for sub in subs:
                 sub._accept(key, epoch, seq, messages, now)

@@ -5,11 +5,16 @@ pattern into the queue; ``get()`` takes from it, and when it is empty asks
 the receiver to read on its behalf. Per stream (publisher, subject) the
 subscription keeps the epoch and last sequence number it saw, counts what is
 missing as ``gaps``, and forgets a stream it has not heard from for
-``stream_idle`` seconds (at most twice that).
+``stream_idle`` seconds (at most twice that). ``position`` says how far
+the reader got, for recovering from history later (mesh/recovery.py).
 """
 
 import collections
+import itertools
+import threading
 import time
+
+from .recovery import Position
 
 DEFAULT_PENDING_LIMIT = 100_000
 
@@ -43,6 +48,9 @@ class Subscription:
         self._rotate_at = time.monotonic() + stream_idle
         self._event = None  # made the first time a reader has to wait
         self._waiter = None  # the Event, while a reader waits for the receiver
+        self._held = None  # live messages held back while a recovery replays (a list), else None
+        self._hold_lock = None
+        self.recovery = None  # mesh.recovery.Recovery, for a subscription made with since=
 
     # -- reading ----------------------------------------------------------
 
@@ -83,6 +91,23 @@ class Subscription:
         return len(self._queue)
 
     @property
+    def position(self):
+        """How far the reader got: for every stream this subscription
+        remembers, the (epoch, seq) of the last message handed out (messages
+        still queued do not count), and the time now. Give it to
+        ``Client.subscribe(pattern, since=position)`` after a reconnect."""
+        now = time.time()
+        streams = {**self._idle_streams, **self._streams}
+        delivered = {key: (epoch, seq) for key, (epoch, seq) in streams.items()}
+        rolled_back = set()
+        for message in list(self._queue) + list(self._held or ()):
+            key = (message.origin, message.subject)
+            if key not in rolled_back:
+                rolled_back.add(key)
+                delivered[key] = (message.epoch, message.seq - 1)
+        return Position(delivered, now)
+
+    @property
     def streams(self):
         """Streams (publisher, subject) whose position this subscription remembers."""
         return len(self._streams) + len(self._idle_streams)
@@ -92,6 +117,8 @@ class Subscription:
     def _accept(self, key, epoch, seq, messages, now):
         """A batch of ``messages`` (sequence numbers from ``seq``) of stream ``key``."""
         if self.closed:
+            return
+        if self._held is not None and self._hold(messages):
             return
         if now >= self._rotate_at:
             self._rotate(now)
@@ -122,11 +149,39 @@ class Subscription:
         if self._waiter is not None:
             self._waiter.set()
 
+    # -- recovery: live messages wait while history is replayed ---------
+
+    def _begin_hold(self):
+        self._hold_lock = threading.Lock()
+        self._held = []
+
+    def _hold(self, messages):
+        with self._hold_lock:
+            if self._held is None:
+                return False  # the replay just finished: deliver as usual
+            self._held.extend(messages)
+            return True
+
+    def _end_hold(self, replayed, keep_live):
+        """Queue the ``replayed`` messages, then the held live ones for which
+        ``keep_live(message)`` is true (not already replayed), and go on live."""
+        with self._hold_lock:
+            held, self._held = self._held, None
+            self._queue.extend(replayed)
+            self._queue.extend(message for message in held if keep_live(message))
+        for message in itertools.chain(held, replayed):  # positions see them all
+            key = (message.origin, message.subject)
+            position = self._streams.get(key) or self._idle_streams.get(key)
+            if position is None or (position[0], position[1]) < (message.epoch, message.seq):
+                self._streams[key] = [message.epoch, message.seq]
+        if self._waiter is not None:
+            self._waiter.set()
+
     def _mark(self, key, epoch, seq, now):
         """The publisher's last sequence number on a stream: count what never came."""
         position = self._streams.get(key) or self._idle_streams.get(key)
-        if position is None or self.closed:
-            return  # a stream we never saw: nothing tells us we should have
+        if position is None or self.closed or self._held is not None:
+            return  # a stream we never saw (or one a recovery is filling in): nothing to count
         if position[0] != epoch:
             self.gaps += seq  # a new epoch of which nothing arrived
             position[0], position[1] = epoch, seq

@@ -215,7 +215,8 @@ class Node:
                     raise ValueError("each after entry is [origin, subject, epoch, seq]")
         except (ValueError, TypeError) as exc:
             raise RequestError("bad_request", str(exc)) from None
-        messages, next_cursor, streams = self.recorder.page(pattern, since, after, cursor, limit)
+        messages, next_cursor, streams = self.recorder.page(pattern, since, after, cursor, limit,
+                                                            request.get("partial") is True)
         return {"messages": [[e.subject, e.origin, e.epoch, e.seq, e.ts, msgpack.unpackb(e.packed, raw=False, strict_map_key=False)]
                              for e in messages],
                 "next": next_cursor, "recording": True,

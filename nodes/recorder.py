@@ -36,6 +36,7 @@ ENTRY_OVERHEAD = 120  # bytes an entry costs beyond its payload (tuple, deque sl
 MAX_PAGE_MESSAGES = 1000
 MAX_PAGE_BYTES = 1024 * 1024
 MAX_ASKED_STREAMS = 1000
+MAX_EVICTED_STREAMS = 100_000  # streams whose last eviction is remembered (the oldest are forgotten)
 _RULE = re.compile(r"^(?P<pattern>[^=\s]+)=(?P<count>\d+)/(?P<age>\d+(?:\.\d+)?)s$")
 
 
@@ -72,7 +73,7 @@ class Recorder:
         self.malformed = 0
         self._subjects = {}  # subject -> deque of live _Entry, oldest first
         self._arrivals = collections.deque()  # every _Entry, oldest first (dead ones skipped)
-        self._evicted_to = {}  # (origin, subject) -> (epoch, seq) of the newest entry evicted
+        self._evicted_to = {}  # (origin, subject) -> (epoch, seq, ts) of the newest entry evicted
         self._rule_of = {}  # subject -> HistoryRule (first matching rule wins)
         self._sock = context.socket(zmq.SUB)
         self._sock.setsockopt(zmq.LINGER, 0)
@@ -139,9 +140,10 @@ class Recorder:
         self.bytes -= len(entry.packed) + ENTRY_OVERHEAD
         self.evicted += 1
         key = (entry.origin, entry.subject)
-        newest = self._evicted_to.get(key)
-        if newest is None or newest[0] != entry.epoch or newest[1] < entry.seq:
-            self._evicted_to[key] = (entry.epoch, entry.seq)
+        newest = self._evicted_to.pop(key, None)  # re-inserted: the dict's order is the eviction order
+        self._evicted_to[key] = max(newest or (0, 0, 0.0), (entry.epoch, entry.seq, entry.ts))
+        if len(self._evicted_to) > MAX_EVICTED_STREAMS:
+            del self._evicted_to[next(iter(self._evicted_to))]
 
     def _trim(self, now=None):
         """Evict what is past its age, then the oldest while over the byte budget."""
@@ -162,33 +164,42 @@ class Recorder:
 
     # -- reading ---------------------------------------------------------
 
-    def page(self, pattern, since=0.0, after=(), cursor=0, limit=MAX_PAGE_MESSAGES):
+    def page(self, pattern, since=0.0, after=(), cursor=0, limit=MAX_PAGE_MESSAGES, partial=False):
         """Messages on subjects ``pattern`` matches, oldest first, from the
         ``cursor``-th one that qualifies: those of a stream named in ``after``
         that come after its (epoch, seq) (a publisher's epochs only grow),
         those of other streams published at ``since`` or later. At most ``limit`` messages and
         MAX_PAGE_BYTES of payload. Returns ``(messages, next_cursor or None,
-        streams)``; ``streams`` maps each asked stream this node recorded to
-        "complete" or "evicted" (a message after its position is gone)."""
+        streams)``; ``streams`` maps each asked stream this node recorded (it
+        holds messages of it, or evicted some), and each other stream with
+        messages since ``since``, to "complete" or "evicted" (a wanted message
+        is gone: then none of the stream's messages are sent, unless
+        ``partial``: then what is left is)."""
         self._trim()
         asked = {(origin, subject): (epoch, seq) for origin, subject, epoch, seq in after}
         streams = {}
         for key, position in asked.items():
             evicted = self._evicted_to.get(key)
-            if evicted is not None and evicted > position:  # (epoch, seq): epochs only grow
-                streams[key] = "evicted"
+            if evicted is not None:  # a stream this node recorded, all of whose messages may be gone
+                streams[key] = "evicted" if evicted[:2] > position else "complete"  # epochs only grow
         messages, size, skipped, next_cursor = [], 0, 0, None
         for subject in sorted(s for s in self._subjects if pattern.matches(s)):
             for entry in self._subjects[subject]:
                 key = (entry.origin, entry.subject)
                 position = asked.get(key)
                 if position is not None:
-                    if streams.setdefault(key, "complete") == "evicted":
+                    if streams.setdefault(key, "complete") == "evicted" and not partial:
                         continue  # all or nothing per stream
                     if (entry.epoch, entry.seq) <= position:
                         continue
-                elif entry.ts < since:
-                    continue
+                else:
+                    if entry.ts < since:
+                        continue
+                    if key not in streams:
+                        evicted = self._evicted_to.get(key)
+                        streams[key] = "evicted" if evicted is not None and evicted[2] >= since else "complete"
+                    if streams[key] == "evicted" and not partial:
+                        continue
                 if skipped < cursor:
                     skipped += 1
                     continue

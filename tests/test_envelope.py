@@ -156,7 +156,7 @@ def test_unencodable_data_is_a_type_error_and_the_encoder_still_works():
 
 def test_message_objects():
     message = Message("a.b", {"k": 1}, "o", 5, 1.5)
-    assert message.to_dict() == {"subject": "a.b", "data": {"k": 1}, "origin": "o", "seq": 5, "ts": 1.5}
+    assert message.to_dict() == {"subject": "a.b", "data": {"k": 1}, "origin": "o", "seq": 5, "ts": 1.5, "epoch": 0}
     assert "a.b" in repr(message) and "seq=5" in repr(message)
 
 

@@ -1,0 +1,209 @@
+"""Recovering what a subscription missed from the history the mesh keeps (docs/HISTORY.md).
+
+A :class:`Position` is how far a reader got: per stream (origin, subject) the
+(epoch, seq) of the last message it handed out, and the time it was taken.
+``Client.subscribe(pattern, since=position)`` subscribes live first, holding
+live messages back; asks every node of the mesh (its own and its peers: each
+records what was published at it) for the messages after the position, page
+by page; checks every stream for continuity; then queues the replayed
+messages, then the held live ones that were not replayed, and goes live.
+
+All or nothing per stream: a stream is replayed whole (from the message after
+its position up to where live delivery takes over) or not at all, and the
+:class:`Recovery` names it with the reason. Streams the position does not
+name (new publishers, or ones forgotten while idle) are replayed from the
+position's time minus SKEW_SECONDS, to allow for clocks that differ between
+hosts.
+"""
+
+import json
+import time
+
+from .control import ControlChannel, ControlError
+from .envelope import Message
+
+SKEW_SECONDS = 5.0
+DEFAULT_MAX_REPLAY = 100_000
+MAX_NAMED_STREAMS = 1000  # the history command's bound
+
+
+class Position:
+    """``streams``: {(origin, subject): (epoch, seq)}; ``time``: Unix seconds."""
+
+    def __init__(self, streams, time):
+        self.streams = dict(streams)
+        self.time = time
+
+    def to_json(self):
+        return json.dumps({"t": self.time, "s": [[o, s, e, q] for (o, s), (e, q) in sorted(self.streams.items())]},
+                          separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text):
+        """A Position from ``to_json()``'s text; ValueError naming what is wrong."""
+        try:
+            value = json.loads(text)
+            when, entries = value["t"], value["s"]
+        except (ValueError, TypeError, KeyError):
+            raise ValueError("a position is JSON {\"t\": TIME, \"s\": [[origin, subject, epoch, seq], ...]}") \
+                from None
+        if isinstance(when, bool) or not isinstance(when, (int, float)) or not isinstance(entries, list):
+            raise ValueError("a position's t is a time and its s a list")
+        streams = {}
+        for entry in entries:
+            if (not isinstance(entry, list) or len(entry) != 4 or not all(isinstance(x, str) for x in entry[:2])
+                    or not all(type(x) is int and x >= 0 for x in entry[2:])):
+                raise ValueError("each stream of a position is [origin, subject, epoch >= 0, seq >= 0]")
+            streams[(entry[0], entry[1])] = (entry[2], entry[3])
+        return cls(streams, float(when))
+
+    def __repr__(self):
+        return f"Position({len(self.streams)} streams, time={self.time})"
+
+
+class Recovery:
+    """What a recovery did. ``recovered``: every stream complete and every
+    node answered. ``streams``: {(origin, subject): state} for every stream
+    replayed or named by the position: "complete", "evicted" (a message it
+    needed is gone from history), "unknown" (no node that answered has it:
+    its node stopped, or the subject has no history), "gap" (history and
+    live delivery did not meet), "too_many" (over ``max_replay``).
+    ``unreachable``: nodes that did not answer. ``replayed``: messages queued."""
+
+    def __init__(self):
+        self.streams = {}
+        self.unreachable = []
+        self.replayed = 0
+        self.problems = []
+
+    @property
+    def recovered(self):
+        return not self.unreachable and not self.problems and all(
+            state == "complete" for state in self.streams.values())
+
+    def __repr__(self):
+        bad = {key: state for key, state in self.streams.items() if state != "complete"}
+        return f"Recovery(recovered={self.recovered}, replayed={self.replayed}, not complete={bad}, " \
+               f"unreachable={self.unreachable}, problems={self.problems})"
+
+
+def recover(client, subscription, position, max_replay=DEFAULT_MAX_REPLAY):
+    """Fill ``subscription`` (holding its live messages) from every node's
+    history after ``position``; returns the Recovery (also set on the
+    subscription). Runs in the subscribing thread."""
+    recovery = Recovery()
+    subscription.recovery = recovery
+    named = position.streams
+    if len(named) > MAX_NAMED_STREAMS:
+        recovery.problems.append(f"the position names {len(named)} streams; at most {MAX_NAMED_STREAMS}")
+        subscription._end_hold([], lambda message: True)
+        return recovery
+    after = [[origin, subject, epoch, seq] for (origin, subject), (epoch, seq) in named.items()
+             if subscription.pattern.matches(subject)]
+    since = position.time - SKEW_SECONDS
+    found = {}  # key -> {(epoch, seq): Message}
+    states = {}
+    for name, channel in _nodes(client):
+        try:
+            for messages, streams in _pages(channel, subscription.pattern.text, after, since):
+                for origin, subject, state in streams:
+                    if states.get((origin, subject)) != "evicted":
+                        states[(origin, subject)] = state
+                for subject, origin, epoch, seq, ts, data in messages:
+                    found.setdefault((origin, subject), {})[(epoch, seq)] = Message(
+                        subject, data, origin, seq, ts, epoch, replayed=True)
+                if sum(len(m) for m in found.values()) > max_replay:
+                    raise _TooMany()
+        except _TooMany:
+            recovery.problems.append(f"more than {max_replay} messages to replay (max_replay)")
+            for key in set(found) | set(named):
+                recovery.streams[key] = "too_many"
+            subscription._end_hold([], lambda message: True)
+            return recovery
+        except (TimeoutError, ControlError) as exc:
+            recovery.unreachable.append(f"{name}: {exc}")
+        finally:
+            if channel is not client._control:
+                channel.close()
+    replayed, delivered_to = _check_streams(subscription, named, found, states, recovery)
+    recovery.replayed = len(replayed)
+
+    def keep_live(message):
+        last = delivered_to.get((message.origin, message.subject))
+        return last is None or (message.epoch, message.seq) > last
+
+    subscription._end_hold(replayed, keep_live)
+    return recovery
+
+
+class _TooMany(Exception):
+    pass
+
+
+def _nodes(client):
+    """(name, ControlChannel) for the client's node and each of its peers."""
+    yield client.node, client._control
+    try:
+        peers = client._control.request("peers")["peers"]
+    except (TimeoutError, ControlError):
+        return
+    for record in peers:
+        yield record["name"], ControlChannel(client._context, record["control"], client._wait, client._timeout,
+                                             client._curve)
+
+
+def _pages(channel, pattern, after, since):
+    cursor = 0
+    while cursor is not None:
+        reply = channel.request("history", pattern=pattern, after=after, since=since, cursor=cursor)
+        yield reply["messages"], reply["streams"]
+        cursor = reply["next"]
+
+
+def _check_streams(subscription, named, found, states, recovery):
+    """The messages to replay, oldest first per stream, and per stream the
+    (epoch, seq) up to which they reach; every stream's state in ``recovery``."""
+    held = {}
+    for message in subscription._held or ():
+        held.setdefault((message.origin, message.subject), []).append((message.epoch, message.seq))
+    replayed, delivered_to = [], {}
+    for key in set(named) | set(found):
+        if not subscription.pattern.matches(key[1]):
+            continue
+        state = states.get(key)
+        if key in named and state is None:
+            state = "unknown"
+        messages = [found[key][position] for position in sorted(found.get(key, {}))]
+        if state != "evicted" and state != "unknown":
+            state = "complete" if _continuous(named.get(key), messages, held.get(key)) else "gap"
+        recovery.streams[key] = state
+        if state == "complete" and messages:
+            replayed.extend(messages)
+            delivered_to[key] = (messages[-1].epoch, messages[-1].seq)
+    return replayed, delivered_to
+
+
+def _continuous(start, messages, live):
+    """True if ``messages`` follow ``start`` (epoch, seq) without a hole (a
+    new epoch must begin at seq 1) and reach the first live message, if any."""
+    positions = [(m.epoch, m.seq) for m in messages]
+    previous = start
+    for position in positions:
+        if previous is not None and not _next(previous, position):
+            return False
+        previous = position
+    if live:
+        first = min(live)
+        if previous is not None and first > previous and not _next(previous, first):
+            return False
+    return True
+
+
+def _next(previous, position):
+    epoch, seq = position
+    return (epoch == previous[0] and seq == previous[1] + 1) or (epoch > previous[0] and seq == 1)
+
+
+def position_after_time(seconds_ago=0.0):
+    """A Position naming no stream: recover everything from ``seconds_ago`` seconds back."""
+    return Position({}, time.time() - seconds_ago)

@@ -1,0 +1,127 @@
+"""Recovery from history (docs/HISTORY.md, mesh/recovery.py): a subscriber
+that comes back, at any node, with its position gets what it missed, in
+order, merged with live messages; or is told which streams it cannot have."""
+
+import threading
+
+import pytest
+from meshhelpers import collect, warm_up
+from nodeproc import wait_until
+
+from mesh import Client, Position
+
+RULE = ("--history", "r.>=20000/300s")
+
+
+def linked(*nodes):
+    names = sorted(n.name for n in nodes)
+    return all(n.peer_names() == [x for x in names if x != n.name] for n in nodes)
+
+
+@pytest.fixture
+def history_mesh(start_node):
+    a = start_node("A", *RULE)
+    b = start_node("B", *RULE, peers=[a])
+    c = start_node("C", *RULE, peers=[a, b])
+    wait_until(lambda: linked(a, b, c), what="three linked nodes")
+    return a, b, c
+
+
+def read(sub, count, timeout=20):
+    return collect(sub, count, timeout)  # skips warm-up messages
+
+
+def test_a_subscriber_back_at_another_node_gets_exactly_what_it_missed_then_live(history_mesh):
+    a, b, c = history_mesh
+    with Client(a.address) as publisher:
+        with Client(b.address) as first:
+            sub = first.subscribe("r.>")
+            warm_up(publisher, "r.x", [sub])  # B's subscription reached A (A's recorder subscribes too)
+            for i in range(100):
+                publisher.publish("r.x", {"i": i})
+            publisher.flush()
+            assert [m.data["i"] for m in read(sub, 100)] == list(range(100))
+            saved = sub.position.to_json()  # what an application would store
+        for i in range(100, 5100):  # missed while away
+            publisher.publish("r.x", {"i": i})
+        publisher.flush()
+        wait_until(lambda: a.stats()["history"]["recorded"] >= 5100, what="A to record all")
+        stop = threading.Event()
+
+        def keep_publishing():  # live messages arrive during the recovery
+            i = 5100
+            while not stop.is_set() and i < 8000:
+                publisher.publish("r.x", {"i": i})
+                i += 1
+            publisher.flush()
+
+        live = threading.Thread(target=keep_publishing)
+        live.start()
+        try:
+            with Client(c.address) as second:
+                sub = second.subscribe("r.>", since=saved)
+                live.join(30)
+                got = read(sub, 7900)
+        finally:
+            stop.set()
+            live.join(10)
+    assert [m.data["i"] for m in got] == list(range(100, 8000))  # in order, no gap, no duplicate
+    assert sum(m.replayed for m in got) >= 5000 and all(m.replayed for m in got[:5000])
+    assert sub.recovery.recovered, sub.recovery
+    assert sub.recovery.streams == {(publisher.origin, "r.x"): "complete"}
+
+
+def test_what_history_no_longer_holds_is_reported_not_replayed_in_part(start_node):
+    a = start_node("A", "--history", "r.>=10/300s")
+    with Client(a.address) as publisher, Client(a.address) as reader:
+        sub = reader.subscribe("r.>")
+        warm_up(publisher, "r.x", [sub])
+        for i in range(5):
+            publisher.publish("r.x", i)
+            publisher.publish("r.y", i)
+        publisher.flush()
+        read(sub, 10)
+        position = sub.position
+        sub.unsubscribe()
+        for i in range(5, 55):  # r.x: 50 missed, 10 kept
+            publisher.publish("r.x", i)
+        publisher.publish("r.y", 5)  # r.y: 1 missed, kept
+        publisher.flush()
+        wait_until(lambda: a.stats()["history"]["recorded"] >= 61, what="A to record")
+        again = reader.subscribe("r.>", since=position)
+        recovery = again.recovery
+        assert not recovery.recovered
+        assert recovery.streams == {(publisher.origin, "r.x"): "evicted", (publisher.origin, "r.y"): "complete"}
+        replayed = read(again, 1)
+        assert [(m.subject, m.data, m.replayed) for m in replayed] == [("r.y", 5, True)]  # none of r.x
+        publisher.publish("r.x", "live")
+        assert again.get(10).data == "live"
+
+
+def test_streams_of_a_node_that_died_are_reported(history_mesh, start_node):
+    a, b, c = history_mesh
+    with Client(a.address) as publisher, Client(b.address) as reader:
+        sub = reader.subscribe("r.>")
+        warm_up(publisher, "r.x", [sub])
+        publisher.publish("r.x", 1)
+        publisher.flush()
+        read(sub, 1)
+        position = sub.position
+        a.kill()
+    wait_until(lambda: "A" not in c.peer_names(), timeout=15, what="C to drop A")
+    with Client(c.address) as again:
+        recovery = again.subscribe("r.>", since=position).recovery
+    assert not recovery.recovered
+    assert recovery.streams == {(publisher.origin, "r.x"): "unknown"}
+
+
+def test_bad_positions_are_clear_errors(start_node):
+    a = start_node("A", *RULE)
+    with Client(a.address) as client:
+        for text in ("garbage", "{}", '{"t": "x", "s": []}', '{"t": 1, "s": [["o", "r.x", -1, 2]]}'):
+            with pytest.raises(ValueError):
+                client.subscribe("r.>", since=text)
+        huge = Position({(f"o{i}", "r.x"): (0, 1) for i in range(2000)}, 1.0)
+        recovery = client.subscribe("r.>", since=huge).recovery
+        assert not recovery.recovered and "at most 1000" in recovery.problems[0]
+        assert Position.from_json(huge.to_json()).streams == huge.streams
