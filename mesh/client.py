@@ -28,7 +28,8 @@ from .curve import apply_client
 from .envelope import PROTOCOL_VERSION, BatchEncoder
 from .publisher import DEFAULT_BACKLOG_BYTES, DEFAULT_STREAM_IDLE, Publisher
 from .receiver import Receiver
-from .recovery import DEFAULT_MAX_REPLAY, Position, recover
+from .recovery import DEFAULT_MAX_REPLAY, Position
+from .recovery import recover as recover_from_history
 from .subjects import Pattern
 from .subscription import DEFAULT_PENDING_LIMIT, Subscription
 from .waiting import fair_yielder, pick_waiter, running_under_gevent
@@ -81,6 +82,7 @@ class Client:
         self.connected = True
         self.closed = False
         self._attach_lock = threading.Lock()
+        self._recovering = weakref.WeakSet()  # subscriptions made with recover=True
         self._open()
 
     def _open(self):
@@ -164,14 +166,20 @@ class Client:
         """Attach to the node that answered ``info`` (after a restart or a move):
         new data sockets, every subscription re-created, publishes held until
         the interest is back (mesh/watch.py)."""
+        recovering = [(sub, sub._position(queued_count=True)) for sub in list(self._recovering) if not sub.closed]
         with self._attach_lock:
             self._publisher.disconnect()
             self._adopt(info)
             self._publisher.replace_socket(self._publish_socket(), self.max_payload)
+            for sub, _ in recovering:
+                sub._begin_hold()  # from the new socket on, live messages wait for the replay
             self._receiver.move()
             self.connected = True
             self.reconnects += 1
             self._watch.flush_soon()
+        for sub, position in recovering:
+            self.wait_for_subscription(sub.pattern.text, self._timeout)
+            recover_from_history(self, sub, position, sub.max_replay)
         self._call(self.on_reconnect)
 
     def _lost(self):
@@ -242,7 +250,8 @@ class Client:
 
     # -- subscribing ------------------------------------------------------
 
-    def subscribe(self, pattern, callback=None, *, pending_limit=None, since=None, max_replay=DEFAULT_MAX_REPLAY):
+    def subscribe(self, pattern, callback=None, *, pending_limit=None, since=None, recover=False,
+                  max_replay=DEFAULT_MAX_REPLAY):
         """Subscribe to a pattern (``*`` one token, ``>`` the rest).
 
         Without ``callback``, returns a Subscription to read with ``get()``,
@@ -254,7 +263,8 @@ class Client:
         history comes first, marked ``replayed``, then live messages, with no
         gap or duplicate between them; ``subscription.recovery`` says whether
         every stream was recovered (docs/HISTORY.md). At most ``max_replay``
-        messages.
+        messages. ``recover``: after every reconnect (the node restarted, or
+        a ZooKeeper failover) recover the same way from where the reader was.
         """
         if self.closed:
             raise RuntimeError("client is closed")
@@ -270,7 +280,10 @@ class Client:
         self._receiver.add(sub)
         if since is not None:
             self.wait_for_subscription(pattern, self._timeout)  # what the node forwards from now on is held
-            recover(self, sub, since, max_replay)
+            recover_from_history(self, sub, since, max_replay)
+        if recover:
+            sub.max_replay = max_replay
+            self._recovering.add(sub)
         if callback is not None:
             _start_background(functools.partial(_call_back, sub, callback), f"mesh-sub-{pattern}")
         return sub

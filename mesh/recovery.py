@@ -91,21 +91,58 @@ def recover(client, subscription, position, max_replay=DEFAULT_MAX_REPLAY):
     """Fill ``subscription`` (holding its live messages) from every node's
     history after ``position``; returns the Recovery (also set on the
     subscription). Runs in the subscribing thread."""
-    recovery = Recovery()
+    recovery, replayed, delivered_to = fetch(client, subscription.pattern, position, max_replay,
+                                             lambda: subscription._held or ())
     subscription.recovery = recovery
-    named = position.streams
+
+    def keep_live(message):
+        last = delivered_to.get((message.origin, message.subject))
+        return last is None or (message.epoch, message.seq) > last
+
+    subscription._end_hold(replayed, keep_live)
+    return recovery
+
+
+def fetch(client, pattern, position, max_replay, held):
+    """What ``pattern``'s subscribers missed after ``position``, from the
+    history of ``client``'s node and its peers: ``(Recovery, messages to
+    replay, {stream: (epoch, seq) the replay reaches})``. ``held()`` gives the
+    live messages received meanwhile (each with origin, subject, epoch, seq):
+    the replay must meet them. A stream whose replay does not is asked for
+    again once (a message published elsewhere while the subscription was on
+    its way there), then reported as a ``gap``."""
+    recovery = Recovery()
+    named = {key: value for key, value in position.streams.items() if pattern.matches(key[1])}
     if len(named) > MAX_NAMED_STREAMS:
         recovery.problems.append(f"the position names {len(named)} streams; at most {MAX_NAMED_STREAMS}")
-        subscription._end_hold([], lambda message: True)
-        return recovery
-    after = [[origin, subject, epoch, seq] for (origin, subject), (epoch, seq) in named.items()
-             if subscription.pattern.matches(subject)]
-    since = position.time - SKEW_SECONDS
-    found = {}  # key -> {(epoch, seq): Message}
-    states = {}
+        return recovery, [], {}
+    found, states = {}, {}  # key -> {(epoch, seq): Message}; key -> state from the nodes
+    after = [[origin, subject, epoch, seq] for (origin, subject), (epoch, seq) in named.items()]
+    asks = [(after, position.time - SKEW_SECONDS)]
+    for attempt in range(2):
+        for asked_after, since in asks:
+            try:
+                _collect(client, pattern.text, asked_after, since, found, states, recovery, max_replay)
+            except _TooMany:
+                recovery.problems.append(f"more than {max_replay} messages to replay (max_replay)")
+                recovery.streams = {key: "too_many" for key in set(found) | set(named)}
+                return recovery, [], {}
+        replayed, delivered_to = _check_streams(pattern, named, found, states, held(), recovery)
+        gaps = [key for key, state in recovery.streams.items() if state == "gap"]
+        if not gaps or attempt:
+            break
+        recovery.unreachable.clear()
+        # Only the named and gap streams: a time nothing was published at.
+        asks = [([[o, s, *max([named.get((o, s), (0, 0)), *found.get((o, s), {})])] for o, s in gaps],
+                 time.time() + 3600)]
+    recovery.replayed = len(replayed)
+    return recovery, replayed, delivered_to
+
+
+def _collect(client, pattern, after, since, found, states, recovery, max_replay):
     for name, channel in _nodes(client):
         try:
-            for messages, streams in _pages(channel, subscription.pattern.text, after, since):
+            for messages, streams in _pages(channel, pattern, after, since):
                 for origin, subject, state in streams:
                     if states.get((origin, subject)) != "evicted":
                         states[(origin, subject)] = state
@@ -114,26 +151,11 @@ def recover(client, subscription, position, max_replay=DEFAULT_MAX_REPLAY):
                         subject, data, origin, seq, ts, epoch, replayed=True)
                 if sum(len(m) for m in found.values()) > max_replay:
                     raise _TooMany()
-        except _TooMany:
-            recovery.problems.append(f"more than {max_replay} messages to replay (max_replay)")
-            for key in set(found) | set(named):
-                recovery.streams[key] = "too_many"
-            subscription._end_hold([], lambda message: True)
-            return recovery
         except (TimeoutError, ControlError) as exc:
             recovery.unreachable.append(f"{name}: {exc}")
         finally:
             if channel is not client._control:
                 channel.close()
-    replayed, delivered_to = _check_streams(subscription, named, found, states, recovery)
-    recovery.replayed = len(replayed)
-
-    def keep_live(message):
-        last = delivered_to.get((message.origin, message.subject))
-        return last is None or (message.epoch, message.seq) > last
-
-    subscription._end_hold(replayed, keep_live)
-    return recovery
 
 
 class _TooMany(Exception):
@@ -160,22 +182,23 @@ def _pages(channel, pattern, after, since):
         cursor = reply["next"]
 
 
-def _check_streams(subscription, named, found, states, recovery):
+def _check_streams(pattern, named, found, states, held, recovery):
     """The messages to replay, oldest first per stream, and per stream the
     (epoch, seq) up to which they reach; every stream's state in ``recovery``."""
-    held = {}
-    for message in subscription._held or ():
-        held.setdefault((message.origin, message.subject), []).append((message.epoch, message.seq))
+    live = {}
+    for message in held:
+        live.setdefault((message.origin, message.subject), []).append((message.epoch, message.seq))
     replayed, delivered_to = [], {}
+    recovery.streams = {}
     for key in set(named) | set(found):
-        if not subscription.pattern.matches(key[1]):
+        if not pattern.matches(key[1]):
             continue
         state = states.get(key)
         if key in named and state is None:
             state = "unknown"
         messages = [found[key][position] for position in sorted(found.get(key, {}))]
         if state != "evicted" and state != "unknown":
-            state = "complete" if _continuous(named.get(key), messages, held.get(key)) else "gap"
+            state = "complete" if _continuous(named.get(key), messages, live.get(key)) else "gap"
         recovery.streams[key] = state
         if state == "complete" and messages:
             replayed.extend(messages)

@@ -96,15 +96,20 @@ class Subscription:
         remembers, the (epoch, seq) of the last message handed out (messages
         still queued do not count), and the time now. Give it to
         ``Client.subscribe(pattern, since=position)`` after a reconnect."""
+        return self._position(queued_count=False)
+
+    def _position(self, queued_count):
+        """The position; ``queued_count``: queued messages count as had (a
+        recovery into this same subscription, which keeps its queue)."""
         now = time.time()
-        streams = {**self._idle_streams, **self._streams}
-        delivered = {key: (epoch, seq) for key, (epoch, seq) in streams.items()}
-        rolled_back = set()
-        for message in list(self._queue) + list(self._held or ()):
-            key = (message.origin, message.subject)
-            if key not in rolled_back:
-                rolled_back.add(key)
-                delivered[key] = (message.epoch, message.seq - 1)
+        delivered = {key: (epoch, seq) for key, (epoch, seq) in {**self._idle_streams, **self._streams}.items()}
+        if not queued_count:
+            rolled_back = set()
+            for message in list(self._queue) + list(self._held or ()):
+                key = (message.origin, message.subject)
+                if key not in rolled_back:
+                    rolled_back.add(key)
+                    delivered[key] = (message.epoch, message.seq - 1)
         return Position(delivered, now)
 
     @property

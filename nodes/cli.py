@@ -6,6 +6,7 @@ sockets; library code never patches on import.
 
 import argparse
 import json
+import os
 import sys
 import time
 
@@ -147,6 +148,10 @@ def build_parser():
     _node_arguments(sub)
     sub.add_argument("--count", type=_positive_int, help="exit after this many messages")
     sub.add_argument("--timeout", type=float, help="exit with status 1 if no message comes for this long")
+    sub.add_argument("--position-file", metavar="FILE",
+                     help="on exit, write how far this got (a position, JSON) to FILE; if FILE exists at start, "
+                          "first recover what was published after it from the mesh's history (nodes with "
+                          "--history; docs/HISTORY.md) and say on stderr whether every stream was recovered")
 
     stats = commands.add_parser("stats", help="print a node's counters as JSON", epilog=EPILOG_ADDRESSES)
     _node_arguments(stats)
@@ -353,7 +358,13 @@ def cmd_sub(args):
                 on_disconnect=say("node {client.node} at {client.address} does not answer; reconnecting"),
                 on_reconnect=say("attached to node {client.node} again; messages missed meanwhile "
                                  "count as missed")) as client:
-        sub = client.subscribe(args.pattern)
+        since = None
+        if args.position_file and os.path.exists(args.position_file):
+            with open(args.position_file) as f:
+                since = f.read()
+        sub = client.subscribe(args.pattern, since=since)
+        if sub.recovery is not None:
+            print(f"meshnode sub: {_recovery_text(sub.recovery)}", file=sys.stderr, flush=True)
         status = 0
         try:
             while args.count is None or sub.received < args.count:  # received: handed to us by get()
@@ -368,7 +379,20 @@ def cmd_sub(args):
             if sub.gaps or sub.malformed or sub.dropped:
                 print(f"meshnode sub: {sub.gaps} messages missed, {sub.dropped} dropped while we lagged, "
                       f"{sub.malformed} malformed dropped", file=sys.stderr)
+            if args.position_file:
+                with open(args.position_file + ".tmp", "w") as f:
+                    f.write(sub.position.to_json())
+                os.replace(args.position_file + ".tmp", args.position_file)
     return status
+
+
+def _recovery_text(recovery):
+    if recovery.recovered:
+        return f"recovered: {recovery.replayed} messages replayed from history"
+    failed = {f"{subject} from {origin}": state for (origin, subject), state in recovery.streams.items()
+              if state != "complete"}
+    return (f"NOT fully recovered: {recovery.replayed} messages replayed; not recovered: {failed or 'none'}; "
+            f"nodes that did not answer: {recovery.unreachable or 'none'}; {'; '.join(recovery.problems)}")
 
 
 def _control_request(args, cmd, **fields):
