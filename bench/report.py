@@ -23,6 +23,7 @@ TITLES = {
     "http": "8. HTTP publish at an edge (POST /pub)",
     "edge_memory": "9. An edge under a WebSocket publish flood and connection churn",
     "revocation": "10. Revoking a token subject across 3 nodes",
+    "recovery": "11. Recovering missed messages from history at another node",
 }
 
 
@@ -210,6 +211,15 @@ def table(name, rows):
                 continue
             body.append([r["label"], ", ".join(f"{k}: {v}" for k, v in r["peers"].items()),
                          f"{r['reply_ms']:.0f} ms", f"{r['last_close_ms']:.0f} ms"])
+    elif name == "recovery":
+        head = ["case", "recovered", "seconds", "msg/s", "every stream complete"]
+        body = []
+        for r in rows:
+            if r["status"] != "ok":
+                body.append([r["label"]] + _not_ok(r, len(head) - 1))
+                continue
+            body.append([r["label"], f"{_n(r['recovered'])} / {_n(r['messages'])}", f"{r['seconds']:.2f}",
+                         _n(r["rate"]), "yes" if r["complete"] else "**no**"])
     else:
         raise ValueError(name)
     return _table(head, body)

@@ -630,6 +630,11 @@ class Bench:
 
         return edge_memory(self, [] if rows is None else rows)
 
+    def recovery(self, rows=None):
+        from .recovery import recovery
+
+        return recovery(self, [] if rows is None else rows)
+
     def revocation(self, rows=None):
         from .edge_auth import revocation
 

@@ -35,6 +35,7 @@ EXPECTED = {
     "http": ["keepalive", "new-connection"],
     "edge_memory": ["flood", "churn"],
     "revocation": ["revoke-3-nodes"],
+    "recovery": ["recover-1000"],
 }
 ALWAYS_MEASURED = {("throughput", k) for k in ("zmq", "mesh1", "mesh2", "mesh3")} | \
     {("latency", k) for k in ("zmq", "mesh1", "mesh2", "mesh3")} | \
@@ -42,7 +43,7 @@ ALWAYS_MEASURED = {("throughput", k) for k in ("zmq", "mesh1", "mesh2", "mesh3")
      ("convergence", "zmq-sub"), ("sizes", "zmq@1024"), ("sizes", "mesh2@1024"), ("receive", "green"),
      ("receive", "subscriptions-200"), ("entities", "entities"), ("http", "keepalive"),
      ("http", "new-connection"), ("edge_memory", "flood"), ("edge_memory", "churn"),
-     ("revocation", "revoke-3-nodes")}
+     ("revocation", "revoke-3-nodes"), ("recovery", "recover-1000")}
 
 
 def _processes_with(marker):
@@ -73,12 +74,12 @@ def test_quick_run_produces_every_scenario(tmp_path):
     assert proc.returncode == 0, f"exit {proc.returncode}\n{out[-3000:]}\n{err[-5000:]}"
 
     # Progress was shown while it ran, one line per case at least.
-    for number in range(1, 11):
+    for number in range(1, 12):
         assert f"[{number} " in err
     # One table per scenario and the targets.
     for title in ("1. Throughput", "1b. Throughput at larger", "2. One-way latency", "3. Fan-out", "4. WebSocket",
                   "5. Convergence", "6. The client's receive path", "7. Per-entity", "8. HTTP publish",
-                  "9. An edge under a WebSocket publish flood", "10. Revoking a token subject",
+                  "9. An edge under a WebSocket publish flood", "10. Revoking a token subject", "11. Recovering missed messages",
                   "### Targets"):
         assert title in out, title
 
@@ -123,6 +124,8 @@ def test_quick_run_produces_every_scenario(tmp_path):
     assert flood["slow_consumers"] == 1, flood  # the reader that never reads, and only it
     revoked = result["scenarios"]["revocation"][0]
     assert revoked["closed"] == revoked["connections"] and revoked["peers"] == {"rv-b": "ok", "rv-c": "ok"}
+    recovered = result["scenarios"]["recovery"][0]
+    assert recovered["recovered"] == recovered["messages"] and recovered["complete"], recovered
     assert len(result["targets"]) == 7
     for item in ("machine", "versions", "config"):
         assert result[item]
