@@ -213,6 +213,11 @@ class Client:
             self._reopen_after_fork()
         return self._publisher.publish(subject, data)
 
+    def stream_position(self, subject, seq):
+        """The Position just after this client's message ``seq`` on
+        ``subject`` (what ``publish`` returned): its stream's epoch with it."""
+        return Position({(self.origin, subject): (self._publisher.epoch_of(subject) or 0, seq)}, time.time())
+
     def flush(self):
         """Send what waits in the open batch now (it would go within 0.5 ms anyway)."""
         self._publisher.flush()

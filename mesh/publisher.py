@@ -146,6 +146,11 @@ class Publisher:
             self._yield()
         return seq
 
+    def epoch_of(self, subject):
+        """The epoch of this publisher's stream on ``subject`` (None if it has none now)."""
+        stream = self._streams.get(subject) or self._idle_streams.get(subject)
+        return None if stream is None else stream.epoch
+
     def _hold(self, subject, stream, packed):
         """Keep a publish for after the reconnect (lock held)."""
         if self._backlog_bytes + len(packed) > self.backlog_limit:

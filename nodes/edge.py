@@ -7,6 +7,7 @@ Accepting connections is in :mod:`nodes.edgeserver`, routing in :mod:`nodes.http
 WebSocket handling in :mod:`nodes.websocket`.
 """
 
+import json
 import logging
 from dataclasses import dataclass, field
 
@@ -52,7 +53,8 @@ class Edge:
         self.auth = config.auth or Authenticator()
         self.stats = {"messages_in": 0, "messages_out": 0, "slow_consumers": 0, "errors": 0,
                       "rejected_connections": 0, "unrenderable": 0, "not_live": 0, "client_resets": 0,
-                      "header_timeouts": 0, "refused_connections": 0, "expired": 0, "revoked": 0}
+                      "header_timeouts": 0, "refused_connections": 0, "expired": 0, "revoked": 0,
+                      "recoveries": 0, "recoveries_incomplete": 0}
         self.ratelog = RateLog(log)
         self.connections = set()
         self.queued_total = 0  # bytes queued for all connections, bounded by buffer_bytes
@@ -112,6 +114,11 @@ class Edge:
             raise EdgeError("bad_data", str(exc), request_id, 400) from None
         self.stats["messages_in"] += 1
         return seq
+
+    def position_after(self, subject, seq):
+        """The position (JSON-ready) just after what this edge published as ``seq`` on ``subject``."""
+        position = self.client.stream_position(subject, seq)
+        return json.loads(position.to_json())
 
     def counters(self):
         kinds = [c.kind for c in self.connections]

@@ -23,6 +23,7 @@ import gevent
 import gevent.event
 
 from .edgeproto import EdgeError, dumps
+from .edgerecovery import hold
 
 SLOW_CONSUMER = "slow consumer: outgoing queue over {limit} bytes"
 EDGE_FULL = "slow consumer: the edge's buffers ({limit} bytes for all connections) are full"
@@ -37,6 +38,7 @@ class EdgeConnection:
         self.queue_limit = queue_limit
         self.max_subscriptions = max_subscriptions
         self.patterns = {}  # pattern text -> Pattern
+        self.holding = {}  # pattern text -> [(Message, frame)] held while a recovery replays (edgerecovery.py)
         self.queued_bytes = 0
         self.closed = False
         self.cut = False  # cut off: accept no more frames
@@ -136,7 +138,9 @@ class EdgeConnection:
 
     # -- subscriptions ----------------------------------------------------
 
-    def subscribe(self, pattern, request_id=None):
+    def subscribe(self, pattern, request_id=None, recover=None):
+        """Subscribe; with ``recover`` (a Position) also start a recovery:
+        the fan-out holds this pattern's frames until the replay is sent."""
         if not self.grant.may_subscribe(pattern):
             raise EdgeError("forbidden", f"not allowed to subscribe to {pattern.text!r}", request_id, 403)
         if pattern.text in self.patterns:
@@ -145,12 +149,15 @@ class EdgeConnection:
             raise EdgeError("too_many_subscriptions",
                             f"at most {self.max_subscriptions} subscriptions per connection", request_id, 429)
         self.patterns[pattern.text] = pattern
+        if recover is not None:
+            hold(self, pattern)
         self.edge.fanout.add(self, pattern.text)
         self.edge.wait_live(pattern)  # so that what this node publishes after the reply is delivered
 
     def unsubscribe(self, pattern, request_id=None):
         if self.patterns.pop(pattern.text, None) is None:
             raise EdgeError("not_subscribed", f"not subscribed to {pattern.text!r}", request_id)
+        self.holding.pop(pattern.text, None)
         self.edge.fanout.remove(self, pattern.text)
 
     def release(self):

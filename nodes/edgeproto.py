@@ -11,6 +11,7 @@ is rendered as ``{"$base64": "..."}`` since JSON has no bytes.
 import base64
 import json
 
+from mesh.recovery import Position
 from mesh.subjects import Pattern, validate_subject
 
 OPS = ("sub", "unsub", "pub", "ping", "interest", "refresh")
@@ -58,13 +59,33 @@ def _key_text(key):
 
 
 def render_message(message):
-    """The ``msg`` frame for a mesh Message (rendered once, sent to many)."""
-    return dumps({"op": "msg", "subject": message.subject, "data": message.data,
-                  "origin": message.origin, "seq": message.seq, "ts": message.ts})
+    """The ``msg`` frame for a mesh Message (rendered once, sent to many).
+    ``origin``, ``subject``, ``epoch`` and ``seq`` are what a client keeps
+    to build a position (docs/HISTORY.md); a replayed message says so."""
+    frame = {"op": "msg", "subject": message.subject, "data": message.data, "origin": message.origin,
+             "epoch": message.epoch, "seq": message.seq, "ts": message.ts}
+    if message.replayed:
+        frame["replayed"] = True
+    return dumps(frame)
 
 
-def render_ok(request_id):
-    return dumps({"op": "ok", "id": request_id})
+def event_id(message):
+    """An SSE event's id: the position just after this message, as the
+    ``Position`` JSON of its one stream (what ``Last-Event-ID`` brings back)."""
+    return json.dumps({"t": message.ts, "s": [[message.origin, message.subject, message.epoch, message.seq]]},
+                      separators=(",", ":"), ensure_ascii=False)
+
+
+def parse_position(value, request_id=None):
+    """A Position from a ``recover`` field or a ``Last-Event-ID`` (an object or its JSON text)."""
+    try:
+        return Position.from_json(value if isinstance(value, str) else json.dumps(value))
+    except (ValueError, TypeError) as exc:
+        raise EdgeError("bad_position", str(exc), request_id) from None
+
+
+def render_ok(request_id, **fields):
+    return dumps({"op": "ok", "id": request_id, **fields})
 
 
 def render_error(error):
@@ -79,7 +100,8 @@ def parse_frame(text):
 
     ``target`` is a Pattern for sub/unsub, a subject str for pub and
     interest, None for ping and refresh; ``data`` is the message for pub, the
-    timeout in seconds for interest, the token for refresh. Raises EdgeError
+    timeout in seconds for interest, the token for refresh, the Position to
+    recover from for a sub with ``recover``. Raises EdgeError
     naming the problem.
     """
     try:
@@ -114,6 +136,8 @@ def parse_frame(text):
                 raise EdgeError("bad_frame", "timeout must be a number of seconds, 0 or more", request_id)
             validate_subject(subject)
             return op, request_id, subject, float(timeout)
+        if op == "sub" and frame.get("recover") is not None:
+            return op, request_id, Pattern(subject), parse_position(frame["recover"], request_id)
         return op, request_id, Pattern(subject), None
     except ValueError as exc:
         raise EdgeError("invalid_subject", str(exc), request_id) from None

@@ -13,7 +13,7 @@ from ws4py.messaging import TextMessage
 
 from mesh.waiting import yield_to_hub
 
-from .edgeproto import render_message
+from .edgeproto import event_id, render_message
 
 log = logging.getLogger("meshnode.edge")
 
@@ -69,11 +69,15 @@ class Fanout:
             log.warning("cannot render a message on %s for edge clients: %s", message.subject, exc)
             return
         frames = {}
+        pattern = route.subscription.pattern.text
         for connection in list(route.connections):
             frame = frames.get(connection.kind)
             if frame is None:
                 frame = frames[connection.kind] = encode_frame(
-                    connection.kind, text, f"{message.seq}:{message.subject}:{message.origin}")
+                    connection.kind, text, event_id(message) if connection.kind == "sse" else None)
+            if connection.holding and pattern in connection.holding:  # a recovery is replaying first
+                connection.holding[pattern].append((message, frame))
+                continue
             connection.offer(frame)
             self.stats["messages_out"] += 1
 

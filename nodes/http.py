@@ -26,7 +26,8 @@ from mesh.subjects import Pattern, validate_subject
 
 from .auth import token_from
 from .edgeconn import EdgeConnection
-from .edgeproto import DEFAULT_INTEREST_TIMEOUT, EdgeError, dumps, render_error
+from .edgeproto import DEFAULT_INTEREST_TIMEOUT, EdgeError, dumps, parse_position, render_error
+from .edgerecovery import recovered_frames
 from .fanout import encode_frame
 from .websocket import MeshWebSocketApplication
 
@@ -81,9 +82,13 @@ class SSEConnection(EdgeConnection):
         self.send_text(render_error(EdgeError(code, message)))
         self.cut = True
 
-    def events(self, keepalive):
+    def events(self, keepalive, recovering=None):
         yield b"retry: 2000\n\n"
         try:
+            if recovering is not None:  # (pattern, position): the replay first, then the held live events
+                summary, frames = recovered_frames(self.edge, self, *recovering)
+                yield b"event: recovery\ndata: " + dumps(summary).encode("utf-8") + b"\n\n"
+                yield from frames
             while not self.closed:
                 frame = self.take(timeout=keepalive)
                 yield frame if frame is not None else b": keep-alive\n\n"
@@ -208,7 +213,8 @@ class EdgeApp:
                             http_status=408)
         data = _body_data(environ.get("CONTENT_TYPE", ""), body)
         seq = self.edge.publish(grant, subject, data)
-        return self._json(start_response, 200, {"ok": True, "subject": subject, "seq": seq})
+        return self._json(start_response, 200, {"ok": True, "subject": subject, "seq": seq,
+                                                "position": self.edge.position_after(subject, seq)})
 
     def _interest(self, environ, start_response, subject):
         self._admit(environ)
@@ -239,16 +245,20 @@ class EdgeApp:
         grant = self._admit(environ)
         self._check_capacity()
         pattern = _pattern(pattern_text)
+        resume = environ.get("HTTP_LAST_EVENT_ID") or \
+            (parse_qs(environ.get("QUERY_STRING", "")).get("since") or [None])[0]
+        position = parse_position(resume) if resume else None
         connection = SSEConnection(self.edge, grant, environ.get("meshnode.socket"))
         try:
-            connection.subscribe(pattern)  # raises forbidden before any byte is sent
+            connection.subscribe(pattern, recover=position)  # raises forbidden before any byte is sent
         except EdgeError:
             connection.release()
             raise
         self.edge.connections.add(connection)
         start_response("200 OK", [("Content-Type", "text/event-stream"), ("Cache-Control", "no-cache"),
                                   ("X-Accel-Buffering", "no")])
-        return connection.events(self.edge.config.keepalive_seconds)
+        return connection.events(self.edge.config.keepalive_seconds,
+                                 None if position is None else (pattern, position))
 
 
 def _pattern(text):

@@ -19,6 +19,7 @@ from ws4py.websocket import WebSocket
 
 from .edgeconn import EdgeConnection
 from .edgeproto import PONG, EdgeError, parse_frame, render_error, render_ok
+from .edgerecovery import replay_to_websocket
 from .fanout import encode_frame
 
 log = logging.getLogger("meshnode.edge")
@@ -186,7 +187,11 @@ class MeshWebSocket(WebSocket):
         if op == "sub":
             if self.environ.get("meshnode.pattern") is not None:
                 raise EdgeError("forbidden", "this endpoint is subscribe-only for its own pattern", request_id)
-            connection.subscribe(target, request_id)
+            connection.subscribe(target, request_id, recover=data)
+            if data is not None:
+                summary = replay_to_websocket(connection.edge, connection, target, data, request_id)
+                connection.send_text(render_ok(request_id, **summary))
+                return
         elif op == "unsub":
             connection.unsubscribe(target, request_id)
         elif op == "interest":
