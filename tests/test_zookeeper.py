@@ -309,3 +309,35 @@ def test_from_zookeeper_publisher_moves_and_keeps_its_sequence(zk_server, zk_nod
 def test_from_zookeeper_with_no_nodes_is_a_clear_error(zk_server):
     with pytest.raises(RuntimeError, match="no node of mesh 'empty' registered"):
         Client.from_zookeeper(zk_server.hosts, mesh="empty")
+
+
+def test_from_zookeeper_failover_with_history_recovers_every_message(zk_server, zk_node):
+    """The same move, with --history at the publisher's node and recover=True:
+    what was published while the client moved is replayed, and no gap remains."""
+    rule = ("--history", "fo.>=100000/300s")
+    b = zk_node("B", zk_server.hosts, *rule)
+    c = zk_node("C", zk_server.hosts, *rule)
+    wait_until(lambda: linked([b, c]), what="B-C link")
+    moves = []
+    sub_client = Client.from_zookeeper(zk_server.hosts, mesh="test", zk_timeout=2,
+                                       on_failover=lambda old, new: moves.append((old, new)))
+    a = zk_node("A", zk_server.hosts, *rule)
+    wait_until(lambda: linked([a, b, c]), what="mesh")
+    doomed = {"B": b, "C": c}[sub_client.node]
+    with Client(a.address) as pub:
+        sub = sub_client.subscribe("fo.x", recover=True)
+        warm_up(pub, "fo.x", [sub])
+        stop = threading.Event()
+        thread, sent = _steady_publisher(pub, "fo.x", stop, rate=200)
+        before = collect(sub, 50)
+        doomed.kill()
+        wait_until(lambda: moves, timeout=10, what="the client to move")
+        wait_until(lambda: sub.recovery is not None, timeout=10, what="the recovery")
+        after = collect(sub, 300, timeout=15)
+        stop.set()
+        thread.join()
+    sub_client.close()
+    seqs = [m.seq for m in before + after]
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), "a gap, a duplicate or reordering"
+    assert sub.recovery.recovered, sub.recovery
+    assert sub.gaps == 0 and any(m.replayed for m in after)
