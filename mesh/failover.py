@@ -5,7 +5,9 @@ its znode, and when the znode goes (clean stop: at once; crash: after the
 node's session timeout) move the client to another registered node. The
 client keeps its origin and sequence numbers, so subscribers elsewhere see
 messages lost in the move as gaps, and its own subscriptions count the gap
-when the next message from each publisher arrives.
+when the next message from each publisher arrives, unless they were made
+with ``recover=True`` and the publishers' nodes keep history: then what was
+missed is replayed (mesh/recovery.py).
 """
 
 import logging

@@ -148,6 +148,9 @@ def build_parser():
     _node_arguments(sub)
     sub.add_argument("--count", type=_positive_int, help="exit after this many messages")
     sub.add_argument("--timeout", type=float, help="exit with status 1 if no message comes for this long")
+    sub.add_argument("--since", metavar="POSITION",
+                     help="first recover what was published after this position (JSON, as written by "
+                          "--position-file, an SSE event id or POST /pub's reply)")
     sub.add_argument("--position-file", metavar="FILE",
                      help="on exit, write how far this got (a position, JSON) to FILE; if FILE exists at start, "
                           "first recover what was published after it from the mesh's history (nodes with "
@@ -358,11 +361,15 @@ def cmd_sub(args):
                 on_disconnect=say("node {client.node} at {client.address} does not answer; reconnecting"),
                 on_reconnect=say("attached to node {client.node} again; messages missed meanwhile "
                                  "count as missed")) as client:
-        since = None
-        if args.position_file and os.path.exists(args.position_file):
+        since = args.since
+        if since is None and args.position_file and os.path.exists(args.position_file):
             with open(args.position_file) as f:
                 since = f.read()
-        sub = client.subscribe(args.pattern, since=since)
+        try:
+            sub = client.subscribe(args.pattern, since=since)
+        except ValueError as exc:
+            print(f"meshnode sub: {exc}", file=sys.stderr)
+            return 2
         if sub.recovery is not None:
             print(f"meshnode sub: {_recovery_text(sub.recovery)}", file=sys.stderr, flush=True)
         status = 0

@@ -161,6 +161,13 @@ def test_meshnode_sub_keeps_its_position_in_a_file_and_recovers_from_it(start_no
     assert [json.loads(line)["data"]["i"] for line in second.stdout.splitlines()] == \
         list(range(seen[-1] + 1, seen[-1] + 6))
     assert "recovered: " in second.stderr and "NOT" not in second.stderr
+    with open(position_file) as f:
+        saved = f.read()
+    third = subprocess.run([*command[:-2], "--since", saved, "--count", "1", "--timeout", "2"], capture_output=True,
+                           text=True, timeout=30)
+    assert [json.loads(line)["data"]["i"] for line in third.stdout.splitlines()] == [seen[-1] + 6]
+    bad = subprocess.run([*command[:-2], "--since", "nonsense"], capture_output=True, text=True, timeout=30)
+    assert bad.returncode == 2 and "a position is JSON" in bad.stderr
 
 
 def test_a_replay_that_does_not_meet_live_delivery_is_a_gap():
