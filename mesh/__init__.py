@@ -7,7 +7,8 @@ from .curve import CurveKeys
 from .envelope import MalformedMessage, Message, PayloadTooLarge
 from .publisher import Disconnected
 from .recovery import Position, Recovery
+from .requests import NoResponders, RemoteError, RequestTimeout
 from .subjects import Pattern
 
-__all__ = ["Client", "Subscription", "Message", "Pattern", "Position", "Recovery", "ControlError", "CurveKeys",
+__all__ = ["Client", "Subscription", "Message", "Pattern", "Position", "Recovery", "NoResponders", "RequestTimeout", "RemoteError", "ControlError", "CurveKeys",
            "MalformedMessage", "PayloadTooLarge", "Disconnected"]

@@ -30,6 +30,7 @@ from .publisher import DEFAULT_BACKLOG_BYTES, DEFAULT_STREAM_IDLE, Publisher
 from .receiver import Receiver
 from .recovery import DEFAULT_MAX_REPLAY, Position
 from .recovery import recover as recover_from_history
+from .requests import Requests
 from .subjects import Pattern
 from .subscription import DEFAULT_PENDING_LIMIT, Subscription
 from .waiting import fair_yielder, pick_waiter, running_under_gevent
@@ -95,6 +96,7 @@ class Client:
                                     self.stream_idle, kick, self._yield, self.backlog_bytes)
         self._receiver = Receiver(self._subscribe_socket, self._yield)
         self._watch = NodeWatch(self)
+        self._requests = Requests(self)
         weakref.finalize(self, kick.set)  # a client dropped without close() lets its workers end
         weakref.finalize(self, self._watch.wake)
         _start_background(functools.partial(_housekeep, weakref.ref(self), kick), f"mesh-house-{self.origin}")
@@ -212,6 +214,26 @@ class Client:
         if self._pid != _pid[0]:
             self._reopen_after_fork()
         return self._publisher.publish(subject, data)
+
+    # -- request/reply (mesh/requests.py) -----------------------------------
+
+    def request(self, subject, data, timeout=5.0):
+        """Publish ``data`` as a request on ``subject`` and return the reply
+        (a Message; ``.data`` is the answer). Raises NoResponders at once when
+        no subscriber in the mesh covers the subject, RequestTimeout when none
+        answered within ``timeout`` seconds, RemoteError when the responder failed."""
+        return self._requests.request(subject, data, timeout)
+
+    def respond(self, message, data=None, error=None):
+        """Answer a request (a message whose ``reply`` is set) with ``data``,
+        or with ``error`` (text: the requester gets RemoteError)."""
+        self._requests.respond(message, data, error)
+
+    def serve(self, pattern, handler):
+        """Answer every request on ``pattern`` with ``handler(message)``'s
+        return value (a raised exception goes back as RemoteError). Returns
+        the Subscription; unsubscribe it to stop."""
+        return self._requests.serve(pattern, handler)
 
     def stream_position(self, subject, seq):
         """The Position just after this client's message ``seq`` on

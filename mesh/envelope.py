@@ -40,9 +40,9 @@ class Message:
     stream (``origin``, ``subject``): PROTOCOL.md 4.2. ``replayed`` is true
     for a message recovered from history (docs/HISTORY.md)."""
 
-    __slots__ = ("subject", "data", "origin", "seq", "ts", "epoch", "replayed")
+    __slots__ = ("subject", "data", "origin", "seq", "ts", "epoch", "replayed", "headers")
 
-    def __init__(self, subject, data, origin, seq, ts, epoch=0, replayed=False):
+    def __init__(self, subject, data, origin, seq, ts, epoch=0, replayed=False, headers=None):
         self.subject = subject
         self.data = data
         self.origin = origin
@@ -50,6 +50,12 @@ class Message:
         self.ts = ts
         self.epoch = epoch
         self.replayed = replayed
+        self.headers = headers  # a dict for a request or a reply (PROTOCOL.md 4.2), else None
+
+    @property
+    def reply(self):
+        """The subject a request's answer goes to (None for a plain message)."""
+        return self.headers.get("reply") if self.headers else None
 
     def to_dict(self):
         return {"subject": self.subject, "data": self.data, "origin": self.origin,
@@ -95,13 +101,14 @@ class BatchEncoder:
                                   f"that is over the limit of {self._max_payload} bytes")
         return packed
 
-    def batch(self, epoch, seq, ts, parts):
+    def batch(self, epoch, seq, ts, parts, headers=None):
         """The body of a batch whose payloads (packed) are ``parts[1:]``;
-        ``parts[0]`` is a slot this method fills with the header."""
+        ``parts[0]`` is a slot this method fills with the header. With
+        ``headers`` (one payload only) the body has the seventh element."""
         pack = self._packer.pack
-        parts[0] = (self._head + pack(epoch) + pack(seq) + pack(ts)
-                    + self._packer.pack_array_header(len(parts) - 1))
-        return b"".join(parts)
+        head = self._head if headers is None else self._packer.pack_array_header(7) + self._head[1:]
+        parts[0] = head + pack(epoch) + pack(seq) + pack(ts) + self._packer.pack_array_header(len(parts) - 1)
+        return b"".join(parts) + (b"" if headers is None else pack(headers))
 
     def marks(self, entries):
         """The body of a marks message: ``entries`` are ``[subject, epoch, seq]``."""
@@ -121,8 +128,9 @@ def _unpack(body):
     return fields
 
 
-def decode_batch(body):
-    """``(origin, epoch, seq, ts, payloads)`` of a batch body, or MalformedMessage."""
+def decode_batch(body, with_headers=False):
+    """``(origin, epoch, seq, ts, payloads)`` of a batch body, or MalformedMessage;
+    ``with_headers``: a sixth element, the headers map or None."""
     fields = _unpack(body)
     if len(fields) < 6:
         raise MalformedMessage("a batch is an array of at least 6 elements")
@@ -132,7 +140,12 @@ def decode_batch(body):
         raise MalformedMessage("batch origin/epoch/seq/ts/payloads have the wrong types")
     if not payloads or seq < 1 or epoch < 0:
         raise MalformedMessage("a batch holds at least one payload, seq >= 1, epoch >= 0")
-    return origin, epoch, seq, ts, payloads
+    if not with_headers:
+        return origin, epoch, seq, ts, payloads
+    headers = fields[6] if len(fields) > 6 and type(fields[6]) is dict else None
+    if headers is not None and (len(payloads) != 1 or not all(type(key) is str for key in headers)):
+        raise MalformedMessage("a batch with headers holds one payload, and header names are str")
+    return origin, epoch, seq, ts, payloads, headers
 
 
 def decode_marks(body):

@@ -104,15 +104,8 @@ class Publisher:
         with self._lock:
             if self.closed:
                 raise RuntimeError("client is closed")
-            stream = self._streams.get(subject)
             now = time.monotonic()
-            if stream is None:
-                stream = self._idle_streams.pop(subject, None)
-                if stream is None:
-                    stream = _Stream(validate_subject(subject), self._epoch)
-                    if not self._streams and not self._idle_streams:  # the first generation begins
-                        self._next_rotation = now + self.stream_idle
-                self._streams[subject] = stream
+            stream = self._streams.get(subject) or self._stream(subject, now)
             packed = self._encoder.pack(data)
             if self._backlog is not None:  # unreachable, or just back: keep order behind the backlog
                 return self._hold(subject, stream, packed)
@@ -146,6 +139,39 @@ class Publisher:
             self._yield()
         return seq
 
+    def _stream(self, subject, now):
+        """The stream of a subject not published on in this generation (lock held)."""
+        stream = self._idle_streams.pop(subject, None)
+        if stream is None:
+            stream = _Stream(validate_subject(subject), self._epoch)
+            if not self._streams and not self._idle_streams:  # the first generation begins
+                self._next_rotation = now + self.stream_idle
+        self._streams[subject] = stream
+        return stream
+
+    def publish_with_headers(self, subject, data, headers):
+        """One message in a batch of its own with ``headers`` (a request or a
+        reply, PROTOCOL.md 4.2), after whatever batch is open; returns its seq.
+        Raises Disconnected while publishes are held: a request or a reply is
+        no use later."""
+        with self._lock:
+            if self.closed:
+                raise RuntimeError("client is closed")
+            if self._backlog is not None:
+                raise Disconnected("the node is unreachable: a request or reply cannot wait for it")
+            stream = self._streams.get(subject) or self._stream(subject, time.monotonic())
+            packed = self._encoder.pack(data)
+            if self._batch is not None:
+                self._send_batch()
+            seq = stream.seq = stream.seq + 1
+            self._send(stream, seq, time.time(), [None, packed], headers)
+            if not self._unmarked:
+                self._next_marks = time.monotonic() + MARK_SECONDS
+                self._kick.set()
+            self._unmarked.add(subject)
+            self.published += 1
+            return seq
+
     def epoch_of(self, subject):
         """The epoch of this publisher's stream on ``subject`` (None if it has none now)."""
         stream = self._streams.get(subject) or self._idle_streams.get(subject)
@@ -163,9 +189,9 @@ class Publisher:
         self.published += 1
         return seq
 
-    def _send(self, stream, seq, ts, parts):
+    def _send(self, stream, seq, ts, parts, headers=None):
         self._sock.send(stream.topic, zmq.SNDMORE)
-        self._sock.send(self._encoder.batch(stream.epoch, seq, ts, parts))
+        self._sock.send(self._encoder.batch(stream.epoch, seq, ts, parts, headers))
         self.batches += 1
         if not self.batches % _INTEREST_DRAIN_EVERY:  # notices queue in the socket until read
             self._drain_interest()

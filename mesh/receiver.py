@@ -242,13 +242,16 @@ class Receiver:
             if not subs:
                 return 1  # the prefix let it through, no pattern matches: skip
             try:
-                origin, epoch, seq, ts, payloads = decode_batch(body)
+                origin, epoch, seq, ts, payloads, headers = decode_batch(body, with_headers=True)
             except MalformedMessage:  # counted where the pattern matched (PROTOCOL.md 5)
                 self.malformed += 1
                 for sub in subs:
                     sub.malformed += 1
                 return 1
-            messages = [Message(subject, data, origin, seq + i, ts, epoch) for i, data in enumerate(payloads)]
+            if headers is None:
+                messages = [Message(subject, data, origin, seq + i, ts, epoch) for i, data in enumerate(payloads)]
+            else:  # a request or a reply: one message
+                messages = [Message(subject, payloads[0], origin, seq, ts, epoch, headers=headers)]
             key = (origin, subject)
             for sub in subs:
                 sub._accept(key, epoch, seq, messages, now)

@@ -156,6 +156,27 @@ def build_parser():
                           "first recover what was published after it from the mesh's history (nodes with "
                           "--history; docs/HISTORY.md) and say on stderr whether every stream was recovered")
 
+    request = commands.add_parser("request", help="send a request and print the reply", description=(
+        "Publish DATA (JSON when it parses, else a string) as a request on SUBJECT and print the reply "
+        "as one JSON line. Exits 1 at once when no subscriber in the mesh covers SUBJECT, 1 after "
+        "--timeout when none answers, 1 when the responder reports a failure."), epilog=EPILOG_ADDRESSES)
+    request.add_argument("subject")
+    request.add_argument("data")
+    request.add_argument("--timeout", type=_positive_float, default=5.0, metavar="SECONDS",
+                         help="how long to wait for the reply (default: 5)")
+    _node_arguments(request)
+
+    reply = commands.add_parser("reply", help="answer requests on a pattern", description=(
+        "Answer every request on PATTERN until interrupted: with the request's data (the default), or "
+        "with what COMMAND prints when given the request's data (JSON) on stdin; its output is sent as "
+        "JSON when it parses, else as a string. A command that exits non-zero sends its stderr back as "
+        "the failure. Prints one JSON line per request answered."), epilog=EPILOG_ADDRESSES)
+    reply.add_argument("pattern")
+    reply.add_argument("--command", dest="shell_command", metavar="COMMAND",
+                       help="a shell command that computes each reply")
+    reply.add_argument("--count", type=_positive_int, help="exit after answering this many requests")
+    _node_arguments(reply)
+
     stats = commands.add_parser("stats", help="print a node's counters as JSON", epilog=EPILOG_ADDRESSES)
     _node_arguments(stats)
 
@@ -346,6 +367,59 @@ def cmd_pub(args):
     return 0
 
 
+def _json_or_text(text):
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def cmd_request(args):
+    from mesh import Client, NoResponders, RemoteError, RequestTimeout
+    from nodes.edgeproto import json_default
+
+    with Client(args.node, curve=_client_curve(args)) as client:
+        try:
+            reply = client.request(args.subject, _json_or_text(args.data), timeout=args.timeout)
+        except (NoResponders, RequestTimeout, RemoteError) as exc:
+            print(f"meshnode request: {exc}", file=sys.stderr)
+            return 1
+    print(json.dumps({"subject": args.subject, "data": reply.data, "origin": reply.origin}, default=json_default))
+    return 0
+
+
+def cmd_reply(args):
+    import subprocess
+    import threading
+
+    from mesh import Client
+    from nodes.edgeproto import json_default
+
+    answered = threading.Semaphore(0)
+
+    def answer(message):
+        if not message.reply:
+            return  # a plain publish on the pattern
+        data, failure = message.data, None
+        if args.shell_command:
+            result = subprocess.run(args.shell_command, shell=True, capture_output=True, text=True,
+                                    timeout=60, input=json.dumps(data, default=json_default))
+            if result.returncode != 0:
+                failure = f"exit {result.returncode}: {result.stderr.strip()[:1000]}"
+            data = _json_or_text(result.stdout.strip())
+        client.respond(message, data, failure)
+        print(json.dumps({"subject": message.subject, "request": message.data,
+                          **({"error": failure} if failure else {"reply": data})}, default=json_default), flush=True)
+        answered.release()
+
+    with Client(args.node, curve=_client_curve(args)) as client:
+        client.subscribe(args.pattern, answer)
+        print(f"meshnode reply: answering requests on {args.pattern!r}", file=sys.stderr, flush=True)
+        for _ in iter(int, 1) if args.count is None else range(args.count):
+            answered.acquire()
+    return 0
+
+
 def cmd_sub(args):
     import logging
 
@@ -493,6 +567,7 @@ def cmd_demo(args):
 
 
 COMMANDS = {"run": cmd_run, "pub": cmd_pub, "sub": cmd_sub, "stats": cmd_stats, "revoke": cmd_revoke,
+            "request": cmd_request, "reply": cmd_reply,
             "peers": cmd_peers, "nodes": cmd_nodes, "keygen": cmd_keygen, "demo": cmd_demo}
 
 

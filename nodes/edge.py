@@ -11,7 +11,7 @@ import json
 import logging
 from dataclasses import dataclass, field
 
-from mesh import Client, PayloadTooLarge
+from mesh import Client, NoResponders, PayloadTooLarge, RemoteError, RequestTimeout
 from mesh.publisher import DEFAULT_STREAM_IDLE
 
 from .auth import Authenticator
@@ -54,7 +54,7 @@ class Edge:
         self.stats = {"messages_in": 0, "messages_out": 0, "slow_consumers": 0, "errors": 0,
                       "rejected_connections": 0, "unrenderable": 0, "not_live": 0, "client_resets": 0,
                       "header_timeouts": 0, "refused_connections": 0, "expired": 0, "revoked": 0,
-                      "recoveries": 0, "recoveries_incomplete": 0}
+                      "recoveries": 0, "recoveries_incomplete": 0, "requests": 0}
         self.ratelog = RateLog(log)
         self.connections = set()
         self.queued_total = 0  # bytes queued for all connections, bounded by buffer_bytes
@@ -114,6 +114,25 @@ class Edge:
             raise EdgeError("bad_data", str(exc), request_id, 400) from None
         self.stats["messages_in"] += 1
         return seq
+
+    def request(self, grant, subject, data, timeout, request_id=None):
+        """A request for an edge client: the reply Message, or EdgeError
+        no_responders (503), timeout (504), remote_error (502)."""
+        if not grant.may_publish(subject):
+            raise EdgeError("forbidden", f"not allowed to publish on {subject!r}", request_id, 403)
+        self.stats["requests"] += 1
+        try:
+            return self.client.request(subject, data, timeout)
+        except NoResponders as exc:
+            raise EdgeError("no_responders", str(exc), request_id, 503) from None
+        except RequestTimeout as exc:
+            raise EdgeError("timeout", str(exc), request_id, 504) from None
+        except RemoteError as exc:
+            raise EdgeError("remote_error", str(exc), request_id, 502) from None
+        except PayloadTooLarge as exc:
+            raise EdgeError("too_large", str(exc), request_id, 413) from None
+        except (ValueError, TypeError, OverflowError) as exc:
+            raise EdgeError("bad_data", str(exc), request_id, 400) from None
 
     def position_after(self, subject, seq):
         """The position (JSON-ready) just after what this edge published as ``seq`` on ``subject``."""

@@ -3,7 +3,8 @@
 Client frames: ``{"op": "sub"|"unsub", "subject": PATTERN, "id": N}``,
 ``{"op": "pub", "subject": S, "data": ANY, "id": N}``, ``{"op": "ping"}``,
 ``{"op": "interest", "subject": S, "timeout": SECONDS, "id": N}``,
-``{"op": "refresh", "token": JWT, "id": N}``.
+``{"op": "refresh", "token": JWT, "id": N}``,
+``{"op": "req", "subject": S, "data": ANY, "timeout": SECONDS, "id": N}``.
 Server frames: ``msg``, ``ok``, ``error``, ``pong``. Binary data from the mesh
 is rendered as ``{"$base64": "..."}`` since JSON has no bytes.
 """
@@ -14,8 +15,10 @@ import json
 from mesh.recovery import Position
 from mesh.subjects import Pattern, validate_subject
 
-OPS = ("sub", "unsub", "pub", "ping", "interest", "refresh")
+OPS = ("sub", "unsub", "pub", "ping", "interest", "refresh", "req")
 DEFAULT_INTEREST_TIMEOUT = 5.0
+DEFAULT_REQUEST_TIMEOUT = 5.0
+MAX_REQUEST_TIMEOUT = 60.0
 
 
 class EdgeError(Exception):
@@ -98,8 +101,9 @@ PONG = dumps({"op": "pong"})
 def parse_frame(text):
     """Parse one client frame into ``(op, request_id, target, data)``.
 
-    ``target`` is a Pattern for sub/unsub, a subject str for pub and
-    interest, None for ping and refresh; ``data`` is the message for pub, the
+    ``target`` is a Pattern for sub/unsub, a subject str for pub, req and
+    interest, None for ping and refresh; ``data`` is the message for pub,
+    ``(message, timeout)`` for req, the
     timeout in seconds for interest, the token for refresh, the Position to
     recover from for a sub with ``recover``. Raises EdgeError
     naming the problem.
@@ -125,10 +129,15 @@ def parse_frame(text):
         return op, request_id, None, token
     subject = frame.get("subject")
     try:
-        if op == "pub":
+        if op in ("pub", "req"):
             if "data" not in frame:
-                raise EdgeError("bad_frame", "pub needs data", request_id)
+                raise EdgeError("bad_frame", f"{op} needs data", request_id)
             validate_subject(subject)
+            if op == "req":
+                timeout = frame.get("timeout", DEFAULT_REQUEST_TIMEOUT)
+                if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+                    raise EdgeError("bad_frame", "timeout must be a positive number of seconds", request_id)
+                return op, request_id, subject, (frame["data"], min(float(timeout), MAX_REQUEST_TIMEOUT))
             return op, request_id, subject, frame["data"]
         if op == "interest":
             timeout = frame.get("timeout", DEFAULT_INTEREST_TIMEOUT)

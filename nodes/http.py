@@ -5,6 +5,7 @@ health, stats and the built-in page.
     GET  /ws               two-way WebSocket (JSON protocol, docs/EDGE.md)
     GET  /ws/<pattern>     subscribe-only WebSocket
     POST /pub/<subject>    publish the body
+    POST /req/<subject>?timeout=S   a request: the reply, or 503 no responders, 504 timeout
     GET  /sub/<pattern>    Server-Sent Events
     GET  /interest/<subject>?timeout=S   wait until a subscriber in the mesh covers it
     POST /revoke/<sub>?for=S  refuse the tokens of sub mesh-wide (an admin token when auth is on)
@@ -26,7 +27,8 @@ from mesh.subjects import Pattern, validate_subject
 
 from .auth import token_from
 from .edgeconn import EdgeConnection
-from .edgeproto import DEFAULT_INTEREST_TIMEOUT, EdgeError, dumps, parse_position, render_error
+from .edgeproto import (DEFAULT_INTEREST_TIMEOUT, DEFAULT_REQUEST_TIMEOUT, MAX_REQUEST_TIMEOUT, EdgeError, dumps,
+                        parse_position, render_error)
 from .edgerecovery import recovered_frames
 from .fanout import encode_frame
 from .websocket import MeshWebSocketApplication
@@ -38,7 +40,7 @@ STATUS = {200: "200 OK", 400: "400 Bad Request", 401: "401 Unauthorized", 403: "
           404: "404 Not Found", 405: "405 Method Not Allowed", 408: "408 Request Timeout",
           411: "411 Length Required",
           413: "413 Payload Too Large", 429: "429 Too Many Requests", 503: "503 Service Unavailable",
-          504: "504 Gateway Timeout"}
+          502: "502 Bad Gateway", 504: "504 Gateway Timeout"}
 
 
 class SSEConnection(EdgeConnection):
@@ -157,10 +159,10 @@ class EdgeApp:
             return [body]
         if path == "/ws" or path.startswith("/ws/"):
             return self._websocket(environ, start_response, path)
-        if path.startswith("/pub/"):
+        if path.startswith("/pub/") or path.startswith("/req/"):
             if method != "POST":
-                raise EdgeError("method_not_allowed", "publish with POST", http_status=405)
-            return self._publish(environ, start_response, path[5:])
+                raise EdgeError("method_not_allowed", f"{path[1:4]} with POST", http_status=405)
+            return self._publish(environ, start_response, path[5:], request=path.startswith("/req/"))
         if path.startswith("/sub/") and method == "GET":
             return self._events(environ, start_response, path[5:])
         if path.startswith("/interest/") and method == "GET":
@@ -187,7 +189,8 @@ class EdgeApp:
         except Exception as exc:  # ws4py's HandshakeError for a request that is not an upgrade
             raise EdgeError("bad_handshake", f"WebSocket handshake failed: {exc}") from None
 
-    def _publish(self, environ, start_response, subject):
+    def _publish(self, environ, start_response, subject, request=False):
+        """POST /pub (publish the body) or POST /req (a request with the body: answer with the reply)."""
         grant = self._admit(environ)
         try:
             validate_subject(subject)
@@ -212,6 +215,11 @@ class EdgeApp:
             raise EdgeError("timeout", f"the body did not arrive within {self.edge.config.request_timeout} s",
                             http_status=408)
         data = _body_data(environ.get("CONTENT_TYPE", ""), body)
+        if request:
+            timeout = min(_seconds(environ, "timeout", DEFAULT_REQUEST_TIMEOUT), MAX_REQUEST_TIMEOUT)
+            reply = self.edge.request(grant, subject, data, timeout)
+            return self._json(start_response, 200, {"ok": True, "subject": subject, "data": reply.data,
+                                                    "origin": reply.origin})
         seq = self.edge.publish(grant, subject, data)
         return self._json(start_response, 200, {"ok": True, "subject": subject, "seq": seq,
                                                 "position": self.edge.position_after(subject, seq)})

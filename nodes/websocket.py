@@ -18,7 +18,7 @@ from ws4py.server.wsgiutils import WebSocketWSGIApplication
 from ws4py.websocket import WebSocket
 
 from .edgeconn import EdgeConnection
-from .edgeproto import PONG, EdgeError, parse_frame, render_error, render_ok
+from .edgeproto import PONG, EdgeError, dumps, parse_frame, render_error, render_ok
 from .edgerecovery import replay_to_websocket
 from .fanout import encode_frame
 
@@ -31,6 +31,7 @@ CLOSE_GRANT_ENDED = {"token_expired": 4001, "token_revoked": 4003}  # applicatio
 FLUSH_SECONDS = 5.0
 LINGER_SECONDS = 1.0
 FRAME_SLACK = 1024  # a frame may exceed the payload limit by its JSON framing
+MAX_OPEN_REQUESTS = 100  # requests one WebSocket may have waiting for replies
 # Kernel send buffer per client. Left to autotuning it grows to megabytes and
 # hides a stalled client's backlog from the queue limit (and costs memory).
 SEND_BUFFER_BYTES = 128 * 1024
@@ -142,6 +143,7 @@ class MeshWebSocket(WebSocket):
     def opened(self):
         edge = self.environ["meshnode.edge"]
         self.edge_connection = WebSocketConnection(self, edge, self.environ["meshnode.grant"])
+        self._open_requests = 0
         edge.connections.add(self.edge_connection)
         pattern = self.environ.get("meshnode.pattern")
         if pattern is not None:  # /ws/<pattern>: subscribe-only
@@ -196,6 +198,11 @@ class MeshWebSocket(WebSocket):
             connection.unsubscribe(target, request_id)
         elif op == "interest":
             connection.edge.wait_for_interest(target, data, request_id)
+        elif op == "req":
+            if self.environ.get("meshnode.pattern") is not None:
+                raise EdgeError("forbidden", "this endpoint is subscribe-only", request_id)
+            self._start_request(target, data, request_id)
+            return
         elif op == "refresh":
             connection.refresh(connection.edge.grant_for(data, request_id), request_id)
         else:
@@ -204,15 +211,35 @@ class MeshWebSocket(WebSocket):
             connection.edge.publish(connection.grant, target, data, request_id)
         connection.send_text(render_ok(request_id))
 
-    def _serve(self, action):
-        self._request_id = None
+    def _start_request(self, subject, data_and_timeout, request_id):
+        """A request waits for its reply in a greenlet of its own, so the
+        connection goes on reading; at most MAX_OPEN_REQUESTS at a time."""
+        connection = self.edge_connection
+        if self._open_requests >= MAX_OPEN_REQUESTS:
+            raise EdgeError("too_many_requests", f"at most {MAX_OPEN_REQUESTS} requests at a time", request_id, 429)
+        self._open_requests += 1
+
+        def run():
+            try:
+                reply = connection.edge.request(connection.grant, subject, *data_and_timeout, request_id)
+                if not connection.cut:
+                    connection.send_text(dumps({"op": "reply", "id": request_id, "data": reply.data,
+                                                "origin": reply.origin}))
+            finally:
+                self._open_requests -= 1
+
+        gevent.spawn(self._serve, run, request_id)
+
+    def _serve(self, action, request_id=None):
+        self._request_id = request_id
         try:
             action()
         except EdgeError as exc:
             self._reply_error(exc)
         except Exception as exc:  # a bug must not take the connection or the node down
             log.exception("edge request failed")
-            self._reply_error(EdgeError("internal", f"{type(exc).__name__}: {exc}", self._request_id))
+            self._reply_error(EdgeError("internal", f"{type(exc).__name__}: {exc}",
+                                        request_id if request_id is not None else self._request_id))
 
     def _reply_error(self, error):
         self.edge_connection.edge.stats["errors"] += 1
