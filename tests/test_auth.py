@@ -16,7 +16,6 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from edgehelpers import SSE, WS, http, http_address
 from nodeproc import wait_until
-from zk_fixtures import zk_server  # noqa: F401
 
 from mesh import Client
 

@@ -88,7 +88,7 @@ def test_a_websocket_back_at_another_edge_recovers_then_goes_live(two_edges):
 
 def test_an_event_stream_resumes_from_last_event_id_and_post_gives_a_position(two_edges):
     a, e1, e2 = two_edges
-    base1, base2 = f"http://{http_address(e1)}", f"http://{http_address(e2)}"
+    base1 = f"http://{http_address(e1)}"
     status, body = http("POST", f"{base1}/pub/w.p", b'"first"', {"Content-Type": "application/json"})
     assert status == 200 and body["position"]["s"][0][1:] == ["w.p", 0, body["seq"]]
     for n in range(5):
