@@ -24,6 +24,7 @@ TITLES = {
     "edge_memory": "9. An edge under a WebSocket publish flood and connection churn",
     "revocation": "10. Revoking a token subject across 3 nodes",
     "recovery": "11. Recovering missed messages from history at another node",
+    "requests": "12. Request/reply round trips across two nodes, one request at a time",
 }
 
 
@@ -220,6 +221,14 @@ def table(name, rows):
                 continue
             body.append([r["label"], f"{_n(r['recovered'])} / {_n(r['messages'])}", f"{r['seconds']:.2f}",
                          _n(r["rate"]), "yes" if r["complete"] else "**no**"])
+    elif name == "requests":
+        head = ["case", "requests", "round trips/s", "p50 ms", "p99 ms"]
+        body = []
+        for r in rows:
+            if r["status"] != "ok":
+                body.append([r["label"]] + _not_ok(r, len(head) - 1))
+                continue
+            body.append([r["label"], _n(r["requests"]), _n(r["rate"]), f"{r['p50']:.3f}", f"{r['p99']:.3f}"])
     else:
         raise ValueError(name)
     return _table(head, body)

@@ -630,6 +630,11 @@ class Bench:
 
         return edge_memory(self, [] if rows is None else rows)
 
+    def requests(self, rows=None):
+        from .requests import requests
+
+        return requests(self, [] if rows is None else rows)
+
     def recovery(self, rows=None):
         from .recovery import recovery
 

@@ -36,6 +36,7 @@ EXPECTED = {
     "edge_memory": ["flood", "churn"],
     "revocation": ["revoke-3-nodes"],
     "recovery": ["recover-1000"],
+    "requests": ["mesh", "nats"],
 }
 ALWAYS_MEASURED = {("throughput", k) for k in ("zmq", "mesh1", "mesh2", "mesh3")} | \
     {("latency", k) for k in ("zmq", "mesh1", "mesh2", "mesh3")} | \
@@ -43,7 +44,7 @@ ALWAYS_MEASURED = {("throughput", k) for k in ("zmq", "mesh1", "mesh2", "mesh3")
      ("convergence", "zmq-sub"), ("sizes", "zmq@1024"), ("sizes", "mesh2@1024"), ("receive", "green"),
      ("receive", "subscriptions-200"), ("entities", "entities"), ("http", "keepalive"),
      ("http", "new-connection"), ("edge_memory", "flood"), ("edge_memory", "churn"),
-     ("revocation", "revoke-3-nodes"), ("recovery", "recover-1000")}
+     ("revocation", "revoke-3-nodes"), ("recovery", "recover-1000"), ("requests", "mesh")}
 
 
 def _processes_with(marker):
@@ -74,12 +75,12 @@ def test_quick_run_produces_every_scenario(tmp_path):
     assert proc.returncode == 0, f"exit {proc.returncode}\n{out[-3000:]}\n{err[-5000:]}"
 
     # Progress was shown while it ran, one line per case at least.
-    for number in range(1, 12):
+    for number in range(1, 13):
         assert f"[{number} " in err
     # One table per scenario and the targets.
     for title in ("1. Throughput", "1b. Throughput at larger", "2. One-way latency", "3. Fan-out", "4. WebSocket",
                   "5. Convergence", "6. The client's receive path", "7. Per-entity", "8. HTTP publish",
-                  "9. An edge under a WebSocket publish flood", "10. Revoking a token subject", "11. Recovering missed messages",
+                  "9. An edge under a WebSocket publish flood", "10. Revoking a token subject", "11. Recovering missed messages", "12. Request/reply",
                   "### Targets"):
         assert title in out, title
 
