@@ -1,0 +1,114 @@
+"""Scenario 12: request/reply round trips across two nodes (or two NATS servers).
+
+A responder process (bench/responder.py) at node A echoes each request; the
+benchmark process asks at node B, one request at a time, N times. Reported:
+round trips per second and the p50/p99 round trip. NATS: the same with
+nats-py on two routed nats-servers.
+"""
+
+import json
+import subprocess
+import sys
+import time
+
+from .procs import LOOPBACK, ROOT
+from .workers import percentile
+
+SUBJECT = "bench.req"
+
+
+def requests(bench, rows):
+    from .scenarios import Skip, failed, row, skipped
+
+    count = max(300, bench.args.messages // 40)
+    for key, label in (("mesh", "meshnode, responder at A, requester at B"),
+                       ("nats", "NATS + nats-py, responder on server 1, requester on server 2")):
+        bench.say(f"[12 requests] {label}: {count:,} requests, one at a time")
+        try:
+            result = _mesh(bench, count) if key == "mesh" else _nats(bench, count)
+            rows.append(row(key, label, **result))
+            bench.say(f"    {result['rate']:,.0f} round trips/s; p50 {result['p50']:.3f} ms, p99 {result['p99']:.3f} ms")
+        except Skip as exc:
+            rows.append(skipped(key, label, str(exc)))
+            bench.say(f"    skipped: {exc}")
+        except Exception as exc:
+            rows.append(failed(key, label, exc))
+            bench.say(f"    FAILED: {exc}")
+    return rows
+
+
+def _responder(bench, config):
+    proc = bench.procs.popen([sys.executable, "-m", "bench.responder", json.dumps(config)], "responder",
+                             cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    if proc.stdout.readline().strip() != "ready":
+        raise RuntimeError("the responder did not start")
+    return proc
+
+
+def _summary(times, seconds):
+    ordered = sorted(times)
+    return {"requests": len(times), "seconds": seconds, "rate": len(times) / seconds,
+            "p50": percentile(ordered, 50) * 1000, "p99": percentile(ordered, 99) * 1000}
+
+
+def _mesh(bench, count):
+    from mesh import Client
+
+    a, b = bench.mesh()[:2]
+    responder = _responder(bench, {"system": "mesh", "address": a.address, "subject": SUBJECT})
+    try:
+        with Client(b.address) as client:
+            client.wait_for_interest(SUBJECT, 10)
+            for i in range(50):  # warm up: the inbox subscription reaches A
+                client.request(SUBJECT, i, timeout=10)
+            times = []
+            started = time.monotonic()
+            for i in range(count):
+                t = time.perf_counter()
+                client.request(SUBJECT, i, timeout=10)
+                times.append(time.perf_counter() - t)
+            return _summary(times, time.monotonic() - started)
+    finally:
+        responder.stdin.close()
+        bench.procs.stop(responder)
+
+
+def _nats(bench, count):
+    import asyncio
+
+    from .peers import nats_cluster, wait_nats_routes
+    from .scenarios import Skip
+
+    binary, reason = bench.peer("nats")
+    if binary is None:
+        raise Skip(reason)
+    servers = nats_cluster(bench.procs, binary, 2)
+    try:
+        if not wait_nats_routes(servers):
+            raise RuntimeError("the NATS routes did not form")
+        responder = _responder(bench, {"system": "nats", "url": f"nats://{LOOPBACK}:{servers[0].port}",
+                                       "subject": SUBJECT})
+        try:
+            import nats as nats_client
+
+            async def run():
+                nc = await nats_client.connect(f"nats://{LOOPBACK}:{servers[1].port}")
+                for i in range(50):
+                    await nc.request(SUBJECT, b"%d" % i, timeout=10)
+                times = []
+                started = time.monotonic()
+                for i in range(count):
+                    t = time.perf_counter()
+                    await nc.request(SUBJECT, b"%d" % i, timeout=10)
+                    times.append(time.perf_counter() - t)
+                seconds = time.monotonic() - started
+                await nc.close()
+                return _summary(times, seconds)
+
+            return asyncio.run(run())
+        finally:
+            responder.stdin.close()
+            bench.procs.stop(responder)
+    finally:
+        for server in servers:
+            server.stop()
