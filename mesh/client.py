@@ -30,10 +30,11 @@ from .publisher import DEFAULT_BACKLOG_BYTES, DEFAULT_STREAM_IDLE, Publisher
 from .receiver import Receiver
 from .recovery import DEFAULT_MAX_REPLAY, Position
 from .recovery import recover as recover_from_history
+from .queues import Membership, Memberships
 from .requests import Requests
 from .subjects import Pattern
 from .subscription import DEFAULT_PENDING_LIMIT, Subscription
-from .waiting import fair_yielder, pick_waiter, running_under_gevent
+from .waiting import fair_yielder, pick_waiter, start_background
 from .watch import BACKLOG_GRACE, NodeWatch
 
 log = logging.getLogger("mesh.client")
@@ -97,10 +98,11 @@ class Client:
         self._receiver = Receiver(self._subscribe_socket, self._yield)
         self._watch = NodeWatch(self)
         self._requests = Requests(self)
+        self._memberships = Memberships(self)
         weakref.finalize(self, kick.set)  # a client dropped without close() lets its workers end
         weakref.finalize(self, self._watch.wake)
-        _start_background(functools.partial(_housekeep, weakref.ref(self), kick), f"mesh-house-{self.origin}")
-        _start_background(self._watch.run, f"mesh-watch-{self.origin}")
+        start_background(functools.partial(_housekeep, weakref.ref(self), kick), f"mesh-house-{self.origin}")
+        start_background(self._watch.run, f"mesh-watch-{self.origin}")
 
     @classmethod
     def from_zookeeper(cls, hosts, mesh="default", *, zk_auth=None, zk_timeout=10.0, on_failover=None,
@@ -278,7 +280,7 @@ class Client:
     # -- subscribing ------------------------------------------------------
 
     def subscribe(self, pattern, callback=None, *, pending_limit=None, since=None, recover=False,
-                  max_replay=DEFAULT_MAX_REPLAY):
+                  max_replay=DEFAULT_MAX_REPLAY, queue=None, capacity=1000):
         """Subscribe to a pattern (``*`` one token, ``>`` the rest).
 
         Without ``callback``, returns a Subscription to read with ``get()``,
@@ -292,6 +294,11 @@ class Client:
         every stream was recovered (docs/HISTORY.md). At most ``max_replay``
         messages. ``recover``: after every reconnect (the node restarted, or
         a ZooKeeper failover) recover the same way from where the reader was.
+
+        ``queue``: join the queue group of that name on ``pattern``: each
+        message goes to one member of the group in the whole mesh (at most
+        once), members with fewer messages waiting first; ``capacity`` is how
+        many may wait here before this member counts as full (mesh/queues.py).
         """
         if self.closed:
             raise RuntimeError("client is closed")
@@ -299,6 +306,13 @@ class Client:
             self._reopen_after_fork()
         if isinstance(since, str):
             since = Position.from_json(since)
+        membership = None
+        if queue is not None:
+            if since is not None or recover:
+                raise ValueError("a queue-group member does not recover history")
+            Pattern(pattern)
+            membership = Membership(queue, pattern, capacity)
+            pattern = membership.inbox_pattern  # only what a dispatcher chose for this member
         sub = Subscription(self._receiver, Pattern(pattern),
                            self.pending_limit if pending_limit is None else pending_limit,
                            self.stream_idle, self._yield)
@@ -311,8 +325,11 @@ class Client:
         if recover:
             sub.max_replay = max_replay
             self._recovering.add(sub)
+        if membership is not None:
+            self.wait_for_subscription(pattern, self._timeout)  # the inbox exists before anyone is sent to it
+            self._memberships.join(membership, sub)
         if callback is not None:
-            _start_background(functools.partial(_call_back, sub, callback), f"mesh-sub-{pattern}")
+            start_background(functools.partial(_call_back, sub, callback), f"mesh-sub-{pattern}")
         return sub
 
     def stats(self):
@@ -344,6 +361,7 @@ class Client:
         deadline = time.monotonic() + BACKLOG_GRACE
         while self._publisher.backlog and self.connected and time.monotonic() < deadline:
             time.sleep(0.01)  # just attached: the watch sends the backlog once the interest is back
+        self._memberships.stop()  # leave every queue group while the node still hears us
         self.closed = True
         if self._failover is not None:
             self._failover.close()
@@ -402,17 +420,6 @@ def _call_back(sub, callback):
             callback(message)
         except Exception:
             log.exception("subscription callback for %r failed", sub.pattern.text)
-
-
-def _start_background(work, name):
-    """Run ``work`` beside the program: a greenlet under gevent, else a daemon thread."""
-    if running_under_gevent():
-        import gevent
-
-        return gevent.spawn(work)
-    thread = threading.Thread(target=work, name=name, daemon=True)
-    thread.start()
-    return thread
 
 
 def _housekeep(client_ref, kick):

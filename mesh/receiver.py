@@ -250,6 +250,9 @@ class Receiver:
                 return 1
             if headers is None:
                 messages = [Message(subject, data, origin, seq + i, ts, epoch) for i, data in enumerate(payloads)]
+            elif "q" in headers:  # a queue-group delivery: the message as its publisher sent it
+                messages = [Message(headers.get("s"), payloads[0], headers.get("o"), headers.get("n"), ts,
+                                    headers.get("e", 0), headers=headers)]
             else:  # a request or a reply: one message
                 messages = [Message(subject, payloads[0], origin, seq, ts, epoch, headers=headers)]
             key = (origin, subject)

@@ -9,6 +9,7 @@ gevent-patched one.
 
 import os
 import sys
+import threading
 import time
 
 import zmq
@@ -130,3 +131,14 @@ def yield_to_hub():
     import gevent
 
     gevent.sleep(_YIELD_SECONDS)
+
+
+def start_background(work, name):
+    """Run ``work`` beside the program: a greenlet under gevent, else a daemon thread."""
+    if running_under_gevent():
+        import gevent
+
+        return gevent.spawn(work)
+    thread = threading.Thread(target=work, name=name, daemon=True)
+    thread.start()
+    return thread

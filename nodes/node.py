@@ -2,7 +2,7 @@
 
 The node owns the member record it publishes about itself, answers control
 commands (``hello``, ``peer``, ``bye``, ``peers``, ``stats``, ``ping``,
-``revoke``, ``history``) and keeps the data plane connected to exactly the peers its
+``revoke``, ``history``, ``queue_join``, ``queue_leave``) and keeps the data plane connected to exactly the peers its
 backend reports.
 Runs under gevent (bin/meshnode monkey-patches before importing it).
 """
@@ -14,16 +14,21 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
+import gevent
 import msgpack
 import zmq
 
 from discovery.base import validate_member, validate_name, validate_revocation
 from mesh.curve import MESH_CERT, CurveKeys
+from mesh import Client
+from mesh.control import ControlChannel, ControlError
 from mesh.envelope import DEFAULT_MAX_PAYLOAD, PROTOCOL_VERSION
 from mesh.subjects import Pattern
+from mesh.waiting import pick_waiter
 
 from .control import ControlServer, RequestError
 from .dataplane import DataPlane
+from .dispatcher import Dispatcher
 from .recorder import DEFAULT_HISTORY_BYTES, MAX_ASKED_STREAMS, MAX_PAGE_MESSAGES, Recorder
 from .revocations import Revocations
 from .zap import ZapHandler
@@ -85,6 +90,8 @@ class Node:
         self.control = ControlServer(self.context, config.host, config.port, self, self.curve)
         self.revocations = Revocations(discovery, self.context, self.curve)
         self.recorder = None
+        self.dispatcher = None  # made at the first queue-group member (nodes/dispatcher.py)
+        self._peer_channels = {}  # control address -> ControlChannel, for relaying announcements
         self.name = validate_name(config.name or f"{socket.gethostname()}-{self.control.port}")
         self.member = {
             "name": self.name,
@@ -136,10 +143,17 @@ class Node:
                             self.config.max_payload)
         self.peers = members
         self.dataplane.set_peers(record["out"] for record in members.values())
+        known = {record["control"] for record in members.values()}
+        for address in [a for a in self._peer_channels if a not in known]:
+            self._peer_channels.pop(address).close()
 
     def stop(self):
         if self.edge is not None:
             self.edge.stop()
+        if self.dispatcher is not None:
+            self.dispatcher.stop()
+        for channel in self._peer_channels.values():
+            channel.close()
         if self.recorder is not None:
             self.recorder.stop()
         self.discovery.stop()
@@ -222,6 +236,58 @@ class Node:
                 "next": next_cursor, "recording": True,
                 "streams": [[origin, subject, state] for (origin, subject), state in streams.items()]}
 
+    def cmd_queue_join(self, request):
+        """A queue-group member's announcement (mesh/queues.py), relayed to the peers."""
+        fields = {key: request.get(key) for key in ("group", "pattern", "member", "capacity", "pending")}
+        try:
+            new = self._dispatcher().join(fields, request.get("node") or self.name)
+        except (ValueError, TypeError) as exc:
+            raise RequestError("bad_request", str(exc)) from None
+        if request.get("relay", True) is not False:
+            self._relay("queue_join", {**fields, "node": self.name, "relay": False})
+        return {"new": new}
+
+    def cmd_queue_leave(self, request):
+        fields = {key: request.get(key) for key in ("group", "pattern", "member")}
+        if not all(isinstance(value, str) for value in fields.values()):
+            raise RequestError("bad_request", "queue_leave needs group, pattern and member")
+        if self.dispatcher is not None:
+            self.dispatcher.leave(fields["group"], fields["pattern"], fields["member"])
+        if request.get("relay", True) is not False:
+            self._relay("queue_leave", {**fields, "relay": False})
+        return {}
+
+    def _dispatcher(self):
+        """The dispatcher, made at the first queue-group member. Its mesh Client
+        connects to this node's own control socket, which is busy answering
+        the request that got here: so the client is made in a greenlet, and
+        members count as unreachable until it exists."""
+        if self.dispatcher is None:
+            self.dispatcher = Dispatcher(self.context, self.dataplane.endpoints("127.0.0.1")["out"]
+                                         if self.config.host in ("0.0.0.0", "*") else self.member["out"],
+                                         self.curve)
+            self.dispatcher.start()
+            gevent.spawn(self._connect_dispatcher)
+        return self.dispatcher
+
+    def _connect_dispatcher(self):
+        address = f"127.0.0.1:{self.control.port}" if self.config.host in ("0.0.0.0", "*") else self.member["control"]
+        while self.dispatcher.client is None:
+            try:
+                self.dispatcher.client = Client(address, curve=self.curve)
+            except (TimeoutError, ControlError) as exc:
+                log.warning("the queue-group dispatcher cannot connect to this node yet: %s", exc)
+                gevent.sleep(1.0)
+
+    def _relay(self, cmd, fields):
+        """Send a request to every peer without waiting for the answers."""
+        for record in list(self.peers.values()):
+            channel = self._peer_channels.get(record["control"])
+            if channel is None:
+                channel = self._peer_channels[record["control"]] = ControlChannel(
+                    self.context, record["control"], pick_waiter(), timeout=1.0, curve=self.curve)
+            gevent.spawn(_quietly, channel.request, cmd, **fields)
+
     def cmd_peers(self, request):
         """Peer records, each with ``link``: "up" or "down" (the data link to its ``out``)."""
         links = self.dataplane.links
@@ -254,6 +320,7 @@ class Node:
             "proxies": counters,
             "revocations": len(self.revocations.current()),
             **({"history": self.recorder.counters()} if self.recorder is not None else {}),
+            **({"queues": self.dispatcher.counters()} if self.dispatcher is not None else {}),
             **({"edge": self.edge.counters()} if self.edge is not None else {}),
             **({"curve": self.zap.counters()} if self.zap is not None else {}),
         }
@@ -263,3 +330,10 @@ def _number(value, name):
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
         raise ValueError(f"{name} must be a number, 0 or more")
     return value
+
+
+def _quietly(request, cmd, **fields):
+    try:
+        request(cmd, **fields)
+    except (TimeoutError, ControlError) as exc:  # the next announcement tries again
+        log.debug("relaying %s failed: %s", cmd, exc)

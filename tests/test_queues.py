@@ -1,0 +1,134 @@
+"""Queue groups across real nodes (mesh/queues.py, nodes/dispatcher.py): each
+message to one member of the group in the whole mesh, plain subscribers
+still get everything, busy members get less, bad announcements are refused."""
+
+import threading
+import time
+
+import pytest
+from meshhelpers import warm_up
+from nodeproc import wait_until
+
+from mesh import Client
+
+
+def linked(*nodes):
+    names = sorted(n.name for n in nodes)
+    return all(n.peer_names() == [x for x in names if x != n.name] for n in nodes)
+
+
+def queue_stats(node):
+    return node.stats().get("queues", {})
+
+
+@pytest.fixture
+def mesh3(start_node):
+    a = start_node("A")
+    b = start_node("B", peers=[a])
+    c = start_node("C", peers=[a, b])
+    wait_until(lambda: linked(a, b, c), what="three linked nodes")
+    return a, b, c
+
+
+def drain(sub, into, stop):
+    while not stop.is_set():
+        try:
+            into.append(sub.get(timeout=0.2))
+        except TimeoutError:
+            pass
+
+
+def test_each_message_goes_to_one_member_and_plain_subscribers_get_all(mesh3):
+    nodes = mesh3
+    clients = [Client(node.address) for node in nodes for _ in range(2)]
+    plain_client = Client(nodes[0].address)
+    try:
+        members = [client.subscribe("jobs.>", queue="workers") for client in clients]
+        plain = plain_client.subscribe("jobs.>")
+        wait_until(lambda: all(queue_stats(n).get("reachable") == 6 for n in nodes), timeout=15,
+                   what="every node to know and reach the 6 members")
+        got = [[] for _ in members]
+        seen_plain = []
+        stop = threading.Event()
+        readers = [threading.Thread(target=drain, args=(m, g, stop)) for m, g in zip(members, got)]
+        readers.append(threading.Thread(target=drain, args=(plain, seen_plain, stop)))
+        for r in readers:
+            r.start()
+        publishers = [Client(node.address) for node in nodes]
+        for p in publishers:
+            warm_up(p, "jobs.warm", [plain])
+        for i in range(10_000):
+            for p in publishers:
+                p.publish("jobs.x", i)
+        for p in publishers:
+            p.flush()
+        wait_until(lambda: sum(len(g) for g in got) >= 30_000 and len(seen_plain) >= 30_000, timeout=60,
+                   what="every message")
+        time.sleep(0.5)
+        stop.set()
+        for r in readers:
+            r.join(5)
+        delivered = [(m.origin, m.seq) for g in got for m in g if m.subject == "jobs.x"]
+        assert len(delivered) == 30_000 and len(set(delivered)) == 30_000  # exactly once across the group
+        assert len([m for m in seen_plain if m.subject == "jobs.x"]) == 30_000
+        assert all(len(g) > 0 for g in got), [len(g) for g in got]
+        for p in publishers:
+            p.close()
+    finally:
+        for client in clients + [plain_client]:
+            client.close()
+
+
+def test_a_busy_member_gets_fewer(start_node):
+    a = start_node("A")
+    with Client(a.address) as fast_client, Client(a.address) as slow_client, Client(a.address) as pub:
+        counts = {"fast": 0, "slow": 0}
+
+        def slow(message):
+            counts["slow"] += 1
+            time.sleep(0.005)
+
+        def fast(message):
+            counts["fast"] += 1
+
+        fast_client.subscribe("work.>", fast, queue="g", capacity=20)
+        slow_sub = slow_client.subscribe("work.>", slow, queue="g", capacity=20)
+        wait_until(lambda: queue_stats(a).get("reachable") == 2, what="both members")
+        for i in range(3000):  # 1,000 a second for 3 s: more than the slow member's 200 a second
+            pub.publish("work.x", i)
+            if i % 10 == 0:
+                time.sleep(0.01)
+        pub.flush()
+        backlog = slow_sub.pending  # what waits at the slow member when the publisher is done
+        wait_until(lambda: counts["fast"] + counts["slow"] == 3000, timeout=60, what="every message")
+    # Picked at random, each would get 1,500 and the slow one would end 3 s of
+    # publishing about 900 behind; by room, it gets what it can take.
+    assert counts["slow"] < counts["fast"] * 0.75, counts
+    assert backlog < 400, backlog
+
+
+def test_members_that_leave_are_forgotten_and_bad_announcements_refused(start_node):
+    a = start_node("A")
+    b = start_node("B", peers=[a])
+    wait_until(lambda: linked(a, b), what="link")
+    with Client(a.address) as pub:
+        member_client = Client(b.address)
+        member_client.subscribe("gone.>", queue="g")
+        wait_until(lambda: queue_stats(a).get("members") == 1, what="A to hear of the member")
+        assert pub.wait_for_interest("gone.x")
+        member_client.close()  # leaves the group
+        wait_until(lambda: queue_stats(a).get("members") == 0 and not pub.has_interest("gone.x"), timeout=10,
+                   what="A to forget it, and the publisher to see no interest")
+    for fields in ({"group": "g", "pattern": "a..b", "member": "m1", "capacity": 1},
+                   {"group": "has.dot", "pattern": "x", "member": "m1", "capacity": 1},
+                   {"group": "g", "pattern": "x", "member": "not-alnum!", "capacity": 1},
+                   {"group": "g", "pattern": "x", "member": "m1", "capacity": -1},
+                   {"group": "g", "pattern": "x", "member": "m1", "capacity": "lots"}):
+        reply = a.request("queue_join", **fields)
+        assert (reply["ok"], reply["error"]) == (False, "bad_request"), (fields, reply)
+    assert a.request("queue_leave", group="g", pattern="x", member="unknown")["ok"] is True
+    assert a.request("queue_leave", group="g")["error"] == "bad_request"
+    with Client(a.address) as client:
+        with pytest.raises(ValueError, match="queue group"):
+            client.subscribe("x.>", queue="bad group")
+    assert a.alive()
