@@ -231,11 +231,12 @@ class Client:
         or with ``error`` (text: the requester gets RemoteError)."""
         self._requests.respond(message, data, error)
 
-    def serve(self, pattern, handler):
+    def serve(self, pattern, handler, queue=None):
         """Answer every request on ``pattern`` with ``handler(message)``'s
-        return value (a raised exception goes back as RemoteError). Returns
-        the Subscription; unsubscribe it to stop."""
-        return self._requests.serve(pattern, handler)
+        return value (a raised exception goes back as RemoteError). With
+        ``queue``, as a member of that queue group: each request reaches one
+        member. Returns the Subscription; unsubscribe it to stop."""
+        return self._requests.serve(pattern, handler, queue)
 
     def stream_position(self, subject, seq):
         """The Position just after this client's message ``seq`` on

@@ -91,7 +91,7 @@ class Requests:
         headers = {"error": str(error)} if error is not None else {}
         client._publisher.publish_with_headers(reply, None if error is not None else data, headers)
 
-    def serve(self, pattern, handler):
+    def serve(self, pattern, handler, queue=None):
         def answer(message):
             if not message.reply:
                 return  # a plain publish on the subject: nothing to answer
@@ -102,4 +102,4 @@ class Requests:
                 return
             self.respond(message, result)
 
-        return self._client.subscribe(pattern, answer)
+        return self._client.subscribe(pattern, answer, queue=queue)

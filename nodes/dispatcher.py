@@ -174,8 +174,9 @@ class Dispatcher:
         if not groups:
             return
         origin, epoch, seq, ts, payloads, headers = decode_batch(frames[1], with_headers=True)
-        if headers is not None:
-            return  # requests and replies are not queue work (yet)
+        reply = headers.get("reply") if headers else None
+        if headers and not isinstance(reply, str):
+            return  # a reply, or headers we do not know: not queue work
         for i, data in enumerate(payloads):
             for group in groups:
                 member = self._pick(group)
@@ -184,9 +185,11 @@ class Dispatcher:
                     continue
                 member.sent += 1
                 self.dispatched += 1
-                self.client._publisher.publish_with_headers(
-                    f"{INBOX_TOPIC}.{member.member}.{subject}", data,
-                    {"q": group.name, "s": subject, "o": origin, "e": epoch, "n": seq + i})
+                forwarded = {"q": group.name, "s": subject, "o": origin, "e": epoch, "n": seq + i}
+                if reply is not None:  # a request: one member of the group answers it
+                    forwarded["reply"] = reply
+                self.client._publisher.publish_with_headers(f"{INBOX_TOPIC}.{member.member}.{subject}", data,
+                                                            forwarded)
 
     def _pick(self, group):
         best, best_room = None, None

@@ -132,3 +132,22 @@ def test_members_that_leave_are_forgotten_and_bad_announcements_refused(start_no
         with pytest.raises(ValueError, match="queue group"):
             client.subscribe("x.>", queue="bad group")
     assert a.alive()
+
+
+def test_a_request_to_a_queue_group_reaches_one_responder(mesh3):
+    a, b, c = mesh3
+    answered = []
+    responders = [Client(node.address) for node in (a, b, c)]
+    try:
+        for i, client in enumerate(responders):
+            client.serve("svc.add", lambda message, i=i: answered.append(i) or message.data + 1, queue="adders")
+        wait_until(lambda: queue_stats(a).get("reachable") == 3, timeout=15, what="A to reach the 3 members")
+        with Client(a.address) as asker:
+            results = [asker.request("svc.add", n, timeout=5).data for n in range(60)]
+        assert results == [n + 1 for n in range(60)]
+        time.sleep(0.3)
+        assert len(answered) == 60  # one responder per request, not three
+        assert len(set(answered)) > 1  # spread over the group
+    finally:
+        for client in responders:
+            client.close()
