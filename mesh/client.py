@@ -170,20 +170,25 @@ class Client:
         """Attach to the node that answered ``info`` (after a restart or a move):
         new data sockets, every subscription re-created, publishes held until
         the interest is back (mesh/watch.py)."""
-        recovering = [(sub, sub._position(queued_count=True)) for sub in list(self._recovering) if not sub.closed]
+        recovering = []
         with self._attach_lock:
+            for sub in list(self._recovering):
+                if not sub.closed and sub._held is None:
+                    sub._begin_hold()  # from now on live messages wait for the replay
+                    recovering.append((sub, sub._position(queued_count=True)))
             self._publisher.disconnect()
             self._adopt(info)
             self._publisher.replace_socket(self._publish_socket(), self.max_payload)
-            for sub, _ in recovering:
-                sub._begin_hold()  # from the new socket on, live messages wait for the replay
             self._receiver.move()
             self.connected = True
             self.reconnects += 1
             self._watch.flush_soon()
         for sub, position in recovering:
-            self.wait_for_subscription(sub.pattern.text, self._timeout)
-            recover_from_history(self, sub, position, sub.max_replay)
+            try:
+                self.wait_for_subscription(sub.pattern.text, self._timeout)
+                recover_from_history(self, sub, position, sub.max_replay)
+            finally:
+                sub._end_hold_if_held()
         self._call(self.on_reconnect)
 
     def _lost(self):
@@ -321,8 +326,11 @@ class Client:
             sub._begin_hold()  # live messages wait until the replay is queued
         self._receiver.add(sub)
         if since is not None:
-            self.wait_for_subscription(pattern, self._timeout)  # what the node forwards from now on is held
-            recover_from_history(self, sub, since, max_replay)
+            try:
+                self.wait_for_subscription(pattern, self._timeout)  # what the node forwards from now on is held
+                recover_from_history(self, sub, since, max_replay)
+            finally:
+                sub._end_hold_if_held()  # a recovery that failed still lets live messages through
         if recover:
             sub.max_replay = max_replay
             self._recovering.add(sub)

@@ -64,6 +64,7 @@ class Memberships:
 
     def join(self, membership, subscription):
         membership.subscription = subscription
+        subscription.on_unsubscribe = lambda: self.leave(membership)
         self._members[membership.member] = membership
         self._send("queue_join", membership.record())
         if not self._started:

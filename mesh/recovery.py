@@ -131,7 +131,6 @@ def fetch(client, pattern, position, max_replay, held):
         gaps = [key for key, state in recovery.streams.items() if state == "gap"]
         if not gaps or attempt:
             break
-        recovery.unreachable.clear()
         # Only the named and gap streams: a time nothing was published at.
         asks = [([[o, s, *max([named.get((o, s), (0, 0)), *found.get((o, s), {})])] for o, s in gaps],
                  time.time() + 3600)]
@@ -175,11 +174,14 @@ def _nodes(client):
 
 
 def _pages(channel, pattern, after, since):
-    cursor = 0
-    while cursor is not None:
-        reply = channel.request("history", pattern=pattern, after=after, since=since, cursor=cursor)
+    cursor = None
+    while True:
+        reply = channel.request("history", pattern=pattern, after=after, since=since,
+                                **({} if cursor is None else {"cursor": cursor}))
         yield reply["messages"], reply["streams"]
         cursor = reply["next"]
+        if cursor is None:
+            return
 
 
 def _check_streams(pattern, named, found, states, held, recovery):

@@ -100,6 +100,9 @@ class Requests:
             except Exception as exc:  # the requester hears of it
                 self.respond(message, error=f"{type(exc).__name__}: {exc}")
                 return
-            self.respond(message, result)
+            try:
+                self.respond(message, result)
+            except (TypeError, ValueError) as exc:  # an answer msgpack cannot carry, or too large
+                self.respond(message, error=f"the reply could not be sent: {exc}")
 
         return self._client.subscribe(pattern, answer, queue=queue)

@@ -51,6 +51,7 @@ class Subscription:
         self._held = None  # live messages held back while a recovery replays (a list), else None
         self._hold_lock = None
         self.recovery = None  # mesh.recovery.Recovery, for a subscription made with since=
+        self.on_unsubscribe = None  # called once unsubscribed (a queue-group membership leaves)
 
     # -- reading ----------------------------------------------------------
 
@@ -143,6 +144,10 @@ class Subscription:
                 self.gaps += seq - last - 1
             if end > last:
                 position[1] = end
+            if seq <= last:  # already had (a replay from history went first): never twice
+                if end <= last:
+                    return
+                messages = messages[last - seq + 1:]
         queue = self._queue
         room = self.pending_limit - len(queue)
         if room >= len(messages):
@@ -166,6 +171,11 @@ class Subscription:
                 return False  # the replay just finished: deliver as usual
             self._held.extend(messages)
             return True
+
+    def _end_hold_if_held(self):
+        """End a hold that a failed recovery left: deliver what was held."""
+        if self._held is not None:
+            self._end_hold([], lambda message: True)
 
     def _end_hold(self, replayed, keep_live):
         """Queue the ``replayed`` messages, then the held live ones for which
@@ -218,6 +228,8 @@ class Subscription:
         self.closed = True
         self._queue.clear()
         self._receiver.remove(self)
+        if self.on_unsubscribe is not None:
+            self.on_unsubscribe()
 
     def __enter__(self):
         return self

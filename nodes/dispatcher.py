@@ -64,6 +64,7 @@ class Dispatcher:
         self.dispatched = 0
         self.no_member = 0
         self.malformed = 0
+        self.failed = 0
         self._prefixes = {}  # prefix -> number of groups using it
         self._sock = context.socket(zmq.SUB)
         self._sock.setsockopt(zmq.LINGER, 0)
@@ -96,13 +97,13 @@ class Dispatcher:
                 raise ValueError(f"{what} must be an integer, 0 or more")
         key = (name, pattern.text)
         group = self.groups.get(key)
+        member = group.members.get(member_id) if group is not None else None
+        new = member is None
+        if new and sum(len(g.members) for g in self.groups.values()) >= MAX_MEMBERS:
+            raise ValueError(f"this node knows {MAX_MEMBERS} queue-group members already")
         if group is None:
-            if sum(len(g.members) for g in self.groups.values()) >= MAX_MEMBERS:
-                raise ValueError(f"this node knows {MAX_MEMBERS} queue-group members already")
             group = self.groups[key] = Group(name, pattern.text)
             self._subscribe(pattern.prefix)
-        member = group.members.get(member_id)
-        new = member is None
         if new:
             member = group.members[member_id] = Member(member_id, node)
         member.capacity, member.pending, member.sent = capacity, pending, 0
@@ -136,7 +137,7 @@ class Dispatcher:
             for member_id, member in list(group.members.items()):
                 if member.expires < now:
                     del group.members[member_id]
-                elif not member.reachable:
+                else:  # gained, or lost (its client went away): look again
                     member.reachable = self._reaches(member)
             if not group.members:
                 self._drop(group)
@@ -160,6 +161,9 @@ class Dispatcher:
                     self._dispatch(frames)
                 except MalformedMessage:
                     self.malformed += 1
+                except Exception as exc:  # one message must not stop every group of this node
+                    self.failed += 1
+                    log.warning("could not dispatch a message on %r: %s", frames[0][:80], exc)
 
     def _dispatch(self, frames):
         if len(frames) != 2 or frames[0].endswith(b"\x00"):
@@ -210,4 +214,5 @@ class Dispatcher:
         members = [m for g in self.groups.values() for m in g.members.values()]
         return {"groups": len(self.groups), "members": len(members),
                 "reachable": sum(m.reachable for m in members),
-                "dispatched": self.dispatched, "no_member": self.no_member, "malformed": self.malformed}
+                "dispatched": self.dispatched, "no_member": self.no_member, "malformed": self.malformed,
+                "failed": self.failed}

@@ -39,6 +39,7 @@ class EdgeConnection:
         self.max_subscriptions = max_subscriptions
         self.patterns = {}  # pattern text -> Pattern
         self.holding = {}  # pattern text -> [(Message, frame)] held while a recovery replays (edgerecovery.py)
+        self.replayed_to = {}  # (origin, subject) -> (epoch, seq) a recovery replayed up to
         self.queued_bytes = 0
         self.closed = False
         self.cut = False  # cut off: accept no more frames

@@ -30,7 +30,10 @@ def hold(connection, pattern):
 def recovered_frames(edge, connection, pattern, position, request_id=None):
     """``(summary, frames)``: what to tell the client, and an iterator of the
     frames to send (replay, then held live) that ends the hold when exhausted."""
-    held = connection.holding[pattern.text]
+    held = connection.holding.get(pattern.text)
+    if held is None:  # already subscribed to this pattern: it is live, nothing to recover into
+        raise EdgeError("already_subscribed", f"already subscribed to {pattern.text!r}: unsubscribe first",
+                        request_id, 409)
     try:
         recovery, replayed, reach = fetch(edge.client, pattern, position, MAX_REPLAY,
                                           lambda: [message for message, _ in held])
@@ -47,6 +50,8 @@ def recovered_frames(edge, connection, pattern, position, request_id=None):
 
     def frames():
         for message in replayed:
+            if connection.closed or connection.cut:  # expired, revoked or gone meanwhile
+                return
             try:
                 text = render_message(message).encode("utf-8")
             except (ValueError, TypeError, RecursionError):
@@ -55,12 +60,15 @@ def recovered_frames(edge, connection, pattern, position, request_id=None):
             yield encode_frame(connection.kind, text, event_id(message) if connection.kind == "sse" else None)
         i = 0
         while i < len(held):  # it grows while frames are sent
+            if connection.closed or connection.cut:
+                return
             message, frame = held[i]
             i += 1
             last = reach.get((message.origin, message.subject))
             if last is None or (message.epoch, message.seq) > last:
                 yield frame
         connection.holding.pop(pattern.text, None)  # no switch since the last check: live from here
+        connection.replayed_to.update(reach)  # live copies still in flight are not sent twice
 
     return summary, frames()
 

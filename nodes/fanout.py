@@ -78,6 +78,10 @@ class Fanout:
             if connection.holding and pattern in connection.holding:  # a recovery is replaying first
                 connection.holding[pattern].append((message, frame))
                 continue
+            if connection.replayed_to:
+                last = connection.replayed_to.get((message.origin, message.subject))
+                if last is not None and (message.epoch, message.seq) <= last:
+                    continue  # the replay had it
             connection.offer(frame)
             self.stats["messages_out"] += 1
 

@@ -39,7 +39,7 @@ PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static", "index
 STATUS = {200: "200 OK", 400: "400 Bad Request", 401: "401 Unauthorized", 403: "403 Forbidden",
           404: "404 Not Found", 405: "405 Method Not Allowed", 408: "408 Request Timeout",
           411: "411 Length Required",
-          413: "413 Payload Too Large", 429: "429 Too Many Requests", 503: "503 Service Unavailable",
+          409: "409 Conflict", 413: "413 Payload Too Large", 429: "429 Too Many Requests", 503: "503 Service Unavailable",
           502: "502 Bad Gateway", 504: "504 Gateway Timeout"}
 
 

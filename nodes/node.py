@@ -38,6 +38,7 @@ log = logging.getLogger("meshnode.node")
 DEFAULT_PORT = 7400
 DEFAULT_HWM = 100_000
 DEFAULT_REVOCATION_SECONDS = 24 * 3600.0
+MAX_RELAYS_WAITING = 8  # announcements waiting for one slow peer before more are skipped
 
 
 @dataclass
@@ -218,7 +219,10 @@ class Node:
         try:
             pattern = Pattern(request.get("pattern"))
             since = _number(request.get("since", 0.0), "since")
-            cursor = int(_number(request.get("cursor", 0), "cursor"))
+            cursor = request.get("cursor")
+            if cursor is not None and (not isinstance(cursor, list) or len(cursor) != 2
+                                       or not isinstance(cursor[0], str) or type(cursor[1]) is not int):
+                raise ValueError("cursor is the next of the previous page: [subject, number]")
             limit = min(MAX_PAGE_MESSAGES, max(1, int(_number(request.get("limit", MAX_PAGE_MESSAGES), "limit"))))
             after = request.get("after", [])
             if not isinstance(after, list) or len(after) > MAX_ASKED_STREAMS:
@@ -286,7 +290,9 @@ class Node:
             if channel is None:
                 channel = self._peer_channels[record["control"]] = ControlChannel(
                     self.context, record["control"], pick_waiter(), timeout=1.0, curve=self.curve)
-            gevent.spawn(_quietly, channel.request, cmd, **fields)
+                channel.relaying = 0
+            if channel.relaying < MAX_RELAYS_WAITING:  # a slow peer gets the next announcement instead
+                gevent.spawn(_relay_one, channel, cmd, fields)
 
     def cmd_peers(self, request):
         """Peer records, each with ``link``: "up" or "down" (the data link to its ``out``)."""
@@ -332,8 +338,11 @@ def _number(value, name):
     return value
 
 
-def _quietly(request, cmd, **fields):
+def _relay_one(channel, cmd, fields):
+    channel.relaying += 1
     try:
-        request(cmd, **fields)
+        channel.request(cmd, **fields)
     except (TimeoutError, ControlError) as exc:  # the next announcement tries again
         log.debug("relaying %s failed: %s", cmd, exc)
+    finally:
+        channel.relaying -= 1

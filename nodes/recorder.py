@@ -56,11 +56,12 @@ class HistoryRule:
 
 
 class _Entry:
-    __slots__ = ("subject", "origin", "epoch", "seq", "ts", "packed", "alive")
+    __slots__ = ("subject", "origin", "epoch", "seq", "ts", "packed", "alive", "n")
 
-    def __init__(self, subject, origin, epoch, seq, ts, packed):
+    def __init__(self, subject, origin, epoch, seq, ts, packed, n):
         self.subject, self.origin, self.epoch, self.seq, self.ts, self.packed = subject, origin, epoch, seq, ts, packed
         self.alive = True
+        self.n = n  # arrival number at this node: pages resume after one
 
 
 class Recorder:
@@ -126,7 +127,7 @@ class Recorder:
         if entries is None:
             entries = self._subjects[subject] = collections.deque()
         for i, data in enumerate(payloads):
-            entry = _Entry(subject, origin, epoch, seq + i, ts, msgpack.packb(data))
+            entry = _Entry(subject, origin, epoch, seq + i, ts, msgpack.packb(data), self.recorded)
             entries.append(entry)
             self._arrivals.append(entry)
             self.bytes += len(entry.packed) + ENTRY_OVERHEAD
@@ -164,17 +165,20 @@ class Recorder:
 
     # -- reading ---------------------------------------------------------
 
-    def page(self, pattern, since=0.0, after=(), cursor=0, limit=MAX_PAGE_MESSAGES, partial=False):
-        """Messages on subjects ``pattern`` matches, oldest first, from the
-        ``cursor``-th one that qualifies: those of a stream named in ``after``
-        that come after its (epoch, seq) (a publisher's epochs only grow),
-        those of other streams published at ``since`` or later. At most ``limit`` messages and
-        MAX_PAGE_BYTES of payload. Returns ``(messages, next_cursor or None,
-        streams)``; ``streams`` maps each asked stream this node recorded (it
-        holds messages of it, or evicted some), and each other stream with
-        messages since ``since``, to "complete" or "evicted" (a wanted message
-        is gone: then none of the stream's messages are sent, unless
-        ``partial``: then what is left is)."""
+    def page(self, pattern, since=0.0, after=(), cursor=None, limit=MAX_PAGE_MESSAGES, partial=False):
+        """Messages on subjects ``pattern`` matches, by subject and then in
+        the order they arrived, after ``cursor`` ([subject, arrival number]
+        of the last message of the previous page; None for the first page):
+        those of a stream named in ``after`` that come after its (epoch, seq)
+        (a publisher's epochs only grow), those of other streams published at
+        ``since`` or later. At most ``limit`` messages and MAX_PAGE_BYTES of
+        payload. Returns ``(messages, next_cursor or None, streams)``;
+        ``streams`` maps each asked stream this node recorded (it holds
+        messages of it, or evicted some), and each other stream with messages
+        (held or evicted) since ``since``, to "complete" or "evicted" (a wanted
+        message is gone: then none of the stream's messages are sent, unless
+        ``partial``: then what is left is). A cursor stays valid while the
+        node evicts: a page never skips or repeats a message it still holds."""
         self._trim()
         asked = {(origin, subject): (epoch, seq) for origin, subject, epoch, seq in after}
         streams = {}
@@ -182,9 +186,15 @@ class Recorder:
             evicted = self._evicted_to.get(key)
             if evicted is not None:  # a stream this node recorded, all of whose messages may be gone
                 streams[key] = "evicted" if evicted[:2] > position else "complete"  # epochs only grow
-        messages, size, skipped, next_cursor = [], 0, 0, None
-        for subject in sorted(s for s in self._subjects if pattern.matches(s)):
+        for key, evicted in self._evicted_to.items():  # streams gone whole since the asked time
+            if key not in asked and evicted[2] >= since and pattern.matches(key[1]):
+                streams[key] = "evicted"
+        after_subject, after_n = cursor if cursor is not None else ("", -1)
+        messages, size, next_cursor = [], 0, None
+        for subject in sorted(s for s in self._subjects if pattern.matches(s) and s >= after_subject):
             for entry in self._subjects[subject]:
+                if subject == after_subject and entry.n <= after_n:
+                    continue  # on an earlier page
                 key = (entry.origin, entry.subject)
                 position = asked.get(key)
                 if position is not None:
@@ -195,16 +205,11 @@ class Recorder:
                 else:
                     if entry.ts < since:
                         continue
-                    if key not in streams:
-                        evicted = self._evicted_to.get(key)
-                        streams[key] = "evicted" if evicted is not None and evicted[2] >= since else "complete"
-                    if streams[key] == "evicted" and not partial:
+                    if streams.setdefault(key, "complete") == "evicted" and not partial:
                         continue
-                if skipped < cursor:
-                    skipped += 1
-                    continue
-                if len(messages) >= limit or size + len(entry.packed) > MAX_PAGE_BYTES:
-                    next_cursor = cursor + len(messages)
+                if len(messages) >= limit or (messages and size + len(entry.packed) > MAX_PAGE_BYTES):
+                    last = messages[-1]
+                    next_cursor = [last.subject, last.n]
                     break
                 messages.append(entry)
                 size += len(entry.packed)

@@ -97,3 +97,22 @@ def test_bad_history_requests_and_options(start_node):
         assert (reply["ok"], reply["error"]) == (False, "bad_request"), (fields, reply)
     plain = start_node("B")
     assert plain.request("history", pattern="h.>")["recording"] is False
+
+
+def test_pages_stay_right_while_the_node_evicts(start_node):
+    a = start_node("A", "--history", "p.>=10/60s")
+    with Client(a.address) as client:
+        published(client, "p.a", 10)
+        published(client, "p.b", 5)
+        wait_until(lambda: a.stats()["history"]["recorded"] == 15, what="the recorder")
+        first = history(a, "p.>", limit=4, partial=True)
+        client.publish("p.a", {"i": 10})  # p.a seq 11: seq 1 is evicted between the pages
+        client.flush()
+        wait_until(lambda: a.stats()["history"]["recorded"] == 16, what="the recorder")
+        pages, cursor = [first], first["next"]
+        while cursor is not None:
+            pages.append(history(a, "p.>", limit=4, cursor=cursor, partial=True))
+            cursor = pages[-1]["next"]
+        got = [(m[0], m[3]) for page in pages for m in page["messages"]]
+        assert got == [("p.a", s) for s in range(1, 12)] + [("p.b", s) for s in range(1, 6)]  # none skipped
+        assert a.request("history", pattern="p.>", cursor=7)["error"] == "bad_request"

@@ -222,3 +222,24 @@ def test_a_subscriber_whose_node_restarts_recovers_what_was_published_meanwhile(
     assert got == list(range(10, 520))
     assert sub.recovery.recovered, sub.recovery
     assert sub.gaps == 0
+
+
+def test_live_copies_of_replayed_messages_are_not_delivered_twice():
+    """A replay goes first; the same messages may still come live behind it."""
+    from mesh.envelope import Message
+    from mesh.subjects import Pattern
+    from mesh.subscription import Subscription
+
+    class Receiver:  # what a Subscription needs of its receiver here
+        def remove(self, sub):
+            pass
+
+    sub = Subscription(Receiver(), Pattern("r.>"), 1000, 60.0, None)
+    key = ("o", "r.x")
+    sub._accept(key, 0, 100, [Message("r.x", 100, "o", 100, 0.0)], 1.0)
+    sub._begin_hold()
+    sub._end_hold([Message("r.x", s, "o", s, 0.0, 0, True) for s in range(101, 106)], lambda m: True)
+    live = [Message("r.x", s, "o", s, 0.0) for s in range(104, 108)]
+    sub._accept(key, 0, 104, live, 2.0)
+    assert [m.seq for m in sub._queue] == [100, 101, 102, 103, 104, 105, 106, 107]
+    assert sub.gaps == 0
