@@ -222,6 +222,14 @@ class Client:
             self._reopen_after_fork()
         return self._publisher.publish(subject, data)
 
+    def ack(self, message):
+        """Acknowledge a job (``message.job``): it is done and will not come again."""
+        self._memberships.settle(message, "job_ack")
+
+    def extend(self, message, seconds):
+        """Give a job ``seconds`` more from now before it goes to another member."""
+        self._memberships.settle(message, "job_extend", seconds=seconds)
+
     # -- request/reply (mesh/requests.py) -----------------------------------
 
     def request(self, subject, data, timeout=5.0):
@@ -286,7 +294,7 @@ class Client:
     # -- subscribing ------------------------------------------------------
 
     def subscribe(self, pattern, callback=None, *, pending_limit=None, since=None, recover=False,
-                  max_replay=DEFAULT_MAX_REPLAY, queue=None, capacity=1000):
+                  max_replay=DEFAULT_MAX_REPLAY, queue=None, capacity=1000, ack_deadline=None, max_attempts=5):
         """Subscribe to a pattern (``*`` one token, ``>`` the rest).
 
         Without ``callback``, returns a Subscription to read with ``get()``,
@@ -305,6 +313,11 @@ class Client:
         message goes to one member of the group in the whole mesh (at most
         once), members with fewer messages waiting first; ``capacity`` is how
         many may wait here before this member counts as full (mesh/queues.py).
+        With ``ack_deadline`` (seconds) the group's messages are **jobs**: at
+        least once; acknowledge each with ``client.ack(message)`` (or extend
+        it with ``client.extend``); one not acknowledged in time, or whose
+        worker died, goes to another member, at most ``max_attempts`` times,
+        then to ``$dead.<group>.<subject>`` (docs/QUEUES.md).
         """
         if self.closed:
             raise RuntimeError("client is closed")
@@ -317,7 +330,12 @@ class Client:
             if since is not None or recover:
                 raise ValueError("a queue-group member does not recover history")
             Pattern(pattern)
-            membership = Membership(queue, pattern, capacity)
+            jobs = None
+            if ack_deadline is not None:
+                if not ack_deadline > 0 or type(max_attempts) is not int or max_attempts < 1:
+                    raise ValueError("ack_deadline must be positive seconds and max_attempts an int >= 1")
+                jobs = {"deadline": float(ack_deadline), "attempts": max_attempts}
+            membership = Membership(queue, pattern, capacity, jobs)
             pattern = membership.inbox_pattern  # only what a dispatcher chose for this member
         sub = Subscription(self._receiver, Pattern(pattern),
                            self.pending_limit if pending_limit is None else pending_limit,

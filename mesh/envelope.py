@@ -57,6 +57,16 @@ class Message:
         """The subject a request's answer goes to (None for a plain message)."""
         return self.headers.get("reply") if self.headers else None
 
+    @property
+    def job(self):
+        """A job's id, the same for all its attempts (None for a plain message; docs/QUEUES.md)."""
+        return self.headers.get("j") if self.headers else None
+
+    @property
+    def attempt(self):
+        """A job's attempt number, from 1 (None for a plain message)."""
+        return self.headers.get("a") if self.headers else None
+
     def to_dict(self):
         return {"subject": self.subject, "data": self.data, "origin": self.origin,
                 "seq": self.seq, "ts": self.ts, "epoch": self.epoch}

@@ -17,7 +17,7 @@ import logging
 import threading
 import uuid
 
-from .control import ControlError
+from .control import ControlChannel, ControlError
 from .waiting import start_background
 
 log = logging.getLogger("mesh.queues")
@@ -36,11 +36,12 @@ def valid_group(name):
 class Membership:
     """One queue-group subscription of this client."""
 
-    def __init__(self, group, pattern_text, capacity):
+    def __init__(self, group, pattern_text, capacity, jobs=None):
         self.group = valid_group(group)
         self.pattern = pattern_text
         self.member = uuid.uuid4().hex
         self.capacity = capacity
+        self.jobs = jobs  # {"deadline": s, "attempts": n}: the group's messages are jobs to acknowledge
         self.subscription = None
 
     @property
@@ -50,7 +51,7 @@ class Membership:
     def record(self):
         sub = self.subscription
         return {"group": self.group, "pattern": self.pattern, "member": self.member, "capacity": self.capacity,
-                "pending": sub.pending if sub is not None else 0}
+                "pending": sub.pending if sub is not None else 0, **({"jobs": self.jobs} if self.jobs else {})}
 
 
 class Memberships:
@@ -59,6 +60,7 @@ class Memberships:
     def __init__(self, client):
         self._client = client
         self._members = {}  # member id -> Membership
+        self._holders = {}  # node name -> ControlChannel, for acknowledging jobs held elsewhere
         self._wake = threading.Event()
         self._started = False
 
@@ -95,3 +97,23 @@ class Memberships:
         for membership in list(self._members.values()):
             self.leave(membership)
         self._wake.set()
+
+    def settle(self, message, cmd, **fields):
+        """Acknowledge (``job_ack``) or extend (``job_extend``) a job at the node that holds it."""
+        holder, job = (message.headers or {}).get("h"), message.job
+        group = (message.headers or {}).get("q")
+        membership = next((m for m in self._members.values() if m.group == group and m.jobs), None)
+        if job is None or holder is None or membership is None:
+            raise ValueError("the message is not a job of one of this client's job groups")
+        client = self._client
+        if holder == client.node:
+            client._control.request(cmd, job=job, member=membership.member, **fields)
+            return
+        channel = self._holders.get(holder)
+        if channel is None:
+            records = {r["name"]: r for r in client._control.request("peers")["peers"]}
+            if holder not in records:
+                raise ControlError("unknown_node", f"node {holder!r}, which holds the job, is not in the mesh now")
+            channel = self._holders[holder] = ControlChannel(client._context, records[holder]["control"],
+                                                             client._wait, client._timeout, client._curve)
+        channel.request(cmd, job=job, member=membership.member, **fields)

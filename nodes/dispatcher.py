@@ -31,6 +31,8 @@ from mesh.queues import INBOX_TOPIC, LEASE_SECONDS, valid_group
 from mesh.subjects import Pattern, subject_from_topic
 from mesh.waiting import pick_waiter, recv_multipart
 
+from .jobs import JobBook
+
 log = logging.getLogger("meshnode.dispatcher")
 
 MAX_MEMBERS = 10_000
@@ -55,10 +57,11 @@ class Group:
         self.name = name
         self.pattern = Pattern(pattern)
         self.members = {}  # member id -> Member
+        self.jobs = None  # {"deadline": s, "attempts": n} when its members asked for jobs (nodes/jobs.py)
 
 
 class Dispatcher:
-    def __init__(self, context, out_endpoint, curve=None):
+    def __init__(self, context, out_endpoint, node_name, curve=None):
         self.client = None  # a mesh Client of this node, set once connected: it publishes to the inboxes
         self.groups = {}  # (name, pattern text) -> Group
         self.dispatched = 0
@@ -72,6 +75,7 @@ class Dispatcher:
         apply_client(curve, self._sock)
         self._sock.connect(out_endpoint)
         self._loop = None
+        self.jobs = JobBook(self.groups, self._send, self._pick, self._publish, node_name)
 
     def start(self):
         self._loop = gevent.spawn(self._run)
@@ -95,6 +99,13 @@ class Dispatcher:
         for value, what in ((capacity, "capacity"), (pending, "pending")):
             if type(value) is not int or value < 0:
                 raise ValueError(f"{what} must be an integer, 0 or more")
+        jobs = record.get("jobs")
+        if jobs is not None:
+            if (not isinstance(jobs, dict) or isinstance(jobs.get("deadline"), bool)
+                    or not isinstance(jobs.get("deadline"), (int, float)) or not jobs["deadline"] > 0
+                    or type(jobs.get("attempts")) is not int or jobs["attempts"] < 1):
+                raise ValueError("jobs is {\"deadline\": seconds > 0, \"attempts\": n >= 1}")
+            jobs = {"deadline": float(jobs["deadline"]), "attempts": jobs["attempts"]}
         key = (name, pattern.text)
         group = self.groups.get(key)
         member = group.members.get(member_id) if group is not None else None
@@ -108,6 +119,7 @@ class Dispatcher:
             member = group.members[member_id] = Member(member_id, node)
         member.capacity, member.pending, member.sent = capacity, pending, 0
         member.expires = time.monotonic() + LEASE_SECONDS
+        group.jobs = jobs  # the latest announcement says how the group's work is acknowledged
         return new
 
     def leave(self, name, pattern_text, member_id):
@@ -155,6 +167,8 @@ class Dispatcher:
             now = time.monotonic()
             if now >= next_expiry:
                 self.expire(now)
+                if self.client is not None:
+                    self.jobs.tick(now)
                 next_expiry = now + EXPIRY_SECONDS
             if frames is not None:
                 try:
@@ -183,21 +197,34 @@ class Dispatcher:
             return  # a reply, or headers we do not know: not queue work
         for i, data in enumerate(payloads):
             for group in groups:
+                if group.jobs is not None and reply is None:
+                    self.jobs.submit(group, subject, data, origin, epoch, seq + i)
+                    continue
                 member = self._pick(group)
                 if member is None:
                     self.no_member += 1
                     continue
-                member.sent += 1
-                self.dispatched += 1
-                forwarded = {"q": group.name, "s": subject, "o": origin, "e": epoch, "n": seq + i}
+                forwarded = {"o": origin, "e": epoch, "n": seq + i}
                 if reply is not None:  # a request: one member of the group answers it
                     forwarded["reply"] = reply
-                self.client._publisher.publish_with_headers(f"{INBOX_TOPIC}.{member.member}.{subject}", data,
-                                                            forwarded)
+                self._send(member, group, subject, data, forwarded)
 
-    def _pick(self, group):
+    def _send(self, member, group, subject, data, headers):
+        """Deliver to a member's inbox topic, the original subject in the headers."""
+        member.sent += 1
+        self.dispatched += 1
+        self._publish(f"{INBOX_TOPIC}.{member.member}.{subject}", data,
+                      {"q": group.name, "s": subject, "o": "", "e": 0, "n": 0, **headers})
+
+    def _publish(self, subject, data, headers):
+        self.client._publisher.publish_with_headers(subject, data, headers)
+
+    def _pick(self, group, exclude=None):
+        """The reachable member with the most room (not ``exclude`` if another will do)."""
         best, best_room = None, None
         for member in group.members.values():
+            if member.member == exclude and len(group.members) > 1:
+                continue
             if not member.reachable:  # a message sent before its inbox reached us would be lost
                 member.reachable = self._reaches(member)
                 if not member.reachable:
@@ -215,4 +242,4 @@ class Dispatcher:
         return {"groups": len(self.groups), "members": len(members),
                 "reachable": sum(m.reachable for m in members),
                 "dispatched": self.dispatched, "no_member": self.no_member, "malformed": self.malformed,
-                "failed": self.failed}
+                "failed": self.failed, "jobs": self.jobs.counters()}

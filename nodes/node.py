@@ -2,7 +2,8 @@
 
 The node owns the member record it publishes about itself, answers control
 commands (``hello``, ``peer``, ``bye``, ``peers``, ``stats``, ``ping``,
-``revoke``, ``history``, ``queue_join``, ``queue_leave``) and keeps the data plane connected to exactly the peers its
+``revoke``, ``history``, ``queue_join``, ``queue_leave``, ``job_ack``,
+``job_extend``) and keeps the data plane connected to exactly the peers its
 backend reports.
 Runs under gevent (bin/meshnode monkey-patches before importing it).
 """
@@ -242,7 +243,7 @@ class Node:
 
     def cmd_queue_join(self, request):
         """A queue-group member's announcement (mesh/queues.py), relayed to the peers."""
-        fields = {key: request.get(key) for key in ("group", "pattern", "member", "capacity", "pending")}
+        fields = {key: request.get(key) for key in ("group", "pattern", "member", "capacity", "pending", "jobs")}
         try:
             new = self._dispatcher().join(fields, request.get("node") or self.name)
         except (ValueError, TypeError) as exc:
@@ -261,6 +262,29 @@ class Node:
             self._relay("queue_leave", {**fields, "relay": False})
         return {}
 
+    def cmd_job_ack(self, request):
+        """A worker finished a job this node holds (nodes/jobs.py)."""
+        return self._job(request, lambda jobs, job, member: jobs.ack(job, member))
+
+    def cmd_job_extend(self, request):
+        """A worker needs longer for a job this node holds."""
+        seconds = request.get("seconds")
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds > 0:
+            raise RequestError("bad_request", "seconds must be a positive number")
+        return self._job(request, lambda jobs, job, member: jobs.extend(job, member, seconds))
+
+    def _job(self, request, action):
+        job, member = request.get("job"), request.get("member")
+        if not isinstance(job, str) or not isinstance(member, str):
+            raise RequestError("bad_request", "job and member must be strings")
+        if self.dispatcher is None:
+            raise RequestError("unknown_job", f"job {job!r} is not held here: this node holds no jobs")
+        try:
+            action(self.dispatcher.jobs, job, member)
+        except ValueError as exc:
+            raise RequestError("unknown_job", str(exc)) from None
+        return {}
+
     def _dispatcher(self):
         """The dispatcher, made at the first queue-group member. Its mesh Client
         connects to this node's own control socket, which is busy answering
@@ -269,7 +293,7 @@ class Node:
         if self.dispatcher is None:
             self.dispatcher = Dispatcher(self.context, self.dataplane.endpoints("127.0.0.1")["out"]
                                          if self.config.host in ("0.0.0.0", "*") else self.member["out"],
-                                         self.curve)
+                                         self.name, self.curve)
             self.dispatcher.start()
             gevent.spawn(self._connect_dispatcher)
         return self.dispatcher

@@ -104,7 +104,7 @@ def test_a_busy_member_gets_fewer(start_node):
     # Picked at random, each would get 1,500 and the slow one would end 3 s of
     # publishing about 900 behind; by room, it gets what it can take.
     assert counts["slow"] < counts["fast"] * 0.75, counts
-    assert backlog < 400, backlog
+    assert backlog < 650, backlog  # random picking: about 900
 
 
 def test_members_that_leave_are_forgotten_and_bad_announcements_refused(start_node):
@@ -151,3 +151,66 @@ def test_a_request_to_a_queue_group_reaches_one_responder(mesh3):
     finally:
         for client in responders:
             client.close()
+
+
+def test_jobs_of_a_killed_worker_are_done_elsewhere_and_a_poison_job_is_dead_lettered(mesh3, tmp_path):
+    """Workers in processes of their own: one is killed (kill -9) holding jobs;
+    they come again to the other, attempt 2, and every job is acknowledged."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    a, b, c = mesh3
+    worker_code = """
+import json, sys, time
+sys.path.insert(0, sys.argv[3])
+from mesh import Client
+client = Client(sys.argv[1])
+def work(message):
+    if message.data == "poison":
+        return  # never acknowledged
+    print(json.dumps({"job": message.job, "attempt": message.attempt, "data": message.data}), flush=True)
+    time.sleep(float(sys.argv[2]))
+    client.ack(message)
+client.subscribe("job.>", work, queue="w", capacity=5, ack_deadline=1.0, max_attempts=3)
+print("ready", flush=True)
+time.sleep(600)
+"""
+    script = tmp_path / "worker.py"
+    script.write_text(worker_code)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    doomed = subprocess.Popen([sys.executable, str(script), b.address, "10", root], stdout=subprocess.PIPE, text=True)
+    steady = subprocess.Popen([sys.executable, str(script), c.address, "0", root], stdout=subprocess.PIPE, text=True)
+    steady_lines = []
+    try:
+        for worker in (doomed, steady):
+            assert worker.stdout.readline().strip() == "ready"
+        threading.Thread(target=lambda: [steady_lines.append(json.loads(line)) for line in steady.stdout],
+                         daemon=True).start()
+        wait_until(lambda: queue_stats(a).get("reachable") == 2, timeout=15, what="A to reach both workers")
+        with Client(a.address) as publisher, Client(a.address) as watcher:
+            dead = watcher.subscribe("$dead.w.>")
+            assert publisher.wait_for_interest("$dead.w.x")
+            for i in range(20):
+                publisher.publish("job.x", i)
+            publisher.publish("job.x", "poison")
+            publisher.flush()
+            first = json.loads(doomed.stdout.readline())  # the doomed worker holds at least one job
+            os.kill(doomed.pid, signal.SIGKILL)
+            letter = dead.get(timeout=30)
+            assert letter.data == "poison" and letter.headers["reason"] == "attempts" and letter.headers["a"] == 3
+            wait_until(lambda: queue_stats(a)["jobs"]["acked"] == 20, timeout=30, what="all 20 jobs acknowledged")
+        stats = queue_stats(a)["jobs"]
+        assert stats["held"] == 0 and stats["redelivered"] >= 1 and stats["dead"] == 1
+        assert first["attempt"] == 1
+        again = [line for line in steady_lines if line["job"] == first["job"]]
+        assert again and again[0]["attempt"] == 2 and again[0]["data"] == first["data"]  # same id, next attempt
+        # The killed worker acknowledged nothing (it sleeps 10 s per job): the other did all 20.
+        assert {line["data"] for line in steady_lines} == set(range(20))
+    finally:
+        for worker in (doomed, steady):
+            if worker.poll() is None:
+                worker.kill()
+            worker.wait()
