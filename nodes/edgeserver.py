@@ -152,6 +152,7 @@ class EdgeHandler(WSGIHandler):
     def run_application(self):
         if not self.environ.get("HTTP_UPGRADE", "").lower():
             self.environ["meshnode.socket"] = self.socket  # an event stream watches it for departure
+            self.environ["meshnode.handler"] = self  # and ends the connection with the stream
             return super().run_application()
         self.environ["ws4py.socket"] = self.socket
         self.result = self.application(self.environ, self.start_response) or []

@@ -46,8 +46,9 @@ STATUS = {200: "200 OK", 400: "400 Bad Request", 401: "401 Unauthorized", 403: "
 class SSEConnection(EdgeConnection):
     kind = "sse"
 
-    def __init__(self, edge, grant, sock=None):
+    def __init__(self, edge, grant, sock=None, handler=None):
         super().__init__(edge, grant, edge.config.queue_bytes, edge.config.max_subscriptions)
+        self._handler = handler  # gevent's WSGI handler: told to close the connection when the stream ends
         self.greenlet = gevent.getcurrent()
         self._watcher = gevent.spawn(self._watch_departure, sock) if sock is not None else None
 
@@ -95,6 +96,8 @@ class SSEConnection(EdgeConnection):
                 frame = self.take(timeout=keepalive)
                 yield frame if frame is not None else b": keep-alive\n\n"
                 if self.cut and not self.pending_frames:
+                    if self._handler is not None:  # an ended stream also ends its connection (no keep-alive)
+                        self._handler.close_connection = True
                     return  # the grant ended and its error event is out
         finally:
             self.release()
@@ -256,7 +259,7 @@ class EdgeApp:
         resume = environ.get("HTTP_LAST_EVENT_ID") or \
             (parse_qs(environ.get("QUERY_STRING", "")).get("since") or [None])[0]
         position = parse_position(resume) if resume else None
-        connection = SSEConnection(self.edge, grant, environ.get("meshnode.socket"))
+        connection = SSEConnection(self.edge, grant, environ.get("meshnode.socket"), environ.get("meshnode.handler"))
         try:
             connection.subscribe(pattern, recover=position)  # raises forbidden before any byte is sent
         except EdgeError:
