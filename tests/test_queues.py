@@ -214,3 +214,25 @@ time.sleep(600)
             if worker.poll() is None:
                 worker.kill()
             worker.wait()
+
+
+def test_acknowledging_twice_or_a_job_that_is_not_held_is_refused_and_counted(start_node):
+    from mesh import ControlError, Message
+
+    a = start_node("A")
+    with Client(a.address) as worker, Client(a.address) as publisher:
+        jobs = worker.subscribe("once.>", queue="w", ack_deadline=30)
+        wait_until(lambda: queue_stats(a).get("reachable") == 1, what="the member")
+        publisher.publish("once.x", "job")
+        message = jobs.get(timeout=10)
+        assert message.job and message.attempt == 1
+        worker.ack(message)
+        with pytest.raises(ControlError, match="unknown_job"):
+            worker.ack(message)  # twice
+        with pytest.raises(ValueError, match="not a job"):
+            worker.ack(Message("x", 1, "o", 1, 0.0))  # a plain message
+    assert a.request("job_ack", job="nobody/0/1", member="m1")["error"] == "unknown_job"
+    assert a.request("job_ack", job=7, member="m1")["error"] == "bad_request"
+    assert a.request("job_extend", job="nobody/0/1", member="m1", seconds=-1)["error"] == "bad_request"
+    stats = queue_stats(a)["jobs"]
+    assert stats["acked"] == 1 and stats["refused_acks"] == 2 and stats["held"] == 0
