@@ -25,6 +25,7 @@ TITLES = {
     "revocation": "10. Revoking a token subject across 3 nodes",
     "recovery": "11. Recovering missed messages from history at another node",
     "requests": "12. Request/reply round trips across two nodes, one request at a time",
+    "queues": "13. Queue-group throughput: 6 members over 3 nodes",
 }
 
 
@@ -229,6 +230,15 @@ def table(name, rows):
                 body.append([r["label"]] + _not_ok(r, len(head) - 1))
                 continue
             body.append([r["label"], _n(r["requests"]), _n(r["rate"]), f"{r['p50']:.3f}", f"{r['p99']:.3f}"])
+    elif name == "queues":
+        head = ["case", "delivered once / sent", "twice", "msg/s", "per member"]
+        body = []
+        for r in rows:
+            if r["status"] != "ok":
+                body.append([r["label"]] + _not_ok(r, len(head) - 1))
+                continue
+            body.append([r["label"], f"{_n(r['delivered'])} / {_n(r['messages'])}", str(r["duplicates"]),
+                         _n(r["rate"]), " ".join(_n(n) for n in r["per_member"])])
     else:
         raise ValueError(name)
     return _table(head, body)

@@ -630,6 +630,11 @@ class Bench:
 
         return edge_memory(self, [] if rows is None else rows)
 
+    def queues(self, rows=None):
+        from .queues import queues
+
+        return queues(self, [] if rows is None else rows)
+
     def requests(self, rows=None):
         from .requests import requests
 

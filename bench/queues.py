@@ -1,0 +1,162 @@
+"""Scenario 13: queue-group throughput across three nodes (or three NATS servers).
+
+A publisher process at the first node publishes N messages of 100 bytes on a
+subject whose subscribers are one queue group of 6 members, 2 at each node,
+all in this process (meshnode: ``subscribe(queue=...)``; NATS: nats-py queue
+subscriptions). Reported: messages each delivered once across the group per
+second (first to last arrival), how they spread over the members, and any
+lost or doubled.
+"""
+
+import asyncio
+import threading
+import time
+
+from .procs import LOOPBACK
+
+SUBJECT = "bench.queue"
+MEMBERS_PER_NODE = 2
+
+
+def queues(bench, rows):
+    from .scenarios import Skip, failed, row, skipped
+
+    count = max(2000, bench.args.messages // 4)
+    for key, label in (("mesh", "meshnode, 6 members over 3 nodes, publisher at A"),
+                       ("nats", "NATS + nats-py, 6 queue subscribers over 3 servers")):
+        bench.say(f"[13 queues] {label}: {count:,} messages")
+        try:
+            result = _mesh(bench, count) if key == "mesh" else _nats(bench, count)
+            rows.append(row(key, label, **result))
+            bench.say(f"    {result['delivered']:,} delivered once ({result['duplicates']} twice) at "
+                      f"{result['rate']:,.0f} msg/s; per member {result['per_member']}")
+        except Skip as exc:
+            rows.append(skipped(key, label, str(exc)))
+            bench.say(f"    skipped: {exc}")
+        except Exception as exc:
+            rows.append(failed(key, label, exc))
+            bench.say(f"    FAILED: {exc}")
+    return rows
+
+
+class _Tally:
+    """Arrivals per member; measured messages start with b"M"."""
+
+    def __init__(self, members):
+        self.counts = [0] * members
+        self.seen = set()
+        self.duplicates = 0
+        self.warm = False
+        self.first = self.last = None
+        self.lock = threading.Lock()
+
+    def arrived(self, member, data):
+        if data[:1] != b"M":
+            self.warm = True
+            return
+        now = time.monotonic()
+        with self.lock:
+            self.first = self.first or now
+            self.last = now
+            self.counts[member] += 1
+
+    def result(self, count):
+        delivered = sum(self.counts)
+        seconds = (self.last - self.first) if delivered > 1 else 0.0
+        return {"messages": count, "delivered": delivered, "duplicates": max(0, delivered - count),
+                "seconds": seconds, "rate": delivered / seconds if seconds else 0.0, "per_member": self.counts}
+
+
+def _wait(tally, count, publisher):
+    deadline = time.monotonic() + 30
+    while not tally.warm:
+        if time.monotonic() > deadline:
+            raise RuntimeError("no warm-up message reached the group")
+        time.sleep(0.01)
+    publisher.send("go")
+    publisher.result(120)
+    idle_since, seen = time.monotonic(), -1
+    while sum(tally.counts) < count and time.monotonic() - idle_since < 5:
+        if sum(tally.counts) != seen:
+            seen, idle_since = sum(tally.counts), time.monotonic()
+        time.sleep(0.02)
+    publisher.send("exit")
+
+
+def _mesh(bench, count):
+    from mesh import Client
+
+    nodes = bench.mesh()
+    tally = _Tally(len(nodes) * MEMBERS_PER_NODE)
+    clients = []
+    try:
+        for i in range(len(nodes) * MEMBERS_PER_NODE):
+            client = Client(nodes[i // MEMBERS_PER_NODE].address)
+            clients.append(client)
+            client.subscribe(SUBJECT, lambda message, i=i: tally.arrived(i, message.data), queue="bench",
+                             capacity=10_000)
+        deadline = time.monotonic() + 20
+        while not all(node.request("stats").get("queues", {}).get("reachable") == len(clients) for node in nodes):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the nodes did not reach every member")
+            time.sleep(0.1)
+        publisher = bench.procs.worker("pub", {"system": "mesh", "endpoint": nodes[0].address, "subject": SUBJECT,
+                                               "count": count})
+        try:
+            _wait(tally, count, publisher)
+        finally:
+            bench.procs.stop(publisher.proc)
+        return tally.result(count)
+    finally:
+        for client in clients:
+            client.close()
+
+
+def _nats(bench, count):
+    from .peers import nats_cluster, wait_nats_routes
+    from .scenarios import Skip
+
+    binary, reason = bench.peer("nats")
+    if binary is None:
+        raise Skip(reason)
+    import nats as nats_client
+
+    servers = nats_cluster(bench.procs, binary, 3)
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    tally = _Tally(len(servers) * MEMBERS_PER_NODE)
+    connections = []
+    try:
+        if not wait_nats_routes(servers):
+            raise RuntimeError("the NATS routes did not form")
+
+        async def join():
+            for i in range(len(servers) * MEMBERS_PER_NODE):
+                nc = await nats_client.connect(f"nats://{LOOPBACK}:{servers[i // MEMBERS_PER_NODE].port}")
+                connections.append(nc)
+
+                async def on_message(msg, i=i):
+                    tally.arrived(i, msg.data)
+
+                await nc.subscribe(SUBJECT, queue="bench", cb=on_message)
+                await nc.flush()
+
+        asyncio.run_coroutine_threadsafe(join(), loop).result(30)
+        time.sleep(0.5)  # the queue subscriptions cross the routes
+        publisher = bench.procs.worker("pub", {"system": "nats", "endpoint": f"{LOOPBACK}:{servers[0].port}",
+                                               "subject": SUBJECT, "count": count})
+        try:
+            _wait(tally, count, publisher)
+        finally:
+            bench.procs.stop(publisher.proc)
+        return tally.result(count)
+    finally:
+        async def leave():
+            for nc in connections:
+                await nc.close()
+
+        asyncio.run_coroutine_threadsafe(leave(), loop).result(30)
+        loop.call_soon_threadsafe(loop.stop)
+        for server in servers:
+            server.stop()
