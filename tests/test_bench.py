@@ -68,7 +68,7 @@ def test_quick_run_produces_every_scenario(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "bench", *TINY, "--out", str(tmp_path)], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        out, err = proc.communicate(timeout=240)
+        out, err = proc.communicate(timeout=420)
     finally:
         if proc.poll() is None:
             proc.kill()
