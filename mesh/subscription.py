@@ -52,6 +52,7 @@ class Subscription:
         self._hold_lock = None
         self.recovery = None  # mesh.recovery.Recovery, for a subscription made with since=
         self.on_unsubscribe = None  # called once unsubscribed (a queue-group membership leaves)
+        self._replayed_to = None  # {stream: (epoch, seq)} a recovery replayed up to, until live passes it
 
     # -- reading ----------------------------------------------------------
 
@@ -144,10 +145,14 @@ class Subscription:
                 self.gaps += seq - last - 1
             if end > last:
                 position[1] = end
-            if seq <= last:  # already had (a replay from history went first): never twice
-                if end <= last:
-                    return
-                messages = messages[last - seq + 1:]
+        if self._replayed_to:  # live copies of what a recovery replayed may still come: never twice
+            reached = self._replayed_to.get(key)
+            if reached is not None:
+                if reached[0] == epoch and seq <= reached[1]:
+                    if end <= reached[1]:
+                        return
+                    messages = messages[reached[1] - seq + 1:]
+                del self._replayed_to[key]  # live delivery has passed the replay
         queue = self._queue
         room = self.pending_limit - len(queue)
         if room >= len(messages):
@@ -182,6 +187,10 @@ class Subscription:
         ``keep_live(message)`` is true (not already replayed), and go on live."""
         with self._hold_lock:
             held, self._held = self._held, None
+            reached = {}
+            for message in replayed:
+                reached[(message.origin, message.subject)] = (message.epoch, message.seq)
+            self._replayed_to = reached or None
             self._queue.extend(replayed)
             self._queue.extend(message for message in held if keep_live(message))
         for message in itertools.chain(held, replayed):  # positions see them all
