@@ -79,9 +79,12 @@ class Fanout:
                 connection.holding[pattern].append((message, frame))
                 continue
             if connection.replayed_to:
-                last = connection.replayed_to.get((message.origin, message.subject))
-                if last is not None and (message.epoch, message.seq) <= last:
-                    continue  # the replay had it
+                key = (message.origin, message.subject)
+                last = connection.replayed_to.get(key)
+                if last is not None:
+                    if last[0] == message.epoch and message.seq <= last[1]:
+                        continue  # the replay had it
+                    del connection.replayed_to[key]  # live delivery has passed the replay
             connection.offer(frame)
             self.stats["messages_out"] += 1
 
