@@ -144,7 +144,7 @@ def test_a_full_edge_refuses_new_connections_at_once_and_serves_again_after(star
         for sock in held:
             sock.close()
     stats = wait_until(lambda: http("GET", f"http://{host}:{port}/stats")[1], what="the edge to serve again")
-    assert stats["refused_connections"] == 1
+    assert stats["refused_connections"] >= 1  # and more while the held ones were still closing
     assert e.stop() == 0 and "refused connections: every connection slot is taken" in e.stderr_text
 
 
