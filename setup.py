@@ -13,6 +13,7 @@ setup(
         "kazoo>=2.9",
         "ws4py>=0.5.1",
         "PyJWT[crypto]>=2.8",  # crypto: RS256, ES256 and EdDSA keys (cryptography)
+        "urllib3>=2.0",  # webhook deliveries (nodes/hookdelivery.py)
     ],
     extras_require={
         "test": ["pytest>=7", "hypothesis>=6.80", "websocket-client>=1.6", "playwright>=1.40"],

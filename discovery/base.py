@@ -5,8 +5,8 @@ ZooKeeper: ``name``, ``control``, ``ingress``, ``out``, ``remote`` (tcp
 endpoints), ``instance`` (random per process start), ``started`` (unix time),
 ``protocol``, ``max_payload``. A backend calls ``on_change(members)`` with the full current
 map of peer name -> record whenever it changes; the node connects to exactly
-those peers. A backend may also keep token revocations (``share_revocation``,
-``follow_revocations``) where nodes that start later find them.
+those peers. A backend may also keep shared records (``share``, ``follow``:
+token revocations, webhooks) where nodes that start later find them.
 """
 
 import re
@@ -75,14 +75,20 @@ class Discovery:
     def depart(self, name):
         """A peer said goodbye on the control socket."""
 
-    def share_revocation(self, subject, until):
-        """Keep a token revocation where nodes that start later find it
-        (nodes/revocations.py); False when this backend has no such place."""
+    def share(self, kind, name, record):
+        """Keep a JSON record (a token revocation, a webhook) where every node,
+        and nodes that start later, find it; False when this backend has no
+        such place (then the caller relays it to the peers)."""
         return False
 
-    def follow_revocations(self, on_revocation):
-        """Call ``on_revocation(subject, until)`` for each stored revocation,
-        now and as they are added. Nothing by default."""
+    def unshare(self, kind, name):
+        """Remove a shared record; False when this backend keeps none."""
+        return False
+
+    def follow(self, kind, on_record):
+        """Call ``on_record(name, record)`` for each shared record of a kind,
+        now and as they change, and ``on_record(name, None)`` when one goes.
+        Nothing by default."""
 
     def stop(self):
         """Leave the mesh and stop."""

@@ -1,10 +1,10 @@
 """ZooKeeper membership: one ephemeral znode per node, a children watch for peers.
 
 Layout: ``/meshnode/<mesh>/nodes/<node name>``, ephemeral, holding the node's
-member record as JSON (readable with zkCli). Token revocations
-(nodes/revocations.py) are persistent znodes
-``/meshnode/<mesh>/revoked/<sub, %-encoded>`` holding ``{"sub": S, "until": T}``;
-every node watches them, and whoever sees one lapsed deletes it. The node connects to whoever is
+member record as JSON (readable with zkCli). Records the mesh shares
+(``share``/``follow``: token revocations, webhooks) are persistent znodes
+``/meshnode/<mesh>/<kind>/<name, %-encoded>`` holding JSON; every node watches
+each kind it follows. The node connects to whoever is
 there and follows the children watch as nodes come and go. ZooKeeper is never
 on the data path:
 
@@ -23,7 +23,7 @@ cannot delete or rewrite the mesh's membership.
 import json
 import logging
 import time
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 import gevent
 import gevent.event
@@ -35,7 +35,7 @@ from kazoo.security import OPEN_ACL_UNSAFE, make_acl, make_digest_acl
 
 from mesh.waiting import running_under_gevent
 
-from .base import Discovery, validate_member, validate_name, validate_revocation
+from .base import Discovery, validate_member, validate_name
 
 log = logging.getLogger("meshnode.discovery.zookeeper")
 
@@ -50,8 +50,8 @@ def members_path(mesh):
     return f"{ROOT}/{validate_name(mesh)}/nodes"
 
 
-def revoked_path(mesh):
-    return f"{ROOT}/{validate_name(mesh)}/revoked"
+def records_path(mesh, kind):
+    return f"{ROOT}/{validate_name(mesh)}/{kind}"
 
 
 def connect(hosts, session_timeout=10.0, connect_timeout=None, auth=None):
@@ -197,11 +197,11 @@ class ZooKeeperDiscovery(Discovery):
                 self._published = members
                 self._on_change(dict(members))
 
-    # -- token revocations -------------------------------------------------
+    # -- shared records (token revocations, webhooks) ----------------------
 
-    def share_revocation(self, subject, until):
-        path = f"{revoked_path(self.mesh)}/{quote(subject, safe='')}"
-        data = json.dumps({"sub": subject, "until": until}).encode()
+    def share(self, kind, name, record):
+        path = f"{records_path(self.mesh, kind)}/{quote(name, safe='')}"
+        data = json.dumps(record, sort_keys=True).encode()
         try:
             try:
                 self._client.create(path, data, makepath=True)
@@ -209,40 +209,45 @@ class ZooKeeperDiscovery(Discovery):
                 self._client.set(path, data)
             return True
         except (KazooException, ZookeeperError) as exc:
-            log.warning("cannot store the revocation of %r in ZooKeeper (%s): relayed to peers only", subject, exc)
+            log.warning("cannot store %s/%s in ZooKeeper (%s)", kind, name, exc)
             return False
 
-    def follow_revocations(self, on_revocation):
-        path = revoked_path(self.mesh)
+    def unshare(self, kind, name):
+        try:
+            self._client.delete(f"{records_path(self.mesh, kind)}/{quote(name, safe='')}")
+            return True
+        except NoNodeError:
+            return True
+        except (KazooException, ZookeeperError) as exc:
+            log.warning("cannot delete %s/%s in ZooKeeper (%s)", kind, name, exc)
+            return False
+
+    def follow(self, kind, on_record):
+        path = records_path(self.mesh, kind)
         self._client.ensure_path(path)
+        known = set()
 
         def on_children(children):
-            self._client.handler.spawn(self._read_revocations, path, children, on_revocation)
+            self._client.handler.spawn(self._read_records, path, children, known, on_record)
             return not self._stopping
 
         ChildrenWatch(self._client, path, on_children)
 
-    def _read_revocations(self, path, children, on_revocation):
+    def _read_records(self, path, children, known, on_record):
+        for child in known - set(children):
+            known.discard(child)
+            on_record(unquote(child), None)
         for child in children:
             try:
                 data, _ = self._client.get(f"{path}/{child}")
                 record = json.loads(data.decode())
-                subject, until = record["sub"], record["until"]
             except NoNodeError:
                 continue
-            except (KazooException, ZookeeperError, ValueError, KeyError, TypeError) as exc:
-                log.warning("ignoring revocation znode %s/%s: %s", path, child, exc)
+            except (KazooException, ZookeeperError, ValueError) as exc:
+                log.warning("ignoring znode %s/%s: %s", path, child, exc)
                 continue
-            if isinstance(until, (int, float)) and until <= time.time():
-                try:
-                    self._client.delete(f"{path}/{child}")
-                except (KazooException, ZookeeperError):
-                    pass
-                continue
-            try:
-                on_revocation(*validate_revocation(subject, until))
-            except ValueError as exc:
-                log.warning("ignoring revocation znode %s/%s: %s", path, child, exc)
+            known.add(child)
+            on_record(unquote(child), record)
 
     def stop(self):
         """Delete our znode (peers drop us at once) and close the session."""

@@ -22,12 +22,14 @@ import time
 
 import gevent
 
+from discovery.base import validate_revocation
 from mesh.control import ControlChannel, ControlError
 from mesh.waiting import pick_waiter
 
 log = logging.getLogger("meshnode.revocations")
 
 RELAY_TIMEOUT = 2.0
+KIND = "revoked"  # the shared records' kind: /meshnode/<mesh>/revoked/<sub> in ZooKeeper
 
 
 class Revocations:
@@ -39,7 +41,22 @@ class Revocations:
         self.listeners = []  # callables(subject), told of each new revocation (the edge)
 
     def start(self):
-        self.discovery.follow_revocations(self.apply)
+        self.discovery.follow(KIND, self._stored)
+
+    def _stored(self, name, record):
+        """A revocation in ZooKeeper (or one gone from it: nothing to undo, it lapses)."""
+        if record is None:
+            return
+        try:
+            subject, until = validate_revocation(record.get("sub"), record.get("until"))
+        except (ValueError, AttributeError) as exc:
+            if isinstance(record, dict) and isinstance(record.get("until"), (int, float)) \
+                    and record["until"] <= time.time():
+                self.discovery.unshare(KIND, name)  # lapsed: whoever sees it first removes it
+            else:
+                log.warning("ignoring stored revocation %r: %s", name, exc)
+            return
+        self.apply(subject, until)
 
     def revoked(self, subject):
         until = self._until.get(subject)
@@ -69,7 +86,7 @@ class Revocations:
         records. Returns what the requester is told: which peers confirmed and
         whether ZooKeeper holds it."""
         self.apply(subject, until)
-        stored = self.discovery.share_revocation(subject, until)
+        stored = self.discovery.share(KIND, subject, {"sub": subject, "until": until})
         jobs = {record["name"]: gevent.spawn(self._relay, record["control"], subject, until) for record in peers}
         gevent.joinall(list(jobs.values()), timeout=RELAY_TIMEOUT + 1)
         return {"sub": subject, "until": until, "stored": stored,
