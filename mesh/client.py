@@ -230,6 +230,28 @@ class Client:
         """Give a job ``seconds`` more from now before it goes to another member."""
         self._memberships.settle(message, "job_extend", seconds=seconds)
 
+    # -- webhooks (nodes/hookregistry.py, docs/QUEUES.md) --------------------
+
+    def register_hook(self, key, url, secret=None, pattern=None, max_age=None):
+        """Have every message on ``pattern`` (default ``hooks.<key>.>``) POSTed
+        to ``url``, signed with ``secret`` (``whsec_<base64>``, made for you if
+        None; a list during a rotation). Returns the hook, secrets included."""
+        fields = {"key": key, "url": url}
+        if secret is not None:
+            fields["secrets"] = [secret] if isinstance(secret, str) else list(secret)
+        if pattern is not None:
+            fields["pattern"] = pattern
+        if max_age is not None:
+            fields["max_age"] = max_age
+        return self._control.request("hook_add", **fields)["hook"]
+
+    def unregister_hook(self, key, url):
+        self._control.request("hook_rm", key=key, url=url)
+
+    def hooks(self, key=None):
+        """The hooks (of ``key``) with this node's delivery counters; no secrets."""
+        return self._control.request("hook_ls", **({} if key is None else {"key": key}))["hooks"]
+
     # -- request/reply (mesh/requests.py) -----------------------------------
 
     def request(self, subject, data, timeout=5.0):

@@ -177,6 +177,27 @@ def build_parser():
     reply.add_argument("--count", type=_positive_int, help="exit after answering this many requests")
     _node_arguments(reply)
 
+    hooks = commands.add_parser("hooks", help="register, remove and list webhooks", description=(
+        "Webhooks: every message on a hook's pattern (default hooks.KEY.>) is POSTed to its URL once, "
+        "signed as the Standard Webhooks spec says, with retries (docs/QUEUES.md)."), epilog=EPILOG_ADDRESSES)
+    hook_commands = hooks.add_subparsers(dest="hooks_command", required=True)
+    hook_add = hook_commands.add_parser("add", help="register URL under KEY (prints the hook with its secret)")
+    hook_add.add_argument("key")
+    hook_add.add_argument("url")
+    hook_add.add_argument("--pattern", help="the subjects it follows (default: hooks.KEY.>)")
+    hook_add.add_argument("--secret", action="append", metavar="whsec_...",
+                          help="signing secret; repeat during a rotation (default: a new one)")
+    hook_add.add_argument("--max-age", type=_positive_float, metavar="SECONDS",
+                          help="give up on a message this long after it was published (default: 3600)")
+    _node_arguments(hook_add)
+    hook_rm = hook_commands.add_parser("rm", help="unregister URL from KEY")
+    hook_rm.add_argument("key")
+    hook_rm.add_argument("url")
+    _node_arguments(hook_rm)
+    hook_ls = hook_commands.add_parser("ls", help="list hooks (of KEY) with this node's delivery counters")
+    hook_ls.add_argument("key", nargs="?")
+    _node_arguments(hook_ls)
+
     stats = commands.add_parser("stats", help="print a node's counters as JSON", epilog=EPILOG_ADDRESSES)
     _node_arguments(stats)
 
@@ -485,6 +506,21 @@ def _control_request(args, cmd, **fields):
         channel.close()
 
 
+def cmd_hooks(args):
+    if args.hooks_command == "add":
+        fields = {"key": args.key, "url": args.url}
+        for name, value in (("pattern", args.pattern), ("secrets", args.secret), ("max_age", args.max_age)):
+            if value is not None:
+                fields[name] = value
+        print(json.dumps(_control_request(args, "hook_add", **fields)["hook"], sort_keys=True))
+    elif args.hooks_command == "rm":
+        _control_request(args, "hook_rm", key=args.key, url=args.url)
+    else:
+        for hook in _control_request(args, "hook_ls", **({} if args.key is None else {"key": args.key}))["hooks"]:
+            print(json.dumps(hook, sort_keys=True))
+    return 0
+
+
 def cmd_revoke(args):
     reply = _control_request(args, "revoke", sub=args.sub, **({} if args.seconds is None else
                                                               {"seconds": args.seconds}))
@@ -563,7 +599,7 @@ def cmd_demo(args):
 
 
 COMMANDS = {"run": cmd_run, "pub": cmd_pub, "sub": cmd_sub, "stats": cmd_stats, "revoke": cmd_revoke,
-            "request": cmd_request, "reply": cmd_reply,
+            "request": cmd_request, "reply": cmd_reply, "hooks": cmd_hooks,
             "peers": cmd_peers, "nodes": cmd_nodes, "keygen": cmd_keygen, "demo": cmd_demo}
 
 

@@ -84,8 +84,6 @@ class Dispatcher:
         if self._loop is not None:
             self._loop.kill()
         self._sock.close(linger=0)
-        if self.client is not None:
-            self.client.close()
 
     # -- membership ------------------------------------------------------
 

@@ -11,8 +11,8 @@ maximum attempts it is published on the dead-letter subject
 ``$dead.<group>.<subject>`` instead, with its id, attempts and the reason in
 its headers.
 
-Each job keeps one id for all its attempts (``<origin>/<epoch>/<seq>`` of
-the publish), so workers can be idempotent. The book is in this node's
+Each job keeps one id for all its attempts (``<group>:<origin>/<epoch>/<seq>``
+of the publish), so workers can be idempotent. The book is in this node's
 memory: if this node dies, the jobs it held and that were not acknowledged
 are lost (docs/QUEUES.md). At most MAX_JOBS wait per group per node; a job
 beyond that goes straight to the dead-letter subject, reason ``full``.
@@ -29,7 +29,7 @@ class Job:
     __slots__ = ("id", "key", "settings", "subject", "data", "origin", "attempt", "member", "deadline")
 
     def __init__(self, key, settings, subject, data, origin, epoch, seq):
-        self.id = f"{origin}/{epoch}/{seq}"
+        self.id = f"{key[0]}:{origin}/{epoch}/{seq}"  # a message can be a job of several groups
         self.key, self.settings, self.subject, self.data, self.origin = key, settings, subject, data, (origin, epoch, seq)
         self.attempt = 0
         self.member = None

@@ -3,7 +3,7 @@
 The node owns the member record it publishes about itself, answers control
 commands (``hello``, ``peer``, ``bye``, ``peers``, ``stats``, ``ping``,
 ``revoke``, ``history``, ``queue_join``, ``queue_leave``, ``job_ack``,
-``job_extend``) and keeps the data plane connected to exactly the peers its
+``job_extend``, ``hook_add``, ``hook_rm``, ``hook_ls``) and keeps the data plane connected to exactly the peers its
 backend reports.
 Runs under gevent (bin/meshnode monkey-patches before importing it).
 """
@@ -30,6 +30,8 @@ from mesh.waiting import pick_waiter
 from .control import ControlServer, RequestError
 from .dataplane import DataPlane
 from .dispatcher import Dispatcher
+from .hookdelivery import HookDelivery
+from .hookregistry import HookRegistry
 from .recorder import DEFAULT_HISTORY_BYTES, MAX_ASKED_STREAMS, MAX_PAGE_MESSAGES, Recorder
 from .revocations import Revocations
 from .zap import ZapHandler
@@ -93,6 +95,13 @@ class Node:
         self.revocations = Revocations(discovery, self.context, self.curve)
         self.recorder = None
         self.dispatcher = None  # made at the first queue-group member (nodes/dispatcher.py)
+        self.own_client = None  # this node's own mesh Client, for the dispatcher and the hook deliverer
+        self._own_client_wanted = False
+        self.hooks = HookRegistry(discovery, self._relay,
+                                  [self.control.port, *(int(e.rsplit(":", 1)[1]) for e in
+                                                        self.dataplane.endpoints("127.0.0.1").values())])
+        self.hook_delivery = HookDelivery(self.hooks)
+        self.hooks.listeners.append(lambda record, removed: self._want_own_client())
         self._peer_channels = {}  # control address -> ControlChannel, for relaying announcements
         self.name = validate_name(config.name or f"{socket.gethostname()}-{self.control.port}")
         self.member = {
@@ -121,8 +130,10 @@ class Node:
                 self.edge = Edge(f"127.0.0.1:{self.control.port}" if self.config.host in ("0.0.0.0", "*")
                                  else self.member["control"], self.config.edge, self.curve, self)
                 self.revocations.listeners.append(self.edge.end_grants_of)
+                self.hooks.own_ports.add(self.edge.port)
                 self.edge.start()
             self.revocations.start()
+            self.hooks.start()
         except BaseException:
             self.control.stop()
             self.dataplane.stop()
@@ -150,10 +161,13 @@ class Node:
             self._peer_channels.pop(address).close()
 
     def stop(self):
+        self.hook_delivery.stop()
         if self.edge is not None:
             self.edge.stop()
         if self.dispatcher is not None:
             self.dispatcher.stop()
+        if self.own_client is not None:
+            self.own_client.close()
         for channel in self._peer_channels.values():
             channel.close()
         if self.recorder is not None:
@@ -286,26 +300,61 @@ class Node:
         return {}
 
     def _dispatcher(self):
-        """The dispatcher, made at the first queue-group member. Its mesh Client
-        connects to this node's own control socket, which is busy answering
-        the request that got here: so the client is made in a greenlet, and
-        members count as unreachable until it exists."""
+        """The dispatcher, made at the first queue-group member; its client comes later."""
         if self.dispatcher is None:
             self.dispatcher = Dispatcher(self.context, self.dataplane.endpoints("127.0.0.1")["out"]
                                          if self.config.host in ("0.0.0.0", "*") else self.member["out"],
                                          self.name, self.curve)
+            self.dispatcher.client = self.own_client
             self.dispatcher.start()
-            gevent.spawn(self._connect_dispatcher)
+            self._want_own_client()
         return self.dispatcher
 
-    def _connect_dispatcher(self):
+    def _want_own_client(self):
+        """This node's own mesh Client, made once in a greenlet: it connects to
+        this node's control socket, which may be busy answering the request
+        that asked for it. The dispatcher counts members unreachable, and the
+        hook deliverer waits, until it exists."""
+        if not self._own_client_wanted:
+            self._own_client_wanted = True
+            gevent.spawn(self._connect_own_client)
+
+    def _connect_own_client(self):
         address = f"127.0.0.1:{self.control.port}" if self.config.host in ("0.0.0.0", "*") else self.member["control"]
-        while self.dispatcher.client is None:
+        while self.own_client is None:
             try:
-                self.dispatcher.client = Client(address, curve=self.curve)
+                self.own_client = Client(address, curve=self.curve)
             except (TimeoutError, ControlError) as exc:
-                log.warning("the queue-group dispatcher cannot connect to this node yet: %s", exc)
+                log.warning("this node's own client cannot connect yet: %s", exc)
                 gevent.sleep(1.0)
+        if self.dispatcher is not None:
+            self.dispatcher.client = self.own_client
+        self.hook_delivery.attach(self.own_client)
+
+    def cmd_hook_add(self, request):
+        """Register (or update) a webhook (nodes/hookregistry.py); the reply has its secrets."""
+        fields = {key: request.get(key) for key in ("key", "url", "pattern", "secrets", "max_age", "created")}
+        fields = {key: value for key, value in fields.items() if value is not None}
+        try:
+            record = self.hooks.add(fields, relay=request.get("relay", True) is not False)
+        except (ValueError, TypeError) as exc:
+            raise RequestError("bad_request", str(exc)) from None
+        return {"hook": record}
+
+    def cmd_hook_rm(self, request):
+        key, url = request.get("key"), request.get("url")
+        if not isinstance(key, str) or not isinstance(url, str):
+            raise RequestError("bad_request", "hook_rm needs a key and a url")
+        known = self.hooks.remove(key, url, relay=request.get("relay", True) is not False)
+        if not known and request.get("relay", True) is not False:
+            raise RequestError("unknown_hook", f"no hook for {url!r} under key {key!r}")
+        return {}
+
+    def cmd_hook_ls(self, request):
+        key = request.get("key")
+        if key is not None and not isinstance(key, str):
+            raise RequestError("bad_request", "key must be a string")
+        return {"hooks": self.hook_delivery.listing(key)}
 
     def _relay(self, cmd, fields):
         """Send a request to every peer without waiting for the answers."""
@@ -351,6 +400,7 @@ class Node:
             "revocations": len(self.revocations.current()),
             **({"history": self.recorder.counters()} if self.recorder is not None else {}),
             **({"queues": self.dispatcher.counters()} if self.dispatcher is not None else {}),
+            **({"hooks": self.hook_delivery.listing()} if self.hooks.hooks else {}),
             **({"edge": self.edge.counters()} if self.edge is not None else {}),
             **({"curve": self.zap.counters()} if self.zap is not None else {}),
         }
@@ -366,7 +416,7 @@ def _relay_one(channel, cmd, fields):
     channel.relaying += 1
     try:
         channel.request(cmd, **fields)
-    except (TimeoutError, ControlError) as exc:  # the next announcement tries again
+    except (TimeoutError, ControlError, zmq.ZMQError) as exc:  # the next announcement tries again
         log.debug("relaying %s failed: %s", cmd, exc)
     finally:
         channel.relaying -= 1

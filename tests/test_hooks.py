@@ -1,0 +1,172 @@
+"""Webhooks across real nodes, POSTed to real HTTP receivers on loopback
+(nodes/hookregistry.py, nodes/hookdelivery.py): once per URL mesh-wide,
+signed, retried, unregistered on 410, never held up by another receiver."""
+
+import base64
+import hashlib
+import hmac
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from nodeproc import wait_until
+
+from mesh import Client, ControlError
+
+
+class Receiver:
+    """An HTTP receiver; ``answer(n)`` gives the status (and headers) of its n-th request."""
+
+    def __init__(self, answer=lambda n: 200, delay=0.0):
+        self.requests = []
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                receiver.requests.append((dict(self.headers), body))
+                time.sleep(delay)
+                status, headers = receiver._answer(len(receiver.requests))
+                self.send_response(status)
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self._answer = lambda n: (answer(n), {}) if isinstance(answer(n), int) else answer(n)
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def ids(self):
+        return [headers["webhook-id"] for headers, _ in self.requests]
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def verified(secret, headers, body):
+    content = f"{headers['webhook-id']}.{headers['webhook-timestamp']}.".encode() + body
+    want = base64.b64encode(hmac.new(base64.b64decode(secret[6:]), content, hashlib.sha256).digest()).decode()
+    return f"v1,{want}" in headers["webhook-signature"].split(" ")
+
+
+def linked(*nodes):
+    names = sorted(n.name for n in nodes)
+    return all(n.peer_names() == [x for x in names if x != n.name] for n in nodes)
+
+
+@pytest.fixture
+def mesh3(start_node):
+    a = start_node("A")
+    b = start_node("B", peers=[a])
+    c = start_node("C", peers=[a, b])
+    wait_until(lambda: linked(a, b, c), what="three linked nodes")
+    return a, b, c
+
+
+def ready(nodes, hooks):
+    """Every node knows the hooks and reaches every node's deliverer for each."""
+    return all(n.stats().get("queues", {}).get("reachable") == hooks * len(nodes) for n in nodes)
+
+
+def test_each_receiver_gets_each_message_once_signed(mesh3):
+    a, b, c = mesh3
+    first, second = Receiver(), Receiver()
+    try:
+        with Client(a.address) as at_a, Client(b.address) as at_b:
+            hook1 = at_a.register_hook("acct1", first.url)
+            hook2 = at_b.register_hook("acct1", second.url, secret="whsec_" + base64.b64encode(b"k" * 24).decode())
+            wait_until(lambda: ready(mesh3, 2), timeout=20, what="every node to deliver both hooks")
+            publishers = [Client(n.address) for n in mesh3]
+            for i in range(1000):
+                publishers[i % 3].publish("hooks.acct1.done", {"i": i})
+            for p in publishers:
+                p.flush()
+            wait_until(lambda: len(first.requests) >= 1000 and len(second.requests) >= 1000, timeout=60,
+                       what="1,000 deliveries to each receiver")
+            time.sleep(1)
+            for p in publishers:
+                p.close()
+            listed = {h["url"]: h for h in at_a.hooks("acct1")}
+        for receiver, hook in ((first, hook1), (second, hook2)):
+            assert len(receiver.requests) == 1000 and len(set(receiver.ids())) == 1000  # once each
+            assert sorted(json.loads(body)["data"]["i"] for _, body in receiver.requests) == list(range(1000))
+            assert all(verified(hook["secrets"][0], headers, body) for headers, body in receiver.requests)
+        assert set(listed) == {first.url, second.url} and "secrets" in listed[first.url]
+    finally:
+        first.close()
+        second.close()
+
+
+def test_retries_keep_the_id_and_410_unregisters(start_node):
+    a = start_node("A")
+    flaky = Receiver(lambda n: 503 if n <= 3 else 200)
+    gone = Receiver(lambda n: 410)
+    limited = Receiver(lambda n: (429, {"Retry-After": "1"}) if n == 1 else 200)
+    try:
+        with Client(a.address) as client:
+            for receiver in (flaky, gone, limited):
+                client.register_hook("k2", receiver.url)
+            wait_until(lambda: ready([a], 3), what="the deliverers")
+            started = time.monotonic()
+            client.publish("hooks.k2.x", "hello")
+            wait_until(lambda: len(flaky.requests) == 4 and len(limited.requests) == 2, timeout=30,
+                       what="the retries")
+            assert len(set(flaky.ids())) == 1 and len(set(limited.ids())) == 1  # one id on every attempt
+            assert time.monotonic() - started >= 1  # Retry-After was honoured
+            wait_until(lambda: gone.url not in [h["url"] for h in client.hooks()], what="the 410 to unregister")
+            counters = {h["url"]: h for h in client.hooks()}[flaky.url]
+            assert counters["delivered"] == 1 and counters["retried"] == 3 and counters["last_error"] == "HTTP 503"
+    finally:
+        for receiver in (flaky, gone, limited):
+            receiver.close()
+
+
+def test_a_hanging_receiver_does_not_delay_another_and_final_failures_are_dead_letters(start_node):
+    a = start_node("A")
+    hanging = Receiver(delay=5.0)
+    quick = Receiver()
+    refusing = Receiver(lambda n: 400)
+    try:
+        with Client(a.address) as client:
+            dead = client.subscribe("$dead.hooks.>")
+            client.register_hook("k3", hanging.url)
+            client.register_hook("k3", quick.url)
+            client.register_hook("k4", refusing.url)
+            wait_until(lambda: ready([a], 3), what="the deliverers")
+            for i in range(20):
+                client.publish("hooks.k3.x", i)
+            client.publish("hooks.k4.x", "refused")
+            started = time.monotonic()
+            wait_until(lambda: len(quick.requests) == 20, timeout=10, what="the quick receiver")
+            assert time.monotonic() - started < 4  # not behind the hanging one
+            letter = dead.get(timeout=10)
+            assert letter.data["url"] == refusing.url and letter.data["error"] == "HTTP 400"
+    finally:
+        for receiver in (hanging, quick, refusing):
+            receiver.close()
+
+
+def test_bad_registrations_are_clear_errors(start_node):
+    a = start_node("A", "--http", "0")
+    http_port = int(dict(p.split("=", 1) for p in a.ready_line.split()[2:])["http"].rsplit(":", 1)[1])
+    control_port = int(a.address.rsplit(":", 1)[1])
+    with Client(a.address) as client:
+        for key, url, message in (("k", "not a url", "not an http"), ("k", "ftp://x/y", "not an http"),
+                                  ("bad key", "http://x/", "key must"), ("k", f"http://127.0.0.1:{http_port}/", "own"),
+                                  ("k", f"http://localhost:{control_port}/", "own"),
+                                  ("k", "http://x/" + "a" * 3000, "at most")):
+            with pytest.raises(ControlError, match=message):
+                client.register_hook(key, url)
+        with pytest.raises(ControlError, match="secrets"):
+            client.register_hook("k", "http://example.invalid/", secret="plain")
+        with pytest.raises(ControlError, match="unknown_hook"):
+            client.unregister_hook("never", "http://example.invalid/")
+    assert a.alive()
