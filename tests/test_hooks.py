@@ -170,3 +170,56 @@ def test_bad_registrations_are_clear_errors(start_node):
         with pytest.raises(ControlError, match="unknown_hook"):
             client.unregister_hook("never", "http://example.invalid/")
     assert a.alive()
+
+
+def test_a_delivering_node_that_dies_mid_retry_is_replaced_with_the_same_id(mesh3):
+    """The receiver fails for a while; a node retrying a delivery is killed;
+    another node's deliverer delivers it (same webhook-id): nothing is lost."""
+    a, b, c = mesh3
+    opened_at = time.monotonic() + 6
+    receiver = Receiver(lambda n: 503 if time.monotonic() < opened_at else 200)
+    try:
+        with Client(a.address) as client:
+            client.register_hook("k5", receiver.url, max_age=120)
+            wait_until(lambda: ready(mesh3, 1), timeout=20, what="every node to deliver")
+            for i in range(12):  # jobs held at A, spread over the three deliverers
+                client.publish("hooks.k5.x", i)
+            client.flush()
+
+            def retrying(node):
+                return any(h["retried"] for h in node.stats().get("hooks", []))
+
+            wait_until(lambda: retrying(b) or retrying(c), timeout=15, what="B or C to retry a delivery")
+            doomed = b if retrying(b) else c
+            doomed.kill()
+            def delivered_data():
+                return {json.loads(body)["data"] for _, body in receiver.requests}
+
+            wait_until(lambda: time.monotonic() > opened_at + 1 and delivered_data() >= set(range(12))
+                       and a.stats()["queues"]["jobs"]["held"] == 0, timeout=60, what="every message delivered")
+            delivered = {}
+            for headers, body in receiver.requests:
+                delivered.setdefault(json.loads(body)["data"], set()).add(headers["webhook-id"])
+        assert sorted(delivered) == list(range(12))
+        assert all(len(ids) == 1 for ids in delivered.values())  # one id per message, on every attempt
+        assert a.stats()["queues"]["jobs"]["redelivered"] >= 1  # the killed node's deliveries moved
+    finally:
+        receiver.close()
+
+
+def test_hooks_live_in_zookeeper_across_restarts(zk_server, zk_node):
+    first = zk_node("A", zk_server.hosts)
+    receiver = Receiver()
+    try:
+        with Client(first.address) as client:
+            client.register_hook("kz", receiver.url)
+        first.stop()
+        again = zk_node("A", zk_server.hosts)
+        wait_until(lambda: ready([again], 1), timeout=20, what="the restarted node to know the hook")
+        with Client(again.address) as client:
+            assert [h["url"] for h in client.hooks("kz")] == [receiver.url]
+            client.publish("hooks.kz.x", "after the restart")
+            wait_until(lambda: receiver.requests, timeout=15, what="the delivery")
+        assert json.loads(receiver.requests[0][1])["data"] == "after the restart"
+    finally:
+        receiver.close()
