@@ -9,6 +9,7 @@ health, stats and the built-in page.
     GET  /sub/<pattern>    Server-Sent Events
     GET  /interest/<subject>?timeout=S   wait until a subscriber in the mesh covers it
     POST /revoke/<sub>?for=S  refuse the tokens of sub mesh-wide (an admin token when auth is on)
+    GET/POST/DELETE /hooks/<key>  the webhook registry (an admin token when auth is on)
     GET  /healthz, /stats  JSON
 """
 
@@ -174,6 +175,8 @@ class EdgeApp:
             if method != "POST":
                 raise EdgeError("method_not_allowed", "revoke with POST", http_status=405)
             return self._revoke(environ, start_response, path[8:])
+        if path.startswith("/hooks/"):
+            return self._hooks(environ, start_response, method, path[7:])
         raise EdgeError("not_found", f"no route for {method} {path}", http_status=404)
 
     def _websocket(self, environ, start_response, path):
@@ -242,6 +245,38 @@ class EdgeApp:
         grant = self._admit(environ)
         if self.edge.auth.enabled and not grant.admin:
             raise EdgeError("forbidden", "this needs a token with \"admin\": true", http_status=403)
+
+    def _hooks(self, environ, start_response, method, key):
+        """POST /hooks/<key> {"url", "secret"?, "pattern"?, "max_age"?}, DELETE /hooks/<key>?url=,
+        GET /hooks/<key>: the webhook registry (docs/WEBHOOKS.md); an admin token when auth is on."""
+        self._admin(environ)
+        node = self.edge.node
+        if method == "GET":
+            return self._json(start_response, 200, {"ok": True, "hooks": node.hook_delivery.listing(key)})
+        if method == "DELETE":
+            url = (parse_qs(environ.get("QUERY_STRING", "")).get("url") or [None])[0]
+            if not url or not node.hooks.remove(key, url):
+                raise EdgeError("unknown_hook", f"no hook for {url!r} under key {key!r}", http_status=404)
+            return self._json(start_response, 200, {"ok": True})
+        if method != "POST":
+            raise EdgeError("method_not_allowed", "hooks take GET, POST or DELETE", http_status=405)
+        try:
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            length = 0
+        if not 0 < length <= 8192:
+            raise EdgeError("bad_request", "send the registration as a JSON body of at most 8 KiB")
+        fields = _body_data("application/json", environ["wsgi.input"].read(length))
+        if not isinstance(fields, dict):
+            raise EdgeError("bad_request", "the registration is a JSON object")
+        if "secret" in fields:
+            fields["secrets"] = [fields.pop("secret")]
+        try:
+            record = node.hooks.add({**{k: fields[k] for k in ("url", "pattern", "secrets", "max_age")
+                                        if k in fields}, "key": key})
+        except (ValueError, TypeError) as exc:
+            raise EdgeError("bad_request", str(exc)) from None
+        return self._json(start_response, 200, {"ok": True, "hook": record})
 
     def _revoke(self, environ, start_response, subject):
         self._admin(environ)

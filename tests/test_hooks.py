@@ -223,3 +223,35 @@ def test_hooks_live_in_zookeeper_across_restarts(zk_server, zk_node):
         assert json.loads(receiver.requests[0][1])["data"] == "after the restart"
     finally:
         receiver.close()
+
+
+def test_hooks_over_http_at_an_edge_need_an_admin_token(start_node):
+    import jwt
+    from edgehelpers import http, http_address
+
+    secret = "test-secret-of-at-least-thirty-two-bytes"
+
+    def token(**claims):
+        return jwt.encode({"exp": time.time() + 600, **claims}, secret, algorithm="HS256")
+
+    e = start_node("E", "--http", "0", "--auth-secret", secret)
+    base = f"http://{http_address(e)}/hooks/acct9"
+    receiver = Receiver()
+    try:
+        body = json.dumps({"url": receiver.url}).encode()
+        assert http("POST", f"{base}?token={token(sub='user')}", body)[0] == 403
+        status, reply = http("POST", f"{base}?token={token(admin=True)}", body)
+        assert status == 200 and reply["hook"]["secrets"][0].startswith("whsec_")
+        assert http("POST", f"{base}?token={token(admin=True)}", b'{"url": "ftp://x"}')[0] == 400
+        status, listed = http("GET", f"{base}?token={token(admin=True)}")
+        assert status == 200 and [h["url"] for h in listed["hooks"]] == [receiver.url]
+        wait_until(lambda: ready([e], 1), what="the deliverer")
+        with Client(e.address) as client:
+            client.publish("hooks.acct9.x", 1)
+            wait_until(lambda: receiver.requests, what="the delivery")
+        from urllib.parse import quote
+
+        url = f"{base}?token={token(admin=True)}&url={quote(receiver.url)}"
+        assert http("DELETE", url)[0] == 200 and http("DELETE", url)[0] == 404
+    finally:
+        receiver.close()
