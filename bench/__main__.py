@@ -17,7 +17,7 @@ from .procs import ROOT, Procs, raise_nofile_limit
 from .scenarios import Bench
 
 SCENARIOS = ("throughput", "sizes", "latency", "fanout", "websocket", "convergence", "receive", "entities",
-             "http", "edge_memory", "revocation", "recovery", "requests", "queues")
+             "http", "edge_memory", "revocation", "recovery", "requests", "queues", "hooks")
 
 FULL = {"messages": 200_000, "repeat": 3, "latency_seconds": 10.0, "fanout_messages": 50_000,
         "ws_clients": [1000, 5000, 10000], "broadcasts": 5, "convergence_trials": 5,

@@ -26,6 +26,7 @@ TITLES = {
     "recovery": "11. Recovering missed messages from history at another node",
     "requests": "12. Request/reply round trips across two nodes, one request at a time",
     "queues": "13. Queue-group throughput: 6 members over 3 nodes",
+    "hooks": "14. Webhook deliveries to a fast local receiver, beside a direct subscription",
 }
 
 
@@ -239,6 +240,16 @@ def table(name, rows):
                 continue
             body.append([r["label"], f"{_n(r['delivered'])} / {_n(r['messages'])}", str(r["duplicates"]),
                          _n(r["rate"]), " ".join(_n(n) for n in r["per_member"])])
+    elif name == "hooks":
+        head = ["case", "delivered once / sent", "burst deliveries/s", "webhook p50 / p99 ms",
+                "subscription p50 / p99 ms"]
+        body = []
+        for r in rows:
+            if r["status"] != "ok":
+                body.append([r["label"]] + _not_ok(r, len(head) - 1))
+                continue
+            body.append([r["label"], f"{_n(r['delivered'])} / {_n(r['messages'])}", _n(r["rate"]),
+                         f"{r['hook_p50']:.1f} / {r['hook_p99']:.1f}", f"{r['sub_p50']:.2f} / {r['sub_p99']:.2f}"])
     else:
         raise ValueError(name)
     return _table(head, body)

@@ -630,6 +630,11 @@ class Bench:
 
         return edge_memory(self, [] if rows is None else rows)
 
+    def hooks(self, rows=None):
+        from .hooks import hooks
+
+        return hooks(self, [] if rows is None else rows)
+
     def queues(self, rows=None):
         from .queues import queues
 

@@ -38,6 +38,7 @@ EXPECTED = {
     "recovery": ["recover-1000"],
     "requests": ["mesh", "nats"],
     "queues": ["mesh", "nats"],
+    "hooks": ["webhook"],
 }
 ALWAYS_MEASURED = {("throughput", k) for k in ("zmq", "mesh1", "mesh2", "mesh3")} | \
     {("latency", k) for k in ("zmq", "mesh1", "mesh2", "mesh3")} | \
@@ -45,7 +46,7 @@ ALWAYS_MEASURED = {("throughput", k) for k in ("zmq", "mesh1", "mesh2", "mesh3")
      ("convergence", "zmq-sub"), ("sizes", "zmq@1024"), ("sizes", "mesh2@1024"), ("receive", "green"),
      ("receive", "subscriptions-200"), ("entities", "entities"), ("http", "keepalive"),
      ("http", "new-connection"), ("edge_memory", "flood"), ("edge_memory", "churn"),
-     ("revocation", "revoke-3-nodes"), ("recovery", "recover-1000"), ("requests", "mesh"), ("queues", "mesh")}
+     ("revocation", "revoke-3-nodes"), ("recovery", "recover-1000"), ("requests", "mesh"), ("queues", "mesh"), ("hooks", "webhook")}
 
 
 def _processes_with(marker):
@@ -76,12 +77,12 @@ def test_quick_run_produces_every_scenario(tmp_path):
     assert proc.returncode == 0, f"exit {proc.returncode}\n{out[-3000:]}\n{err[-5000:]}"
 
     # Progress was shown while it ran, one line per case at least.
-    for number in range(1, 14):
+    for number in range(1, 15):
         assert f"[{number} " in err
     # One table per scenario and the targets.
     for title in ("1. Throughput", "1b. Throughput at larger", "2. One-way latency", "3. Fan-out", "4. WebSocket",
                   "5. Convergence", "6. The client's receive path", "7. Per-entity", "8. HTTP publish",
-                  "9. An edge under a WebSocket publish flood", "10. Revoking a token subject", "11. Recovering missed messages", "12. Request/reply", "13. Queue-group throughput",
+                  "9. An edge under a WebSocket publish flood", "10. Revoking a token subject", "11. Recovering missed messages", "12. Request/reply", "13. Queue-group throughput", "14. Webhook deliveries",
                   "### Targets"):
         assert title in out, title
 
@@ -131,6 +132,8 @@ def test_quick_run_produces_every_scenario(tmp_path):
     for r in result["scenarios"]["queues"]:
         if r["status"] == "ok":
             assert r["delivered"] == r["messages"] and r["duplicates"] == 0, r
+    hook = result["scenarios"]["hooks"][0]
+    assert hook["delivered"] == hook["messages"] and hook["duplicates"] == 0, hook
     assert len(result["targets"]) == 7
     for item in ("machine", "versions", "config"):
         assert result[item]
