@@ -255,3 +255,27 @@ def test_hooks_over_http_at_an_edge_need_an_admin_token(start_node):
         assert http("DELETE", url)[0] == 200 and http("DELETE", url)[0] == 404
     finally:
         receiver.close()
+
+
+def test_zookeeper_down_for_ten_seconds_loses_no_delivery(zk_server, zk_node):
+    a = zk_node("A", zk_server.hosts, timeout="4")
+    b = zk_node("B", zk_server.hosts, timeout="4")
+    wait_until(lambda: linked(a, b), what="the mesh")
+    receiver = Receiver()
+    try:
+        with Client(a.address) as client:
+            client.register_hook("kd", receiver.url)
+            wait_until(lambda: ready([a, b], 1), timeout=20, what="both deliverers")
+            zk_server.stop()
+            started = time.monotonic()
+            sent = 0
+            while time.monotonic() - started < 10:  # ZooKeeper down: the nodes go on with what they know
+                client.publish("hooks.kd.x", sent)
+                sent += 1
+                time.sleep(0.05)
+            zk_server.start()
+            wait_until(lambda: len({json.loads(body)["data"] for _, body in receiver.requests}) == sent,
+                       timeout=30, what="every delivery")
+        assert len(set(receiver.ids())) == sent >= 150
+    finally:
+        receiver.close()
