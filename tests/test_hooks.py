@@ -279,3 +279,16 @@ def test_zookeeper_down_for_ten_seconds_loses_no_delivery(zk_server, zk_node):
         assert len(set(receiver.ids())) == sent >= 150
     finally:
         receiver.close()
+
+
+def test_a_rotation_signs_with_every_secret():
+    from nodes.hookdelivery import sign
+    from nodes.hookregistry import new_secret
+
+    old, new = new_secret(), new_secret()
+    body = b'{"x": 1}'
+    header = sign([new, old], "msg_1", 1700000000, body)
+    headers = {"webhook-id": "msg_1", "webhook-timestamp": "1700000000", "webhook-signature": header}
+    assert len(header.split(" ")) == 2
+    assert verified(new, headers, body) and verified(old, headers, body)
+    assert not verified(new_secret(), headers, body)
