@@ -14,6 +14,7 @@ setup(
         "ws4py>=0.5.1",
         "PyJWT[crypto]>=2.8",  # crypto: RS256, ES256 and EdDSA keys (cryptography)
         "urllib3>=2.0",  # webhook deliveries (nodes/hookdelivery.py)
+        "prometheus-client>=0.17",  # /metrics (nodes/metrics.py)
     ],
     extras_require={
         "test": ["pytest>=7", "hypothesis>=6.80", "websocket-client>=1.6", "playwright>=1.40"],

@@ -72,6 +72,9 @@ def build_parser():
                           "read with the history control command (docs/HISTORY.md)")
     run.add_argument("--history-bytes", type=_positive_int, default=64 * 1024 * 1024, metavar="BYTES",
                      help="all history together; the oldest messages go first (default: 67108864)")
+    run.add_argument("--metrics", metavar="HOST:PORT",
+                     help="serve Prometheus metrics at http://HOST:PORT/metrics (an edge also serves them "
+                          "at /metrics on its --http port; docs/OPERATIONS.md)")
     edge = run.add_argument_group("edge (HTTP, WebSocket, Server-Sent Events; off without --http)")
     edge.add_argument("--http", type=int, metavar="PORT",
                       help="serve WebSocket (/ws), HTTP publish (/pub), SSE (/sub), /stats and a page at / "
@@ -314,7 +317,8 @@ def cmd_run(args):
     config = NodeConfig(name=args.name, host=args.host, port=args.port, advertise=args.advertise,
                         max_payload=args.max_payload, hwm=args.hwm, peers=args.peer, edge=edge,
                         curve_keys=args.curve_keys or "", revocation_seconds=args.auth_max_lifetime,
-                        history=[HistoryRule(text) for text in args.history], history_bytes=args.history_bytes)
+                        history=[HistoryRule(text) for text in args.history], history_bytes=args.history_bytes,
+                        metrics=args.metrics or "")
     import zmq
 
     if args.zk and args.peer:
@@ -338,6 +342,8 @@ def cmd_run(args):
     member = node.member
     http = "" if node.edge is None else (f" http={config.advertise}:{node.edge.port} "
                                          f"max_connections={node.edge.config.max_connections}")
+    if node.metrics_port is not None:
+        http += f" metrics={config.metrics.rpartition(':')[0] or config.host}:{node.metrics_port}"
     print(f"meshnode ready name={node.name} control={member['control'].removeprefix('tcp://')} "
           f"ingress={member['ingress']} out={member['out']} remote={member['remote']}{http}", flush=True)
     stop.wait()

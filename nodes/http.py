@@ -11,6 +11,7 @@ health, stats and the built-in page.
     POST /revoke/<sub>?for=S  refuse the tokens of sub mesh-wide (an admin token when auth is on)
     GET/POST/DELETE /hooks/<key>  the webhook registry (an admin token when auth is on)
     GET  /healthz, /stats  JSON
+    GET  /metrics          Prometheus
 """
 
 import json
@@ -152,6 +153,10 @@ class EdgeApp:
             raise EdgeError("bad_path", "the path is not UTF-8") from None
         if path == "/healthz":
             return self._json(start_response, 200, {"ok": True, "name": self.edge.client.node})
+        if path == "/metrics":  # open like /healthz (docs/OPERATIONS.md: bind or firewall it)
+            content_type, body = self.edge.node.metrics.render()
+            start_response("200 OK", [("Content-Type", content_type), ("Content-Length", str(len(body)))])
+            return [body]
         if path == "/stats":
             self._admin(environ)
             return self._json(start_response, 200, self.edge.counters())

@@ -32,6 +32,7 @@ from .dataplane import DataPlane
 from .dispatcher import Dispatcher
 from .hookdelivery import HookDelivery
 from .hookregistry import HookRegistry
+from .metrics import Metrics
 from .recorder import DEFAULT_HISTORY_BYTES, MAX_ASKED_STREAMS, MAX_PAGE_MESSAGES, Recorder
 from .revocations import Revocations
 from .zap import ZapHandler
@@ -58,6 +59,7 @@ class NodeConfig:
     revocation_seconds: float = DEFAULT_REVOCATION_SECONDS  # how long a revocation lasts unless told
     history: list = field(default_factory=list)  # HistoryRules (nodes/recorder.py)
     history_bytes: int = DEFAULT_HISTORY_BYTES
+    metrics: str = ""  # HOST:PORT for /metrics on a port of its own (nodes/metrics.py)
 
     def __post_init__(self):
         if self.host in ("0.0.0.0", "::", "*") and not self.advertise:
@@ -101,6 +103,8 @@ class Node:
                                   [self.control.port, *(int(e.rsplit(":", 1)[1]) for e in
                                                         self.dataplane.endpoints("127.0.0.1").values())])
         self.hook_delivery = HookDelivery(self.hooks)
+        self.metrics = Metrics(lambda: self.cmd_stats({}))
+        self.metrics_port = None
         self.hooks.listeners.append(lambda record, removed: self._want_own_client())
         self._peer_channels = {}  # control address -> ControlChannel, for relaying announcements
         self.name = validate_name(config.name or f"{socket.gethostname()}-{self.control.port}")
@@ -134,6 +138,9 @@ class Node:
                 self.edge.start()
             self.revocations.start()
             self.hooks.start()
+            if self.config.metrics:
+                host, _, port = self.config.metrics.rpartition(":")
+                self.metrics_port = self.metrics.serve(host or self.config.host, int(port))
         except BaseException:
             self.control.stop()
             self.dataplane.stop()
@@ -161,6 +168,7 @@ class Node:
             self._peer_channels.pop(address).close()
 
     def stop(self):
+        self.metrics.stop()
         self.hook_delivery.stop()
         if self.edge is not None:
             self.edge.stop()

@@ -1,0 +1,130 @@
+"""Prometheus metrics of a node (prometheus-client): what ``stats`` says, typed.
+
+One collector reads the node's counters when Prometheus scrapes (nothing is
+counted twice or on the message path). Counters are counters (``_total``),
+levels are gauges, and no label carries a subject, a pattern, a key or a
+connection (cardinality stays fixed). Served at ``/metrics`` on an edge's
+HTTP port, and with ``--metrics HOST:PORT`` on a port of its own.
+docs/OPERATIONS.md lists every metric.
+"""
+
+from gevent.pywsgi import WSGIServer
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest, make_wsgi_app
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import CollectorRegistry
+
+PREFIX = "meshnode_"
+
+# (stats path, metric name, kind, help) for the node's own counters.
+NODE = [
+    (("messages", "published_here"), "batches_published", "counter",
+     "ZeroMQ data messages (batches of one or more messages, marks) published at this node"),
+    (("messages", "from_peers"), "batches_from_peers", "counter", "ZeroMQ data messages received from peers"),
+    (("bytes", "published_here"), "bytes_published", "counter", "bytes published at this node"),
+    (("bytes", "from_peers"), "bytes_from_peers", "counter", "bytes received from peers"),
+    (("peers",), "peers", "gauge", "peers this node is linked to"),
+    (("links", "failures"), "link_failures", "counter", "peer links seen going down"),
+    (("control", "requests"), "control_requests", "counter", "control requests answered"),
+    (("control", "malformed"), "control_malformed", "counter", "control requests that were not requests"),
+    (("control", "rejected"), "control_rejected", "counter", "control requests refused (bad fields, version)"),
+    (("control", "unknown_commands"), "control_unknown_commands", "counter", "control requests naming no command"),
+    (("revocations",), "revocations", "gauge", "token revocations in force"),
+    (("uptime",), "uptime_seconds", "gauge", "seconds since the node started"),
+]
+EDGE = [
+    ("messages_in", "counter", "messages published through the edge"),
+    ("messages_out", "counter", "frames queued to edge clients"),
+    ("slow_consumers", "counter", "edge clients cut off as slow consumers"),
+    ("errors", "counter", "error frames and error responses"),
+    ("rejected_connections", "counter", "connections refused for auth, origin or capacity"),
+    ("refused_connections", "counter", "connections refused at once: every slot taken"),
+    ("header_timeouts", "counter", "connections closed for slow headers"),
+    ("client_resets", "counter", "clients that went away without closing"),
+    ("expired", "counter", "connections ended at their token's exp"),
+    ("revoked", "counter", "connections ended by a revocation"),
+    ("recoveries", "counter", "recoveries served to edge clients"),
+    ("recoveries_incomplete", "counter", "recoveries that could not replay every stream"),
+    ("requests", "counter", "requests made through the edge"),
+    ("gaps", "counter", "sequence gaps seen by the edge's subscriptions"),
+    ("dropped", "counter", "messages the edge's subscriptions had no room for"),
+    ("queued_bytes", "gauge", "bytes queued for edge clients"),
+    ("http_connections", "gauge", "open HTTP connections"),
+    ("max_connections", "gauge", "the WebSocket and SSE cap in force"),
+]
+HISTORY = [("recorded", "counter", "messages recorded in history"), ("evicted", "counter", "messages evicted"),
+           ("bytes", "gauge", "bytes of history held"), ("subjects", "gauge", "subjects with history")]
+QUEUES = [("dispatched", "counter", "queue-group messages dispatched from this node"),
+          ("no_member", "counter", "queue-group messages that found no member"),
+          ("members", "gauge", "queue-group members known"), ("groups", "gauge", "queue groups known")]
+JOBS = [("held", "gauge", "jobs held here until acknowledged"), ("acked", "counter", "jobs acknowledged"),
+        ("redelivered", "counter", "jobs given to another member"), ("dead", "counter", "jobs dead-lettered"),
+        ("refused_acks", "counter", "acknowledgements refused")]
+HOOKS = [("delivered", "counter", "webhook deliveries made from this node"),
+         ("retried", "counter", "webhook attempts retried"), ("failed", "counter", "webhook deliveries failed")]
+
+
+def _family(name, kind, help_text, value, labels=None):
+    cls = CounterMetricFamily if kind == "counter" else GaugeMetricFamily
+    family = cls(PREFIX + name, help_text, labels=list(labels or {}))
+    family.add_metric(list((labels or {}).values()), value)
+    return family
+
+
+class NodeCollector:
+    def __init__(self, stats):
+        self._stats = stats  # a callable: the node's stats map
+
+    def collect(self):
+        stats = self._stats()
+        for path, name, kind, help_text in NODE:
+            value = stats
+            for part in path:
+                value = value[part]
+            yield _family(name, kind, help_text, value)
+        links = GaugeMetricFamily(PREFIX + "links", "peer links by state", labels=["state"])
+        for state in ("up", "down"):
+            links.add_metric([state], stats["links"][state])
+        yield links
+        edge = stats.get("edge")
+        if edge is not None:
+            for key, kind, help_text in EDGE:
+                yield _family(f"edge_{key}", kind, help_text, edge[key])
+            connections = GaugeMetricFamily(PREFIX + "edge_connections", "edge connections by kind", labels=["kind"])
+            for kind in ("ws", "sse"):
+                connections.add_metric([kind], edge["connections"][kind])
+            yield connections
+        for section, table in (("history", HISTORY), ("queues", QUEUES)):
+            values = stats.get(section)
+            if values is not None:
+                for key, kind, help_text in table:
+                    yield _family(f"{section}_{key}", kind, help_text, values[key])
+        jobs = (stats.get("queues") or {}).get("jobs")
+        if jobs is not None:
+            for key, kind, help_text in JOBS:
+                yield _family(f"jobs_{key}", kind, help_text, jobs[key])
+        hooks = stats.get("hooks")
+        if hooks is not None:
+            yield _family("hooks", "gauge", "webhooks registered", len(hooks))
+            for key, kind, help_text in HOOKS:
+                yield _family(f"hooks_{key}", kind, help_text, sum(h[key] for h in hooks))
+
+
+class Metrics:
+    def __init__(self, stats):
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(NodeCollector(stats))
+        self._server = None
+
+    def render(self):
+        """``(content type, body)`` of a scrape."""
+        return CONTENT_TYPE_LATEST, generate_latest(self.registry)
+
+    def serve(self, host, port):
+        """Serve /metrics on a port of its own; returns the port."""
+        self._server = WSGIServer((host, port), make_wsgi_app(self.registry), log=None)
+        self._server.start()
+        return self._server.server_port
+
+    def stop(self):
+        if self._server is not None:
+            self._server.stop(timeout=1)

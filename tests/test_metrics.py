@@ -1,0 +1,70 @@
+"""Prometheus metrics (nodes/metrics.py), scraped from real nodes and parsed
+with prometheus-client's own parser: right types, counts that move, no
+subject in any label."""
+
+import socket
+import urllib.request
+
+from edgehelpers import WS, http_address
+from meshhelpers import collect, warm_up
+from nodeproc import wait_until
+from prometheus_client.parser import text_string_to_metric_families
+
+from mesh import Client
+
+
+def scrape(url):
+    with urllib.request.urlopen(url, timeout=10) as response:
+        assert response.headers["Content-Type"].startswith("text/plain")
+        families = {f.name: f for f in text_string_to_metric_families(response.read().decode())}
+    return families
+
+
+def value(families, name, **labels):
+    family = families[name]
+    for sample in family.samples:
+        if sample.name in (name, name + "_total") and all(sample.labels.get(k) == v for k, v in labels.items()):
+            return sample.value
+    raise KeyError(name)
+
+
+def free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_an_edge_serves_metrics_that_count_what_happened(start_node):
+    a = start_node("A")
+    e = start_node("E", "--http", "0", "--history", "m.>=100/60s", peers=[a])
+    wait_until(lambda: e.peer_names() == ["A"], what="link")
+    url = f"http://{http_address(e)}/metrics"
+    before = scrape(url)
+    ws = WS(f"ws://{http_address(e)}/ws")
+    ws.request("sub", subject="m.>")
+    with Client(e.address) as here, Client(a.address) as there:
+        sub = there.subscribe("m.>")
+        warm_up(here, "m.x", [sub])
+        for i in range(50):
+            here.publish("m.x", i)
+        here.flush()
+        collect(sub, 50)
+    wait_until(lambda: value(scrape(url), "meshnode_history_recorded") >= 50, what="the history to count")
+    after = scrape(url)
+    assert after["meshnode_batches_published"].type == "counter"
+    assert after["meshnode_peers"].type == "gauge" and value(after, "meshnode_peers") == 1
+    assert value(after, "meshnode_batches_published") > value(before, "meshnode_batches_published")
+    assert value(after, "meshnode_bytes_published") >= value(before, "meshnode_bytes_published") + 50
+    assert value(after, "meshnode_edge_messages_out") >= 50
+    assert value(after, "meshnode_edge_connections", kind="ws") == 1
+    assert value(after, "meshnode_links", state="up") == 1
+    labels = {key for family in after.values() for sample in family.samples for key in sample.labels}
+    assert labels <= {"kind", "state"}  # no subject, pattern or connection as a label
+
+
+def test_metrics_on_a_port_of_their_own(start_node):
+    port = free_port()
+    a = start_node("A", "--metrics", f"127.0.0.1:{port}")
+    assert f"metrics=127.0.0.1:{port}" in a.ready_line
+    families = scrape(f"http://127.0.0.1:{port}/metrics")
+    assert value(families, "meshnode_control_requests") >= 0 and "meshnode_edge_messages_in" not in families
