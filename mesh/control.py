@@ -6,6 +6,7 @@ the reply echoes ``id`` with ``"ok": true`` and fields, or ``"ok": false`` with
 side used by the library, the CLI and peer nodes.
 """
 
+import ipaddress
 import itertools
 import threading
 
@@ -41,6 +42,16 @@ def decode(frame):
     if not all(isinstance(key, str) for key in fields):
         raise ValueError("map keys must be strings")
     return fields
+
+
+def is_loopback(host):
+    """True for a host name or address that is this machine's loopback."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def normalize_address(address):

@@ -288,6 +288,7 @@ def cmd_run(args):
     import gevent.event
 
     from discovery import StaticDiscovery, ZooKeeperDiscovery
+    from mesh.control import is_loopback
     from nodes.node import Node, NodeConfig, node_curve_keys
     from nodes.recorder import HistoryRule
 
@@ -323,7 +324,7 @@ def cmd_run(args):
 
     if args.zk and args.peer:
         raise ValueError("use either --zk or --peer, not both")
-    if not args.curve_keys and not args.insecure and not _is_loopback(args.host):
+    if not args.curve_keys and not args.insecure and not is_loopback(args.host):
         raise ValueError(f"binding {args.host} without --curve-keys lets anyone who can reach it join and "
                          f"read the mesh; pass --curve-keys DIR, or --insecure to do it anyway")
     curve = node_curve_keys(config)
@@ -548,17 +549,6 @@ def cmd_peers(args):
     for record in _control_request(args, "peers")["peers"]:
         print(json.dumps(record, sort_keys=True))
     return 0
-
-
-def _is_loopback(host):
-    import ipaddress
-
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def cmd_keygen(args):

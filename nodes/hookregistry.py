@@ -15,7 +15,6 @@ know it (docs/QUEUES.md says so). nodes/hookdelivery.py delivers.
 
 import base64
 import hashlib
-import ipaddress
 import json
 import logging
 import os
@@ -23,6 +22,7 @@ import re
 import time
 from urllib.parse import urlsplit
 
+from mesh.control import is_loopback
 from mesh.subjects import Pattern
 
 log = logging.getLogger("meshnode.hooks")
@@ -57,7 +57,7 @@ def validate_hook(fields, own_ports=()):
         port = parts.port or (443 if parts.scheme == "https" else 80)
     except ValueError:
         raise ValueError(f"url {url!r} has a bad port") from None
-    if port in own_ports and _is_loopback(parts.hostname):
+    if port in own_ports and is_loopback(parts.hostname):
         raise ValueError(f"url {url!r} points at this node's own ports")
     pattern = fields.get("pattern") or f"hooks.{key}.>"
     Pattern(pattern)
@@ -79,15 +79,6 @@ def validate_hook(fields, own_ports=()):
     if len(json.dumps(record).encode()) > MAX_RECORD_BYTES:
         raise ValueError(f"the registration is over {MAX_RECORD_BYTES} bytes")
     return record
-
-
-def _is_loopback(host):
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class HookRegistry:

@@ -76,6 +76,12 @@ class NodeProcess:
             self.proc.stdout.close()
 
 
+def linked(*nodes):
+    """True when every node is alive and linked to exactly the others."""
+    names = sorted(n.name for n in nodes)
+    return all(n.alive() and n.peer_names() == [x for x in names if x != n.name] for n in nodes)
+
+
 def wait_until(predicate, timeout=10.0, interval=0.05, what="condition", sleep=time.sleep):
     """Poll ``predicate()`` until it is truthy; return its value or fail after ``timeout``."""
     deadline = time.monotonic() + timeout

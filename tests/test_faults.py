@@ -16,14 +16,9 @@ from kazoo.client import KazooClient
 
 from mesh import Client
 from meshhelpers import WARM_UP, warm_up
-from nodeproc import wait_until
+from nodeproc import linked, wait_until
 
 RATE = 100  # messages per second per publisher
-
-
-def linked(nodes):
-    names = sorted(n.name for n in nodes)
-    return all(n.alive() and n.peer_names() == [x for x in names if x != n.name] for n in nodes)
 
 
 class LoadPublisher(threading.Thread):
@@ -133,7 +128,7 @@ def test_kill_9_under_load_loses_nothing_between_survivors_and_a_failover_client
         zk_server, zk_node):
     names = ["N1", "N2", "N3", "N4", "N5"]
     nodes = {name: zk_node(name, zk_server.hosts, timeout="2") for name in names}
-    wait_until(lambda: linked(list(nodes.values())), timeout=30, what="a full 5-node mesh")
+    wait_until(lambda: linked(*nodes.values()), timeout=30, what="a full 5-node mesh")
     moves = []
     roamer = Client.from_zookeeper(zk_server.hosts, mesh="test", zk_timeout=2,
                                    on_failover=lambda old, new: moves.append((old, new)))
@@ -160,7 +155,7 @@ def test_kill_9_under_load_loses_nothing_between_survivors_and_a_failover_client
         publishers[doomed.name].stop()
         wait_until(lambda: moves, timeout=20, what="the ZooKeeper client to move off the killed node")
         moved_after = time.monotonic() - killed_at
-        wait_until(lambda: linked([nodes[n] for n in survivors]), timeout=20, what="survivors to drop the dead node")
+        wait_until(lambda: linked(*[nodes[n] for n in survivors]), timeout=20, what="survivors to drop the dead node")
         time.sleep(4)
         for name in survivors:
             publishers[name].stop()
@@ -227,7 +222,7 @@ def test_losing_the_zookeeper_quorum_for_30_s_loses_no_message_and_membership_re
     hosts = zk_ensemble.hosts
     names = ["A", "B", "C"]
     nodes = {name: zk_node(name, hosts, timeout="4") for name in names}
-    wait_until(lambda: linked(list(nodes.values())), timeout=30, what="a 3-node mesh")
+    wait_until(lambda: linked(*nodes.values()), timeout=30, what="a 3-node mesh")
     assert registered(hosts) == names
     publishers, subscribers, clients = {}, {}, []
     try:
@@ -254,13 +249,13 @@ def test_losing_the_zookeeper_quorum_for_30_s_loses_no_message_and_membership_re
         counts_at_start = {n: len(recorders[n].seen) for n in names}
         time.sleep(15)
         mid = {n: len(recorders[n].seen) - counts_at_start[n] for n in names}
-        assert linked(list(nodes.values())), "membership changed without ZooKeeper"
+        assert linked(*nodes.values()), "membership changed without ZooKeeper"
         assert all(count > 15 * RATE for count in mid.values()), f"delivery slowed during the outage: {mid}"
         assert registered(lonely.hosts, timeout=5) is None, "ZooKeeper served without a quorum"
         time.sleep(max(0.0, 30 - (time.monotonic() - outage_started)))
         outage = time.monotonic() - outage_started
         during = {n: len(recorders[n].seen) - counts_at_start[n] for n in names}
-        assert linked(list(nodes.values()))
+        assert linked(*nodes.values())
 
         # Quorum back: the members restart on their ports and data dirs.
         for server in stopped:
@@ -270,11 +265,11 @@ def test_losing_the_zookeeper_quorum_for_30_s_loses_no_message_and_membership_re
         wait_until(lambda: registered(hosts) == names, timeout=30, interval=0.5,
                    what="A, B and C registered again")
         registered_after = time.monotonic() - recovered_at
-        wait_until(lambda: linked(list(nodes.values())), timeout=20, what="the mesh after the outage")
+        wait_until(lambda: linked(*nodes.values()), timeout=20, what="the mesh after the outage")
 
         # A new node joins the mesh and is wired in both ways.
         d = zk_node("D", hosts, timeout="4")
-        wait_until(lambda: linked([*nodes.values(), d]), timeout=30, what="D to join after the outage")
+        wait_until(lambda: linked(*nodes.values(), d), timeout=30, what="D to join after the outage")
         with Client(d.address) as cd, Client(nodes["A"].address) as ca:
             at_a = ca.subscribe("join.d")
             warm_up(cd, "join.d", [at_a], timeout=20)

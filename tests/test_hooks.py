@@ -11,7 +11,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from nodeproc import wait_until
+from nodeproc import linked, wait_until
 
 from mesh import Client, ControlError
 
@@ -56,10 +56,6 @@ def verified(secret, headers, body):
     want = base64.b64encode(hmac.new(base64.b64decode(secret[6:]), content, hashlib.sha256).digest()).decode()
     return f"v1,{want}" in headers["webhook-signature"].split(" ")
 
-
-def linked(*nodes):
-    names = sorted(n.name for n in nodes)
-    return all(n.peer_names() == [x for x in names if x != n.name] for n in nodes)
 
 
 @pytest.fixture

@@ -7,14 +7,10 @@ import time
 
 import pytest
 from meshhelpers import warm_up
-from nodeproc import wait_until
+from nodeproc import linked, wait_until
 
 from mesh import Client
 
-
-def linked(*nodes):
-    names = sorted(n.name for n in nodes)
-    return all(n.peer_names() == [x for x in names if x != n.name] for n in nodes)
 
 
 def queue_stats(node):

@@ -6,16 +6,12 @@ import threading
 
 import pytest
 from meshhelpers import collect, warm_up
-from nodeproc import wait_until
+from nodeproc import linked, wait_until
 
 from mesh import Client, Position
 
 RULE = ("--history", "r.>=20000/300s")
 
-
-def linked(*nodes):
-    names = sorted(n.name for n in nodes)
-    return all(n.peer_names() == [x for x in names if x != n.name] for n in nodes)
 
 
 @pytest.fixture

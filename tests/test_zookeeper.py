@@ -15,21 +15,16 @@ from kazoo.exceptions import NoAuthError
 
 from mesh import Client
 from meshhelpers import collect, warm_up
-from nodeproc import MESHNODE, wait_until
+from nodeproc import MESHNODE, linked, wait_until
 
 
 def meshnode(*args, timeout=30):
     return subprocess.run([sys.executable, MESHNODE, *args], capture_output=True, text=True, timeout=timeout)
 
 
-def linked(nodes):
-    names = sorted(n.name for n in nodes)
-    return all(n.peer_names() == [x for x in names if x != n.name] for n in nodes)
-
-
 def test_three_nodes_find_each_other_and_every_pair_delivers(zk_server, zk_node):
     nodes = [zk_node(name, zk_server.hosts) for name in ("A", "B", "C")]
-    wait_until(lambda: linked(nodes), what="full mesh via ZooKeeper")
+    wait_until(lambda: linked(*nodes), what="full mesh via ZooKeeper")
     clients = {n.name: Client(n.address) for n in nodes}
     try:
         subs = {name: c.subscribe(f"to.{name}") for name, c in clients.items()}
@@ -60,7 +55,7 @@ def test_member_znodes_are_json_readable_by_any_zookeeper_client(zk_server, zk_n
 def test_late_node_is_wired_in_and_its_subscriptions_reach_the_others(zk_server, zk_node, capsys):
     a = zk_node("A", zk_server.hosts)
     b = zk_node("B", zk_server.hosts)
-    wait_until(lambda: linked([a, b]), what="A-B link")
+    wait_until(lambda: linked(a, b), what="A-B link")
     with Client(a.address) as pa:
         started = time.monotonic()
         d = zk_node("D", zk_server.hosts)
@@ -80,14 +75,14 @@ def test_late_node_is_wired_in_and_its_subscriptions_reach_the_others(zk_server,
             with Client(b.address) as cb:
                 at_b = cb.subscribe("from.d")
                 warm_up(cd, "from.d", [at_b])
-    assert linked([a, b, d])
+    assert linked(a, b, d)
 
 
 def test_graceful_stop_drops_at_once_and_kill_drops_within_the_session_timeout(zk_server, zk_node):
     a = zk_node("A", zk_server.hosts)
     b = zk_node("B", zk_server.hosts)
     c = zk_node("C", zk_server.hosts)
-    wait_until(lambda: linked([a, b, c]), what="mesh")
+    wait_until(lambda: linked(a, b, c), what="mesh")
     started = time.monotonic()
     assert c.stop() == 0
     wait_until(lambda: a.peer_names() == ["B"], timeout=2, interval=0.02, what="graceful drop")
@@ -159,7 +154,7 @@ def _steady_publisher(client, subject, stop, rate=500):
 def test_zookeeper_outage_loses_nothing_and_recovery_lets_a_node_join(zk_server, zk_node):
     a = zk_node("A", zk_server.hosts, timeout="4")
     b = zk_node("B", zk_server.hosts, timeout="4")
-    wait_until(lambda: linked([a, b]), what="mesh")
+    wait_until(lambda: linked(a, b), what="mesh")
     with Client(a.address) as pa, Client(b.address) as cb:
         sub = cb.subscribe("steady")
         warm_up(pa, "steady", [sub])
@@ -186,13 +181,13 @@ def test_zookeeper_outage_loses_nothing_and_recovery_lets_a_node_join(zk_server,
         return sorted(json.loads(line)["name"] for line in listed.splitlines())
     wait_until(lambda: registered() == ["A", "B"], timeout=15, what="A and B registered again")
     c = zk_node("C", zk_server.hosts, timeout="4")
-    wait_until(lambda: linked([a, b, c]), timeout=15, what="a new node to join after the outage")
+    wait_until(lambda: linked(a, b, c), timeout=15, what="a new node to join after the outage")
 
 
 def test_forced_session_expiry_re_registers(zk_server, zk_node):
     a = zk_node("A", zk_server.hosts)
     b = zk_node("B", zk_server.hosts)
-    wait_until(lambda: linked([a, b]), what="mesh")
+    wait_until(lambda: linked(a, b), what="mesh")
     zk = KazooClient(hosts=zk_server.hosts)
     zk.start(10)
     try:
@@ -203,7 +198,7 @@ def test_forced_session_expiry_re_registers(zk_server, zk_node):
         os.kill(b.pid, signal.SIGCONT)
         wait_until(lambda: zk.exists("/meshnode/test/nodes/B") is not None, timeout=15, what="B to re-register")
         assert zk.exists("/meshnode/test/nodes/B").ephemeralOwner != first_owner
-        wait_until(lambda: linked([a, b]), timeout=10, what="A and B relinked")
+        wait_until(lambda: linked(a, b), timeout=10, what="A and B relinked")
     finally:
         zk.stop()
         zk.close()
@@ -216,7 +211,7 @@ def test_ensemble_losing_one_server_causes_no_disruption(zk_ensemble, zk_node):
     hosts = zk_ensemble.hosts
     a = zk_node("A", hosts, timeout="4")
     b = zk_node("B", hosts, timeout="4")
-    wait_until(lambda: linked([a, b]), what="mesh")
+    wait_until(lambda: linked(a, b), what="mesh")
     with Client(a.address) as pa, Client(b.address) as cb:
         sub = cb.subscribe("ens")
         warm_up(pa, "ens", [sub])
@@ -231,7 +226,7 @@ def test_ensemble_losing_one_server_causes_no_disruption(zk_ensemble, zk_node):
         assert data == list(range(sent[0]))
         assert sub.gaps == 0
     c = zk_node("C", hosts, timeout="4")
-    wait_until(lambda: linked([a, b, c]), timeout=15, what="a node to join with 2 of 3 servers")
+    wait_until(lambda: linked(a, b, c), timeout=15, what="a node to join with 2 of 3 servers")
 
 
 def test_digest_auth_keeps_other_users_out(zk_server, zk_node):
@@ -256,12 +251,12 @@ def test_digest_auth_keeps_other_users_out(zk_server, zk_node):
 def test_from_zookeeper_client_moves_when_its_node_dies_and_reports_the_gap(zk_server, zk_node):
     b = zk_node("B", zk_server.hosts)
     c = zk_node("C", zk_server.hosts)
-    wait_until(lambda: linked([b, c]), what="B-C link")
+    wait_until(lambda: linked(b, c), what="B-C link")
     moves = []
     sub_client = Client.from_zookeeper(zk_server.hosts, mesh="test", zk_timeout=2,
                                        on_failover=lambda old, new: moves.append((old, new)))
     a = zk_node("A", zk_server.hosts)
-    wait_until(lambda: linked([a, b, c]), what="mesh")
+    wait_until(lambda: linked(a, b, c), what="mesh")
     doomed = {"B": b, "C": c}[sub_client.node]
     with Client(a.address) as pub:
         sub = sub_client.subscribe("fo.x")
@@ -287,7 +282,7 @@ def test_from_zookeeper_client_moves_when_its_node_dies_and_reports_the_gap(zk_s
 def test_from_zookeeper_publisher_moves_and_keeps_its_sequence(zk_server, zk_node):
     a = zk_node("A", zk_server.hosts)
     b = zk_node("B", zk_server.hosts)
-    wait_until(lambda: linked([a, b]), what="mesh")
+    wait_until(lambda: linked(a, b), what="mesh")
     pub = Client.from_zookeeper(zk_server.hosts, mesh="test", zk_timeout=2)
     survivor = a if pub.node == "B" else b
     doomed = b if survivor is a else a
@@ -317,12 +312,12 @@ def test_from_zookeeper_failover_with_history_recovers_every_message(zk_server, 
     rule = ("--history", "fo.>=100000/300s")
     b = zk_node("B", zk_server.hosts, *rule)
     c = zk_node("C", zk_server.hosts, *rule)
-    wait_until(lambda: linked([b, c]), what="B-C link")
+    wait_until(lambda: linked(b, c), what="B-C link")
     moves = []
     sub_client = Client.from_zookeeper(zk_server.hosts, mesh="test", zk_timeout=2,
                                        on_failover=lambda old, new: moves.append((old, new)))
     a = zk_node("A", zk_server.hosts, *rule)
-    wait_until(lambda: linked([a, b, c]), what="mesh")
+    wait_until(lambda: linked(a, b, c), what="mesh")
     doomed = {"B": b, "C": c}[sub_client.node]
     with Client(a.address) as pub:
         sub = sub_client.subscribe("fo.x", recover=True)
