@@ -54,7 +54,8 @@ class Edge:
         self.stats = {"messages_in": 0, "messages_out": 0, "slow_consumers": 0, "errors": 0,
                       "rejected_connections": 0, "unrenderable": 0, "not_live": 0, "client_resets": 0,
                       "header_timeouts": 0, "refused_connections": 0, "expired": 0, "revoked": 0,
-                      "recoveries": 0, "recoveries_incomplete": 0, "requests": 0}
+                      "recoveries": 0, "recoveries_incomplete": 0, "requests": 0,
+                      "bad_requests": 0}
         self.ratelog = RateLog(log)
         self.connections = set()
         self.queued_total = 0  # bytes queued for all connections, bounded by buffer_bytes

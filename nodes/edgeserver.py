@@ -31,6 +31,23 @@ REQUEST_HEADROOM = 64
 REFUSAL_SLOTS = 32
 
 
+class _MalformedRequests:
+    """Where gevent's WSGI server reports requests it could not parse (bad
+    request lines, headers, chunking): counted, and one log line per 10 s
+    instead of one unformatted stderr line per client."""
+
+    def __init__(self, edge):
+        self.edge = edge
+
+    def write(self, message):
+        self.edge.stats["bad_requests"] += 1
+        text = message.strip().rsplit(": ", 1)[-1][:200]  # without the socket's repr; the client's text is cut
+        self.edge.ratelog.note("bad-request", f"malformed HTTP requests, e.g. {text!r}", logging.WARNING)
+
+    def flush(self):
+        pass
+
+
 def connection_budget(wanted, open_files):
     """The edge's cap on WebSocket and SSE connections: ``wanted``, or, if less,
     what the open-file limit leaves after the node's reserve (an eighth of the
@@ -56,8 +73,8 @@ class EdgeServer(WSGIServer):
         self.edge = edge
         self.serving_slots = edge.config.max_connections + REQUEST_HEADROOM
         self.per_address = collections.Counter()  # only with max_per_address
-        super().__init__(address, application, log=None, handler_class=EdgeHandler,
-                         spawn=Pool(self.serving_slots + REFUSAL_SLOTS))
+        super().__init__(address, application, log=None, error_log=_MalformedRequests(edge),
+                         handler_class=EdgeHandler, spawn=Pool(self.serving_slots + REFUSAL_SLOTS))
 
     def handle(self, sock, address):
         if len(self.pool) > self.serving_slots:  # this greenlet holds one of the refusal slots

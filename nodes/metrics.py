@@ -39,6 +39,7 @@ EDGE = [
     ("rejected_connections", "counter", "connections refused for auth, origin or capacity"),
     ("refused_connections", "counter", "connections refused at once: every slot taken"),
     ("header_timeouts", "counter", "connections closed for slow headers"),
+    ("bad_requests", "counter", "HTTP requests that could not be parsed"),
     ("client_resets", "counter", "clients that went away without closing"),
     ("expired", "counter", "connections ended at their token's exp"),
     ("revoked", "counter", "connections ended by a revocation"),

@@ -166,3 +166,21 @@ def test_max_per_address_limits_one_address_and_not_another(start_node):
     assert held[1].request("pub", subject="addr.x", data=1)["op"] == "ok"
     assert held[0].messages(1)[0]["data"] == 1  # the first connections were never disturbed
     assert http("GET", f"http://{address}/stats")[1]["refused_connections"] >= 1
+
+
+def test_malformed_requests_are_counted_and_logged_once(start_node):
+    e = start_node("E", "--http", "0")
+    host, port = http_address(e).rsplit(":", 1)
+    for i in range(30):
+        with socket.create_connection((host, int(port)), timeout=5) as sock:
+            sock.sendall(b"NOT A REQUEST LINE %d\r\n\r\n" % i)
+            try:
+                sock.recv(1024)
+            except OSError:
+                pass
+    status, stats = http("GET", f"http://{host}:{port}/stats")
+    assert status == 200 and stats["bad_requests"] == 30
+    e.stop()
+    assert e.stderr_text.count("malformed HTTP requests") == 1, e.stderr_text[-2000:]
+    others = [line for line in e.stderr_text.splitlines() if "malformed HTTP requests" not in line]
+    assert not [line for line in others if "Invalid" in line or "NOT A REQUEST" in line], others
