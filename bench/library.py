@@ -174,7 +174,8 @@ def receive(bench, rows):
                                 [{"system": "mesh_green", "endpoint": b.address, "subject": SUBJECT,
                                   "count": count}], timeout=300)
         rows.append(row("green", label, **result))
-        bench.say(f"    worst lateness {result['drain_max_late_ms']:.1f} ms during the drain "
+        late = result["drain_max_late_ms"]
+        bench.say(f"    worst lateness {'n/a' if late is None else f'{late:.1f}'} ms during the drain "
                   f"({result['idle_max_late_ms']:.1f} ms with no traffic)")
     except Exception as exc:
         rows.append(failed("green", label, exc))

@@ -280,7 +280,11 @@ def sub_mesh_green(cfg, collector):
     gevent.sleep(1.0)
     collector.extra["idle_max_late_ms"] = max(late for _, late in samples) * 1000
     sub_mesh(cfg, collector)
-    during = [late for at, late in samples if collector.first is not None and collector.first <= at <= collector.last]
+    # The ticks that woke during the drain, and the first one after it (a tick
+    # the drain held up wakes just after it: a short drain has no tick inside).
+    during = [late for at, late in samples if collector.first is not None and collector.first <= at]
+    inside = [late for at, late in samples if collector.first is not None and collector.first <= at <= collector.last]
+    during = inside + during[len(inside):len(inside) + 1]
     collector.extra["drain_max_late_ms"] = max(during) * 1000 if during else None
     collector.extra["ticks_during_drain"] = len(during)
 
