@@ -280,6 +280,7 @@ def sub_mesh_green(cfg, collector):
     gevent.sleep(1.0)
     collector.extra["idle_max_late_ms"] = max(late for _, late in samples) * 1000
     sub_mesh(cfg, collector)
+    gevent.sleep(0.02)  # a tick the drain held up wakes now
     # The ticks that woke during the drain, and the first one after it (a tick
     # the drain held up wakes just after it: a short drain has no tick inside).
     during = [late for at, late in samples if collector.first is not None and collector.first <= at]
