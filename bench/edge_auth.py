@@ -37,17 +37,9 @@ def _revoke(bench, count):
     from mesh.control import ControlChannel
     from mesh.waiting import pick_waiter
 
-    nodes = []
-    for name in ("rv-a", "rv-b", "rv-c"):
-        peers = [arg for node in nodes for arg in ("--peer", node.address)]
-        nodes.append(bench.procs.node(name, "--http", "0", "--auth-secret", BENCH_SECRET,
-                                      "--max-connections", str(count + 100), *peers))
+    nodes = bench.procs.linked_nodes(("rv-a", "rv-b", "rv-c"), "--http", "0", "--auth-secret", BENCH_SECRET,
+                                     "--max-connections", str(count + 100))
     try:
-        deadline = time.monotonic() + 20
-        while not all(len(node.peer_names()) == 2 for node in nodes):
-            if time.monotonic() > deadline:
-                raise RuntimeError("the three nodes did not link")
-            time.sleep(0.1)
         token = jwt.encode({"exp": time.time() + 3600, "sub": "revoked-user", "subscribe": [">"]}, BENCH_SECRET,
                            algorithm="HS256")
         socks = []

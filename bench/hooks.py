@@ -56,14 +56,9 @@ def _run(bench, count):
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    a = bench.procs.node("hook-a")
-    b = bench.procs.node("hook-b", "--peer", a.address)
+    a, b = bench.procs.linked_nodes(("hook-a", "hook-b"))
     try:
         deadline = time.monotonic() + 20
-        while not (a.peer_names() and b.peer_names()):
-            if time.monotonic() > deadline:
-                raise RuntimeError("the nodes did not link")
-            time.sleep(0.1)
         with Client(a.address) as publisher, Client(b.address) as reader:
             publisher.register_hook("bench", f"http://127.0.0.1:{server.server_port}/")
             sub = reader.subscribe("hooks.bench.>")

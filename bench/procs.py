@@ -204,6 +204,19 @@ class Procs:
         self._closers.append(node)
         return node
 
+    def linked_nodes(self, names, *extra, timeout=20.0):
+        """Nodes ``names``, each started with ``extra`` and naming the ones before
+        it as peers; returned once every one is linked to all the others."""
+        nodes = []
+        for name in names:
+            nodes.append(self.node(name, *extra, *[arg for node in nodes for arg in ("--peer", node.address)]))
+        deadline = time.monotonic() + timeout
+        while not all(len(node.peer_names()) == len(nodes) - 1 for node in nodes):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{', '.join(names)} did not link within {timeout} s")
+            time.sleep(0.1)
+        return nodes
+
     def adopt(self, thing):
         """Register an object with ``stop()`` (or ``close()``) that stops its own process by PID."""
         self._closers.append(thing)

@@ -31,16 +31,9 @@ def _recover(bench, count):
     from mesh import Client
 
     rule = ("--history", f"rec.>={count + 1000}/600s", "--history-bytes", str(256 * 1024 * 1024))
-    nodes = []
-    for name in ("rec-a", "rec-b", "rec-c"):
-        nodes.append(bench.procs.node(name, *rule, *[arg for node in nodes for arg in ("--peer", node.address)]))
+    nodes = bench.procs.linked_nodes(("rec-a", "rec-b", "rec-c"), *rule)
     a, b, c = nodes
     try:
-        deadline = time.monotonic() + 20
-        while not all(len(node.peer_names()) == 2 for node in nodes):
-            if time.monotonic() > deadline:
-                raise RuntimeError("the three nodes did not link")
-            time.sleep(0.1)
         with Client(a.address) as publisher:
             with Client(b.address) as first:
                 sub = first.subscribe("rec.>")

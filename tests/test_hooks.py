@@ -58,15 +58,6 @@ def verified(secret, headers, body):
 
 
 
-@pytest.fixture
-def mesh3(start_node):
-    a = start_node("A")
-    b = start_node("B", peers=[a])
-    c = start_node("C", peers=[a, b])
-    wait_until(lambda: linked(a, b, c), what="three linked nodes")
-    return a, b, c
-
-
 def ready(nodes, hooks):
     """Every node knows the hooks and reaches every node's deliverer for each."""
     return all(n.stats().get("queues", {}).get("reachable") == hooks * len(nodes) for n in nodes)

@@ -17,15 +17,6 @@ def queue_stats(node):
     return node.stats().get("queues", {})
 
 
-@pytest.fixture
-def mesh3(start_node):
-    a = start_node("A")
-    b = start_node("B", peers=[a])
-    c = start_node("C", peers=[a, b])
-    wait_until(lambda: linked(a, b, c), what="three linked nodes")
-    return a, b, c
-
-
 def drain(sub, into, stop):
     while not stop.is_set():
         try:
