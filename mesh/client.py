@@ -95,6 +95,7 @@ class Client:
         self._kick = kick = threading.Event()
         self._publisher = Publisher(self._publish_socket(), BatchEncoder(self.origin, self.max_payload),
                                     self.stream_idle, kick, self._yield, self.backlog_bytes)
+        self._learn_interest()
         self._receiver = Receiver(self._subscribe_socket, self._yield)
         self._watch = NodeWatch(self)
         self._requests = Requests(self)
@@ -143,6 +144,26 @@ class Client:
         apply_client(self._curve, sock)
         sock.connect(self.endpoints["ingress"])
         return sock
+
+    def _learn_interest(self):
+        """Before the first publish: wait until the node has sent the new
+        publish socket the subscriptions it already has, or a message
+        published at once would be dropped for want of them (the slow
+        joiner, for subscribers that were there first). A throwaway SUB on
+        ``out`` subscribes to a prefix no subject can have; its notice comes
+        after the node's subscriptions (mesh/publisher.py wait_for_snapshot)."""
+        sentinel = b"\x00joined." + self.origin.encode()
+        sock = self._context.socket(zmq.SUB)
+        sock.setsockopt(zmq.LINGER, 0)
+        apply_client(self._curve, sock)
+        try:
+            sock.connect(self.endpoints["out"])
+            sock.setsockopt(zmq.SUBSCRIBE, sentinel)
+            if not self._publisher.wait_for_snapshot(sentinel, self._wait, self._timeout):
+                log.warning("node %s did not pass on its subscriptions within %s s: the first publishes "
+                            "may miss subscribers", self.node, self._timeout)
+        finally:
+            sock.close(linger=0)
 
     def _subscribe_socket(self):
         sock = self._context.socket(zmq.SUB)
@@ -446,8 +467,6 @@ class Client:
             self._adopt(info)
             self._receiver.forked()
             self._open()
-            self._publisher.hold()    # like any new attachment: hold publishes until the
-            self._watch.flush_soon()  # interest has come to the new socket
             log.info("client reopened in forked process %d as %s", self._pid, self.origin)
 
 

@@ -310,6 +310,24 @@ class Publisher:
             elif notice[:1] == b"\x00":
                 self._interest.discard(notice[1:])
 
+    def wait_for_snapshot(self, sentinel, wait, timeout):
+        """Until the node has told this socket every subscription it had when
+        the socket connected. ``sentinel`` is a prefix subscribed at the node
+        after our connect; an XSUB sends a new connection the subscriptions it
+        has at once, and later ones after them, so the sentinel's notice
+        comes last. False if it did not come within ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._lock:
+                self._drain_interest()
+                if sentinel in self._interest:
+                    self._interest.discard(sentinel)
+                    return True
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            wait(self._sock, remaining)
+
     def has_prefix(self, prefix):
         """True once the node has told us of a subscription to exactly ``prefix``."""
         with self._lock:

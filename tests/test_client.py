@@ -126,3 +126,21 @@ def test_client_under_gevent_does_not_block_the_hub(start_node):
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert "gevent ok" in result.stdout
+
+
+def test_a_new_client_publishing_at_once_reaches_existing_subscribers(mesh3):
+    """No slow joiner for a publisher that is new to its node: the subscriptions
+    the node already has are known to a Client before its constructor returns,
+    so ``Client(address).publish(...)`` straight away is delivered (a script,
+    a request handler with a client per request)."""
+    a, b, c = mesh3
+    with Client(a.address) as subscriber:
+        sub = subscriber.subscribe("fresh.>")
+        for node in (a, b, c):  # the subscription has reached every node
+            with Client(node.address) as probe:
+                assert probe.wait_for_interest("fresh.x")
+        for i in range(60):
+            with Client((a, b, c)[i % 3].address) as publisher:
+                publisher.publish("fresh.x", i)
+        assert sorted(sub.get(timeout=5).data for _ in range(60)) == list(range(60))  # 60 publishers: no order
+        assert sub.gaps == 0
