@@ -7,6 +7,11 @@ ZeroMQ filters by byte prefix of the first frame. The topic frame on the wire is
 the subject followed by one ``.`` so that a filter always ends on a token
 boundary: ``news.`` never admits ``newsletter.``. The subscriber still does the
 exact match with :class:`Pattern` (``orders.*.new`` filters on ``orders.``).
+
+**System subjects** begin with ``$`` (``$events.``, ``$dead.``, ``$Q.``). As
+in MQTT, a pattern whose first token is a wildcard does not match them: ``>``
+is every application subject, and the mesh's own traffic is subscribed to by
+name (``$events.>``).
 """
 
 MAX_SUBJECT_BYTES = 512
@@ -52,7 +57,7 @@ def subject_from_topic(frame):
 class Pattern:
     """A validated subscription pattern that matches subjects exactly."""
 
-    __slots__ = ("text", "_head", "_open_tail", "_literal", "prefix")
+    __slots__ = ("text", "_head", "_open_tail", "_literal", "_wild_first", "prefix")
 
     def __init__(self, text):
         tokens = _tokens(text, "pattern")
@@ -66,6 +71,7 @@ class Pattern:
         self._open_tail = tokens[-1] == ">"
         self._head = tokens[:-1] if self._open_tail else tokens
         self._literal = "*" not in tokens and ">" not in tokens
+        self._wild_first = tokens[0] in ("*", ">")  # matches no system subject
         self.prefix = self._zmq_prefix(tokens)
 
     @staticmethod
@@ -80,6 +86,8 @@ class Pattern:
     def matches(self, subject):
         if self._literal:
             return subject == self.text
+        if self._wild_first and subject[:1] == "$":
+            return False
         got = subject.split(".")
         head = self._head
         if self._open_tail:
@@ -96,6 +104,8 @@ class Pattern:
         """True if every subject ``other`` matches is matched by this pattern too."""
         mine = self.text.split(".")
         theirs = other.text.split(".")
+        if self._wild_first and theirs[0][:1] == "$":
+            return False  # system subjects are named, not matched by a leading wildcard
         for i, token in enumerate(mine):
             if token == ">":
                 return len(theirs) > i

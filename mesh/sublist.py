@@ -61,20 +61,22 @@ class Sublist:
         last = len(tokens) - 1
         result = []
         levels = [self._root]
+        system = tokens[0][:1] == "$"  # no leading wildcard matches it (mesh/subjects.py)
         for i, token in enumerate(tokens):
             reached = []
+            wild = not (system and i == 0)
             for level in levels:
                 nxt = level.next
                 if not nxt:
                     continue
-                tail = nxt.get(">")
+                tail = nxt.get(">") if wild else None
                 if tail is not None:
                     result.extend(tail.here)  # '>' takes this token and all after it
                 if token != "*" and token != ">":  # a raw publisher's literal wildcard: no second path
                     exact = nxt.get(token)
                     if exact is not None:
                         reached.append(exact)
-                star = nxt.get("*")
+                star = nxt.get("*") if wild else None
                 if star is not None:
                     reached.append(star)
             if not reached:

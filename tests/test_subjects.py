@@ -1,6 +1,7 @@
 import pytest
 from hypothesis import given, strategies as st
 
+from mesh.sublist import Sublist
 from mesh.subjects import MAX_SUBJECT_BYTES, Pattern, subject_from_topic, topic_frame, validate_subject
 
 token = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789-_é", min_size=1, max_size=6)
@@ -26,6 +27,14 @@ subjects = st.lists(token, min_size=1, max_size=5).map(".".join)
     ("*.b.>", "a.b.c", True),
     ("*.b.>", "a.b", False),
     ("*.b.>", "a.c.d", False),
+    # System subjects ($...) are matched by name, never by a leading wildcard.
+    (">", "$events.node.exit", False),
+    ("*.node.exit", "$events.node.exit", False),
+    ("*", "$events", False),
+    ("$events.>", "$events.node.exit", True),
+    ("$events.*.exit", "$events.node.exit", True),
+    ("$events.node.exit", "$events.node.exit", True),
+    ("a.>", "a.$b", True),  # only the first token makes a subject a system one
 ])
 def test_pattern_matching(pattern, subject, expected):
     assert Pattern(pattern).matches(subject) is expected
@@ -92,6 +101,7 @@ def test_literal_pattern_matches_only_equal_subject(a, b):
     ("a.>", ">", False), ("a.*", "a.b", True), ("a.*", "a.*", True), ("a.*", "a.>", False),
     ("a.*", "a.b.c", False), ("a.b", "a.b", True), ("a.b", "a.*", False), ("*.b", "x.b", True),
     ("*", ">", False),
+    (">", "$events.>", False), ("*.>", "$events.x", False), ("$events.>", "$events.node", True),
 ])
 def test_pattern_covers(wide, narrow, expected):
     assert Pattern(wide).covers(Pattern(narrow)) is expected
@@ -107,3 +117,18 @@ def test_covers_is_consistent_with_matching(pattern_subject, subject):
                 assert wide.matches(subject + ".x")
         if wide.covers(Pattern(subject)):
             assert wide.matches(subject)
+
+
+system_or_not = st.one_of(subjects, subjects.map(lambda s: "$" + s))
+
+
+@given(system_or_not, st.lists(st.one_of(system_or_not, system_or_not.map(lambda s: s + ".>"),
+                                         system_or_not.map(lambda s: "*." + s), st.just(">"), st.just("*")),
+                               min_size=1, max_size=6))
+def test_the_sublist_matches_exactly_what_the_patterns_match(subject, pattern_texts):
+    """mesh/sublist.py (the receive path) and Pattern.matches agree, system subjects included."""
+    sublist = Sublist()
+    patterns = [Pattern(text) for text in pattern_texts]
+    for i, pattern in enumerate(patterns):
+        sublist.add(pattern, i)
+    assert sorted(sublist.match(subject)) == [i for i, p in enumerate(patterns) if p.matches(subject)]
