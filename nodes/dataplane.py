@@ -119,6 +119,7 @@ class DataPlane:
         self._reconnecting = gevent.lock.Semaphore()  # one set_peers at a time
         self.links = {}  # peer out endpoint -> "up" | "down"
         self.link_failures = 0
+        self.on_link = None  # called with (peer out endpoint, "up" | "down") when a link changes
         # Attach the monitor before the proxy thread owns mesh_in.
         self._link_events = self.mesh_in.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
         self._link_watcher = None
@@ -149,12 +150,16 @@ class DataPlane:
             if endpoint not in self.links:
                 continue  # a peer we already let go
             if event["event"] == zmq.EVENT_CONNECTED:
+                changed = self.links[endpoint] != "up"
                 self.links[endpoint] = "up"
             else:
-                if self.links[endpoint] == "up":
+                changed = self.links[endpoint] == "up"
+                if changed:
                     self.link_failures += 1
                     log.warning("link to peer %s is down", endpoint)
                 self.links[endpoint] = "down"
+            if changed and self.on_link is not None:
+                self.on_link(endpoint, self.links[endpoint])
 
     def _steer(self, work, *args):
         """Run ``work`` under the steering lock, in a greenlet of its own.

@@ -18,6 +18,7 @@ when the total is spent cuts that connection off the same way.
 
 import collections
 import time
+import uuid
 
 import gevent
 import gevent.event
@@ -32,7 +33,9 @@ EDGE_FULL = "slow consumer: the edge's buffers ({limit} bytes for all connection
 class EdgeConnection:
     kind = "?"
 
-    def __init__(self, edge, grant, queue_limit, max_subscriptions):
+    def __init__(self, edge, grant, queue_limit, max_subscriptions, address=None):
+        self.id = uuid.uuid4().hex[:12]  # names it in presence and events
+        self.address = address  # the client's "host:port", when known
         self.edge = edge
         self.grant = grant
         self.queue_limit = queue_limit
@@ -57,12 +60,10 @@ class EdgeConnection:
         size = len(data)
         edge = self.edge
         if self.queued_bytes + size > self.queue_limit:
-            edge.stats["slow_consumers"] += 1
-            self.cut_off(SLOW_CONSUMER.format(limit=self.queue_limit))
+            self._cut_slow(SLOW_CONSUMER.format(limit=self.queue_limit))
             return
         if self.queued_bytes and edge.queued_total + size > edge.config.buffer_bytes:
-            edge.stats["slow_consumers"] += 1
-            self.cut_off(EDGE_FULL.format(limit=edge.config.buffer_bytes))
+            self._cut_slow(EDGE_FULL.format(limit=edge.config.buffer_bytes))
             return
         self._queue.append(data)
         self.queued_bytes += size
@@ -96,6 +97,11 @@ class EdgeConnection:
         self._queue.clear()
         self.edge.queued_total -= self.queued_bytes
         self.queued_bytes = 0
+
+    def _cut_slow(self, reason):
+        self.edge.stats["slow_consumers"] += 1
+        self.edge.node.events.connection_event("slow", self, reason=reason)
+        self.cut_off(reason)
 
     def cut_off(self, reason):
         raise NotImplementedError
@@ -154,12 +160,14 @@ class EdgeConnection:
             hold(self, pattern)
         self.edge.fanout.add(self, pattern.text)
         self.edge.wait_live(pattern)  # so that what this node publishes after the reply is delivered
+        self.edge.node.events.presence_event("join", self, pattern.text)
 
     def unsubscribe(self, pattern, request_id=None):
         if self.patterns.pop(pattern.text, None) is None:
             raise EdgeError("not_subscribed", f"not subscribed to {pattern.text!r}", request_id)
         self.holding.pop(pattern.text, None)
         self.edge.fanout.remove(self, pattern.text)
+        self.edge.node.events.presence_event("leave", self, pattern.text)
 
     def release(self):
         """The connection is gone: drop its subscriptions and queue."""
@@ -170,8 +178,12 @@ class EdgeConnection:
         if self._expiry is not None:
             self._expiry.close()
             self._expiry = None
+        events = self.edge.node.events
         for text in list(self.patterns):
             self.edge.fanout.remove(self, text)
+            events.presence_event("leave", self, text)
         self.patterns.clear()
         self.drop_queue()
-        self.edge.connections.discard(self)
+        if self in self.edge.connections:
+            self.edge.connections.discard(self)
+            events.connection_event("disconnect", self)

@@ -48,8 +48,8 @@ STATUS = {200: "200 OK", 400: "400 Bad Request", 401: "401 Unauthorized", 403: "
 class SSEConnection(EdgeConnection):
     kind = "sse"
 
-    def __init__(self, edge, grant, sock=None, handler=None):
-        super().__init__(edge, grant, edge.config.queue_bytes, edge.config.max_subscriptions)
+    def __init__(self, edge, grant, sock=None, handler=None, address=None):
+        super().__init__(edge, grant, edge.config.queue_bytes, edge.config.max_subscriptions, address)
         self._handler = handler  # gevent's WSGI handler: told to close the connection when the stream ends
         self.greenlet = gevent.getcurrent()
         self._watcher = gevent.spawn(self._watch_departure, sock) if sock is not None else None
@@ -299,13 +299,15 @@ class EdgeApp:
         resume = environ.get("HTTP_LAST_EVENT_ID") or \
             (parse_qs(environ.get("QUERY_STRING", "")).get("since") or [None])[0]
         position = parse_position(resume) if resume else None
-        connection = SSEConnection(self.edge, grant, environ.get("meshnode.socket"), environ.get("meshnode.handler"))
+        connection = SSEConnection(self.edge, grant, environ.get("meshnode.socket"), environ.get("meshnode.handler"),
+                                   f"{environ.get('REMOTE_ADDR')}:{environ.get('REMOTE_PORT')}")
+        self.edge.connections.add(connection)
+        self.edge.node.events.connection_event("connect", connection)
         try:
             connection.subscribe(pattern, recover=position)  # raises forbidden before any byte is sent
         except EdgeError:
             connection.release()
             raise
-        self.edge.connections.add(connection)
         start_response("200 OK", [("Content-Type", "text/event-stream"), ("Cache-Control", "no-cache"),
                                   ("X-Accel-Buffering", "no")])
         return connection.events(self.edge.config.keepalive_seconds,

@@ -30,6 +30,7 @@ from mesh.waiting import pick_waiter
 from .control import ControlServer, RequestError
 from .dataplane import DataPlane
 from .dispatcher import Dispatcher
+from .events import Events
 from .hookdelivery import HookDelivery
 from .hookregistry import HookRegistry
 from .metrics import Metrics
@@ -108,6 +109,8 @@ class Node:
         self.hooks.listeners.append(lambda record, removed: self._want_own_client())
         self._peer_channels = {}  # control address -> ControlChannel, for relaying announcements
         self.name = validate_name(config.name or f"{socket.gethostname()}-{self.control.port}")
+        self.events = Events(self.name)
+        self.dataplane.on_link = self._link_changed
         self.member = {
             "name": self.name,
             "control": f"tcp://{config.advertise}:{self.control.port}",
@@ -126,6 +129,7 @@ class Node:
                                      self.config.history, self.config.history_bytes, self.curve)
             self.recorder.start()
         self.control.start()
+        self._want_own_client()  # it publishes events, dispatches queue groups, delivers hooks
         try:
             self.discovery.start(self.member, self._on_members)
             if self.config.edge is not None:
@@ -146,6 +150,11 @@ class Node:
             self.dataplane.stop()
             raise
 
+    def _link_changed(self, endpoint, state):
+        for record in self.peers.values():
+            if record["out"] == endpoint:
+                self.events.link_changed(record["name"], state)
+
     def _names_own_endpoints(self, record):
         """A record that points at this node under another name would make it
         its own peer and deliver every local message twice."""
@@ -161,7 +170,8 @@ class Node:
                 log.warning("peer %s has --max-payload %d, this node %d: messages between the two limits "
                             "reach only one side's subscribers", record["name"], record["max_payload"],
                             self.config.max_payload)
-        self.peers = members
+        before, self.peers = self.peers, members
+        self.events.members_changed(before, members, self.started)
         self.dataplane.set_peers(record["out"] for record in members.values())
         known = {record["control"] for record in members.values()}
         for address in [a for a in self._peer_channels if a not in known]:
@@ -337,6 +347,7 @@ class Node:
                 gevent.sleep(1.0)
         if self.dispatcher is not None:
             self.dispatcher.client = self.own_client
+        self.events.client = self.own_client
         self.hook_delivery.attach(self.own_client)
 
     def cmd_hook_add(self, request):
@@ -406,6 +417,7 @@ class Node:
                         "rejected": self.control.rejected, "unknown_commands": self.control.unknown_commands},
             "proxies": counters,
             "revocations": len(self.revocations.current()),
+            "events": self.events.counters(),
             **({"history": self.recorder.counters()} if self.recorder is not None else {}),
             **({"queues": self.dispatcher.counters()} if self.dispatcher is not None else {}),
             **({"hooks": self.hook_delivery.listing()} if self.hooks.hooks else {}),

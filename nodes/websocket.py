@@ -41,7 +41,8 @@ class WebSocketConnection(EdgeConnection):
     kind = "ws"
 
     def __init__(self, websocket, edge, grant):
-        super().__init__(edge, grant, edge.config.queue_bytes, edge.config.max_subscriptions)
+        super().__init__(edge, grant, edge.config.queue_bytes, edge.config.max_subscriptions,
+                         _host_port(websocket.peer_address))
         self.websocket = websocket
         self._partial = b""  # the rest of the frame being written, if any
         self._writer = None  # a greenlet while a backlog exists
@@ -145,6 +146,7 @@ class MeshWebSocket(WebSocket):
         self.edge_connection = WebSocketConnection(self, edge, self.environ["meshnode.grant"])
         self._open_requests = 0
         edge.connections.add(self.edge_connection)
+        edge.node.events.connection_event("connect", self.edge_connection)
         pattern = self.environ.get("meshnode.pattern")
         if pattern is not None:  # /ws/<pattern>: subscribe-only
             self._serve(lambda: self.edge_connection.subscribe(pattern))
@@ -292,3 +294,10 @@ class MeshWebSocketApplication(WebSocketWSGIApplication):
         keep = {key: environ[key] for key in ("meshnode.edge", "meshnode.grant", "meshnode.pattern")}
         environ["ws4py.websocket"] = websocket = MeshWebSocket(sock, protocols, extensions, keep)
         return websocket
+
+
+def _host_port(address):
+    try:
+        return f"{address[0]}:{address[1]}"
+    except (TypeError, IndexError):
+        return None

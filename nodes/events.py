@@ -1,0 +1,89 @@
+"""Events: what happens to the mesh, published on system subjects anyone may subscribe to.
+
+=============================  ==================================================
+subject                        data (every event also has ``ts``, Unix seconds)
+=============================  ==================================================
+``$events.node.enter``         ``node`` (who came), ``by`` (the node reporting it)
+``$events.node.exit``          ``node`` (who went), ``by``
+``$events.link.up``            ``node`` (the reporting end), ``peer``
+``$events.link.down``          ``node``, ``peer``
+``$events.client.connect``     ``node``, ``connection``, ``transport``, ``user``, ``address``
+``$events.client.disconnect``  the same
+``$events.client.slow``        the same and ``reason``: cut off as a slow consumer
+``$events.presence.join``      ``node``, ``connection``, ``user``, ``pattern``
+``$events.presence.leave``     the same
+=============================  ==================================================
+
+``$`` subjects are matched only by name (``$events.>``, not ``>``:
+mesh/subjects.py), and an edge with auth on lets only admin tokens, or
+tokens that name them, subscribe.
+
+A peer's enter and exit are reported by one node only: the lowest-named of
+the members that started before it (enter) or that remain (exit), as this
+node sees the mesh; while two nodes' views differ an event may come twice. A link has two ends and each reports
+its own. Events go out through the node's own client and only when a
+subscriber covers the subject, so nobody listening costs one interest check.
+The last RECENT events are kept for the console (nodes/meshview.py).
+"""
+
+import collections
+import logging
+import time
+
+log = logging.getLogger("meshnode.events")
+
+TOPIC = "$events"
+RECENT = 100
+
+
+class Events:
+    def __init__(self, node_name):
+        self.node = node_name
+        self.client = None  # the node's own mesh Client, once connected
+        self.recent = collections.deque(maxlen=RECENT)
+        self.published = 0
+
+    def emit(self, kind, **fields):
+        """Record an event of ``kind`` (``node.exit``, ``client.connect``...) and
+        publish it on ``$events.<kind>`` if anyone listens."""
+        event = {"event": kind, "ts": time.time(), **fields}
+        self.recent.append(event)
+        client = self.client
+        subject = f"{TOPIC}.{kind}"
+        if client is None or client.closed or not client.has_interest(subject):
+            return
+        try:
+            client.publish(subject, event)
+            self.published += 1
+        except Exception as exc:  # an event must never break what caused it
+            log.warning("could not publish %s: %s", subject, exc)
+
+    def counters(self):
+        return {"ready": self.client is not None, "published": self.published, "recent": len(self.recent)}
+
+    def members_changed(self, before, after, started):
+        """The peers changed from ``before`` to ``after`` (name -> member
+        record; this node started at ``started``): report the changes this
+        node is the one to report."""
+        for name in sorted(set(after) - set(before)):
+            joined = after[name].get("started", 0)
+            older = {self.node} if started < joined else set()
+            older.update(n for n, record in after.items() if n != name and record.get("started", 0) < joined)
+            if older and min(older) == self.node:  # one of those who were there reports a newcomer
+                self.emit("node.enter", node=name, by=self.node)
+        for name in sorted(set(before) - set(after)):
+            if min({self.node, *after}) == self.node:
+                self.emit("node.exit", node=name, by=self.node)
+
+    def link_changed(self, peer, state):
+        self.emit(f"link.{state}", node=self.node, peer=peer)
+
+    def connection_event(self, kind, connection, **extra):
+        """``client.connect``, ``client.disconnect`` or ``client.slow`` of an edge connection."""
+        self.emit(f"client.{kind}", node=self.node, connection=connection.id, transport=connection.kind,
+                  user=connection.grant.subject, address=connection.address, **extra)
+
+    def presence_event(self, kind, connection, pattern_text):
+        """``presence.join`` or ``presence.leave``: an edge connection (un)subscribed."""
+        self.emit(f"presence.{kind}", node=self.node, connection=connection.id, user=connection.grant.subject,
+                  pattern=pattern_text)
