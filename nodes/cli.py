@@ -42,6 +42,12 @@ def build_parser():
     run = commands.add_parser("run", help="run a node", description=(
         "Run a node until SIGTERM or SIGINT. Prints one line starting with 'meshnode ready' "
         "on stdout once it serves."), epilog=EPILOG_ADDRESSES)
+    run.add_argument("--config", metavar="FILE",
+                     help="read these flags from a TOML file: keys are the flag names without '--' "
+                          "(name = \"a\", http = 8400, log-level = \"DEBUG\", insecure = true), a repeatable "
+                          "flag takes an array (peer = [\"HOST:PORT\"]). Flags given here override the file; "
+                          "a repeatable flag given here replaces the file's list (example: "
+                          "contrib/meshnode.toml; docs/OPERATIONS.md)")
     run.add_argument("--name", default="", help="node name, unique in the mesh (default: HOSTNAME-PORT)")
     run.add_argument("--host", default="127.0.0.1",
                      help="interface to bind all sockets on (default: 127.0.0.1, loopback only)")
@@ -265,7 +271,12 @@ def _zookeeper_arguments(parser, zk_help, required=False):
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "run" and args.config:
+        from nodes.config import parse_with_config
+
+        args = parse_with_config(parser, argv, args.config)
     if args.command in ("run", "demo"):
         from gevent import monkey
 

@@ -1,0 +1,195 @@
+"""``meshnode run --config FILE``: a TOML file's values reach a real node, flags override it,
+a repeatable flag replaces the file's list, and bad files fail at once with exit status 2."""
+
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+import pytest
+from edgehelpers import http, http_address
+from nodeproc import MESHNODE, ROOT, NodeProcess, wait_until
+
+from nodes.cli import build_parser
+from nodes.config import ConfigError, read_config, run_parser
+from nodes.recorder import HistoryRule
+
+EXAMPLE = os.path.join(ROOT, "contrib", "meshnode.toml")
+
+
+class RunProcess(NodeProcess):
+    """A node started as exactly ``meshnode run ARGS...`` (NodeProcess adds --name and --port,
+    which would override the file's)."""
+
+    def __init__(self, *args):
+        self.name = "run"
+        self.stderr_text = ""
+        self._log = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115  (open until kill())
+        self.proc = subprocess.Popen([sys.executable, MESHNODE, "run", *args], stdout=subprocess.PIPE,
+                                     stderr=self._log, text=True)
+        self.pid = self.proc.pid
+        line = self.proc.stdout.readline()
+        if not line.startswith("meshnode ready"):
+            self.kill()
+            raise RuntimeError(f"node did not start: {line!r} {self.stderr_text}")
+        self.ready_line = line
+        self.address = ready(self)["control"]
+
+
+def ready(node):
+    """The fields of a node's 'meshnode ready' line."""
+    return dict(part.split("=", 1) for part in node.ready_line.split()[2:])
+
+
+@pytest.fixture
+def nodes():
+    """Start nodes with nodes(NodeProcess or RunProcess, *args); each is stopped after the test."""
+    started = []
+
+    def start(kind, *args):
+        node = kind(*args)
+        started.append(node)
+        return node
+
+    yield start
+    for node in started:
+        node.stop()
+        print(f"--- {node.name} (pid {node.pid}) stderr ---\n{node.stderr_text[-4000:]}")
+
+
+@pytest.fixture
+def config_file(tmp_path):
+    """config_file(text) writes a TOML file and returns its path."""
+    count = iter(range(100))
+
+    def write(text):
+        path = tmp_path / f"meshnode{next(count)}.toml"
+        path.write_text(text)
+        return str(path)
+
+    return write
+
+
+def run_expecting_failure(*args):
+    """meshnode run ARGS that must refuse to start: (exit status, stderr)."""
+    result = subprocess.run([sys.executable, MESHNODE, "run", *args], capture_output=True, text=True,
+                            timeout=30, check=False)
+    assert "meshnode ready" not in result.stdout
+    assert "Traceback" not in result.stderr
+    return result.returncode, result.stderr
+
+
+def test_file_values_reach_a_running_node(nodes, config_file):
+    a = nodes(NodeProcess, "a")
+    path = config_file(f'name = "fromfile"\nport = 0\nhttp = 0\npeer = "{a.address}"  # one string\n')
+    node = nodes(RunProcess, "--config", path)
+    assert ready(node)["name"] == "fromfile"
+    assert ready(node)["control"].rsplit(":", 1)[1] != "7400"  # port = 0 picked a free one
+    assert node.stats()["name"] == "fromfile"
+    assert http("GET", f"http://{http_address(node)}/healthz")[1]["name"] == "fromfile"  # http = 0: an edge
+    wait_until(lambda: node.peer_names() == ["a"] and a.peer_names() == ["fromfile"], what="the file's peer")
+
+
+def test_command_line_flags_override_the_file(nodes, config_file):
+    path = config_file('name = "fromfile"\nport = 0\nhttp = 0\n')
+    before = nodes(NodeProcess, "fromcli", "--config", path)  # NodeProcess puts --name before --config
+    after = nodes(RunProcess, "--config", path, "--name", "fromcli")
+    for node in (before, after):
+        assert ready(node)["name"] == "fromcli"
+        assert "http" in ready(node)  # what the command line does not give still comes from the file
+    # A flag given with its default value still overrides the file: --name "" is HOSTNAME-PORT.
+    default = nodes(RunProcess, "--name", "", "--config", path)
+    assert ready(default)["name"] != "fromfile"
+    assert ready(default)["name"].endswith("-" + default.address.rsplit(":", 1)[1])
+
+
+def test_repeatable_flag_on_the_command_line_replaces_the_files_list(nodes, config_file):
+    path = config_file('port = 0\nhttp = 0\nallowed-origin = ["http://file.example"]\n')
+
+    def status(node, origin):
+        return http("POST", f"http://{http_address(node)}/pub/x", b"1", {"Origin": origin})[0]
+
+    from_file = nodes(RunProcess, "--config", path)
+    assert status(from_file, "http://file.example") == 200
+    assert status(from_file, "http://cli.example") == 403
+
+    replaced = nodes(RunProcess, "--config", path, "--allowed-origin", "http://cli.example")
+    assert status(replaced, "http://cli.example") == 200
+    assert status(replaced, "http://file.example") == 403  # not added to the file's list: replaced
+
+
+@pytest.mark.parametrize("key, suggestion", [("histroy", "history"), ("auth_secret", "auth-secret"),
+                                             ("max-payloads", "max-payload")])
+def test_unknown_key_is_refused_with_the_closest_flag(config_file, key, suggestion):
+    path = config_file(f'port = 0\n{key} = "x"\n')
+    code, stderr = run_expecting_failure("--config", path)
+    assert code == 2
+    expected = f"meshnode run: error: {path}: unknown key '{key}'; did you mean '{suggestion}'?"
+    assert stderr.strip().splitlines() == [expected]
+
+
+@pytest.mark.parametrize("line, message", [
+    ("hwm = -1", "hwm: -1 is not a positive integer"),
+    ('hwm = "x"', "hwm: invalid positive int value: 'x'"),
+    ("hwm = 1.5", "hwm: invalid positive int value: '1.5'"),
+    ('log-level = "LOUD"', "log-level: invalid choice: 'LOUD'"),
+    ('insecure = "yes"', "insecure: expected true or false"),
+    ("hwm = [1, 2]", "hwm: takes one value, not an array"),
+    ('http = true', "http: expected a string or a number, not a boolean"),
+    ("peer = [1.5, {x = 1}]", "peer: expected a string or a number, not a table"),
+])
+def test_bad_value_is_refused_naming_the_file_and_key(config_file, line, message):
+    path = config_file(f"port = 0\n{line}\n")
+    code, stderr = run_expecting_failure("--config", path)
+    assert code == 2
+    assert len(stderr.strip().splitlines()) == 1
+    assert stderr.startswith(f"meshnode run: error: {path}: {message}")
+
+
+def test_a_bad_value_is_refused_even_when_a_flag_overrides_it(config_file):
+    # The file is checked as a whole: a typo must not hide behind today's command line.
+    code, stderr = run_expecting_failure("--config", config_file("port = 0\nhwm = 0\n"), "--hwm", "5")
+    assert code == 2 and "hwm: 0 is not a positive integer" in stderr
+
+
+def test_toml_syntax_error_names_the_file_and_line(config_file):
+    path = config_file('name = "a"\nport = 0\nhttp = 84 00\n')
+    code, stderr = run_expecting_failure("--config", path)
+    assert code == 2
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"meshnode run: error: {path}: ")
+    assert re.search(r"line 3\b", lines[0]), lines[0]
+
+
+def test_missing_config_file(tmp_path):
+    path = str(tmp_path / "absent.toml")
+    code, stderr = run_expecting_failure("--config", path, "--port", "0")
+    assert code == 2
+    assert stderr.strip() == f"meshnode run: error: cannot read config file {path}: No such file or directory"
+
+
+def test_example_config_is_valid_with_its_commented_keys_too(tmp_path):
+    run = run_parser(build_parser())
+    values = read_config(EXAMPLE, run)
+    assert values["http"] == 8400 and values["peer"] == ["10.0.0.6:7400", "10.0.0.7:7400"]
+    for rule in values["history"]:
+        HistoryRule(rule)  # checked when the node starts, as for --history
+    with open(EXAMPLE) as f:
+        text = f.read()
+    # Every "# key = value" line, uncommented, must be a valid key and value as well.
+    uncommented, count = re.subn(r"(?m)^# ([a-z][a-z-]* = )", r"\1", text)
+    assert count >= 10
+    path = tmp_path / "uncommented.toml"
+    path.write_text(uncommented)
+    everything = read_config(str(path), run)
+    assert {"name", "zk", "auth_secret", "allowed_origin", "insecure"} <= set(everything)
+    assert all(len(secret.encode()) >= 32 for secret in everything["auth_secret"])
+
+
+def test_read_config_checks_without_starting_a_node(config_file):
+    run = run_parser(build_parser())
+    assert read_config(config_file('peer = "h:1"\nauth-secret = ["s1", "s2"]\ninsecure = true\n'), run) == {
+        "peer": ["h:1"], "auth_secret": ["s1", "s2"], "insecure": True}
+    with pytest.raises(ConfigError, match="'config' is a command-line flag only"):
+        read_config(config_file('config = "other.toml"\n'), run)
