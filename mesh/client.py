@@ -26,6 +26,7 @@ import zmq
 from .control import ControlChannel
 from .curve import apply_client
 from .envelope import PROTOCOL_VERSION, BatchEncoder
+from . import presence as mesh_presence
 from .publisher import DEFAULT_BACKLOG_BYTES, DEFAULT_STREAM_IDLE, Publisher
 from .receiver import Receiver
 from .recovery import DEFAULT_MAX_REPLAY, Position
@@ -411,6 +412,18 @@ class Client:
         this ``sub`` and refuse its tokens for ``seconds`` (default: the node's
         --auth-max-lifetime). Returns which peers confirmed (docs/EDGE.md)."""
         return self._control.request("revoke", sub=sub, **({} if seconds is None else {"seconds": seconds}))
+
+    def presence(self, channel, limit=1000):
+        """Who is in ``channel`` across the mesh: the edge connections (and their
+        tokens' ``sub``) subscribed to it on every node that answers within a
+        second (mesh/presence.py; nodes that did not are in ``unreachable``)."""
+        Pattern(channel)  # a clear ValueError before asking anyone
+        return mesh_presence.presence(self, channel, limit)
+
+    def channels(self, limit=1000):
+        """Per pattern edge clients subscribe to, across the mesh: subscribers,
+        messages, delivered, last message time (mesh/presence.py)."""
+        return mesh_presence.channels(self, limit)
 
     def counters(self):
         """This client's own counters: connection, streams held, batches and marks sent."""

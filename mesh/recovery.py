@@ -19,8 +19,9 @@ hosts.
 import json
 import time
 
-from .control import ControlChannel, ControlError
+from .control import ControlError
 from .envelope import Message
+from .meshwide import every_node
 
 SKEW_SECONDS = 5.0
 DEFAULT_MAX_REPLAY = 100_000
@@ -139,7 +140,7 @@ def fetch(client, pattern, position, max_replay, held):
 
 
 def _collect(client, pattern, after, since, found, states, recovery, max_replay):
-    for name, channel in _nodes(client):
+    for name, channel in every_node(client):
         try:
             for messages, streams in _pages(channel, pattern, after, since):
                 for origin, subject, state in streams:
@@ -152,25 +153,10 @@ def _collect(client, pattern, after, since, found, states, recovery, max_replay)
                     raise _TooMany()
         except (TimeoutError, ControlError) as exc:
             recovery.unreachable.append(f"{name}: {exc}")
-        finally:
-            if channel is not client._control:
-                channel.close()
 
 
 class _TooMany(Exception):
     pass
-
-
-def _nodes(client):
-    """(name, ControlChannel) for the client's node and each of its peers."""
-    yield client.node, client._control
-    try:
-        peers = client._control.request("peers")["peers"]
-    except (TimeoutError, ControlError):
-        return
-    for record in peers:
-        yield record["name"], ControlChannel(client._context, record["control"], client._wait, client._timeout,
-                                             client._curve)
 
 
 def _pages(channel, pattern, after, since):

@@ -222,6 +222,23 @@ def build_parser():
                              "that could name SUB has expired when it lapses)")
     _node_arguments(revoke)
 
+    present = commands.add_parser("presence", help="who is in a channel, across the mesh", description=(
+        "Print as JSON the edge connections (WebSocket, SSE) in CHANNEL on every node, with their token's "
+        "sub (user), transport, address and node, and the mesh-wide counts. CHANNEL is a subject (the "
+        "connections that would receive a message on it) or a pattern (those subscribed within it). "
+        "Nodes that do not answer within a second are listed under 'unreachable'; exit code 1 then."),
+        epilog=EPILOG_ADDRESSES)
+    present.add_argument("channel", metavar="CHANNEL")
+    present.add_argument("--limit", type=_positive_int, default=1000, help="most connections and users listed")
+    _node_arguments(present)
+    channel_stats = commands.add_parser("channels", help="subscribers and messages per channel, across the mesh",
+                                        description=(
+        "Print as JSON, per pattern edge clients subscribe to: subscribers (summed over nodes), messages "
+        "(that reached an edge on it), delivered (copies sent to clients), last_message (Unix time) and "
+        "the nodes where it has subscribers. Exit code 1 if a node did not answer."), epilog=EPILOG_ADDRESSES)
+    channel_stats.add_argument("--limit", type=_positive_int, default=1000, help="most channels listed")
+    _node_arguments(channel_stats)
+
     peers = commands.add_parser("peers", help="print the peers a node is linked to", epilog=EPILOG_ADDRESSES)
     _node_arguments(peers)
 
@@ -556,6 +573,26 @@ def cmd_stats(args):
     return 0
 
 
+def cmd_presence(args):
+    return _mesh_view(args, lambda client: client.presence(args.channel, args.limit))
+
+
+def cmd_channels(args):
+    return _mesh_view(args, lambda client: client.channels(args.limit))
+
+
+def _mesh_view(args, ask):
+    from mesh import Client
+
+    with Client(args.node, curve=_client_curve(args)) as client:
+        view = ask(client)
+    print(json.dumps(view, indent=2, sort_keys=True))
+    for name, why in view["unreachable"].items():
+        print(f"meshnode {args.command}: node {name} did not answer ({why}): its part is missing",
+              file=sys.stderr)
+    return 1 if view["unreachable"] else 0
+
+
 def cmd_peers(args):
     for record in _control_request(args, "peers")["peers"]:
         print(json.dumps(record, sort_keys=True))
@@ -607,6 +644,7 @@ def cmd_demo(args):
 
 COMMANDS = {"run": cmd_run, "pub": cmd_pub, "sub": cmd_sub, "stats": cmd_stats, "revoke": cmd_revoke,
             "request": cmd_request, "reply": cmd_reply, "hooks": cmd_hooks,
+            "presence": cmd_presence, "channels": cmd_channels,
             "peers": cmd_peers, "nodes": cmd_nodes, "keygen": cmd_keygen, "demo": cmd_demo}
 
 

@@ -7,6 +7,7 @@ connection: the cost per extra client is one queue append.
 """
 
 import logging
+import time
 
 import gevent
 from ws4py.messaging import TextMessage
@@ -24,6 +25,10 @@ class Route:
     def __init__(self, subscription):
         self.subscription = subscription
         self.connections = set()
+        self.since = time.time()
+        self.received = 0  # messages on the pattern that reached this edge (nodes/presence.py)
+        self.delivered = 0  # copies queued to connections
+        self.last_message = None  # when the last one came (Unix seconds)
 
 
 class Fanout:
@@ -68,6 +73,8 @@ class Fanout:
             self.stats["unrenderable"] += 1
             log.warning("cannot render a message on %s for edge clients: %s", message.subject, exc)
             return
+        route.received += 1
+        route.last_message = time.time()
         frames = {}
         pattern = route.subscription.pattern.text
         for connection in list(route.connections):
@@ -86,6 +93,7 @@ class Fanout:
                         continue  # the replay had it
                     del connection.replayed_to[key]  # live delivery has passed the replay
             connection.offer(frame)
+            route.delivered += 1
             self.stats["messages_out"] += 1
 
     @property

@@ -182,6 +182,12 @@ class EdgeApp:
             return self._revoke(environ, start_response, path[8:])
         if path.startswith("/hooks/"):
             return self._hooks(environ, start_response, method, path[7:])
+        if path.startswith("/presence/") and method == "GET":
+            return self._presence(environ, start_response, path[10:])
+        if path == "/channels" and method == "GET":
+            self._admin(environ)
+            limit = _limit(environ)
+            return self._json(start_response, 200, {"ok": True, **self.edge.client.channels(limit)})
         raise EdgeError("not_found", f"no route for {method} {path}", http_status=404)
 
     def _websocket(self, environ, start_response, path):
@@ -244,6 +250,16 @@ class EdgeApp:
         timeout = _seconds(environ, "timeout", DEFAULT_INTEREST_TIMEOUT)
         self.edge.wait_for_interest(subject, timeout)
         return self._json(start_response, 200, {"ok": True, "subject": subject})
+
+    def _presence(self, environ, start_response, channel):
+        """GET /presence/<channel>: who is in it, mesh-wide; a token that may
+        subscribe to the channel (or an admin one) when auth is on."""
+        grant = self._admit(environ)
+        pattern = _pattern(channel)
+        if not (grant.admin or grant.may_subscribe(pattern)):
+            raise EdgeError("forbidden", f"not allowed to subscribe to {channel!r}, so not to see who is there",
+                            http_status=403)
+        return self._json(start_response, 200, {"ok": True, **self.edge.client.presence(channel, _limit(environ))})
 
     def _admin(self, environ):
         """Endpoints that reveal or change the mesh: an admin token when auth is on."""
@@ -349,3 +365,15 @@ def _body_data(content_type, body):
         except UnicodeDecodeError:
             raise EdgeError("bad_data", "text body is not UTF-8") from None
     return body
+
+
+def _limit(environ):
+    """?limit=N (1..10,000; default 1,000) for listings."""
+    text = (parse_qs(environ.get("QUERY_STRING", "")).get("limit") or ["1000"])[0]
+    try:
+        limit = int(text)
+    except ValueError:
+        limit = 0
+    if not 1 <= limit <= 10_000:
+        raise EdgeError("bad_request", "limit must be an integer from 1 to 10000")
+    return limit

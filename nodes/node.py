@@ -30,6 +30,7 @@ from mesh.waiting import pick_waiter
 from .control import ControlServer, RequestError
 from .dataplane import DataPlane
 from .dispatcher import Dispatcher
+from . import presence
 from .events import Events
 from .hookdelivery import HookDelivery
 from .hookregistry import HookRegistry
@@ -385,6 +386,24 @@ class Node:
                 channel.relaying = 0
             if channel.relaying < MAX_RELAYS_WAITING:  # a slow peer gets the next announcement instead
                 gevent.spawn(_relay_one, channel, cmd, fields)
+
+    def cmd_presence(self, request):
+        """This node's edge connections in a channel (nodes/presence.py)."""
+        channel = request.get("channel")
+        try:
+            if not isinstance(channel, str):
+                raise ValueError("presence needs a channel: a subject or a pattern")
+            limit = presence.limit_from(request.get("limit"))
+            return {"node": self.name, **presence.presence(self.edge, channel, limit)}
+        except ValueError as exc:
+            raise RequestError("bad_request", str(exc)) from None
+
+    def cmd_channels(self, request):
+        """Per pattern this node's edge clients subscribe to: subscribers, messages, delivered."""
+        try:
+            return {"node": self.name, **presence.channels(self.edge, presence.limit_from(request.get("limit")))}
+        except ValueError as exc:
+            raise RequestError("bad_request", str(exc)) from None
 
     def cmd_peers(self, request):
         """Peer records, each with ``link``: "up" or "down" (the data link to its ``out``)."""
