@@ -19,6 +19,7 @@ from .edgeproto import EdgeError
 from .edgeserver import EdgeServer
 from .fanout import Fanout
 from .http import EdgeApp
+from .meshview import MeshView
 from .ratelog import RateLog
 from .websocket import CLOSE_GOING_AWAY
 
@@ -61,6 +62,7 @@ class Edge:
         self.queued_total = 0  # bytes queued for all connections, bounded by buffer_bytes
         self.client = Client(node_address, curve=curve, stream_idle=config.stream_idle)
         self.fanout = Fanout(self.client, self.stats)
+        self.view = MeshView(node, self.client)  # the console's picture (GET /mesh)
         self.server = EdgeServer((config.host, config.port), EdgeApp(self), self)
         self.server.init_socket()
         self.port = self.server.server_port

@@ -184,6 +184,9 @@ class EdgeApp:
             return self._hooks(environ, start_response, method, path[7:])
         if path.startswith("/presence/") and method == "GET":
             return self._presence(environ, start_response, path[10:])
+        if path == "/mesh" and method == "GET":
+            self._admin(environ)
+            return self._json(start_response, 200, {"ok": True, **self.edge.view.picture()})
         if path == "/channels" and method == "GET":
             self._admin(environ)
             limit = _limit(environ)

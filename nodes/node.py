@@ -376,14 +376,19 @@ class Node:
             raise RequestError("bad_request", "key must be a string")
         return {"hooks": self.hook_delivery.listing(key)}
 
+    def peer_channel(self, record):
+        """A lasting control channel to a peer (1 s timeout), closed when it leaves."""
+        channel = self._peer_channels.get(record["control"])
+        if channel is None:
+            channel = self._peer_channels[record["control"]] = ControlChannel(
+                self.context, record["control"], pick_waiter(), timeout=1.0, curve=self.curve)
+            channel.relaying = 0
+        return channel
+
     def _relay(self, cmd, fields):
         """Send a request to every peer without waiting for the answers."""
         for record in list(self.peers.values()):
-            channel = self._peer_channels.get(record["control"])
-            if channel is None:
-                channel = self._peer_channels[record["control"]] = ControlChannel(
-                    self.context, record["control"], pick_waiter(), timeout=1.0, curve=self.curve)
-                channel.relaying = 0
+            channel = self.peer_channel(record)
             if channel.relaying < MAX_RELAYS_WAITING:  # a slow peer gets the next announcement instead
                 gevent.spawn(_relay_one, channel, cmd, fields)
 

@@ -1,0 +1,96 @@
+"""The console's picture of the mesh: every node, every link, channels, recent events.
+
+``GET /mesh`` on an edge (nodes/http.py) answers with what this module
+gathers: each node's counters (``stats``) and its view of its links
+(``peers``), asked of all nodes at once with a short timeout, plus the
+mesh-wide channel statistics (mesh/presence.py) and this node's recent
+events (nodes/events.py). A node that does not answer is ``down``; a link is
+``up`` only when both ends say so. The picture is gathered at most once per
+REFRESH_SECONDS whatever the number of viewers, and holds at most MAX_NODES
+nodes. The page (nodes/static/index.html) turns successive counters into
+message rates.
+"""
+
+import time
+
+import gevent
+
+from mesh.control import ControlError
+
+ASK_SECONDS = 1.0
+REFRESH_SECONDS = 1.0
+MAX_NODES = 64
+MAX_CHANNELS = 20
+MAX_EVENTS = 30
+
+
+class MeshView:
+    def __init__(self, node, client):
+        self.node = node
+        self.client = client  # the edge's mesh Client: channel statistics
+        self._picture = None
+        self._taken = 0.0
+        self._gathering = None
+
+    def picture(self):
+        """The latest picture, gathered again if older than REFRESH_SECONDS
+        (concurrent viewers wait for the same gathering)."""
+        if self._picture is None or time.monotonic() - self._taken >= REFRESH_SECONDS:
+            if self._gathering is None:
+                self._gathering = gevent.spawn(self._gather)
+            gathering = self._gathering
+            gathering.join()
+        return self._picture
+
+    def _gather(self):
+        try:
+            self._picture = self._take()
+            self._taken = time.monotonic()
+        finally:
+            self._gathering = None
+
+    def _take(self):
+        node = self.node
+        records = sorted(node.peers.values(), key=lambda r: r["name"])
+        shown = records[:MAX_NODES - 1]
+        asks = {record["name"]: gevent.spawn(_ask, node.peer_channel(record)) for record in shown}
+        channels = gevent.spawn(self.client.channels, MAX_CHANNELS)
+        own = (node.cmd_stats({}), node.cmd_peers({})["peers"], None)
+        gevent.joinall([*asks.values(), channels], timeout=ASK_SECONDS + 1.0)
+        answers = {node.name: own}
+        for name, greenlet in asks.items():
+            answers[name] = greenlet.value if greenlet.successful() and greenlet.value else \
+                (None, None, "no answer")
+        nodes, links = [], {}
+        for name in sorted(answers):
+            stats, peers, why = answers[name]
+            nodes.append(_node_row(name, stats, why))
+            for peer in peers or ():
+                pair = tuple(sorted((name, peer["name"])))
+                links.setdefault(pair, []).append(peer.get("link", "down"))
+        for name in (row["name"] for row in nodes if row["state"] == "down"):
+            for pair, states in links.items():
+                if name in pair and len(states) < 2:
+                    states.append("down")  # its end did not answer
+        return {"node": node.name, "time": time.time(), "nodes": nodes,
+                "links": [{"a": a, "b": b, "state": "up" if states == ["up", "up"] else "down"}
+                          for (a, b), states in sorted(links.items()) if a in answers and b in answers],
+                "truncated": len(records) > len(shown),
+                "channels": channels.value["channels"] if channels.successful() else {},
+                "events": list(node.events.recent)[-MAX_EVENTS:]}
+
+
+def _ask(channel):
+    try:
+        return channel.request("stats", timeout=ASK_SECONDS), \
+            channel.request("peers", timeout=ASK_SECONDS)["peers"], None
+    except (TimeoutError, ControlError) as exc:
+        return None, None, str(exc)
+
+
+def _node_row(name, stats, why):
+    if stats is None:
+        return {"name": name, "state": "down", "why": why}
+    edge = stats.get("edge")
+    return {"name": name, "state": "up", "uptime": stats["uptime"], "messages": stats["messages"],
+            "links": stats["links"], "connections": edge["connections"]["total"] if edge else None}

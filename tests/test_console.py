@@ -1,0 +1,92 @@
+"""The live console at / of an edge (nodes/static/index.html, nodes/meshview.py),
+in a real headless Chromium against real nodes: a killed node turns red."""
+
+import base64
+import json
+import time
+import urllib.request
+
+from edgehelpers import WS, http, http_address
+from nodeproc import linked, wait_until
+
+from mesh import Client
+
+RED = "rgb(214, 40, 40)"
+GREEN = "rgb(42, 157, 58)"
+
+
+def fill(page, selector):
+    return page.evaluate("s => getComputedStyle(document.querySelector(s)).fill", selector)
+
+
+def drawn_colours(page, png):
+    """Distinct colours in a screenshot, decoded by the browser itself."""
+    return page.evaluate("""data => new Promise(resolve => {
+        const img = new Image();
+        img.onload = () => {
+            const canvas = document.createElement("canvas");
+            canvas.width = img.width; canvas.height = img.height;
+            const ctx = canvas.getContext("2d");
+            ctx.drawImage(img, 0, 0);
+            const pixels = ctx.getImageData(0, 0, img.width, img.height).data;
+            const seen = new Set();
+            for (let i = 0; i < pixels.length; i += 4 * 7) seen.add(pixels[i] << 16 | pixels[i + 1] << 8 | pixels[i + 2]);
+            resolve(seen.size);
+        };
+        img.src = "data:image/png;base64," + data;
+    })""", base64.b64encode(png).decode())
+
+
+def test_the_console_draws_the_mesh_and_a_killed_node_turns_red(page, start_node, tmp_path):
+    a = start_node("A")
+    b = start_node("B", peers=[a])
+    e = start_node("E", "--http", "0", peers=[a, b])
+    wait_until(lambda: linked(a, b, e), what="the mesh")
+    viewer = WS(f"ws://{http_address(e)}/ws")
+    assert viewer.request("sub", subject="console.>")["op"] == "ok"
+    page.goto(f"http://{http_address(e)}/")
+    for name in ("A", "B", "E"):
+        page.wait_for_selector(f"#picture circle[data-node={name}][data-state=up]", timeout=10000)
+    assert fill(page, "#picture circle[data-node=B]") == GREEN
+    assert page.locator("#picture line[data-state=up]").count() == 3
+    page.wait_for_selector("#channels td:text('console.>')", timeout=10000)
+    with Client(a.address) as publisher:  # the rate chart of A moves
+        deadline = time.monotonic() + 15
+        while not page.evaluate("(rates.get('A') || []).some(v => v > 0)"):
+            assert time.monotonic() < deadline, page.console_log
+            for i in range(50):
+                publisher.publish("console.tick", i)
+            page.wait_for_timeout(200)
+    assert page.locator("#nodes tr[data-node=A] .spark polyline").count() == 1
+
+    b.kill()  # SIGKILL
+    started = time.monotonic()
+    page.wait_for_selector("#picture circle[data-node=B][data-state=down]", timeout=10000)
+    turned_red = time.monotonic() - started
+    assert fill(page, "#picture circle[data-node=B]") == RED
+    assert page.locator("#picture line[data-state=down]").count() == 2  # A-B and B-E
+    assert fill(page, "#picture circle[data-node=A]") == GREEN
+    page.wait_for_selector("#events div:text('link.down')", timeout=10000)  # live, over the page's WebSocket
+    png = page.screenshot(full_page=True)
+    (tmp_path / "console.png").write_bytes(png)
+    assert len(png) > 10_000 and drawn_colours(page, png) > 20, "the screenshot is blank"
+    print(f"B turned red {turned_red:.1f} s after SIGKILL; screenshot {tmp_path / 'console.png'}")
+    viewer.close()
+
+
+def test_the_mesh_picture_needs_an_admin_token_when_auth_is_on(start_node):
+    import jwt
+
+    secret = "test-secret-of-at-least-thirty-two-bytes"
+    e = start_node("E", "--http", "0", "--auth-secret", secret)
+    base = f"http://{http_address(e)}/mesh"
+    user = jwt.encode({"exp": time.time() + 600, "sub": "u"}, secret, algorithm="HS256")
+    admin = jwt.encode({"exp": time.time() + 600, "sub": "ops", "admin": True}, secret, algorithm="HS256")
+    assert http("GET", base)[0] == 401
+    assert http("GET", f"{base}?token={user}")[0] == 403
+    status, view = http("GET", f"{base}?token={admin}")
+    assert status == 200 and [n["name"] for n in view["nodes"]] == ["E"] and view["node"] == "E"
+    with urllib.request.urlopen(f"http://{http_address(e)}/", timeout=5) as response:
+        page = response.read().decode()
+    assert 'id="picture"' in page and "cdn" not in page.lower() and "<script src" not in page
+    assert json.dumps(view)  # plain JSON the page can read
