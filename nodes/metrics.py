@@ -29,6 +29,7 @@ NODE = [
     (("control", "rejected"), "control_rejected", "counter", "control requests refused (bad fields, version)"),
     (("control", "unknown_commands"), "control_unknown_commands", "counter", "control requests naming no command"),
     (("revocations",), "revocations", "gauge", "token revocations in force"),
+    (("events", "published"), "events_published", "counter", "events published on $events.* (nodes/events.py)"),
     (("uptime",), "uptime_seconds", "gauge", "seconds since the node started"),
 ]
 EDGE = [

@@ -58,6 +58,17 @@ def test_an_edge_serves_metrics_that_count_what_happened(start_node):
     assert value(after, "meshnode_edge_messages_out") >= 50
     assert value(after, "meshnode_edge_connections", kind="ws") == 1
     assert value(after, "meshnode_links", state="up") == 1
+    assert value(after, "meshnode_events_published") == 0  # nobody listened
+    with Client(e.address) as listener:
+        events = listener.subscribe("$events.>")
+        assert listener.wait_for_interest("$events.client.connect")
+
+        def connect_once():
+            WS(f"ws://{http_address(e)}/ws").close()
+            return value(scrape(url), "meshnode_events_published") >= 1
+
+        wait_until(connect_once, what="an event to be published")
+        assert events.get(timeout=5).subject.startswith("$events.client.")
     labels = {key for family in after.values() for sample in family.samples for key in sample.labels}
     assert labels <= {"kind", "state"}  # no subject, pattern or connection as a label
 
