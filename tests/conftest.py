@@ -8,11 +8,11 @@ def start_node():
     """Factory for real node processes; every one is stopped (by PID) after the test."""
     started = []
 
-    def start(name, *extra, peers=(), prefix=()):
+    def start(name, *extra, peers=(), prefix=(), exact=False):
         args = list(extra)
         for peer in peers:
             args += ["--peer", peer.address if isinstance(peer, NodeProcess) else peer]
-        node = NodeProcess(name, *args, prefix=prefix)
+        node = NodeProcess(name, *args, prefix=prefix, exact=exact)
         started.append(node)
         return node
 

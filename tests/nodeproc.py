@@ -15,10 +15,13 @@ MESHNODE = os.path.join(ROOT, "bin", "meshnode")
 
 
 class NodeProcess:
-    def __init__(self, name, *extra, port=0, prefix=()):
+    def __init__(self, name, *extra, port=0, prefix=(), exact=False):
+        """``meshnode run --name NAME --port PORT EXTRA...``; with ``exact``,
+        ``meshnode run EXTRA...`` and nothing else (a config file's test)."""
         self.name = name
         self.stderr_text = ""
-        cmd = [*prefix, sys.executable, MESHNODE, "run", "--name", name, "--port", str(port), *extra]
+        args = list(extra) if exact else ["--name", name, "--port", str(port), *extra]
+        cmd = [*prefix, sys.executable, MESHNODE, "run", *args]
         # stderr goes to a file: a pipe nobody reads would block the node once full.
         self._log = tempfile.TemporaryFile(mode="w+")
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self._log, text=True)

@@ -5,11 +5,10 @@ import os
 import re
 import subprocess
 import sys
-import tempfile
 
 import pytest
 from edgehelpers import http, http_address
-from nodeproc import MESHNODE, ROOT, NodeProcess, wait_until
+from nodeproc import MESHNODE, ROOT, wait_until
 
 from nodes.cli import build_parser
 from nodes.config import ConfigError, read_config, run_parser
@@ -18,44 +17,9 @@ from nodes.recorder import HistoryRule
 EXAMPLE = os.path.join(ROOT, "contrib", "meshnode.toml")
 
 
-class RunProcess(NodeProcess):
-    """A node started as exactly ``meshnode run ARGS...`` (NodeProcess adds --name and --port,
-    which would override the file's)."""
-
-    def __init__(self, *args):
-        self.name = "run"
-        self.stderr_text = ""
-        self._log = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115  (open until kill())
-        self.proc = subprocess.Popen([sys.executable, MESHNODE, "run", *args], stdout=subprocess.PIPE,
-                                     stderr=self._log, text=True)
-        self.pid = self.proc.pid
-        line = self.proc.stdout.readline()
-        if not line.startswith("meshnode ready"):
-            self.kill()
-            raise RuntimeError(f"node did not start: {line!r} {self.stderr_text}")
-        self.ready_line = line
-        self.address = ready(self)["control"]
-
-
 def ready(node):
     """The fields of a node's 'meshnode ready' line."""
     return dict(part.split("=", 1) for part in node.ready_line.split()[2:])
-
-
-@pytest.fixture
-def nodes():
-    """Start nodes with nodes(NodeProcess or RunProcess, *args); each is stopped after the test."""
-    started = []
-
-    def start(kind, *args):
-        node = kind(*args)
-        started.append(node)
-        return node
-
-    yield start
-    for node in started:
-        node.stop()
-        print(f"--- {node.name} (pid {node.pid}) stderr ---\n{node.stderr_text[-4000:]}")
 
 
 @pytest.fixture
@@ -80,10 +44,10 @@ def run_expecting_failure(*args):
     return result.returncode, result.stderr
 
 
-def test_file_values_reach_a_running_node(nodes, config_file):
-    a = nodes(NodeProcess, "a")
+def test_file_values_reach_a_running_node(start_node, config_file):
+    a = start_node("a")
     path = config_file(f'name = "fromfile"\nport = 0\nhttp = 0\npeer = "{a.address}"  # one string\n')
-    node = nodes(RunProcess, "--config", path)
+    node = start_node("run", "--config", path, exact=True)
     assert ready(node)["name"] == "fromfile"
     assert ready(node)["control"].rsplit(":", 1)[1] != "7400"  # port = 0 picked a free one
     assert node.stats()["name"] == "fromfile"
@@ -91,30 +55,30 @@ def test_file_values_reach_a_running_node(nodes, config_file):
     wait_until(lambda: node.peer_names() == ["a"] and a.peer_names() == ["fromfile"], what="the file's peer")
 
 
-def test_command_line_flags_override_the_file(nodes, config_file):
+def test_command_line_flags_override_the_file(start_node, config_file):
     path = config_file('name = "fromfile"\nport = 0\nhttp = 0\n')
-    before = nodes(NodeProcess, "fromcli", "--config", path)  # NodeProcess puts --name before --config
-    after = nodes(RunProcess, "--config", path, "--name", "fromcli")
+    before = start_node("fromcli", "--config", path)  # NodeProcess puts --name before --config
+    after = start_node("run", "--config", path, "--name", "fromcli", exact=True)
     for node in (before, after):
         assert ready(node)["name"] == "fromcli"
         assert "http" in ready(node)  # what the command line does not give still comes from the file
     # A flag given with its default value still overrides the file: --name "" is HOSTNAME-PORT.
-    default = nodes(RunProcess, "--name", "", "--config", path)
+    default = start_node("run", "--name", "", "--config", path, exact=True)
     assert ready(default)["name"] != "fromfile"
     assert ready(default)["name"].endswith("-" + default.address.rsplit(":", 1)[1])
 
 
-def test_repeatable_flag_on_the_command_line_replaces_the_files_list(nodes, config_file):
+def test_repeatable_flag_on_the_command_line_replaces_the_files_list(start_node, config_file):
     path = config_file('port = 0\nhttp = 0\nallowed-origin = ["http://file.example"]\n')
 
     def status(node, origin):
         return http("POST", f"http://{http_address(node)}/pub/x", b"1", {"Origin": origin})[0]
 
-    from_file = nodes(RunProcess, "--config", path)
+    from_file = start_node("run", "--config", path, exact=True)
     assert status(from_file, "http://file.example") == 200
     assert status(from_file, "http://cli.example") == 403
 
-    replaced = nodes(RunProcess, "--config", path, "--allowed-origin", "http://cli.example")
+    replaced = start_node("run", "--config", path, "--allowed-origin", "http://cli.example", exact=True)
     assert status(replaced, "http://cli.example") == 200
     assert status(replaced, "http://file.example") == 403  # not added to the file's list: replaced
 
