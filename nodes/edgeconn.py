@@ -30,6 +30,13 @@ SLOW_CONSUMER = "slow consumer: outgoing queue over {limit} bytes"
 EDGE_FULL = "slow consumer: the edge's buffers ({limit} bytes for all connections) are full"
 
 
+def client_address(environ):
+    """The client's "host:port" as the server accepted it (no system call:
+    a client that already reset makes getpeername fail)."""
+    host = environ.get("REMOTE_ADDR")
+    return None if host is None else f"{host}:{environ.get('REMOTE_PORT')}"
+
+
 class EdgeConnection:
     kind = "?"
 

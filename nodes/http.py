@@ -28,7 +28,7 @@ from discovery.base import validate_revocation
 from mesh.subjects import Pattern, validate_subject
 
 from .auth import token_from
-from .edgeconn import EdgeConnection
+from .edgeconn import EdgeConnection, client_address
 from .edgeproto import (DEFAULT_INTEREST_TIMEOUT, DEFAULT_REQUEST_TIMEOUT, MAX_REQUEST_TIMEOUT, EdgeError, dumps,
                         parse_position, render_error)
 from .edgerecovery import recovered_frames
@@ -319,7 +319,7 @@ class EdgeApp:
             (parse_qs(environ.get("QUERY_STRING", "")).get("since") or [None])[0]
         position = parse_position(resume) if resume else None
         connection = SSEConnection(self.edge, grant, environ.get("meshnode.socket"), environ.get("meshnode.handler"),
-                                   f"{environ.get('REMOTE_ADDR')}:{environ.get('REMOTE_PORT')}")
+                                   client_address(environ))
         self.edge.connections.add(connection)
         self.edge.node.events.connection_event("connect", connection)
         try:

@@ -17,7 +17,7 @@ import gevent
 from ws4py.server.wsgiutils import WebSocketWSGIApplication
 from ws4py.websocket import WebSocket
 
-from .edgeconn import EdgeConnection
+from .edgeconn import EdgeConnection, client_address
 from .edgeproto import PONG, EdgeError, dumps, parse_frame, render_error, render_ok
 from .edgerecovery import replay_to_websocket
 from .fanout import encode_frame
@@ -42,7 +42,7 @@ class WebSocketConnection(EdgeConnection):
 
     def __init__(self, websocket, edge, grant):
         super().__init__(edge, grant, edge.config.queue_bytes, edge.config.max_subscriptions,
-                         _host_port(websocket.peer_address))
+                         client_address(websocket.environ))
         self.websocket = websocket
         self._partial = b""  # the rest of the frame being written, if any
         self._writer = None  # a greenlet while a backlog exists
@@ -291,13 +291,7 @@ class MeshWebSocketApplication(WebSocketWSGIApplication):
     copy of the whole WSGI environ (memory per connection)."""
 
     def make_websocket(self, sock, protocols, extensions, environ):
-        keep = {key: environ[key] for key in ("meshnode.edge", "meshnode.grant", "meshnode.pattern")}
+        keep = {key: environ.get(key) for key in ("meshnode.edge", "meshnode.grant", "meshnode.pattern",
+                                                  "REMOTE_ADDR", "REMOTE_PORT")}
         environ["ws4py.websocket"] = websocket = MeshWebSocket(sock, protocols, extensions, keep)
         return websocket
-
-
-def _host_port(address):
-    try:
-        return f"{address[0]}:{address[1]}"
-    except (TypeError, IndexError):
-        return None
