@@ -59,6 +59,14 @@ def test_an_edge_serves_metrics_that_count_what_happened(start_node):
     assert value(after, "meshnode_edge_connections", kind="ws") == 1
     assert value(after, "meshnode_links", state="up") == 1
     assert value(after, "meshnode_events_published") == 0  # nobody listened
+
+    def same_as_stats():  # the scrape reads the node's own counters
+        stats, scraped = e.stats(), scrape(url)
+        return (value(scraped, "meshnode_batches_published"), value(scraped, "meshnode_edge_messages_out"),
+                value(scraped, "meshnode_history_recorded")) == \
+            (stats["messages"]["published_here"], stats["edge"]["messages_out"], stats["history"]["recorded"])
+
+    wait_until(same_as_stats, what="the metrics to match the node's stats")
     with Client(e.address) as listener:
         events = listener.subscribe("$events.>")
         assert listener.wait_for_interest("$events.client.connect")
