@@ -38,6 +38,7 @@ from .websocket import MeshWebSocketApplication
 log = logging.getLogger("meshnode.edge")
 
 PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static", "index.html")
+BROWSER_CLIENT = os.path.join(os.path.dirname(PAGE), "meshnode.js")  # docs/BROWSER.md
 STATUS = {200: "200 OK", 400: "400 Bad Request", 401: "401 Unauthorized", 403: "403 Forbidden",
           404: "404 Not Found", 405: "405 Method Not Allowed", 408: "408 Request Timeout",
           411: "411 Length Required",
@@ -161,11 +162,9 @@ class EdgeApp:
             self._admin(environ)
             return self._json(start_response, 200, self.edge.counters())
         if path == "/" and method == "GET":
-            with open(PAGE, "rb") as page:
-                body = page.read()
-            start_response("200 OK", [("Content-Type", "text/html; charset=utf-8"),
-                                      ("Content-Length", str(len(body)))])
-            return [body]
+            return self._static(start_response, PAGE, "text/html; charset=utf-8")
+        if path == "/meshnode.js" and method == "GET":
+            return self._static(start_response, BROWSER_CLIENT, "text/javascript; charset=utf-8")
         if path == "/ws" or path.startswith("/ws/"):
             return self._websocket(environ, start_response, path)
         if path.startswith("/pub/") or path.startswith("/req/"):
@@ -192,6 +191,13 @@ class EdgeApp:
             limit = _limit(environ)
             return self._json(start_response, 200, {"ok": True, **self.edge.client.channels(limit)})
         raise EdgeError("not_found", f"no route for {method} {path}", http_status=404)
+
+    def _static(self, start_response, path, content_type):
+        with open(path, "rb") as file:
+            body = file.read()
+        start_response("200 OK", [("Content-Type", content_type), ("Content-Length", str(len(body))),
+                                  ("Cache-Control", "no-cache")])
+        return [body]
 
     def _websocket(self, environ, start_response, path):
         grant = self._admit(environ)

@@ -52,7 +52,7 @@ def test_the_console_draws_the_mesh_and_a_killed_node_turns_red(page, start_node
     page.wait_for_selector("#channels td:text('console.>')", timeout=10000)
     with Client(a.address) as publisher:  # the rate chart of A moves
         deadline = time.monotonic() + 15
-        while not page.evaluate("(rates.get('A') || []).some(v => v > 0)"):
+        while not page.evaluate("(meshConsole.rates.get('A') || []).some(v => v > 0)"):
             assert time.monotonic() < deadline, page.console_log
             for i in range(50):
                 publisher.publish("console.tick", i)
