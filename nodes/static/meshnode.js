@@ -8,6 +8,7 @@
 //   await mesh.publish("chat.room1", {text: "hi"});
 //   const answer = await mesh.request("time.now", null, {timeout: 2});
 //
+// connect() takes one edge's URL or a list (each reconnect tries the next).
 // It reconnects by itself (exponential backoff with jitter), subscribes again
 // and recovers what each subscription missed from the mesh's history, from
 // the last message it saw on each stream, at the same or another edge; each
@@ -110,7 +111,8 @@ export class Subscription {
 export class Connection extends EventTarget {
   constructor(url, options = {}) {
     super();
-    this.url = url;
+    this.urls = Array.isArray(url) ? url : [url];  // several edges: each reconnect tries the next
+    this.url = this.urls[0];
     this.token = options.token || null;
     this.getToken = options.getToken || null;
     this.minDelay = options.minDelay ?? 250;  // ms, the first reconnect's base
@@ -147,6 +149,7 @@ export class Connection extends EventTarget {
       this._emit("error", {error});
       return this._retry();
     }
+    this.url = this.urls[this.reconnects % this.urls.length];
     const url = token ? this.url + (this.url.includes("?") ? "&" : "?") + "token=" + encodeURIComponent(token) : this.url;
     const ws = this._ws = new WebSocket(url);
     ws.onopen = () => this._opened(ws);
