@@ -5,7 +5,7 @@ setup(
     version="0.1.0",
     description="A broker-less publish/subscribe mesh over ZeroMQ, with ZooKeeper membership",
     packages=["mesh", "nodes", "discovery"],
-    python_requires=">=3.9",
+    python_requires=">=3.11",  # tomllib (nodes/config.py), asyncio.timeout (mesh/aio.py)
     install_requires=[
         "pyzmq>=25.1",
         "gevent>=23.9",

@@ -36,6 +36,37 @@ class RemoteError(RuntimeError):
     """The responder failed; the message is what it said."""
 
 
+def inbox_prefix():
+    """A client's own reply subjects: ``_INBOX.<random>``, then ``.<n>`` per request."""
+    return f"{INBOX_PREFIX}.{uuid.uuid4().hex}"
+
+
+def reply_number(subject):
+    """The request number ``n`` of a reply subject ``<prefix>.<n>``, or None."""
+    try:
+        return int(subject.rsplit(".", 1)[1])
+    except (ValueError, IndexError):
+        return None
+
+
+def reply_or_raise(reply):
+    """The reply Message, or RemoteError with what the responder said went wrong."""
+    error = (reply.headers or {}).get("error")
+    if error is not None:
+        raise RemoteError(str(error))
+    return reply
+
+
+def response(message, data=None, error=None):
+    """``(reply subject, payload, headers)`` answering the request ``message``."""
+    reply = message.reply
+    if not reply:
+        raise ValueError(f"the message on {message.subject!r} is not a request (it names no reply subject)")
+    if error is not None:
+        return reply, None, {"error": str(error)}
+    return reply, data, {}
+
+
 class Requests:
     def __init__(self, client):
         self._client = client
@@ -43,7 +74,7 @@ class Requests:
         self._pending = {}  # n -> [Event, reply Message or None]
         self._lock = threading.Lock()
         self._inbox = None
-        self.prefix = f"{INBOX_PREFIX}.{uuid.uuid4().hex}"
+        self.prefix = inbox_prefix()
 
     def _open_inbox(self):
         with self._lock:
@@ -52,11 +83,7 @@ class Requests:
                 self._client.wait_for_subscription(f"{self.prefix}.>", self._client._timeout)
 
     def _on_reply(self, message):
-        try:
-            n = int(message.subject.rsplit(".", 1)[1])
-        except ValueError:
-            return
-        slot = self._pending.get(n)
+        slot = self._pending.get(reply_number(message.subject))
         if slot is not None and slot[1] is None:
             slot[1] = message
             slot[0].set()
@@ -76,20 +103,13 @@ class Requests:
                 raise RequestTimeout(f"no reply on {subject!r} within {timeout} s")
         finally:
             del self._pending[n]
-        reply = slot[1]
-        error = (reply.headers or {}).get("error")
-        if error is not None:
-            raise RemoteError(str(error))
-        return reply
+        return reply_or_raise(slot[1])
 
     def respond(self, message, data=None, error=None):
-        reply = message.reply
-        if not reply:
-            raise ValueError(f"the message on {message.subject!r} is not a request (it names no reply subject)")
+        reply, payload, headers = response(message, data, error)
         client = self._client
         client.wait_for_interest(reply, REPLY_INTEREST_SECONDS)
-        headers = {"error": str(error)} if error is not None else {}
-        client._publisher.publish_with_headers(reply, None if error is not None else data, headers)
+        client._publisher.publish_with_headers(reply, payload, headers)
 
     def serve(self, pattern, handler, queue=None):
         def answer(message):

@@ -12,11 +12,12 @@ Precedence: a flag given on the command line overrides the file; a repeatable
 flag given on the command line replaces the file's whole list (it does not add
 to it). The file's values become parser defaults and the command line is parsed
 again. Tables, dotted keys and ``config`` itself are not keys. Python 3.11's
-``tomllib`` reads the file (on older Pythons, the ``tomli`` package if installed).
+``tomllib`` reads the file.
 """
 
 import argparse
 import difflib
+import tomllib
 
 NOT_KEYS = ("help", "config")  # run's flags that make no sense in the file
 
@@ -44,14 +45,6 @@ def flag_actions(run):
 
 
 def _load_toml(path):
-    try:
-        import tomllib
-    except ImportError:  # Python < 3.11
-        try:
-            import tomli as tomllib
-        except ImportError:
-            raise ConfigError(f"{path}: reading a config file needs Python 3.11 (tomllib) "
-                              f"or the tomli package") from None
     try:
         with open(path, "rb") as f:
             return tomllib.load(f)

@@ -1,0 +1,363 @@
+"""The asyncio client: the threaded client's parts, read and awaited from an event loop.
+
+``mesh.aio.Client`` has the names of :class:`mesh.Client` as coroutines
+(``connect``, ``publish``, ``subscribe``, ``request``, ``respond``, ``serve``,
+``ack``, ``flush``, ``close``) and subscriptions to ``async for``. It wraps
+a ``mesh.Client`` and shares all of its code: publishing is the same
+non-blocking call (mesh/publisher.py: batches, marks, backlog), receiving
+is the same drain of the same SUB socket (mesh/receiver.py) into the same
+subscriptions (gaps, positions, recovery), done by **one task per client**
+that sleeps on the socket's descriptor with ``loop.add_reader``; waiting
+coroutines are woken with asyncio events. What is rare and may wait on the
+network (the first ``hello``, joining a queue group, a recovery from
+history, acknowledging a job, presence) runs the threaded client's own call
+in a worker thread (``asyncio.to_thread``), so the loop never blocks. The
+wrapped client's background work (housekeeping, the node watch with
+reconnects and ZooKeeper failover, queue-group heartbeats) runs on its
+threads, as in a threaded program.
+
+A client of this module is read by its event loop only: make it, and use it,
+from one loop.
+"""
+
+import asyncio
+import itertools
+import logging
+import os
+
+import zmq
+
+from . import client as threaded
+from .requests import (INTEREST_SETTLE_SECONDS, REPLY_INTEREST_SECONDS, NoResponders, RequestTimeout,
+                       inbox_prefix, reply_number, reply_or_raise, response)
+
+log = logging.getLogger("mesh.aio")
+
+RECHECK_SECONDS = 0.25  # the reader looks again for a socket replaced by another thread (a failover)
+INTEREST_POLL_SECONDS = 0.005
+
+
+class Subscription:
+    """An awaitable view of a :class:`mesh.subscription.Subscription`:
+    ``await get(timeout)``, ``await take(limit)``, ``async for``; its counters
+    (``received``, ``gaps``, ``dropped``, ``pending``), ``position`` and
+    ``recovery`` are the wrapped subscription's."""
+
+    def __init__(self, client, sub):
+        self._client = client
+        self.sync = sub
+
+    def __getattr__(self, name):  # pattern, gaps, received, dropped, pending, position, recovery, ...
+        return getattr(self.sync, name)
+
+    async def get(self, timeout=None):
+        sub = self.sync
+        if sub._queue:
+            return sub._pop()
+        event = self._client._reader.waiting_for(sub)
+        try:
+            async with asyncio.timeout(timeout):
+                while not sub._queue:
+                    if sub.closed:
+                        raise RuntimeError("subscription is closed")
+                    event.clear()
+                    await event.wait()
+        except TimeoutError:
+            raise TimeoutError(f"no message on {sub.pattern.text!r} within {timeout} s") from None
+        finally:
+            self._client._reader.done_waiting(sub)
+        return sub._pop()
+
+    async def take(self, limit=1024, timeout=None):
+        """Every message waiting (at most ``limit``), at least one."""
+        batch = [await self.get(timeout)]
+        queue = self.sync._queue
+        while queue and len(batch) < limit:
+            batch.append(queue.popleft())
+        self.sync.received += len(batch) - 1
+        return batch
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self):
+        try:
+            return await self.get()
+        except RuntimeError:
+            if self.sync.closed:
+                raise StopAsyncIteration from None
+            raise
+
+    async def unsubscribe(self):
+        sub = self.sync
+        if sub.on_unsubscribe is not None:  # a queue group: leaving asks the node
+            await asyncio.to_thread(sub.unsubscribe)
+        else:
+            sub.unsubscribe()
+        self._client._reader.wake(sub)
+
+
+class _Reader:
+    """The one task that reads a client's SUB socket for every subscription."""
+
+    def __init__(self, receiver):
+        self.receiver = receiver
+        self._signal = asyncio.Event()
+        self._waiting = {}  # Subscription -> asyncio.Event of the coroutine waiting on it
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    def waiting_for(self, sub):
+        event = self._waiting.get(sub)
+        if event is None:
+            event = self._waiting[sub] = asyncio.Event()
+        return event
+
+    def done_waiting(self, sub):
+        self._waiting.pop(sub, None)
+
+    def wake(self, sub=None):
+        """Wake the reader (a new subscription) and the waiter of ``sub``."""
+        if sub is not None and sub in self._waiting:
+            self._waiting[sub].set()
+        self._signal.set()
+
+    def wake_all(self):
+        for event in self._waiting.values():
+            event.set()
+
+    def _ready(self):
+        for sub, event in list(self._waiting.items()):
+            if sub._queue or sub.closed:
+                event.set()
+
+    async def _run(self):
+        receiver, loop = self.receiver, asyncio.get_running_loop()
+        loop.add_reader(receiver._wake_r, self._signal.set)  # changes queued by other threads
+        watched = None  # (socket, fd) whose readability wakes us
+        try:
+            while not receiver.closed:
+                self._signal.clear()
+                drained = 0
+                if receiver._lead.acquire(blocking=False):
+                    try:
+                        if receiver._ops:
+                            receiver._apply_ops()
+                        sock = receiver._sock
+                        if watched is None or watched[0] is not sock:  # made, or moved to another node
+                            if watched is not None:
+                                loop.remove_reader(watched[1])
+                            watched = (sock, sock.getsockopt(zmq.FD)) if sock is not None else None
+                            if watched is not None:
+                                loop.add_reader(watched[1], self._signal.set)
+                        if sock is not None:
+                            drained = receiver._drain()
+                    finally:
+                        receiver._lead.release()
+                self._ready()
+                try:
+                    os.read(receiver._wake_r, 4096)
+                except BlockingIOError:
+                    pass
+                if drained:
+                    await asyncio.sleep(0)  # let the readers run before the next slice
+                    continue
+                if watched is not None and watched[0].getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                    continue  # the descriptor is edge-triggered: it will not signal this again
+                try:
+                    async with asyncio.timeout(RECHECK_SECONDS):
+                        await self._signal.wait()
+                except TimeoutError:
+                    pass
+        except (zmq.ZMQError, OSError) as exc:
+            if not receiver.closed:
+                log.warning("the reader of a client stopped: %s", exc)
+        finally:
+            for fd in (receiver._wake_r, *(() if watched is None else (watched[1],))):
+                try:
+                    loop.remove_reader(fd)
+                except (ValueError, OSError):
+                    pass
+            self.wake_all()
+
+    async def stop(self):
+        self._signal.set()
+        self._task.cancel()
+        try:
+            await self._task
+        except asyncio.CancelledError:
+            pass
+
+
+class Client:
+    """An asyncio client of one node; make it with ``await Client.connect(address)``
+    or ``await Client.from_zookeeper(hosts)``. ``options`` are mesh.Client's."""
+
+    def __init__(self, sync):
+        self.sync = sync
+        self._reader = _Reader(sync._receiver)
+        self._ids = itertools.count(1)
+        self._pending = {}  # n -> Future of a reply
+        self._inbox = None
+        self._inbox_task = None
+        self._tasks = set()  # callback and serve loops
+        self.prefix = inbox_prefix()
+
+    @classmethod
+    async def connect(cls, address, **options):
+        return cls(await asyncio.to_thread(threaded.Client, address, **options))
+
+    @classmethod
+    async def from_zookeeper(cls, hosts, mesh="default", **options):
+        """A client on a random node of ``mesh``, moving to another when it
+        leaves (mesh.Client.from_zookeeper)."""
+        return cls(await asyncio.to_thread(threaded.Client.from_zookeeper, hosts, mesh, **options))
+
+    def __getattr__(self, name):  # node, origin, address, connected, closed, counters, has_interest...
+        return getattr(self.sync, name)
+
+    async def __aenter__(self):
+        return self
+
+    async def __aexit__(self, *exc):
+        await self.close()
+
+    # -- publishing -------------------------------------------------------
+
+    async def publish(self, subject, data):
+        """Publish (never waits on the network: batches go out from the
+        client's housekeeper); returns the sequence number."""
+        return self.sync.publish(subject, data)
+
+    async def flush(self):
+        self.sync.flush()
+
+    async def wait_for_interest(self, subject, timeout=5.0):
+        """True once a subscriber somewhere in the mesh covers ``subject``."""
+        try:
+            async with asyncio.timeout(timeout):
+                while not self.sync.has_interest(subject):
+                    await asyncio.sleep(INTEREST_POLL_SECONDS)
+        except TimeoutError:
+            return False
+        return True
+
+    # -- subscribing ------------------------------------------------------
+
+    async def subscribe(self, pattern, callback=None, **options):
+        """mesh.Client.subscribe's arguments (``since``, ``recover``, ``queue``,
+        ``capacity``, ``ack_deadline``...). Without ``callback``, a
+        :class:`Subscription`; with one (a coroutine function or a plain
+        one), a task calls it for each message."""
+        if options.get("queue") is not None or options.get("since") is not None:
+            sub = await asyncio.to_thread(self.sync.subscribe, pattern, **options)
+        else:
+            sub = self.sync.subscribe(pattern, **options)
+        self._reader.wake()
+        subscription = Subscription(self, sub)
+        if callback is not None:
+            self._spawn(self._call_back(subscription, callback))
+        return subscription
+
+    async def _call_back(self, subscription, callback):
+        async for message in subscription:
+            try:
+                result = callback(message)
+                if asyncio.iscoroutine(result):
+                    await result
+            except Exception:
+                log.exception("callback of %s failed", subscription.pattern.text)
+
+    def _spawn(self, coroutine):
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def ack(self, message):
+        await asyncio.to_thread(self.sync.ack, message)
+
+    async def extend(self, message, seconds=None):
+        await asyncio.to_thread(self.sync.extend, message, seconds)
+
+    # -- request/reply (mesh/requests.py) ----------------------------------
+
+    async def request(self, subject, data, timeout=5.0):
+        """The reply (a Message) to ``data`` on ``subject``; NoResponders at
+        once when no subscriber covers it, RequestTimeout, RemoteError."""
+        if not await self.wait_for_interest(subject, min(timeout, INTEREST_SETTLE_SECONDS)):
+            raise NoResponders(f"no subscriber in the mesh covers {subject!r}")
+        await self._open_inbox()
+        n = next(self._ids)
+        future = self._pending[n] = asyncio.get_running_loop().create_future()
+        try:
+            self.sync._publisher.publish_with_headers(subject, data, {"reply": f"{self.prefix}.{n}"})
+            async with asyncio.timeout(timeout):
+                reply = await future
+        except TimeoutError:
+            raise RequestTimeout(f"no reply on {subject!r} within {timeout} s") from None
+        finally:
+            del self._pending[n]
+        return reply_or_raise(reply)
+
+    async def _open_inbox(self):
+        if self._inbox is None:
+            self._inbox = self.sync.subscribe(f"{self.prefix}.>")
+            self._reader.wake()
+            self._inbox_task = self._spawn(self._replies(Subscription(self, self._inbox)))
+            deadline = asyncio.get_running_loop().time() + self.sync._timeout
+            while not self.sync._publisher.has_prefix(self._inbox.pattern.prefix):
+                if asyncio.get_running_loop().time() > deadline:
+                    break
+                await asyncio.sleep(0.001)
+
+    async def _replies(self, inbox):
+        async for message in inbox:
+            future = self._pending.get(reply_number(message.subject))
+            if future is not None and not future.done():
+                future.set_result(message)
+
+    async def respond(self, message, data=None, error=None):
+        """Answer a request (``message.reply``) with ``data``, or an ``error`` text."""
+        reply, payload, headers = response(message, data, error)
+        await self.wait_for_interest(reply, REPLY_INTEREST_SECONDS)
+        self.sync._publisher.publish_with_headers(reply, payload, headers)
+
+    async def serve(self, pattern, handler, queue=None):
+        """Answer every request on ``pattern`` with ``await handler(message)``
+        (or its plain result); a handler that raises sends a RemoteError."""
+        subscription = await self.subscribe(pattern, queue=queue)
+
+        async def answer(message):
+            if not message.reply:
+                return
+            try:
+                result = handler(message)
+                if asyncio.iscoroutine(result):
+                    result = await result
+            except Exception as exc:
+                await self.respond(message, error=f"{type(exc).__name__}: {exc}")
+                return
+            try:
+                await self.respond(message, result)
+            except (TypeError, ValueError) as exc:
+                await self.respond(message, error=f"the reply could not be sent: {exc}")
+
+        self._spawn(self._call_back(subscription, answer))
+        return subscription
+
+    # -- the rest ---------------------------------------------------------
+
+    async def presence(self, channel, limit=1000):
+        return await asyncio.to_thread(self.sync.presence, channel, limit)
+
+    async def channels(self, limit=1000):
+        return await asyncio.to_thread(self.sync.channels, limit)
+
+    async def close(self):
+        """Send what is pending, end every subscription and task, close."""
+        await self._reader.stop()  # first: it lets go of the descriptors while they are open
+        await asyncio.to_thread(self.sync.close)
+        self._reader.wake_all()  # waiters see their subscriptions closed
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)

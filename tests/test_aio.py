@@ -1,0 +1,226 @@
+"""The asyncio client (mesh/aio.py) against real nodes: publish/subscribe
+across two nodes, request/reply, queue groups, recovery, a node restart,
+ZooKeeper failover, and an event loop that never blocks."""
+
+import asyncio
+import socket
+import time
+
+import pytest
+from nodeproc import linked, wait_until
+
+from mesh import NoResponders, RemoteError, RequestTimeout
+from mesh.aio import Client
+
+
+def run(coroutine):
+    return asyncio.run(asyncio.wait_for(coroutine, 60))
+
+
+def test_publish_subscribe_across_two_nodes_in_order_with_async_for(mesh3):
+    a, b, _ = mesh3
+
+    async def main():
+        async with await Client.connect(a.address) as here, await Client.connect(b.address) as there:
+            sub = await there.subscribe("aio.>")
+            assert await here.wait_for_interest("aio.x")
+            for i in range(2000):
+                await here.publish("aio.x", i)
+            await here.flush()
+            got = []
+            async for message in sub:
+                got.append(message.data)
+                if len(got) == 2000:
+                    break
+            assert got == list(range(2000)) and sub.gaps == 0 and sub.received == 2000
+            assert message.subject == "aio.x" and message.origin == here.origin
+            with pytest.raises(TimeoutError):
+                await sub.get(timeout=0.1)
+            await sub.unsubscribe()
+            with pytest.raises(RuntimeError):
+                await sub.get()
+
+    run(main())
+
+
+def test_the_loop_keeps_running_while_a_subscription_drains_and_waits(start_node):
+    a = start_node("A")
+
+    async def main():
+        async with await Client.connect(a.address) as client:
+            sub = await client.subscribe("tick.>")
+            assert await client.wait_for_interest("tick.x")
+            ticks = []
+
+            async def ticker():
+                while True:
+                    ticks.append(time.monotonic())
+                    await asyncio.sleep(0.01)
+
+            beat = asyncio.create_task(ticker())
+            waiting = asyncio.create_task(sub.get(timeout=1.0))
+            await asyncio.sleep(0.3)  # a reader waiting does not hold the loop
+            assert len(ticks) >= 15 and not waiting.done()
+            for i in range(20000):
+                await client.publish("tick.x", i)
+            await client.flush()
+            assert (await waiting).data == 0
+            got = 1
+            while got < 20000:
+                got += len(await sub.take(timeout=5))
+            beat.cancel()
+            gaps = [b - a for a, b in zip(ticks, ticks[1:])]
+            assert max(gaps) < 0.25  # the ticker kept its 10 ms beat within a quarter second
+
+    run(main())
+
+
+def test_callbacks_request_reply_and_errors(mesh3):
+    a, b, _ = mesh3
+
+    async def main():
+        async with await Client.connect(a.address) as asker, await Client.connect(b.address) as server:
+            seen = []
+            await server.subscribe("cb.>", lambda m: seen.append(m.data))
+
+            async def double(message):
+                if message.data == "boom":
+                    raise ValueError("no")
+                await asyncio.sleep(0)
+                return message.data * 2
+
+            await server.serve("math.double", double)
+            assert await asker.wait_for_interest("math.double")
+            assert (await asker.request("math.double", 21, timeout=5)).data == 42
+            replies = await asyncio.gather(*(asker.request("math.double", i, timeout=5) for i in range(50)))
+            assert [r.data for r in replies] == [i * 2 for i in range(50)]  # concurrent requests
+            with pytest.raises(RemoteError, match="ValueError: no"):
+                await asker.request("math.double", "boom", timeout=5)
+            with pytest.raises(NoResponders):
+                await asker.request("nobody.home", 1, timeout=1)
+            await server.subscribe("slow.x")
+            assert await asker.wait_for_interest("slow.x")
+            with pytest.raises(RequestTimeout):
+                await asker.request("slow.x", 1, timeout=0.3)
+            assert await asker.wait_for_interest("cb.x")
+            await asker.publish("cb.x", "hello")
+            for _ in range(100):
+                if seen:
+                    break
+                await asyncio.sleep(0.05)
+            assert seen == ["hello"]
+            with pytest.raises(ValueError):
+                await asker.publish("bad..subject", 1)
+
+    run(main())
+
+
+def test_queue_groups_and_jobs(mesh3):
+    a, b, c = mesh3
+
+    async def main():
+        clients = [await Client.connect(n.address) for n in (a, b, c)]
+        try:
+            workers = [await cl.subscribe("work.>", queue="crew") for cl in clients[1:]]
+            jobs = await clients[0].subscribe("job.>", queue="builders", ack_deadline=1.0)
+            wait_until(lambda: all(n.stats().get("queues", {}).get("reachable") == 3 for n in (a, b, c)),
+                       what="every member reachable everywhere")
+            for i in range(200):
+                await clients[0].publish("work.item", i)
+            got = []
+            for worker in workers:
+                while True:
+                    try:
+                        got.append((await worker.get(timeout=1.0)).data)
+                    except TimeoutError:
+                        break
+            assert sorted(got) == list(range(200))  # each to exactly one member
+            await clients[2].publish("job.x", "build it")
+            first = await jobs.get(timeout=5)
+            again = await jobs.get(timeout=5)  # not acknowledged within 1 s: delivered again
+            assert again.job == first.job and again.attempt == first.attempt + 1
+            await clients[0].ack(again)
+            with pytest.raises(TimeoutError):
+                await jobs.get(timeout=2)
+        finally:
+            for cl in clients:
+                await cl.close()
+
+    run(main())
+
+
+def test_since_a_position_and_a_node_restart(start_node):
+    rule = ("--history", "h.>=1000/300s")
+    a = start_node("A", *rule)
+
+    async def main():
+        async with await Client.connect(a.address) as client:
+            sub = await client.subscribe("h.>")
+            # The node's recorder already covers h.>: interest is no sign that *this*
+            # subscription has arrived, so give it the moment it takes.
+            await asyncio.sleep(0.3)
+            await client.publish("h.x", 0)
+            assert (await sub.get(timeout=5)).data == 0
+            position = sub.position
+            await sub.unsubscribe()
+            for i in range(1, 6):
+                await client.publish("h.x", i)
+            await client.flush()
+            await asyncio.sleep(0.2)
+            again = await client.subscribe("h.>", since=position)
+            assert [(await again.get(timeout=5)).data for _ in range(5)] == [1, 2, 3, 4, 5]
+            assert again.recovery.recovered
+
+    run(main())
+
+
+def test_a_client_rides_out_its_node_restarting(start_node):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    a = start_node("A", "--port", str(port))
+    address = a.address
+
+    async def main():
+        nonlocal a
+        async with await Client.connect(address) as client:
+            sub = await client.subscribe("r.>")
+            assert await client.wait_for_interest("r.x")
+            await client.publish("r.x", "before")
+            assert (await sub.get(timeout=5)).data == "before"
+            a.stop()
+            a = start_node("A", "--port", str(port))
+            for _ in range(200):  # the wrapped client's watch re-attaches; the reader follows the new socket
+                if client.connected and client.sync.reconnects:
+                    break
+                await asyncio.sleep(0.05)
+            assert await client.wait_for_interest("r.x", timeout=10)
+            await client.publish("r.x", "after")
+            assert (await sub.get(timeout=10)).data == "after"
+
+    run(main())
+
+
+def test_zookeeper_failover(zk_server, zk_node):
+    first = zk_node("A", zk_server.hosts)
+    second = zk_node("B", zk_server.hosts)
+    wait_until(lambda: linked(first, second), what="A and B linked")
+
+    async def main():
+        async with await Client.from_zookeeper(zk_server.hosts, mesh="test") as client:
+            sub = await client.subscribe("fo.>")
+            assert await client.wait_for_interest("fo.x")
+            await client.publish("fo.x", 1)
+            assert (await sub.get(timeout=5)).data == 1
+            left = first if client.node == "A" else second
+            left.stop()
+            for _ in range(300):
+                if client.sync.failovers:
+                    break
+                await asyncio.sleep(0.05)
+            assert client.sync.failovers == 1
+            assert await client.wait_for_interest("fo.x", timeout=10)
+            await client.publish("fo.x", 2)
+            assert (await sub.get(timeout=10)).data == 2
+
+    run(main())
