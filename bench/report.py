@@ -284,6 +284,15 @@ def targets(scenarios):
     ratio("mesh across 2 nodes vs raw pyzmq throughput", "zmq", 1.2, "raw pyzmq")
     ratio("mesh across 2 nodes vs NATS + nats-py throughput", "nats", 1.2, "NATS")
     ratio("mesh across 2 nodes vs pipelined Redis throughput", "redis_pipe", 3.0, "Redis pipelined")
+    aio = tp("aio2")
+    if aio and mesh2 and mesh2["rate"]:
+        value = aio["rate"] / mesh2["rate"]
+        out.append({"target": "asyncio client vs threaded client, 2 nodes", "want": ">= 0.8x",
+                    "measured": f"{value:.2f}x ({aio['rate']:,.0f} vs {mesh2['rate']:,.0f} msg/s)", "ratio": value,
+                    "met": value >= 0.8})
+    else:
+        out.append({"target": "asyncio client vs threaded client, 2 nodes", "want": ">= 0.8x",
+                    "measured": "not measured", "ratio": None, "met": None})
     fan_mesh, fan_nats = _get(scenarios, "fanout", "mesh"), _get(scenarios, "fanout", "nats")
     if fan_mesh and fan_nats and fan_nats["aggregate_rate"]:
         value = fan_mesh["aggregate_rate"] / fan_nats["aggregate_rate"]

@@ -158,6 +158,7 @@ class Bench:
             ("zmq", "raw pyzmq PUB->SUB", "zmq", zmq_pair, {}),
             ("mesh1", "mesh, 1 node (pub A, sub A)", "mesh", mesh_pair(0, 0), {}),
             ("mesh2", "mesh, 2 nodes (pub A, sub B)", "mesh", mesh_pair(0, 1), {}),
+            ("aio2", "mesh.aio (asyncio client), 2 nodes (pub A, sub B)", "mesh_aio", mesh_pair(0, 1), {}),
             ("mesh3", "mesh, 3 nodes (pub A, sub C)", "mesh", mesh_pair(0, 2), {}),
             ("zmq_proxy2", "diagnostic: raw pyzmq via 2 zmq.proxy processes", "zmq", zmq_proxies, {}),
             ("nats", "NATS 1 server + nats-py", "nats", nats_pair(0, 0), {}),
@@ -232,7 +233,7 @@ class Bench:
         rows = [] if rows is None else rows  # the caller's list: partial results survive Ctrl-C
         rate, seconds = self.args.rate, self.args.latency_seconds
         count = max(1, int(rate * seconds))
-        cases = self.pair_cases()
+        cases = [case for case in self.pair_cases() if case[2] != "mesh_aio"]  # the bench's thread hop per message
         for index, (key, label, system, endpoints, extra) in enumerate(cases, 1):
             if key == "redis_pipe":
                 label = f"Redis + redis-py, pipelined (flushed every {self.args.redis_flush_ms:g} ms)"

@@ -1,8 +1,9 @@
 """The asyncio client: the threaded client's parts, read and awaited from an event loop.
 
 ``mesh.aio.Client`` has the names of :class:`mesh.Client` as coroutines
-(``connect``, ``publish``, ``subscribe``, ``request``, ``respond``, ``serve``,
-``ack``, ``flush``, ``close``) and subscriptions to ``async for``. It wraps
+(``connect``, ``subscribe``, ``request``, ``respond``, ``serve``, ``ack``,
+``flush``, ``close``) and subscriptions to ``async for``; ``publish`` never
+waits, so it is a plain method, like ``StreamWriter.write``. It wraps
 a ``mesh.Client`` and shares all of its code: publishing is the same
 non-blocking call (mesh/publisher.py: batches, marks, backlog), receiving
 is the same drain of the same SUB socket (mesh/receiver.py) into the same
@@ -33,7 +34,7 @@ from .requests import (INTEREST_SETTLE_SECONDS, REPLY_INTEREST_SECONDS, NoRespon
 
 log = logging.getLogger("mesh.aio")
 
-RECHECK_SECONDS = 0.25  # the reader looks again for a socket replaced by another thread (a failover)
+RECHECK_SECONDS = 0.25  # a hungry reader looks again for a socket replaced by another thread (a failover)
 INTEREST_POLL_SECONDS = 0.005
 
 
@@ -110,6 +111,7 @@ class _Reader:
         event = self._waiting.get(sub)
         if event is None:
             event = self._waiting[sub] = asyncio.Event()
+        self._signal.set()  # a reader is hungry: read for it
         return event
 
     def done_waiting(self, sub):
@@ -130,20 +132,26 @@ class _Reader:
             if sub._queue or sub.closed:
                 event.set()
 
+    def _hungry(self):
+        """Some coroutine waits on a subscription with nothing queued: read for it.
+        Nobody waiting, nothing is read: messages wait in the socket (and its
+        high-water mark) as in the threaded client, not in unbounded queues."""
+        return any(not sub._queue and not sub.closed for sub in self._waiting)
+
     async def _run(self):
         receiver, loop = self.receiver, asyncio.get_running_loop()
         loop.add_reader(receiver._wake_r, self._signal.set)  # changes queued by other threads
-        watched = None  # (socket, fd) whose readability wakes us
+        watched = None  # (socket, fd) whose readability wakes us, while someone is hungry
         try:
             while not receiver.closed:
                 self._signal.clear()
-                drained = 0
+                hungry, drained, sock = self._hungry(), 0, None
                 if receiver._lead.acquire(blocking=False):
                     try:
                         if receiver._ops:
                             receiver._apply_ops()
-                        sock = receiver._sock
-                        if watched is None or watched[0] is not sock:  # made, or moved to another node
+                        sock = receiver._sock if hungry else None
+                        if (watched[0] if watched else None) is not sock:  # made, moved, or nobody waits
                             if watched is not None:
                                 loop.remove_reader(watched[1])
                             watched = (sock, sock.getsockopt(zmq.FD)) if sock is not None else None
@@ -161,10 +169,10 @@ class _Reader:
                 if drained:
                     await asyncio.sleep(0)  # let the readers run before the next slice
                     continue
-                if watched is not None and watched[0].getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                if sock is not None and sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
                     continue  # the descriptor is edge-triggered: it will not signal this again
                 try:
-                    async with asyncio.timeout(RECHECK_SECONDS):
+                    async with asyncio.timeout(RECHECK_SECONDS if hungry else None):
                         await self._signal.wait()
                 except TimeoutError:
                     pass
@@ -223,9 +231,12 @@ class Client:
 
     # -- publishing -------------------------------------------------------
 
-    async def publish(self, subject, data):
-        """Publish (never waits on the network: batches go out from the
-        client's housekeeper); returns the sequence number."""
+    def publish(self, subject, data):
+        """Publish; returns the sequence number. A plain method, like
+        ``StreamWriter.write``: it never waits (batches go out from the
+        client's housekeeper), and a coroutine per message would cost a
+        third of the throughput (docs/CLIENT.md). ``await flush()`` sends
+        what is pending now."""
         return self.sync.publish(subject, data)
 
     async def flush(self):

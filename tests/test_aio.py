@@ -25,7 +25,7 @@ def test_publish_subscribe_across_two_nodes_in_order_with_async_for(mesh3):
             sub = await there.subscribe("aio.>")
             assert await here.wait_for_interest("aio.x")
             for i in range(2000):
-                await here.publish("aio.x", i)
+                here.publish("aio.x", i)
             await here.flush()
             got = []
             async for message in sub:
@@ -62,7 +62,7 @@ def test_the_loop_keeps_running_while_a_subscription_drains_and_waits(start_node
             await asyncio.sleep(0.3)  # a reader waiting does not hold the loop
             assert len(ticks) >= 15 and not waiting.done()
             for i in range(20000):
-                await client.publish("tick.x", i)
+                client.publish("tick.x", i)
             await client.flush()
             assert (await waiting).data == 0
             got = 1
@@ -103,14 +103,14 @@ def test_callbacks_request_reply_and_errors(mesh3):
             with pytest.raises(RequestTimeout):
                 await asker.request("slow.x", 1, timeout=0.3)
             assert await asker.wait_for_interest("cb.x")
-            await asker.publish("cb.x", "hello")
+            asker.publish("cb.x", "hello")
             for _ in range(100):
                 if seen:
                     break
                 await asyncio.sleep(0.05)
             assert seen == ["hello"]
             with pytest.raises(ValueError):
-                await asker.publish("bad..subject", 1)
+                asker.publish("bad..subject", 1)
 
     run(main())
 
@@ -126,7 +126,7 @@ def test_queue_groups_and_jobs(mesh3):
             wait_until(lambda: all(n.stats().get("queues", {}).get("reachable") == 3 for n in (a, b, c)),
                        what="every member reachable everywhere")
             for i in range(200):
-                await clients[0].publish("work.item", i)
+                clients[0].publish("work.item", i)
             got = []
             for worker in workers:
                 while True:
@@ -135,7 +135,7 @@ def test_queue_groups_and_jobs(mesh3):
                     except TimeoutError:
                         break
             assert sorted(got) == list(range(200))  # each to exactly one member
-            await clients[2].publish("job.x", "build it")
+            clients[2].publish("job.x", "build it")
             first = await jobs.get(timeout=5)
             again = await jobs.get(timeout=5)  # not acknowledged within 1 s: delivered again
             assert again.job == first.job and again.attempt == first.attempt + 1
@@ -159,12 +159,12 @@ def test_since_a_position_and_a_node_restart(start_node):
             # The node's recorder already covers h.>: interest is no sign that *this*
             # subscription has arrived, so give it the moment it takes.
             await asyncio.sleep(0.3)
-            await client.publish("h.x", 0)
+            client.publish("h.x", 0)
             assert (await sub.get(timeout=5)).data == 0
             position = sub.position
             await sub.unsubscribe()
             for i in range(1, 6):
-                await client.publish("h.x", i)
+                client.publish("h.x", i)
             await client.flush()
             await asyncio.sleep(0.2)
             again = await client.subscribe("h.>", since=position)
@@ -186,7 +186,7 @@ def test_a_client_rides_out_its_node_restarting(start_node):
         async with await Client.connect(address) as client:
             sub = await client.subscribe("r.>")
             assert await client.wait_for_interest("r.x")
-            await client.publish("r.x", "before")
+            client.publish("r.x", "before")
             assert (await sub.get(timeout=5)).data == "before"
             a.stop()
             a = start_node("A", "--port", str(port))
@@ -195,7 +195,7 @@ def test_a_client_rides_out_its_node_restarting(start_node):
                     break
                 await asyncio.sleep(0.05)
             assert await client.wait_for_interest("r.x", timeout=10)
-            await client.publish("r.x", "after")
+            client.publish("r.x", "after")
             assert (await sub.get(timeout=10)).data == "after"
 
     run(main())
@@ -210,7 +210,7 @@ def test_zookeeper_failover(zk_server, zk_node):
         async with await Client.from_zookeeper(zk_server.hosts, mesh="test") as client:
             sub = await client.subscribe("fo.>")
             assert await client.wait_for_interest("fo.x")
-            await client.publish("fo.x", 1)
+            client.publish("fo.x", 1)
             assert (await sub.get(timeout=5)).data == 1
             left = first if client.node == "A" else second
             left.stop()
@@ -220,7 +220,28 @@ def test_zookeeper_failover(zk_server, zk_node):
                 await asyncio.sleep(0.05)
             assert client.sync.failovers == 1
             assert await client.wait_for_interest("fo.x", timeout=10)
-            await client.publish("fo.x", 2)
+            client.publish("fo.x", 2)
             assert (await sub.get(timeout=10)).data == 2
+
+    run(main())
+
+
+def test_nothing_is_read_ahead_of_the_reader(start_node):
+    """Messages wait in the socket while nobody awaits them, as with the threaded
+    client, instead of being read into a queue that overflows (pending_limit)."""
+    a = start_node("A")
+
+    async def main():
+        async with await Client.connect(a.address) as client:
+            sub = await client.subscribe("ahead.>", pending_limit=2000)  # above one read (READ_BUDGET)
+            assert await client.wait_for_interest("ahead.x")
+            for i in range(5000):
+                client.publish("ahead.x", i)
+            await client.flush()
+            await asyncio.sleep(1.0)  # the loop is free: a greedy reader would have filled the queue
+            got = []
+            while len(got) < 5000:
+                got.extend(m.data for m in await sub.take(timeout=5))
+            assert got == list(range(5000)) and sub.dropped == 0 and sub.gaps == 0
 
     run(main())

@@ -23,7 +23,7 @@ TINY = ["--quick", "--no-install", "--skip-peer", "redis", "--messages", "300", 
 
 PAIR_KEYS = ["zmq", "mesh1", "mesh2", "mesh3", "zmq_proxy2", "nats", "nats2", "redis", "redis_pipe"]
 EXPECTED = {
-    "throughput": PAIR_KEYS,
+    "throughput": PAIR_KEYS[:4] + ["aio2"] + PAIR_KEYS[4:],
     "sizes": ["zmq@1024", "mesh2@1024", "nats@1024"],
     "latency": PAIR_KEYS,
     "fanout": ["zmq", "mesh", "nats", "redis", "redis_pipe"],
@@ -40,7 +40,7 @@ EXPECTED = {
     "queues": ["mesh", "nats"],
     "hooks": ["webhook"],
 }
-ALWAYS_MEASURED = {("throughput", k) for k in ("zmq", "mesh1", "mesh2", "mesh3")} | \
+ALWAYS_MEASURED = {("throughput", k) for k in ("zmq", "mesh1", "mesh2", "mesh3", "aio2")} | \
     {("latency", k) for k in ("zmq", "mesh1", "mesh2", "mesh3")} | \
     {("fanout", "zmq"), ("fanout", "mesh"), ("websocket", "mesh-20"), ("websocket", "mesh-auth-20"), ("convergence", "mesh-sub"),
      ("convergence", "zmq-sub"), ("sizes", "zmq@1024"), ("sizes", "mesh2@1024"), ("receive", "green"),
