@@ -3,6 +3,7 @@ across two nodes, request/reply, queue groups, recovery, a node restart,
 ZooKeeper failover, and an event loop that never blocks."""
 
 import asyncio
+import json
 import socket
 import time
 
@@ -245,3 +246,34 @@ def test_nothing_is_read_ahead_of_the_reader(start_node):
             assert got == list(range(5000)) and sub.dropped == 0 and sub.gaps == 0
 
     run(main())
+
+
+def test_the_sse_bridge_example_in_the_docs_streams_a_subscription(start_node):
+    import os
+    import subprocess
+    import sys
+    import urllib.request
+
+    from nodeproc import ROOT
+
+    from mesh import Client as ThreadedClient
+
+    a = start_node("A")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    bridge = subprocess.Popen([sys.executable, os.path.join(ROOT, "docs", "examples", "sse_bridge.py"),
+                               "--node", a.address, "--port", str(port)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert bridge.stdout.readline().startswith("serving")
+        stream = urllib.request.urlopen(f"http://127.0.0.1:{port}/orders.%3E", timeout=10)
+        with ThreadedClient(a.address) as publisher:
+            assert publisher.wait_for_interest("orders.eu")
+            publisher.publish("orders.eu", {"id": 7})
+            lines = [stream.readline() for _ in range(2)]
+        assert lines[0].startswith(b"data: ") and lines[1] == b"\n"
+        assert json.loads(lines[0][6:]) == {"subject": "orders.eu", "data": {"id": 7}}
+        stream.close()
+    finally:
+        bridge.kill()
+        bridge.wait()
