@@ -40,6 +40,10 @@ def test_publish_subscribe_across_two_nodes_in_order_with_async_for(mesh3):
             await sub.unsubscribe()
             with pytest.raises(RuntimeError):
                 await sub.get()
+        with pytest.raises(RuntimeError, match="closed"):
+            here.publish("aio.x", 1)
+        with pytest.raises(RuntimeError, match="closed"):
+            await here.subscribe("aio.>")
 
     run(main())
 
