@@ -40,6 +40,7 @@ _FRAME_OVERHEAD = MAX_SUBJECT_BYTES + 256
 # subscription and frees it recursively: one 128 KiB frame overflowed a proxy
 # thread's stack and crashed the node (tests/test_hostile_input.py).
 _MAX_SUBSCRIPTION_FRAME = MAX_SUBJECT_BYTES + 64
+COALESCE_SECONDS = 0.1  # peer changes that come this close are applied with one proxy restart
 _STAT_NAMES = ("frontend_frames_in", "frontend_bytes_in", "frontend_frames_out", "frontend_bytes_out",
                "backend_frames_in", "backend_bytes_in", "backend_frames_out", "backend_bytes_out")
 
@@ -116,6 +117,9 @@ class DataPlane:
         self.remote = make(zmq.XPUB, True, MAXMSGSIZE=_MAX_SUBSCRIPTION_FRAME)
         self.mesh_in = make(zmq.XSUB, False, **heartbeats)
         self.peer_endpoints = set()
+        self._wanted = set()  # the peers asked for, applied within COALESCE_SECONDS
+        self._applying = None  # the greenlet that will apply them
+        self.proxy_restarts = 0  # mesh proxy restarts for peer changes (one per burst)
         self._reconnecting = gevent.lock.Semaphore()  # one set_peers at a time
         self.links = {}  # peer out endpoint -> "up" | "down"
         self.link_failures = 0
@@ -175,14 +179,23 @@ class DataPlane:
         return gevent.spawn(locked).get()
 
     def set_peers(self, out_endpoints):
-        """Connect ``mesh_in`` to exactly these peers' ``out`` endpoints."""
-        self._steer(self._set_peers, set(out_endpoints))
+        """Connect ``mesh_in`` to exactly these peers' ``out`` endpoints, within
+        COALESCE_SECONDS: the changes that come meanwhile (a burst of joins or
+        leaves) are applied together, with one restart of the mesh proxy."""
+        self._wanted = set(out_endpoints)
+        if self._applying is None:
+            self._applying = gevent.spawn_later(COALESCE_SECONDS, self._apply_wanted)
+
+    def _apply_wanted(self):
+        self._applying = None
+        self._steer(self._set_peers, set(self._wanted))
 
     def _set_peers(self, wanted):
         gone = self.peer_endpoints - wanted
         new = wanted - self.peer_endpoints
         if not gone and not new:
             return
+        self.proxy_restarts += 1
         self._mesh.stop()
         try:
             for endpoint in gone:
@@ -208,6 +221,8 @@ class DataPlane:
         return self._steer(lambda: {"local": self._local.counters(), "mesh": self._mesh.counters()})
 
     def stop(self):
+        if self._applying is not None:
+            self._applying.kill()
         self._reconnecting.acquire()
         if self._link_watcher is not None:
             self._link_watcher.kill()

@@ -425,7 +425,7 @@ class Node:
             "peers": len(self.peers),
             "links": {"up": sum(state == "up" for state in self.dataplane.links.values()),
                       "down": sum(state == "down" for state in self.dataplane.links.values()),
-                      "failures": self.dataplane.link_failures},
+                      "failures": self.dataplane.link_failures, "proxy_restarts": self.dataplane.proxy_restarts},
             "messages": {
                 # Every data message is two frames: [topic, envelope].
                 "published_here": local["frontend_frames_in"] // 2,
