@@ -131,7 +131,10 @@ def test_healthz_stats_and_page(edge_pair):
     import urllib.request
 
     page = urllib.request.urlopen(base + "/").read().decode()
-    assert "<title>meshnode</title>" in page and "new WebSocket" in page
+    assert "<title>meshnode</title>" in page and 'from "/meshnode.js"' in page
+    with urllib.request.urlopen(base + "/meshnode.js") as module:
+        assert module.headers["Content-Type"].startswith("text/javascript")
+        assert "new WebSocket" in module.read().decode()
     assert http("GET", f"{base}/nope")[0] == 404
     ws.close()
 
