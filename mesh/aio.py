@@ -18,7 +18,7 @@ reconnects and ZooKeeper failover, queue-group heartbeats) runs on its
 threads, as in a threaded program.
 
 A client of this module is read by its event loop only: make it, and use it,
-from one loop.
+from one loop, and close it (its reader task runs until then).
 """
 
 import asyncio
@@ -104,31 +104,36 @@ class _Reader:
     def __init__(self, receiver):
         self.receiver = receiver
         self._signal = asyncio.Event()
-        self._waiting = {}  # Subscription -> asyncio.Event of the coroutine waiting on it
+        self._waiting = {}  # Subscription -> [asyncio.Event, coroutines waiting on it]
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     def waiting_for(self, sub):
-        event = self._waiting.get(sub)
-        if event is None:
-            event = self._waiting[sub] = asyncio.Event()
+        entry = self._waiting.get(sub)
+        if entry is None:
+            entry = self._waiting[sub] = [asyncio.Event(), 0]
+        entry[1] += 1
         self._signal.set()  # a reader is hungry: read for it
-        return event
+        return entry[0]
 
     def done_waiting(self, sub):
-        self._waiting.pop(sub, None)
+        entry = self._waiting.get(sub)
+        if entry is not None:
+            entry[1] -= 1
+            if not entry[1]:
+                del self._waiting[sub]
 
     def wake(self, sub=None):
-        """Wake the reader (a new subscription) and the waiter of ``sub``."""
+        """Wake the reader (a new subscription) and the waiters of ``sub``."""
         if sub is not None and sub in self._waiting:
-            self._waiting[sub].set()
+            self._waiting[sub][0].set()
         self._signal.set()
 
     def wake_all(self):
-        for event in self._waiting.values():
+        for event, _ in self._waiting.values():
             event.set()
 
     def _ready(self):
-        for sub, event in list(self._waiting.items()):
+        for sub, (event, _) in list(self._waiting.items()):
             if sub._queue or sub.closed:
                 event.set()
 
@@ -145,12 +150,16 @@ class _Reader:
         try:
             while not receiver.closed:
                 self._signal.clear()
-                hungry, drained, sock = self._hungry(), 0, None
+                try:  # before looking at the queued changes: a wake-up after this is not lost
+                    os.read(receiver._wake_r, 4096)
+                except BlockingIOError:
+                    pass
+                hungry, drained, more = self._hungry(), 0, False
                 if receiver._lead.acquire(blocking=False):
-                    try:
+                    try:  # the socket is touched only with the lead: another thread may move or close it
                         if receiver._ops:
                             receiver._apply_ops()
-                        sock = receiver._sock if hungry else None
+                        sock = receiver._sock if hungry and not receiver.closed else None
                         if (watched[0] if watched else None) is not sock:  # made, moved, or nobody waits
                             if watched is not None:
                                 loop.remove_reader(watched[1])
@@ -159,24 +168,26 @@ class _Reader:
                                 loop.add_reader(watched[1], self._signal.set)
                         if sock is not None:
                             drained = receiver._drain()
+                            # The descriptor is edge-triggered: what is already there will not signal again.
+                            more = not drained and bool(sock.getsockopt(zmq.EVENTS) & zmq.POLLIN)
+                    except zmq.ZMQError as exc:
+                        if not receiver.closed:
+                            log.debug("the socket changed under the reader (%s); reading again", exc)
+                        more = not receiver.closed
                     finally:
                         receiver._lead.release()
                 self._ready()
-                try:
-                    os.read(receiver._wake_r, 4096)
-                except BlockingIOError:
-                    pass
                 if drained:
                     await asyncio.sleep(0)  # let the readers run before the next slice
                     continue
-                if sock is not None and sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-                    continue  # the descriptor is edge-triggered: it will not signal this again
+                if more:
+                    continue
                 try:
                     async with asyncio.timeout(RECHECK_SECONDS if hungry else None):
                         await self._signal.wait()
                 except TimeoutError:
                     pass
-        except (zmq.ZMQError, OSError) as exc:
+        except OSError as exc:
             if not receiver.closed:
                 log.warning("the reader of a client stopped: %s", exc)
         finally:
@@ -368,6 +379,9 @@ class Client:
         """Send what is pending, end every subscription and task, close."""
         await self._reader.stop()  # first: it lets go of the descriptors while they are open
         await asyncio.to_thread(self.sync.close)
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(RuntimeError("client is closed"))
         self._reader.wake_all()  # waiters see their subscriptions closed
         for task in list(self._tasks):
             task.cancel()

@@ -281,3 +281,24 @@ def test_the_sse_bridge_example_in_the_docs_streams_a_subscription(start_node):
     finally:
         bridge.kill()
         bridge.wait()
+
+
+def test_two_coroutines_waiting_on_one_subscription(start_node):
+    """One gives up (timeout): the other still gets the next message."""
+    a = start_node("A")
+
+    async def main():
+        async with await Client.connect(a.address) as client:
+            sub = await client.subscribe("two.>")
+            assert await client.wait_for_interest("two.x")
+            patient = asyncio.create_task(sub.get(timeout=10))
+            with pytest.raises(TimeoutError):
+                await sub.get(timeout=0.2)
+            client.publish("two.x", "for the patient one")
+            assert (await patient).data == "for the patient one"
+            pending = asyncio.create_task(client.request("two.x", 1, timeout=30))
+            await asyncio.sleep(0.3)
+        with pytest.raises(RuntimeError, match="closed"):  # closing fails a request still waiting
+            await pending
+
+    run(main())
