@@ -92,7 +92,7 @@ class BenchNode(NodeProcess):
     """tests/nodeproc.py's NodeProcess (control requests, stop/kill by PID), started
     with PR_SET_PDEATHSIG so that a node never outlives a killed benchmark."""
 
-    def __init__(self, name, *extra):
+    def __init__(self, name, *extra, wait=True):
         self.name = name
         self.stderr_text = ""
         self._log = tempfile.TemporaryFile(mode="w+")
@@ -100,10 +100,15 @@ class BenchNode(NodeProcess):
                                      stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self._log,
                                      text=True, preexec_fn=_die_with_parent)
         self.pid = self.proc.pid
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self):
+        """Read the node's ``meshnode ready`` line (its endpoints)."""
         line = self.proc.stdout.readline()
         if not line.startswith("meshnode ready"):
             self.kill()
-            raise RuntimeError(f"node {name} did not start: {line!r} {self.stderr_text[-2000:]}")
+            raise RuntimeError(f"node {self.name} did not start: {line!r} {self.stderr_text[-2000:]}")
         self.ready_line = line
         self.fields = dict(part.split("=", 1) for part in line.split()[2:])
         self.address = self.fields["control"]
@@ -199,10 +204,19 @@ class Procs:
 
     def node(self, name, *extra):
         """A real ``meshnode run`` process (tests/nodeproc.py), registered for stopping."""
-        node = BenchNode(name, "--log-level", "WARNING", *extra)
-        self._popens.append((node.proc, f"meshnode {name}"))
-        self._closers.append(node)
-        return node
+        return self.nodes([name], *extra)[0]
+
+    def nodes(self, names, *extra):
+        """Several nodes started at once, returned once all are ready."""
+        nodes = []
+        for name in names:
+            node = BenchNode(name, "--log-level", "WARNING", *extra, wait=False)
+            self._popens.append((node.proc, f"meshnode {name}"))
+            self._closers.append(node)
+            nodes.append(node)
+        for node in nodes:
+            node.wait_ready()
+        return nodes
 
     def linked_nodes(self, names, *extra, timeout=20.0):
         """Nodes ``names``, each started with ``extra`` and naming the ones before
@@ -211,7 +225,7 @@ class Procs:
         for name in names:
             nodes.append(self.node(name, *extra, *[arg for node in nodes for arg in ("--peer", node.address)]))
         deadline = time.monotonic() + timeout
-        while not all(len(node.peer_names()) == len(nodes) - 1 for node in nodes):
+        while not all(len(node.linked_names()) == len(nodes) - 1 for node in nodes):  # links up
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{', '.join(names)} did not link within {timeout} s")
             time.sleep(0.1)

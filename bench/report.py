@@ -27,6 +27,7 @@ TITLES = {
     "requests": "12. Request/reply round trips across two nodes, one request at a time",
     "queues": "13. Queue-group throughput: 6 members over 3 nodes",
     "hooks": "14. Webhook deliveries to a fast local receiver, beside a direct subscription",
+    "scale": "15. Many nodes on one machine through one ZooKeeper, and one more joining",
 }
 
 
@@ -250,6 +251,20 @@ def table(name, rows):
                 continue
             body.append([r["label"], f"{_n(r['delivered'])} / {_n(r['messages'])}", _n(r["rate"]),
                          f"{r['hook_p50']:.1f} / {r['hook_p99']:.1f}", f"{r['sub_p50']:.2f} / {r['sub_p99']:.2f}"])
+    elif name == "scale":
+        head = ["case", "start s", "converge s after last ready", "proxy restarts per node (median / max)",
+                "delivered (fewest of 100)", "idle CPU per node (median / max)", "RSS MiB (median)",
+                "fds (median)", "one more join: linked s / restarts"]
+        body = []
+        for r in rows:
+            if r["status"] != "ok":
+                body.append([r["label"]] + _not_ok(r, len(head) - 1))
+                continue
+            body.append([r["label"], f"{r['start_s']:.1f}", f"{r['converge_s']:.2f}",
+                         f"{r['restarts_median']:g} / {r['restarts_max']}", str(r["delivered_min"]),
+                         f"{r['idle_cpu_median'] * 100:.2f} % / {r['idle_cpu_max'] * 100:.2f} %",
+                         f"{r['rss_mib_median']:.0f}", f"{r['fds_median']:g}",
+                         f"{r['join_s']:.2f} / {r['join_restarts_max']}"])
     else:
         raise ValueError(name)
     return _table(head, body)
@@ -332,6 +347,16 @@ def targets(scenarios):
         for what, want in (("memory per connection", "<= 20 KB"), ("broadcast p99", "<= 250 ms")):
             out.append({"target": f"{label}: {what}", "want": want, "measured": "not measured",
                         "ratio": None, "met": None})
+    many = _get(scenarios, "scale", "mesh")
+    name = f"{many['nodes']} nodes" if many else "128 nodes"
+    out.append({"target": f"{name}: converge after the last is ready", "want": "< 5 s",
+                "measured": f"{many['converge_s']:.2f} s" if many else "not measured",
+                "ratio": many["converge_s"] / 5 if many else None, "met": many["converge_s"] < 5 if many else None})
+    out.append({"target": f"{name}: idle CPU per node (max)", "want": "< 1 %",
+                "measured": f"{many['idle_cpu_max'] * 100:.2f} % (median {many['idle_cpu_median'] * 100:.2f} %)"
+                if many else "not measured",
+                "ratio": many["idle_cpu_max"] / 0.01 if many else None,
+                "met": many["idle_cpu_max"] < 0.01 if many else None})
     return out
 
 

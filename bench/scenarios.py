@@ -471,17 +471,23 @@ class Bench:
         pub.expect("ready", 60)
         return pub
 
-    def convergence_mesh(self, trials, subjects):
+    def zookeeper(self, **config):
+        """A ZooKeeper server for one scenario (Debian's, installed if missing), started;
+        ``config``: extra zoo.cfg keys."""
         import zkserver
-
-        from mesh import Client
 
         if not os.path.exists(zkserver.ZK_JAR):
             _, reason = ensure_debian("zookeeper", zkserver.ZK_JAR, install=self.args.install, progress=self.say)
             if reason:
                 raise Skip(reason)
-        zk = self.procs.adopt(zkserver.ZooKeeperServer(tick_time=500))
+        zk = self.procs.adopt(zkserver.ZooKeeperServer(tick_time=500, extra_config=config))
         zk.start()
+        return zk
+
+    def convergence_mesh(self, trials, subjects):
+        from mesh import Client
+
+        zk = self.zookeeper()
         zk_args = ("--zk", zk.hosts, "--mesh", "bench", "--zk-timeout", "2")
         a = self.procs.node("conv-a", *zk_args)
         b = self.procs.node("conv-b", *zk_args)
@@ -630,6 +636,11 @@ class Bench:
         from .edge_memory import edge_memory
 
         return edge_memory(self, [] if rows is None else rows)
+
+    def scale(self, rows=None):
+        from .scale import scale
+
+        return scale(self, [] if rows is None else rows)
 
     def hooks(self, rows=None):
         from .hooks import hooks

@@ -152,8 +152,11 @@ class Client:
         published at once would be dropped for want of them (the slow
         joiner, for subscribers that were there first). A throwaway SUB on
         ``out`` subscribes to a prefix no subject can have; its notice comes
-        after the node's subscriptions (mesh/publisher.py wait_for_snapshot)."""
-        sentinel = b"\x00joined." + self.origin.encode()
+        after the node's subscriptions (mesh/publisher.py wait_for_snapshot).
+        It begins with 0xff (never in UTF-8): an XSUB sends a new connection
+        its subscriptions in byte order, so even when the sentinel got there
+        before our connection did, it comes last."""
+        sentinel = b"\xffjoined." + self.origin.encode()
         sock = self._context.socket(zmq.SUB)
         sock.setsockopt(zmq.LINGER, 0)
         apply_client(self._curve, sock)

@@ -32,7 +32,7 @@ def ask_every_node(client, cmd, timeout=None, **fields):
     replies, missing = {}, {}
     for name, channel in every_node(client, timeout):
         try:
-            replies[name] = channel.request(cmd, **fields)
+            replies[name] = channel.request(cmd, timeout=timeout, **fields)
         except (TimeoutError, ControlError) as exc:
             missing[name] = str(exc)
     return replies, missing

@@ -17,9 +17,11 @@ def presence(client, channel, limit=1000, timeout=DEFAULT_TIMEOUT):
 
     ``{"channel", "count", "user_count", "users", "anonymous", "connections"
     (each with its "node"), "truncated", "nodes", "unreachable"}``: ``count``
-    and ``user_count`` are mesh-wide totals (a user connected to two nodes
-    counts once); the lists hold at most ``limit`` entries.
+    is the mesh-wide total of connections; ``user_count`` the distinct users
+    (a user connected to two nodes counts once) among those the nodes listed,
+    exact unless ``truncated``; the lists hold at most ``limit`` entries.
     """
+    _check_limit(limit)
     replies, missing = ask_every_node(client, "presence", timeout, channel=channel, limit=limit)
     users, connections, count, truncated, anonymous = set(), [], 0, False, False
     for name, reply in sorted(replies.items()):
@@ -40,6 +42,7 @@ def channels(client, limit=1000, timeout=DEFAULT_TIMEOUT):
     and ``delivered`` summed over nodes; ``messages`` (what reached an edge
     on the pattern; every edge with subscribers sees each message once) and
     ``last_message`` the largest; ``nodes`` where it has subscribers."""
+    _check_limit(limit)
     replies, missing = ask_every_node(client, "channels", timeout, limit=limit)
     merged, truncated = {}, False
     for name, reply in sorted(replies.items()):
@@ -56,3 +59,8 @@ def channels(client, limit=1000, timeout=DEFAULT_TIMEOUT):
     ordered = sorted(merged.items(), key=lambda item: (-item[1]["subscribers"], item[0]))
     return {"channels": dict(ordered[:limit]), "truncated": truncated or len(ordered) > limit,
             "nodes": sorted(replies), "unreachable": missing}
+
+
+def _check_limit(limit):
+    if type(limit) is not int or not 1 <= limit <= 10_000:
+        raise ValueError("limit must be an integer from 1 to 10000")

@@ -47,17 +47,28 @@ def run_demo(count, base_port, seconds, http_port):
             procs.append(proc)
         print(f"Open http://{fields['http']}/ in a browser: subscribe to demo.> and publish from the page.",
               flush=True)
+        ready = set()  # subscribers that got the probe: their subscription has reached node-1
+
+        def show(message, who):
+            if message.subject == "demo.ready":
+                ready.add(who)
+                return
+            print(f"  {who} received {message.subject} #{message.seq} {message.data} from "
+                  f"{message.origin.split('/')[0]} ({(time.time() - message.ts) * 1000:.2f} ms)", flush=True)
+
         for i in range(1, count):
             client = Client(f"127.0.0.1:{base_port + i}")
             clients.append(client)
-            client.subscribe("demo.>", callback=lambda m, who=client.node: print(
-                f"  {who} received {m.subject} #{m.seq} {m.data} from {m.origin.split('/')[0]} "
-                f"({(time.time() - m.ts) * 1000:.2f} ms)", flush=True))
+            client.subscribe("demo.>", callback=lambda m, who=client.node: show(m, who))
         publisher = Client(first)
         clients.append(publisher)
         print("Waiting for subscriptions to reach node-1 ...", flush=True)
-        if not publisher.wait_for_interest("demo.tick", timeout=10):
-            raise RuntimeError("subscriptions did not propagate within 10 s")
+        deadline = time.monotonic() + 10
+        while len(ready) < count - 1:  # one subscriber's interest is not every subscriber's: probe each
+            if time.monotonic() > deadline:
+                raise RuntimeError("subscriptions did not propagate within 10 s")
+            publisher.publish("demo.ready", None)
+            gevent.sleep(0.05)
         print(f"Publishing demo.tick at node-1 every 0.5 s{'' if seconds else ' (Ctrl-C to stop)'}:",
               flush=True)
         stop = gevent.event.Event()

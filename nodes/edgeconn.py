@@ -167,7 +167,8 @@ class EdgeConnection:
             hold(self, pattern)
         self.edge.fanout.add(self, pattern.text)
         self.edge.wait_live(pattern)  # so that what this node publishes after the reply is delivered
-        self.edge.node.events.presence_event("join", self, pattern.text)
+        if not self.closed and pattern.text in self.patterns:  # it may have gone while we waited
+            self.edge.node.events.presence_event("join", self, pattern.text)
 
     def unsubscribe(self, pattern, request_id=None):
         if self.patterns.pop(pattern.text, None) is None:

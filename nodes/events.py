@@ -21,8 +21,10 @@ tokens that name them, subscribe.
 A peer's enter and exit are reported by one node only: the lowest-named of
 the members that started before it (enter) or that remain (exit), as this
 node sees the mesh; while two nodes' views differ an event may come twice. A link has two ends and each reports
-its own. Events go out through the node's own client and only when a
-subscriber covers the subject, so nobody listening costs one interest check.
+its own. Events go out through the node's own client and only when some
+subscription prefix in the mesh covers the subject (an interest check; a
+subscriber to ``>`` anywhere has the empty prefix, so then they are sent,
+and dropped at the subscribers, whom ``>`` does not give them to).
 The last RECENT events are kept for the console (nodes/meshview.py).
 """
 

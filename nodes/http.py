@@ -185,7 +185,11 @@ class EdgeApp:
             return self._presence(environ, start_response, path[10:])
         if path == "/mesh" and method == "GET":
             self._admin(environ)
-            return self._json(start_response, 200, {"ok": True, **self.edge.view.picture()})
+            picture = self.edge.view.picture()
+            if picture is None:
+                raise EdgeError("unavailable", "the mesh's picture could not be gathered (see the node's log)",
+                                http_status=503)
+            return self._json(start_response, 200, {"ok": True, **picture})
         if path == "/channels" and method == "GET":
             self._admin(environ)
             limit = _limit(environ)

@@ -11,11 +11,14 @@ nodes. The page (nodes/static/index.html) turns successive counters into
 message rates.
 """
 
+import logging
 import time
 
 import gevent
 
 from mesh.control import ControlError
+
+log = logging.getLogger("meshnode.meshview")
 
 ASK_SECONDS = 1.0
 REFRESH_SECONDS = 1.0
@@ -46,6 +49,8 @@ class MeshView:
         try:
             self._picture = self._take()
             self._taken = time.monotonic()
+        except Exception:  # a peer's odd answer must not break the page: keep the last picture
+            log.exception("gathering the mesh's picture failed")
         finally:
             self._gathering = None
 
@@ -57,6 +62,7 @@ class MeshView:
         channels = gevent.spawn(self.client.channels, MAX_CHANNELS)
         own = (node.cmd_stats({}), node.cmd_peers({})["peers"], None)
         gevent.joinall([*asks.values(), channels], timeout=ASK_SECONDS + 1.0)
+        gevent.killall([g for g in (*asks.values(), channels) if not g.ready()], block=False)  # hold no channel
         answers = {node.name: own}
         for name, greenlet in asks.items():
             answers[name] = greenlet.value if greenlet.successful() and greenlet.value else \

@@ -172,8 +172,8 @@ class Node:
                             "reach only one side's subscribers", record["name"], record["max_payload"],
                             self.config.max_payload)
         before, self.peers = self.peers, members
-        self.events.members_changed(before, members, self.started)
         self.dataplane.set_peers(record["out"] for record in members.values())
+        self.events.members_changed(before, members, self.started)  # last: publishing may yield
         known = {record["control"] for record in members.values()}
         for address in [a for a in self._peer_channels if a not in known]:
             self._peer_channels.pop(address).close()

@@ -1,6 +1,6 @@
 import pytest
 
-from nodeproc import NodeProcess, wait_until
+from nodeproc import NodeProcess, linked, wait_until
 
 
 @pytest.fixture
@@ -28,7 +28,7 @@ def edge_pair(start_node):
     """A plain node A and an edge node E (--http) linked to it."""
     a = start_node("A")
     e = start_node("E", "--http", "0", peers=[a])
-    wait_until(lambda: a.peer_names() == ["E"] and e.peer_names() == ["A"], what="link")
+    wait_until(lambda: linked(a, e), what="link")
     return a, e
 
 
@@ -38,8 +38,7 @@ def mesh3(start_node):
     a = start_node("A")
     b = start_node("B", peers=[a])
     c = start_node("C", peers=[a, b])
-    for node, others in ((a, ["B", "C"]), (b, ["A", "C"]), (c, ["A", "B"])):
-        wait_until(lambda: node.peer_names() == others, what=f"{node.name} to see {others}")
+    wait_until(lambda: linked(a, b, c), what="A, B and C linked")
     return a, b, c
 
 

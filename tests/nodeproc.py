@@ -51,7 +51,12 @@ class NodeProcess:
         return self.request("stats")
 
     def peer_names(self):
+        """The peers this node knows (membership; their data links may be coming up)."""
         return sorted(p["name"] for p in self.request("peers")["peers"])
+
+    def linked_names(self):
+        """The peers whose data link is up (peer changes apply within 100 ms: nodes/dataplane.py)."""
+        return sorted(p["name"] for p in self.request("peers")["peers"] if p["link"] == "up")
 
     def alive(self):
         return self.proc.poll() is None
@@ -80,9 +85,10 @@ class NodeProcess:
 
 
 def linked(*nodes):
-    """True when every node is alive and linked to exactly the others."""
+    """True when every node is alive and linked to exactly the others, links up."""
     names = sorted(n.name for n in nodes)
-    return all(n.alive() and n.peer_names() == [x for x in names if x != n.name] for n in nodes)
+    return all(n.alive() and n.linked_names() == n.peer_names() == [x for x in names if x != n.name]
+               for n in nodes)
 
 
 def wait_until(predicate, timeout=10.0, interval=0.05, what="condition", sleep=time.sleep):

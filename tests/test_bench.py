@@ -19,7 +19,7 @@ TINY = ["--quick", "--no-install", "--skip-peer", "redis", "--messages", "300", 
         "--rate", "1000", "--latency-seconds", "0.2", "--fanout-messages", "200", "--fanout-subscribers", "3",
         "--ws-clients", "20", "--broadcasts", "2", "--broadcast-interval", "0.2",
         "--convergence-trials", "1", "--sizes", "1024", "--subscriptions", "200", "--entities", "2000",
-        "--entity-seconds", "3"]
+        "--entity-seconds", "3", "--scale-nodes", "4", "--scale-idle-seconds", "1"]
 
 PAIR_KEYS = ["zmq", "mesh1", "mesh2", "mesh3", "zmq_proxy2", "nats", "nats2", "redis", "redis_pipe"]
 EXPECTED = {
@@ -39,6 +39,7 @@ EXPECTED = {
     "requests": ["mesh", "nats"],
     "queues": ["mesh", "nats"],
     "hooks": ["webhook"],
+    "scale": ["mesh"],
 }
 ALWAYS_MEASURED = {("throughput", k) for k in ("zmq", "mesh1", "mesh2", "mesh3", "aio2")} | \
     {("latency", k) for k in ("zmq", "mesh1", "mesh2", "mesh3")} | \
@@ -46,7 +47,8 @@ ALWAYS_MEASURED = {("throughput", k) for k in ("zmq", "mesh1", "mesh2", "mesh3",
      ("convergence", "zmq-sub"), ("sizes", "zmq@1024"), ("sizes", "mesh2@1024"), ("receive", "green"),
      ("receive", "subscriptions-200"), ("entities", "entities"), ("http", "keepalive"),
      ("http", "new-connection"), ("edge_memory", "flood"), ("edge_memory", "churn"),
-     ("revocation", "revoke-3-nodes"), ("recovery", "recover-1000"), ("requests", "mesh"), ("queues", "mesh"), ("hooks", "webhook")}
+     ("revocation", "revoke-3-nodes"), ("recovery", "recover-1000"), ("requests", "mesh"), ("queues", "mesh"), ("hooks", "webhook"),
+     ("scale", "mesh")}
 
 
 def _processes_with(marker):
@@ -134,7 +136,9 @@ def test_quick_run_produces_every_scenario(tmp_path):
             assert r["delivered"] == r["messages"] and r["duplicates"] == 0, r
     hook = result["scenarios"]["hooks"][0]
     assert hook["delivered"] == hook["messages"] and hook["duplicates"] == 0, hook
-    assert len(result["targets"]) == 7
+    assert len(result["targets"]) == 10
+    scaled = result["scenarios"]["scale"][0]
+    assert scaled["delivered_min"] == scaled["delivered_of"] and scaled["join_restarts_max"] >= 1, scaled
     for item in ("machine", "versions", "config"):
         assert result[item]
     assert result["machine"]["nproc"] and result["versions"]["libzmq"]

@@ -48,7 +48,8 @@ def test_the_console_draws_the_mesh_and_a_killed_node_turns_red(page, start_node
     for name in ("A", "B", "E"):
         page.wait_for_selector(f"#picture circle[data-node={name}][data-state=up]", timeout=10000)
     assert fill(page, "#picture circle[data-node=B]") == GREEN
-    assert page.locator("#picture line[data-state=up]").count() == 3
+    page.wait_for_function("document.querySelectorAll('#picture line[data-state=up]').length === 3",
+                           timeout=10000)
     page.wait_for_selector("#channels td:text('console.>')", timeout=10000)
     with Client(a.address) as publisher:  # the rate chart of A moves
         deadline = time.monotonic() + 15

@@ -7,6 +7,7 @@ import sys
 import time
 
 import jwt
+import pytest
 from edgehelpers import WS, http, http_address
 from nodeproc import MESHNODE, linked, wait_until
 
@@ -42,7 +43,12 @@ def test_presence_and_channels_across_edges_and_no_ghosts_after_kill(start_node)
             assert client.presence("room.2")["users"] == ["bob"]
             assert client.presence(">")["users"] == ["alice", "bob", "carol"]
             assert client.presence("nobody")["count"] == 0
+            for bad in (lambda: client.presence("a..b"), lambda: client.presence("x", limit=0),
+                        lambda: client.channels(limit=10_001)):
+                with pytest.raises(ValueError):  # told at once, not as every node "unreachable"
+                    bad()
 
+            assert client.wait_for_subscription("room.>")  # bob's, from E2 (alice's prefix is room.1.)
             for i in range(3):
                 client.publish("room.1", i)
             assert [f["data"] for f in alice.messages(3)] == [0, 1, 2]

@@ -18,6 +18,9 @@
 // in-band (no reconnect). Events: connect, disconnect, error, recovery.
 
 const SUBJECT_MAX = 512;
+const MAX_STREAMS = 1000;  // a position names at most this many streams (the edge's limit)
+const STREAM_IDLE = 60;  // seconds: a stream not heard from for this long is forgotten, as the Python client does
+const STABLE_MS = 5000;  // a connection up this long resets the reconnect backoff
 
 export class MeshError extends Error {
   constructor(code, message) {
@@ -66,7 +69,7 @@ export class Subscription {
     this.pattern = pattern;
     this.onMessage = onMessage;
     this.recover = recover;
-    this.streams = new Map();  // "origin\0subject" -> [origin, subject, epoch, seq]
+    this.streams = new Map();  // "origin\0subject" -> {stream: [origin, subject, epoch, seq], seen: s}
     this.newest = 0;  // the newest message's ts
     this.received = 0;
     this.gaps = 0;  // messages a publisher sent that never arrived
@@ -77,20 +80,27 @@ export class Subscription {
   }
 
   // How far this subscription got: what a recovery starts from (docs/HISTORY.md).
+  // Streams idle for STREAM_IDLE seconds are left out (a recovery finds them by time), and at most
+  // the MAX_STREAMS most recent are named.
   position() {
-    return {t: this.newest, s: [...this.streams.values()]};
+    const now = Date.now() / 1000;
+    for (const [key, entry] of this.streams) if (now - entry.seen > STREAM_IDLE) this.streams.delete(key);
+    const named = [...this.streams.values()].sort((a, b) => b.seen - a.seen).slice(0, MAX_STREAMS);
+    return {t: this.newest, s: named.map(entry => entry.stream)};
   }
 
   _accept(frame) {
     const key = frame.origin + "\u0000" + frame.subject;
-    const last = this.streams.get(key);
+    const last = this.streams.get(key)?.stream;
     if (last && last[2] === frame.epoch) {
       if (frame.seq <= last[3]) return;  // a copy already seen (a replay meeting live delivery, overlapping patterns)
       this.gaps += frame.seq - last[3] - 1;
     } else if (last && frame.epoch < last[2]) {
       return;  // an older stream of the same publisher
     }
-    this.streams.set(key, [frame.origin, frame.subject, frame.epoch, frame.seq]);
+    this.streams.delete(key);  // re-inserted: the map stays in order of last use
+    this.streams.set(key, {stream: [frame.origin, frame.subject, frame.epoch, frame.seq], seen: Date.now() / 1000});
+    if (this.streams.size > 4 * MAX_STREAMS) this.streams.delete(this.streams.keys().next().value);
     this.newest = Math.max(this.newest, frame.ts);
     this.received++;
     try {
@@ -128,6 +138,7 @@ export class Connection extends EventTarget {
     this._nextId = 1;
     this._attempt = 0;
     this._refreshTimer = null;
+    this._stableTimer = null;
     this._open();
   }
 
@@ -149,6 +160,7 @@ export class Connection extends EventTarget {
       this._emit("error", {error});
       return this._retry();
     }
+    if (this.closed) return;  // closed while the token was on its way
     this.url = this.urls[this.reconnects % this.urls.length];
     const url = token ? this.url + (this.url.includes("?") ? "&" : "?") + "token=" + encodeURIComponent(token) : this.url;
     const ws = this._ws = new WebSocket(url);
@@ -162,7 +174,8 @@ export class Connection extends EventTarget {
     if (ws !== this._ws) return;
     this.connected = true;
     const again = this._attempt > 0 || this.reconnects > 0;
-    this._attempt = 0;
+    clearTimeout(this._stableTimer);  // the backoff starts over only once a connection has lasted
+    this._stableTimer = setTimeout(() => { if (ws === this._ws) this._attempt = 0; }, STABLE_MS);
     this._scheduleRefresh();
     this._emit("connect", {reconnect: again});
     for (const sub of this.subscriptions.values()) this._subscribeOnWire(sub, again);
@@ -216,7 +229,10 @@ export class Connection extends EventTarget {
     clearTimeout(this._refreshTimer);
     const exp = this.token && this.getToken ? tokenExpiry(this.token) : null;
     if (exp === null) return;
-    const wait = Math.max(0, (exp - this.refreshBefore) * 1000 - Date.now());
+    const remaining = exp * 1000 - Date.now();
+    if (remaining <= 0) return;  // the edge ends it now: the reconnect asks for a new token
+    // refreshBefore ahead of exp, or halfway for a token that lives less than that
+    const wait = Math.max(remaining / 2, remaining - this.refreshBefore * 1000);
     this._refreshTimer = setTimeout(async () => {
       try {
         const token = await this._freshToken();

@@ -1,0 +1,143 @@
+"""Scenario 15: N nodes on this machine through one ZooKeeper (default 128), and one more.
+
+All N ``meshnode run --zk`` processes are started at once (ZooKeeper's
+per-address connection limit, 60 by default, is lifted with
+``maxClientCnxns=0``: every node connects from 127.0.0.1). Reported:
+
+* start: first process started to last ``meshnode ready``;
+* converge: last ready until every node has N-1 links up;
+* proxy restarts per node while the mesh formed (peer changes are coalesced,
+  docs/ARCHITECTURE.md), median and max;
+* delivery: a subscriber client on every node, 100 messages published at
+  the first: the fewest any subscriber got;
+* idle: CPU per node (fraction of one core, over a quiet period), RSS and
+  open descriptors, median and max;
+* one more join: a node started into the formed mesh: time until every
+  node has it linked, and the proxy restarts it cost each node.
+
+Targets (issue 14): converge < 5 s after the last is ready, idle CPU < 1 %
+per node.
+"""
+
+import os
+import statistics
+import time
+
+SUBJECT = "scale.x"
+
+
+def scale(bench, rows):
+    from .scenarios import Skip, failed, row, skipped
+
+    n = bench.args.scale_nodes
+    label = f"{n} nodes through one ZooKeeper, started at once"
+    bench.say(f"[15 scale] {label}")
+    try:
+        rows.append(row("mesh", label, nodes=n, **_run(bench, n)))
+        r = rows[-1]
+        bench.say(f"    started in {r['start_s']:.1f} s, converged {r['converge_s']:.2f} s after the last; idle "
+                  f"CPU per node median {r['idle_cpu_median'] * 100:.2f} %; RSS median {r['rss_mib_median']:.0f} MiB; "
+                  f"one more join linked everywhere in {r['join_s']:.2f} s")
+    except Skip as exc:
+        rows.append(skipped("mesh", label, str(exc)))
+        bench.say(f"    skipped: {exc}")
+    except Exception as exc:
+        rows.append(failed("mesh", label, exc))
+        bench.say(f"    FAILED: {exc}")
+    finally:
+        bench.end_case()
+    return rows
+
+
+def _run(bench, n):
+    from mesh import Client
+
+    zk = bench.zookeeper(maxClientCnxns=0)
+    zk_args = ("--zk", zk.hosts, "--mesh", "scale", "--zk-timeout", "4")
+    started = time.monotonic()
+    nodes = bench.procs.nodes([f"s{i:03d}" for i in range(n)], *zk_args)
+    last_ready = time.monotonic()
+    converge_s = _until_linked(nodes, n - 1, timeout=120) - last_ready
+    restarts = [node.stats()["links"]["proxy_restarts"] for node in nodes]
+
+    clients = [Client(node.address) for node in nodes]
+    try:
+        subs = [client.subscribe(SUBJECT) for client in clients]
+        publisher = clients[0]
+        deadline = time.monotonic() + 60
+        pending = set(range(n))
+        while pending:  # warm up: every subscription has reached the publisher's node
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{len(pending)} subscribers never got a message")
+            publisher.publish(SUBJECT, "warm")
+            time.sleep(0.05)
+            for i in list(pending):
+                try:
+                    while subs[i].get(timeout=0).data == "warm":
+                        pending.discard(i)
+                except TimeoutError:
+                    pass
+        time.sleep(0.3)
+        for sub in subs:
+            while sub.pending:
+                sub.get(timeout=0)
+        for k in range(100):
+            publisher.publish(SUBJECT, k)
+        publisher.flush()
+        delivered = []
+        for sub in subs:
+            got = 0
+            try:
+                while got < 100:
+                    if sub.get(timeout=5).data != "warm":
+                        got += 1
+            except TimeoutError:
+                pass
+            delivered.append(got)
+    finally:
+        for client in clients:
+            client.close()
+
+    idle_seconds = bench.args.scale_idle_seconds
+    before = {node.pid: _cpu_seconds(node.pid) for node in nodes}
+    time.sleep(idle_seconds)
+    cpu = [(_cpu_seconds(node.pid) - before[node.pid]) / idle_seconds for node in nodes]
+    rss = [_rss_mib(node.pid) for node in nodes]
+    fds = [len(os.listdir(f"/proc/{node.pid}/fd")) for node in nodes]
+
+    joined_at = time.monotonic()
+    extra = bench.procs.node("s-extra", *zk_args)
+    _until_linked(nodes + [extra], n, timeout=60)
+    join_s = time.monotonic() - joined_at
+    join_restarts = [node.stats()["links"]["proxy_restarts"] - r for node, r in zip(nodes, restarts)]
+    return {"start_s": last_ready - started, "converge_s": converge_s,
+            "restarts_median": statistics.median(restarts), "restarts_max": max(restarts),
+            "delivered_min": min(delivered), "delivered_of": 100,
+            "idle_cpu_median": statistics.median(cpu), "idle_cpu_max": max(cpu),
+            "rss_mib_median": statistics.median(rss), "rss_mib_max": max(rss),
+            "fds_median": statistics.median(fds), "fds_max": max(fds),
+            "join_s": join_s, "join_restarts_max": max(join_restarts)}
+
+
+def _until_linked(nodes, peers, timeout):
+    """When every node has ``peers`` links up (monotonic time)."""
+    deadline = time.monotonic() + timeout
+    waiting = list(nodes)
+    while waiting:
+        waiting = [node for node in waiting if node.stats()["links"]["up"] < peers]
+        if not waiting:
+            break
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{len(waiting)} nodes did not link to {peers} peers within {timeout} s")
+        time.sleep(0.1)
+    return time.monotonic()
+
+
+def _cpu_seconds(pid):
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _rss_mib(pid):
+    with open(f"/proc/{pid}/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmRSS")) / 1024
