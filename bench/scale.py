@@ -73,14 +73,17 @@ def _run(bench, n):
             time.sleep(0.05)
             for i in list(pending):
                 try:
-                    while subs[i].get(timeout=0).data == "warm":
+                    while subs[i].get(timeout=0.005).data == "warm":  # a get reads only with time to wait
                         pending.discard(i)
                 except TimeoutError:
                     pass
         time.sleep(0.3)
         for sub in subs:
-            while sub.pending:
-                sub.get(timeout=0)
+            try:
+                while True:
+                    sub.get(timeout=0.005)
+            except TimeoutError:
+                pass
         for k in range(100):
             publisher.publish(SUBJECT, k)
         publisher.flush()

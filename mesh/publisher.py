@@ -338,11 +338,12 @@ class Publisher:
 
     def has_interest(self, subject):
         topic = validate_subject(subject)
+        system = topic[:1] == b"$"  # the empty prefix (">", "*...") wants no system subject (PROTOCOL.md 3.2)
         with self._lock:
             if not self.connected:
                 return False  # what we knew is stale
             self._drain_interest()
-            return any(topic.startswith(prefix) for prefix in self._interest)
+            return any(topic.startswith(prefix) for prefix in self._interest if prefix or not system)
 
     # -- losing and regaining the node --------------------------------------
 

@@ -40,7 +40,7 @@ _FRAME_OVERHEAD = MAX_SUBJECT_BYTES + 256
 # subscription and frees it recursively: one 128 KiB frame overflowed a proxy
 # thread's stack and crashed the node (tests/test_hostile_input.py).
 _MAX_SUBSCRIPTION_FRAME = MAX_SUBJECT_BYTES + 64
-COALESCE_SECONDS = 0.1  # peer changes that come this close are applied with one proxy restart
+COALESCE_SECONDS = 0.1  # after a peer change is applied, the next ones wait this long and go together
 _STAT_NAMES = ("frontend_frames_in", "frontend_bytes_in", "frontend_frames_out", "frontend_bytes_out",
                "backend_frames_in", "backend_bytes_in", "backend_frames_out", "backend_bytes_out")
 
@@ -179,16 +179,24 @@ class DataPlane:
         return gevent.spawn(locked).get()
 
     def set_peers(self, out_endpoints):
-        """Connect ``mesh_in`` to exactly these peers' ``out`` endpoints, within
-        COALESCE_SECONDS: the changes that come meanwhile (a burst of joins or
-        leaves) are applied together, with one restart of the mesh proxy."""
+        """Connect ``mesh_in`` to exactly these peers' ``out`` endpoints: at
+        once (in a greenlet) if no change was applied in the last
+        COALESCE_SECONDS, else at the end of that pause, together with every
+        change that came meanwhile. A burst of joins or leaves costs a restart
+        of the mesh proxy or two, not one each; a lone change waits for nothing."""
         self._wanted = set(out_endpoints)
         if self._applying is None:
-            self._applying = gevent.spawn_later(COALESCE_SECONDS, self._apply_wanted)
+            self._applying = gevent.spawn(self._apply_wanted)
 
     def _apply_wanted(self):
-        self._applying = None
-        self._steer(self._set_peers, set(self._wanted))
+        try:
+            applied = None
+            while self._wanted != applied:
+                applied = set(self._wanted)
+                self._steer(self._set_peers, applied)
+                gevent.sleep(COALESCE_SECONDS)  # what comes meanwhile is applied together, after it
+        finally:
+            self._applying = None
 
     def _set_peers(self, wanted):
         gone = self.peer_endpoints - wanted

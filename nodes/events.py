@@ -21,10 +21,10 @@ tokens that name them, subscribe.
 A peer's enter and exit are reported by one node only: the lowest-named of
 the members that started before it (enter) or that remain (exit), as this
 node sees the mesh; while two nodes' views differ an event may come twice. A link has two ends and each reports
-its own. Events go out through the node's own client and only when some
-subscription prefix in the mesh covers the subject (an interest check; a
-subscriber to ``>`` anywhere has the empty prefix, so then they are sent,
-and dropped at the subscribers, whom ``>`` does not give them to).
+its own. Events go out through the node's own client and only when a
+subscription prefix in the mesh names them (``$events.``; the empty prefix
+of ``>`` does not count for system subjects: mesh/publisher.py), so nobody
+listening costs one interest check.
 The last RECENT events are kept for the console (nodes/meshview.py).
 """
 

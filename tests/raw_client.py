@@ -92,6 +92,8 @@ class Pattern:
     def matches(self, subject):
         if "*" not in self.tokens and ">" not in self.tokens:
             return subject == self.text
+        if self.tokens[0] in ("*", ">") and subject.startswith("$"):
+            return False  # system subjects are matched by name only (3.2)
         got = subject.split(".")
         if self.tokens[-1] == ">":
             head = self.tokens[:-1]

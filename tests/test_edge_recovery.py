@@ -8,7 +8,7 @@ from urllib.parse import quote
 
 import pytest
 from edgehelpers import SSE, WS, http, http_address
-from nodeproc import wait_until
+from nodeproc import linked, wait_until
 
 from mesh import Client
 
@@ -20,7 +20,7 @@ def two_edges(start_node):
     a = start_node("A", *RULE)
     e1 = start_node("E1", "--http", "0", *RULE, peers=[a])
     e2 = start_node("E2", "--http", "0", *RULE, peers=[a, e1])
-    wait_until(lambda: a.peer_names() == ["E1", "E2"] and e2.peer_names() == ["A", "E1"], what="links")
+    wait_until(lambda: linked(a, e1, e2), what="links")
     return a, e1, e2
 
 

@@ -70,6 +70,10 @@ def test_a_node_that_comes_and_is_killed_is_reported_once_with_its_links(start_n
 def test_edge_clients_connect_join_leave_and_disconnect(start_node):
     e = start_node("E", "--http", "0")
     with Client(e.address) as client:
+        everything = client.subscribe(">")
+        assert client.wait_for_interest("any.thing")
+        assert not client.has_interest("$events.client.connect")  # ">" does not want system subjects
+        everything.unsubscribe()
         events = client.subscribe("$events.>")
         listening(e, "$events.client.connect")
         ws = WS(f"ws://{http_address(e)}/ws")
