@@ -53,7 +53,7 @@ def _run(bench, n):
     from mesh import Client
 
     zk = bench.zookeeper(maxClientCnxns=0)
-    zk_args = ("--zk", zk.hosts, "--mesh", "scale", "--zk-timeout", "4")
+    zk_args = ("--zk", zk.hosts, "--mesh", "scale", "--zk-timeout", "10")  # 128 starting at once load 2 cores
     started = time.monotonic()
     nodes = bench.procs.nodes([f"s{i:03d}" for i in range(n)], *zk_args)
     last_ready = time.monotonic()

@@ -85,14 +85,16 @@ def connect(hosts, session_timeout=10.0, connect_timeout=None, auth=None):
     return client
 
 
-def read_members(client, mesh):
-    """Current member records of a mesh, name -> record (bad records skipped)."""
+def read_members(client, mesh, children=None):
+    """Current member records of a mesh, name -> record (bad records skipped);
+    only those of ``children`` when given."""
     path = members_path(mesh)
     members = {}
-    try:
-        children = client.get_children(path)
-    except NoNodeError:
-        return members
+    if children is None:
+        try:
+            children = client.get_children(path)
+        except NoNodeError:
+            return members
     for child in children:
         try:
             data, _ = client.get(f"{path}/{child}")
@@ -104,6 +106,40 @@ def read_members(client, mesh):
             continue
         members[record["name"]] = record
     return members
+
+
+class MemberCache:
+    """The member records of a mesh, each read once: a membership change reads
+    only the members that are new. The members' parent znode counts every
+    child created or deleted (``cversion``); when it moved by more than the
+    visible comings and goings, some member was replaced (a restart under
+    the same name between two looks) and every record is read again. With
+    128 nodes each reading every record on every change, one join took 25 s
+    to be linked everywhere (bench scenario 15)."""
+
+    def __init__(self, mesh):
+        self.mesh = mesh
+        self.records = {}  # child znode name -> record
+        self.cversion = None
+
+    def refresh(self, client):
+        """The members now, name -> record."""
+        try:
+            children, stat = client.get_children(members_path(self.mesh), include_data=True)
+        except NoNodeError:
+            self.records, self.cversion = {}, None
+            return {}
+        names = set(children)
+        added, removed = names - set(self.records), set(self.records) - names
+        whole = self.cversion is None or stat.cversion - self.cversion != len(added) + len(removed)
+        for name in removed:
+            del self.records[name]
+        if whole:
+            self.records = {}
+        fresh = read_members(client, self.mesh, sorted(names if whole else added))
+        self.records.update((name, record) for name, record in fresh.items() if name in names)
+        self.cversion = stat.cversion
+        return {record["name"]: record for record in self.records.values()}
 
 
 class ZooKeeperDiscovery(Discovery):
@@ -119,6 +155,7 @@ class ZooKeeperDiscovery(Discovery):
         self._published = None
         self._session_lost = False
         self._stopping = False
+        self._members = MemberCache(mesh)
 
     @property
     def my_path(self):
@@ -186,7 +223,7 @@ class ZooKeeperDiscovery(Discovery):
             self._dirty.wait()
             self._dirty.clear()
             try:
-                members = read_members(self._client, self.mesh)
+                members = self._members.refresh(self._client)
             except (KazooException, ZookeeperError) as exc:
                 log.warning("cannot read membership now (%s); keeping the last one", exc)
                 gevent.sleep(1.0)

@@ -336,3 +336,36 @@ def test_from_zookeeper_failover_with_history_recovers_every_message(zk_server, 
     assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), "a gap, a duplicate or reordering"
     assert sub.recovery.recovered, sub.recovery
     assert sub.gaps == 0 and any(m.replayed for m in after)
+
+
+def test_member_cache_reads_only_new_members_and_notices_a_replaced_one(zk_server):
+    from discovery.zookeeper import MemberCache, members_path
+    from mesh.envelope import PROTOCOL_VERSION
+
+    def record(name, instance):
+        return json.dumps({"name": name, "control": "tcp://127.0.0.1:1", "ingress": "tcp://127.0.0.1:2",
+                           "out": "tcp://127.0.0.1:3", "remote": "tcp://127.0.0.1:4", "instance": instance,
+                           "started": 1.0, "protocol": PROTOCOL_VERSION, "max_payload": 1024}).encode()
+
+    zk = KazooClient(hosts=zk_server.hosts)
+    zk.start()
+    reads = []
+    real_get = zk.get
+    zk.get = lambda path, *a, **k: (reads.append(path), real_get(path, *a, **k))[1]
+    try:
+        path = members_path("cache")
+        for name in ("a", "b", "c"):
+            zk.create(f"{path}/{name}", record(name, "1"), makepath=True)
+        cache = MemberCache("cache")
+        assert sorted(cache.refresh(zk)) == ["a", "b", "c"] and len(reads) == 3
+        zk.create(f"{path}/d", record("d", "1"))
+        zk.delete(f"{path}/a")
+        assert sorted(cache.refresh(zk)) == ["b", "c", "d"] and len(reads) == 4  # only d was read
+        zk.delete(f"{path}/b")  # b restarts under its name between two looks
+        zk.create(f"{path}/b", record("b", "2"))
+        members = cache.refresh(zk)
+        assert members["b"]["instance"] == "2"  # noticed from the parent's cversion: all read again
+        assert cache.refresh(zk) == members and len(reads) == 7  # nothing changed: nothing read
+    finally:
+        zk.stop()
+        zk.close()
