@@ -2,6 +2,7 @@
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -82,6 +83,13 @@ class NodeProcess:
             self.stderr_text = self._log.read()
             self._log.close()
             self.proc.stdout.close()
+
+
+def free_port():
+    """A TCP port free on loopback now (for a node or server that must come back on it)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def linked(*nodes):

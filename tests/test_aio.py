@@ -4,11 +4,10 @@ ZooKeeper failover, and an event loop that never blocks."""
 
 import asyncio
 import json
-import socket
 import time
 
 import pytest
-from nodeproc import linked, wait_until
+from nodeproc import free_port, linked, wait_until
 
 from mesh import NoResponders, RemoteError, RequestTimeout
 from mesh.aio import Client
@@ -180,9 +179,7 @@ def test_since_a_position_and_a_node_restart(start_node):
 
 
 def test_a_client_rides_out_its_node_restarting(start_node):
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     a = start_node("A", "--port", str(port))
     address = a.address
 
@@ -263,9 +260,7 @@ def test_the_sse_bridge_example_in_the_docs_streams_a_subscription(start_node):
     from mesh import Client as ThreadedClient
 
     a = start_node("A")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     bridge = subprocess.Popen([sys.executable, os.path.join(ROOT, "docs", "examples", "sse_bridge.py"),
                                "--node", a.address, "--port", str(port)], stdout=subprocess.PIPE, text=True)
     try:

@@ -6,7 +6,7 @@ import urllib.request
 
 from edgehelpers import http_address
 from mesh import Client
-from nodeproc import wait_until
+from nodeproc import free_port, wait_until
 
 
 def publish_until(page, expression, publish, timeout=15):
@@ -94,11 +94,7 @@ def test_chromium_eventsource_resumes_with_last_event_id_across_an_edge_restart(
     """History lives at the publisher's node: an EventSource whose edge restarts
     reconnects on its own (retry: 2000) with Last-Event-ID and gets what was
     published meanwhile, once each, in order."""
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        http_port = probe.getsockname()[1]
+    http_port = free_port()
     rule = ("--history", "es.>=1000/300s")
     a = start_node("A", *rule)
     e = start_node("E", "--http", str(http_port), *rule, peers=[a])
@@ -137,11 +133,7 @@ def test_chromium_eventsource_resumes_with_last_event_id_across_an_edge_restart(
 
 
 def test_built_in_page_recovers_what_it_missed_while_its_edge_restarted(page, start_node):
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        http_port = probe.getsockname()[1]
+    http_port = free_port()
     rule = ("--history", "pg.>=1000/300s")
     a = start_node("A", *rule)
     e = start_node("E", "--http", str(http_port), *rule, peers=[a])

@@ -1,12 +1,11 @@
 """The browser client /meshnode.js in a real headless Chromium, against real
 edges that are killed and started again while Python publishes."""
 
-import socket
 import threading
 import time
 
 import jwt
-from nodeproc import linked, wait_until
+from nodeproc import free_port, linked, wait_until
 
 from mesh import Client
 
@@ -25,12 +24,6 @@ SETUP = """async ([urls, pattern, options]) => {
                                                               replayed: e.detail.replayed}));
     window.sub = mesh.subscribe(pattern, m => got.push(m.data), {recover: true});
 }"""
-
-
-def free_port():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 class Publishing:

@@ -2,12 +2,11 @@
 with prometheus-client's own parser: right types, counts that move, no
 subject in any label."""
 
-import socket
 import urllib.request
 
 from edgehelpers import WS, http_address
 from meshhelpers import collect, warm_up
-from nodeproc import wait_until
+from nodeproc import free_port, wait_until
 from prometheus_client.parser import text_string_to_metric_families
 
 from mesh import Client
@@ -26,12 +25,6 @@ def value(families, name, **labels):
         if sample.name in (name, name + "_total") and all(sample.labels.get(k) == v for k, v in labels.items()):
             return sample.value
     raise KeyError(name)
-
-
-def free_port():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def test_an_edge_serves_metrics_that_count_what_happened(start_node):

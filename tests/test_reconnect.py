@@ -4,7 +4,6 @@ then the same port again) or its process forks (mesh/watch.py, mesh/client.py)."
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -12,15 +11,9 @@ import time
 import pytest
 
 from meshhelpers import collect, warm_up
-from nodeproc import MESHNODE, ROOT, wait_until
+from nodeproc import MESHNODE, ROOT, free_port, wait_until
 
 from mesh import Client, Disconnected
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def restart(start_node, node, how, *extra):

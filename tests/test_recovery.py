@@ -6,7 +6,7 @@ import threading
 
 import pytest
 from meshhelpers import collect, warm_up
-from nodeproc import linked, wait_until
+from nodeproc import free_port, linked, wait_until
 
 from mesh import Client, Position
 
@@ -188,11 +188,7 @@ def test_a_replay_that_does_not_meet_live_delivery_is_a_gap():
 def test_a_subscriber_whose_node_restarts_recovers_what_was_published_meanwhile(start_node):
     """recover=True: after the reconnect, what the publisher's node recorded
     while this node was down is replayed: nothing missed, no gaps."""
-    import socket as socketlib
-
-    with socketlib.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     a = start_node("A", *RULE)
     b = start_node("B", "--port", str(port), *RULE, peers=[a])
     wait_until(lambda: a.peer_names() == ["B"], what="link")
