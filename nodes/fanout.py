@@ -60,6 +60,8 @@ class Fanout:
                 batch = subscription.take(DELIVER_BATCH)
             except RuntimeError:  # unsubscribed: the last connection left
                 break
+            route.received += len(batch)  # per batch, not per message (nodes/presence.py)
+            route.last_message = time.time()
             for message in batch:
                 self._fan_out(route, message)
             yield_to_hub()  # let the writers write: a burst must not fill every queue first
@@ -73,8 +75,6 @@ class Fanout:
             self.stats["unrenderable"] += 1
             log.warning("cannot render a message on %s for edge clients: %s", message.subject, exc)
             return
-        route.received += 1
-        route.last_message = time.time()
         frames = {}
         pattern = route.subscription.pattern.text
         for connection in list(route.connections):
