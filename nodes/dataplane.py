@@ -11,8 +11,9 @@ other way for free: XPUB passes a topic's first subscribe and last
 unsubscribe upstream, XSUB re-sends its subscriptions to each new connection.
 
 ``mesh_in`` belongs to its proxy thread while it runs, so changing the set of
-peers pauses the proxy, reads its counters, stops it, reconnects, restarts it.
-Messages wait in the socket queues meanwhile; none are lost.
+peers pauses the proxy, reads its counters, stops it, reconnects, restarts it
+(:class:`PeerLinks`, which nodes/gateway.py uses too). Messages wait in the
+socket queues meanwhile; none are lost.
 
 A monitor on ``mesh_in`` tracks each peer link (ZMTP heartbeats every second,
 3 s timeout), so a dead link shows within seconds, long before a membership
@@ -35,18 +36,49 @@ log = logging.getLogger("meshnode.dataplane")
 
 # Room for the topic frame and the envelope header around the payload limit.
 _FRAME_OVERHEAD = MAX_SUBJECT_BYTES + 256
-# What subscribers may send to out/remote: subscribe/cancel frames of a pattern
+# What subscribers may send to an XPUB: subscribe/cancel frames of a pattern
 # prefix (at most MAX_SUBJECT_BYTES + 2). libzmq keeps a trie node per byte of a
 # subscription and frees it recursively: one 128 KiB frame overflowed a proxy
 # thread's stack and crashed the node (tests/test_hostile_input.py).
-_MAX_SUBSCRIPTION_FRAME = MAX_SUBJECT_BYTES + 64
+MAX_SUBSCRIPTION_FRAME = MAX_SUBJECT_BYTES + 64
 COALESCE_SECONDS = 0.1  # after a peer change is applied, the next ones wait this long and go together
+HEARTBEATS = {"HEARTBEAT_IVL": 1000, "HEARTBEAT_TIMEOUT": 3000}  # ms, on every link between nodes
 _STAT_NAMES = ("frontend_frames_in", "frontend_bytes_in", "frontend_frames_out", "frontend_bytes_out",
                "backend_frames_in", "backend_bytes_in", "backend_frames_out", "backend_bytes_out")
 
 
-class _Proxy:
-    """One steerable ``zmq.proxy`` between two sockets, run in a pool thread."""
+def data_socket(context, kind, host, *, hwm, curve, bind, **options):
+    """A data-plane socket: no linger, ``hwm`` both ways, ``options`` (zmq
+    option names) set before binding (listeners copy options then), bound on
+    a port the system picks when ``bind``, CurveZMQ server or client side."""
+    sock = context.socket(kind)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.SNDHWM, hwm)
+    sock.setsockopt(zmq.RCVHWM, hwm)
+    for name, value in options.items():
+        sock.setsockopt(getattr(zmq, name), value)
+    if bind:
+        if curve is not None:
+            curve.serve(sock)
+        sock.bind(f"tcp://{host}:*")
+    else:
+        apply_client(curve, sock)
+    return sock
+
+
+def endpoint_of(sock, advertise_host):
+    """Where others connect to a bound socket, with the host they should use."""
+    port = sock.getsockopt_string(zmq.LAST_ENDPOINT).rsplit(":", 1)[1]
+    return f"tcp://{advertise_host}:{port}"
+
+
+class Proxy:
+    """One steerable ``zmq.proxy`` between two sockets, run in a pool thread.
+
+    A steering command is a request and a reply on one socket; if the caller
+    were killed between the two (discovery greenlets are killed on shutdown),
+    the next command would read this one's reply. So each use runs under a
+    lock in a greenlet of its own, which always finishes what it started."""
 
     def __init__(self, context, name, frontend, backend):
         self.name = name
@@ -59,6 +91,14 @@ class _Proxy:
         self._steer_far.connect(f"inproc://meshnode-steer-{name}-{id(self)}")
         self._earlier = [0] * len(_STAT_NAMES)  # counters of runs already stopped
         self._running = None
+        self._lock = gevent.lock.Semaphore()
+        self._closed = False
+
+    def _locked(self, work, *args):
+        def run():
+            with self._lock:
+                return work(*args)
+        return gevent.spawn(run).get()
 
     def start(self):
         self._running = gevent.get_hub().threadpool.spawn(
@@ -69,12 +109,18 @@ class _Proxy:
         return recv_multipart(self._steer, self._wait, timeout=10)
 
     def counters(self):
-        frames = self._command(b"STATISTICS")
-        now = [struct.unpack("=Q", f)[0] for f in frames]
-        return dict(zip(_STAT_NAMES, (a + b for a, b in zip(self._earlier, now))))
+        def read():
+            if self._running is None:
+                now = [0] * len(_STAT_NAMES)
+            else:
+                now = [struct.unpack("=Q", f)[0] for f in self._command(b"STATISTICS")]
+            return dict(zip(_STAT_NAMES, (a + b for a, b in zip(self._earlier, now))))
+        return self._locked(read)
 
-    def stop(self):
+    def _halt(self):
         """Pause, keep the counters, terminate, and wait for the thread."""
+        if self._running is None:
+            return
         self._command(b"PAUSE")
         frames = self._command(b"STATISTICS")
         self._earlier = [a + struct.unpack("=Q", f)[0] for a, f in zip(self._earlier, frames)]
@@ -82,64 +128,57 @@ class _Proxy:
         self._running.get()
         self._running = None
 
+    def while_stopped(self, change):
+        """Stop the proxy, run ``change()`` (it may touch the frontend and
+        backend sockets), start it again; nothing once the proxy is closed."""
+        def run():
+            if self._closed:
+                return
+            self._halt()
+            try:
+                change()
+            finally:
+                self.start()
+        self._locked(run)
+
     def close(self):
+        """Stop for good and close the steering sockets."""
+        def run():
+            self._closed = True
+            self._halt()
+        self._locked(run)
         self._steer.close(linger=0)
         self._steer_far.close(linger=0)
 
 
-class DataPlane:
-    """Binds the node's data sockets on ``host`` and forwards between them."""
+class PeerLinks:
+    """An XSUB connected to a changing set of endpoints, whose messages a
+    :class:`Proxy` forwards to ``backend`` (and whose subscriptions flow back).
 
-    def __init__(self, context, host, *, hwm, max_payload, curve=None, heartbeat_ivl_ms=1000,
-                 heartbeat_timeout_ms=3000):
-        self._context = context
-        max_frame = max_payload + _FRAME_OVERHEAD
+    A change of endpoints is applied at once (in a greenlet) if none was
+    applied in the last COALESCE_SECONDS, else at the end of that pause,
+    together with every change that came meanwhile: a burst of joins or
+    leaves costs a proxy restart or two, not one each; a lone change waits
+    for nothing. A monitor tracks each link: ``links`` maps an endpoint to
+    "up" or "down", and ``on_link(endpoint, state)`` hears of each change."""
 
-        def make(kind, bind, **options):
-            sock = context.socket(kind)
-            sock.setsockopt(zmq.LINGER, 0)
-            sock.setsockopt(zmq.SNDHWM, hwm)
-            sock.setsockopt(zmq.RCVHWM, hwm)
-            for name, value in options.items():  # before bind: listeners copy options then
-                sock.setsockopt(getattr(zmq, name), value)
-            if bind:
-                if curve is not None:
-                    curve.serve(sock)
-                sock.bind(f"tcp://{host}:*")
-            else:
-                apply_client(curve, sock)
-            return sock
-
-        # Clients are held to the payload limit here; peers already held theirs.
-        self.ingress = make(zmq.XSUB, True, MAXMSGSIZE=max_frame)
-        heartbeats = {"HEARTBEAT_IVL": heartbeat_ivl_ms, "HEARTBEAT_TIMEOUT": heartbeat_timeout_ms}
-        self.out = make(zmq.XPUB, True, MAXMSGSIZE=_MAX_SUBSCRIPTION_FRAME, **heartbeats)
-        self.remote = make(zmq.XPUB, True, MAXMSGSIZE=_MAX_SUBSCRIPTION_FRAME)
-        self.mesh_in = make(zmq.XSUB, False, **heartbeats)
-        self.peer_endpoints = set()
-        self._wanted = set()  # the peers asked for, applied within COALESCE_SECONDS
+    def __init__(self, context, name, xsub, backend):
+        self.name = name
+        self.xsub = xsub
+        self.endpoints = set()
+        self._wanted = set()  # the endpoints asked for, applied within COALESCE_SECONDS
         self._applying = None  # the greenlet that will apply them
-        self.proxy_restarts = 0  # mesh proxy restarts for peer changes (one per burst)
-        self._reconnecting = gevent.lock.Semaphore()  # one set_peers at a time
-        self.links = {}  # peer out endpoint -> "up" | "down"
-        self.link_failures = 0
-        self.on_link = None  # called with (peer out endpoint, "up" | "down") when a link changes
-        # Attach the monitor before the proxy thread owns mesh_in.
-        self._link_events = self.mesh_in.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
+        self.restarts = 0  # proxy restarts for changes (one per burst)
+        self.links = {}  # endpoint -> "up" | "down"
+        self.failures = 0
+        self.on_link = None
+        # Attach the monitor before the proxy thread owns the socket.
+        self._link_events = xsub.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
         self._link_watcher = None
-        self._local = _Proxy(context, "local", self.ingress, self.out)
-        self._mesh = _Proxy(context, "mesh", self.mesh_in, self.remote)
-
-    def endpoints(self, advertise_host):
-        """Where clients and peers connect, with the host others should use."""
-        def ep(sock):
-            port = sock.getsockopt_string(zmq.LAST_ENDPOINT).rsplit(":", 1)[1]
-            return f"tcp://{advertise_host}:{port}"
-        return {"ingress": ep(self.ingress), "out": ep(self.out), "remote": ep(self.remote)}
+        self.proxy = Proxy(context, name, xsub, backend)
 
     def start(self):
-        self._local.start()
-        self._mesh.start()
+        self.proxy.start()
         self._link_watcher = gevent.spawn(self._watch_links)
 
     def _watch_links(self):
@@ -152,39 +191,22 @@ class DataPlane:
                 continue
             endpoint = event["endpoint"].decode()
             if endpoint not in self.links:
-                continue  # a peer we already let go
+                continue  # one we already let go
             if event["event"] == zmq.EVENT_CONNECTED:
                 changed = self.links[endpoint] != "up"
                 self.links[endpoint] = "up"
             else:
                 changed = self.links[endpoint] == "up"
                 if changed:
-                    self.link_failures += 1
-                    log.warning("link to peer %s is down", endpoint)
+                    self.failures += 1
+                    log.warning("%s link to %s is down", self.name, endpoint)
                 self.links[endpoint] = "down"
             if changed and self.on_link is not None:
                 self.on_link(endpoint, self.links[endpoint])
 
-    def _steer(self, work, *args):
-        """Run ``work`` under the steering lock, in a greenlet of its own.
-
-        A steering command is a request and a reply on one socket; if the
-        caller were killed between the two (discovery greenlets are killed on
-        shutdown), the next command would read this one's reply. A separate
-        greenlet always finishes what it started, whatever happens to the caller.
-        """
-        def locked():
-            with self._reconnecting:
-                return work(*args)
-        return gevent.spawn(locked).get()
-
-    def set_peers(self, out_endpoints):
-        """Connect ``mesh_in`` to exactly these peers' ``out`` endpoints: at
-        once (in a greenlet) if no change was applied in the last
-        COALESCE_SECONDS, else at the end of that pause, together with every
-        change that came meanwhile. A burst of joins or leaves costs a restart
-        of the mesh proxy or two, not one each; a lone change waits for nothing."""
-        self._wanted = set(out_endpoints)
+    def set_endpoints(self, endpoints):
+        """Be connected to exactly these endpoints, soon (see the class)."""
+        self._wanted = set(endpoints)
         if self._applying is None:
             self._applying = gevent.spawn(self._apply_wanted)
 
@@ -193,51 +215,110 @@ class DataPlane:
             applied = None
             while self._wanted != applied:
                 applied = set(self._wanted)
-                self._steer(self._set_peers, applied)
+                self._apply(applied)
                 gevent.sleep(COALESCE_SECONDS)  # what comes meanwhile is applied together, after it
         finally:
             self._applying = None
 
-    def _set_peers(self, wanted):
-        gone = self.peer_endpoints - wanted
-        new = wanted - self.peer_endpoints
+    def _apply(self, wanted):
+        gone = self.endpoints - wanted
+        new = wanted - self.endpoints
         if not gone and not new:
             return
-        self.proxy_restarts += 1
-        self._mesh.stop()
-        try:
+
+        def change():
             for endpoint in gone:
                 self.links.pop(endpoint, None)
                 try:
-                    self.mesh_in.disconnect(endpoint)
+                    self.xsub.disconnect(endpoint)
                 except zmq.ZMQError as exc:
-                    log.warning("disconnect from %s failed: %s", endpoint, exc)
+                    log.warning("%s: disconnect from %s failed: %s", self.name, endpoint, exc)
             for endpoint in new:
                 try:
-                    self.mesh_in.connect(endpoint)
+                    self.xsub.connect(endpoint)
                     self.links[endpoint] = "down"  # until the monitor reports it connected
                 except zmq.ZMQError as exc:
-                    log.warning("cannot connect to peer endpoint %r: %s", endpoint, exc)
+                    log.warning("%s: cannot connect to %r: %s", self.name, endpoint, exc)
                     wanted.discard(endpoint)
-        finally:
-            self._mesh.start()
-        self.peer_endpoints = wanted
-        log.info("peers now %s (+%d -%d)", sorted(wanted), len(new), len(gone))
+            self.endpoints = wanted
+        self.restarts += 1
+        self.proxy.while_stopped(change)
+        log.info("%s links now %s (+%d -%d)", self.name, sorted(wanted), len(new), len(gone))
+
+    def stop(self):
+        """Stop changing, watching and forwarding (the sockets stay open)."""
+        if self._applying is not None:
+            self._applying.kill()
+        if self._link_watcher is not None:
+            self._link_watcher.kill()
+        self.proxy.close()
+        self.xsub.disable_monitor()
+        self._link_events.close(linger=0)
+
+
+class DataPlane:
+    """Binds the node's data sockets on ``host`` and forwards between them."""
+
+    def __init__(self, context, host, *, hwm, max_payload, curve=None):
+        max_frame = max_payload + _FRAME_OVERHEAD
+
+        def make(kind, bind, **options):
+            return data_socket(context, kind, host, hwm=hwm, curve=curve, bind=bind, **options)
+
+        # Clients are held to the payload limit here; peers already held theirs.
+        self.ingress = make(zmq.XSUB, True, MAXMSGSIZE=max_frame)
+        self.out = make(zmq.XPUB, True, MAXMSGSIZE=MAX_SUBSCRIPTION_FRAME, **HEARTBEATS)
+        self.remote = make(zmq.XPUB, True, MAXMSGSIZE=MAX_SUBSCRIPTION_FRAME)
+        self.mesh_in = make(zmq.XSUB, False, **HEARTBEATS)
+        self._local = Proxy(context, "local", self.ingress, self.out)
+        self._mesh = PeerLinks(context, "mesh", self.mesh_in, self.remote)
+
+    @property
+    def links(self):
+        """Peer out endpoint -> "up" | "down"."""
+        return self._mesh.links
+
+    @property
+    def link_failures(self):
+        return self._mesh.failures
+
+    @property
+    def proxy_restarts(self):
+        """Mesh proxy restarts for peer changes (one per burst)."""
+        return self._mesh.restarts
+
+    @property
+    def peer_endpoints(self):
+        return self._mesh.endpoints
+
+    @property
+    def on_link(self):
+        return self._mesh.on_link
+
+    @on_link.setter
+    def on_link(self, callback):
+        """Called with (peer out endpoint, "up" | "down") when a link changes."""
+        self._mesh.on_link = callback
+
+    def endpoints(self, advertise_host):
+        """Where clients and peers connect, with the host others should use."""
+        return {name: endpoint_of(getattr(self, name), advertise_host) for name in ("ingress", "out", "remote")}
+
+    def start(self):
+        self._local.start()
+        self._mesh.start()
+
+    def set_peers(self, out_endpoints):
+        """Connect ``mesh_in`` to exactly these endpoints (peers' ``out``, and
+        the gateways' group faces): see :class:`PeerLinks` for when."""
+        self._mesh.set_endpoints(out_endpoints)
 
     def counters(self):
         """Frame and byte counts of both proxies (a message is 2 frames)."""
-        return self._steer(lambda: {"local": self._local.counters(), "mesh": self._mesh.counters()})
+        return {"local": self._local.counters(), "mesh": self._mesh.proxy.counters()}
 
     def stop(self):
-        if self._applying is not None:
-            self._applying.kill()
-        self._reconnecting.acquire()
-        if self._link_watcher is not None:
-            self._link_watcher.kill()
-        self.mesh_in.disable_monitor()
-        self._link_events.close(linger=0)
-        for proxy in (self._local, self._mesh):
-            proxy.stop()
-            proxy.close()
+        self._mesh.stop()
+        self._local.close()
         for sock in (self.ingress, self.out, self.remote, self.mesh_in):
             sock.close(linger=0)
