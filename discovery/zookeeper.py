@@ -1,7 +1,9 @@
 """ZooKeeper membership: one ephemeral znode per node, a children watch for peers.
 
 Layout: ``/meshnode/<mesh>/nodes/<node name>``, ephemeral, holding the node's
-member record as JSON (readable with zkCli). Records the mesh shares
+member record as JSON (readable with zkCli); a node of a group (``--group``)
+registers under ``/meshnode/<mesh>/groups/<group>/nodes`` instead and sees
+only its group (gateways join groups: discovery/gateways.py). Records the mesh shares
 (``share``/``follow``: token revocations, webhooks) are persistent znodes
 ``/meshnode/<mesh>/<kind>/<name, %-encoded>`` holding JSON; every node watches
 each kind it follows. The node connects to whoever is
@@ -46,8 +48,10 @@ class DiscoveryError(RuntimeError):
     """Membership cannot be established (unreachable ZooKeeper, name taken)."""
 
 
-def members_path(mesh):
-    return f"{ROOT}/{validate_name(mesh)}/nodes"
+def members_path(mesh, group=None):
+    if group is None:
+        return f"{ROOT}/{validate_name(mesh)}/nodes"
+    return f"{ROOT}/{validate_name(mesh)}/groups/{validate_name(group)}/nodes"
 
 
 def records_path(mesh, kind):
@@ -85,10 +89,10 @@ def connect(hosts, session_timeout=10.0, connect_timeout=None, auth=None):
     return client
 
 
-def read_members(client, mesh, children=None):
-    """Current member records of a mesh, name -> record (bad records skipped);
-    only those of ``children`` when given."""
-    path = members_path(mesh)
+def read_members(client, mesh, children=None, group=None):
+    """Current member records of a mesh (or of one of its groups), name ->
+    record (bad records skipped); only those of ``children`` when given."""
+    path = members_path(mesh, group)
     members = {}
     if children is None:
         try:
@@ -117,15 +121,16 @@ class MemberCache:
     128 nodes each reading every record on every change, one join took 25 s
     to be linked everywhere (bench scenario 15)."""
 
-    def __init__(self, mesh):
+    def __init__(self, mesh, group=None):
         self.mesh = mesh
+        self.group = group
         self.records = {}  # child znode name -> record
         self.cversion = None
 
     def refresh(self, client):
         """The members now, name -> record."""
         try:
-            children, stat = client.get_children(members_path(self.mesh), include_data=True)
+            children, stat = client.get_children(members_path(self.mesh, self.group), include_data=True)
         except NoNodeError:
             self.records, self.cversion = {}, None
             return {}
@@ -136,17 +141,18 @@ class MemberCache:
             del self.records[name]
         if whole:
             self.records = {}
-        fresh = read_members(client, self.mesh, sorted(names if whole else added))
+        fresh = read_members(client, self.mesh, sorted(names if whole else added), self.group)
         self.records.update((name, record) for name, record in fresh.items() if name in names)
         self.cversion = stat.cversion
         return {record["name"]: record for record in self.records.values()}
 
 
 class ZooKeeperDiscovery(Discovery):
-    def __init__(self, hosts, mesh, session_timeout=10.0, auth=None):
+    def __init__(self, hosts, mesh, session_timeout=10.0, auth=None, group=None):
         self.hosts = hosts
         self.mesh = mesh
-        self.path = members_path(mesh)
+        self.group = group
+        self.path = members_path(mesh, group)
         self.session_timeout = session_timeout
         self.auth = auth
         self._client = None
@@ -155,7 +161,8 @@ class ZooKeeperDiscovery(Discovery):
         self._published = None
         self._session_lost = False
         self._stopping = False
-        self._members = MemberCache(mesh)
+        self._members = MemberCache(mesh, group)
+        self._election = None
 
     @property
     def my_path(self):
@@ -286,10 +293,21 @@ class ZooKeeperDiscovery(Discovery):
             known.add(child)
             on_record(unquote(child), record)
 
+    def elect_gateway(self, record, on_role):
+        """Stand as a gateway of this node's group (discovery/gateways.py)."""
+        from .gateways import GatewayElection
+
+        if self.group is None:
+            raise ValueError("a gateway needs a group (--group)")
+        self._election = GatewayElection(self._client, self.mesh, self.group, record, on_role)
+        self._election.start()
+
     def stop(self):
         """Delete our znode (peers drop us at once) and close the session."""
         self._stopping = True
         self._refresher.kill()
+        if self._election is not None:
+            self._election.stop()
         with gevent.Timeout(3, False):
             try:
                 self._client.delete(self.my_path)

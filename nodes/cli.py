@@ -60,6 +60,14 @@ def build_parser():
                      help="another node's control address; repeatable. Links are symmetric")
     _zookeeper_arguments(run, "find peers through ZooKeeper instead of --peer: register there and "
                               "connect to every node of the mesh")
+    run.add_argument("--group", default="", metavar="NAME",
+                     help="with --zk: link only to the nodes of group NAME, a full mesh of its own; groups "
+                          "exchange messages through their gateways (--gateway). For meshes past about 100 "
+                          "nodes (docs/SCALING.md)")
+    run.add_argument("--gateway", action="store_true",
+                     help="with --group: stand as the gateway of the group. One candidate per group is "
+                          "elected in ZooKeeper and forwards between its group and the others; run two or "
+                          "more per group so that one takes over when the gateway dies")
     run.add_argument("--zk-timeout", type=float, default=10.0, metavar="SECONDS",
                      help="ZooKeeper session timeout: how long a node that vanished stays registered, "
                           "and how long start-up waits for ZooKeeper (default: 10; the server clamps it "
@@ -347,7 +355,7 @@ def cmd_run(args):
                         max_payload=args.max_payload, hwm=args.hwm, peers=args.peer, edge=edge,
                         curve_keys=args.curve_keys or "", revocation_seconds=args.auth_max_lifetime,
                         history=[HistoryRule(text) for text in args.history], history_bytes=args.history_bytes,
-                        metrics=args.metrics or "")
+                        metrics=args.metrics or "", group=args.group, gateway=args.gateway)
     import zmq
 
     if args.zk and args.peer:
@@ -356,8 +364,11 @@ def cmd_run(args):
         raise ValueError(f"binding {args.host} without --curve-keys lets anyone who can reach it join and "
                          f"read the mesh; pass --curve-keys DIR, or --insecure to do it anyway")
     curve = node_curve_keys(config)
+    if args.group and not args.zk:
+        raise ValueError("--group needs --zk: groups and their gateways are found in ZooKeeper")
     if args.zk:
-        discovery = ZooKeeperDiscovery(args.zk, args.mesh, session_timeout=args.zk_timeout, auth=args.zk_auth)
+        discovery = ZooKeeperDiscovery(args.zk, args.mesh, session_timeout=args.zk_timeout, auth=args.zk_auth,
+                                       group=args.group or None)
     else:
         discovery = StaticDiscovery(zmq.Context.instance(), config.peers, curve=curve)
     try:

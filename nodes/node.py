@@ -32,6 +32,7 @@ from .dataplane import DataPlane
 from .dispatcher import Dispatcher
 from . import presence
 from .events import Events
+from .gateway import Gateway
 from .hookdelivery import HookDelivery
 from .hookregistry import HookRegistry
 from .metrics import Metrics
@@ -62,6 +63,8 @@ class NodeConfig:
     history: list = field(default_factory=list)  # HistoryRules (nodes/recorder.py)
     history_bytes: int = DEFAULT_HISTORY_BYTES
     metrics: str = ""  # HOST:PORT for /metrics on a port of its own (nodes/metrics.py)
+    group: str = ""  # the node's group: it links only to the nodes of its group (docs/SCALING.md)
+    gateway: bool = False  # stand as the gateway of its group (nodes/gateway.py)
 
     def __post_init__(self):
         if self.host in ("0.0.0.0", "::", "*") and not self.advertise:
@@ -69,6 +72,10 @@ class NodeConfig:
         self.advertise = self.advertise or self.host
         if self.max_payload < 1:
             raise ValueError("max payload must be at least 1 byte")
+        if self.gateway and not self.group:
+            raise ValueError("a gateway joins its group to the others: give the node a --group")
+        if self.group:
+            validate_name(self.group)
 
 
 def node_curve_keys(config):
@@ -96,6 +103,8 @@ class Node:
         self.dataplane = DataPlane(self.context, config.host, hwm=config.hwm, max_payload=config.max_payload,
                                    curve=self.curve)
         self.control = ControlServer(self.context, config.host, config.port, self, self.curve)
+        self.gateway = None if not config.gateway else Gateway(self.context, config.host, config.group,
+                                                               hwm=config.hwm, curve=self.curve)
         self.revocations = Revocations(discovery, self.context, self.curve)
         self.recorder = None
         self.dispatcher = None  # made at the first queue-group member (nodes/dispatcher.py)
@@ -120,19 +129,33 @@ class Node:
             "started": self.started,
             "protocol": PROTOCOL_VERSION,
             "max_payload": config.max_payload,
+            **({"group": config.group} if config.group else {}),
+            **({"gateway": self.gateway.endpoints(config.advertise)["gateway"]} if self.gateway else {}),
         }
+
+    def _own_endpoint(self, endpoint):
+        """One of this node's endpoints as this node itself dials it (loopback when bound everywhere)."""
+        if self.config.host in ("0.0.0.0", "*"):
+            return "tcp://127.0.0.1:" + endpoint.rsplit(":", 1)[1]
+        return endpoint
 
     def start(self):
         self.dataplane.start()
         if self.config.history:
-            self.recorder = Recorder(self.context, self.dataplane.endpoints("127.0.0.1")["out"]
-                                     if self.config.host in ("0.0.0.0", "*") else self.member["out"],
+            self.recorder = Recorder(self.context, self._own_endpoint(self.member["out"]),
                                      self.config.history, self.config.history_bytes, self.curve)
             self.recorder.start()
         self.control.start()
         self._want_own_client()  # it publishes events, dispatches queue groups, delivers hooks
+        if self.gateway is not None:
+            self.gateway.start()
+            self._on_members({})  # link to its own group face, and collect what is published here
         try:
             self.discovery.start(self.member, self._on_members)
+            if self.gateway is not None:
+                self.discovery.elect_gateway(
+                    {"name": self.name, "gateway_out": self.gateway.endpoints(self.config.advertise)["gateway_out"]},
+                    self.gateway.set_role)
             if self.config.edge is not None:
                 from .edge import Edge
 
@@ -148,6 +171,8 @@ class Node:
                 self.metrics_port = self.metrics.serve(host or self.config.host, int(port))
         except BaseException:
             self.control.stop()
+            if self.gateway is not None:
+                self.gateway.stop()
             self.dataplane.stop()
             raise
 
@@ -172,7 +197,12 @@ class Node:
                             "reach only one side's subscribers", record["name"], record["max_payload"],
                             self.config.max_payload)
         before, self.peers = self.peers, members
-        self.dataplane.set_peers(record["out"] for record in members.values())
+        faces = [record["gateway"] for record in members.values() if "gateway" in record]
+        if self.gateway is not None:
+            faces.append(self._own_endpoint(self.member["gateway"]))
+            self.gateway.set_group([self._own_endpoint(self.member["out"]),
+                                    *(record["out"] for record in members.values())])
+        self.dataplane.set_peers([*(record["out"] for record in members.values()), *faces])
         self.events.members_changed(before, members, self.started)  # last: publishing may yield
         known = {record["control"] for record in members.values()}
         for address in [a for a in self._peer_channels if a not in known]:
@@ -193,6 +223,8 @@ class Node:
             self.recorder.stop()
         self.discovery.stop()
         self.control.stop()
+        if self.gateway is not None:
+            self.gateway.stop()
         self.dataplane.stop()
         if self.zap is not None:
             self.zap.stop()
@@ -446,6 +478,8 @@ class Node:
             **({"queues": self.dispatcher.counters()} if self.dispatcher is not None else {}),
             **({"hooks": self.hook_delivery.listing()} if self.hooks.hooks else {}),
             **({"edge": self.edge.counters()} if self.edge is not None else {}),
+            **({"group": self.config.group} if self.config.group else {}),
+            **({"gateway": self.gateway.counters()} if self.gateway is not None else {}),
             **({"curve": self.zap.counters()} if self.zap is not None else {}),
         }
 
