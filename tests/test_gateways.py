@@ -79,3 +79,82 @@ def test_interest_crosses_only_while_a_subscriber_wants_it(grouped):
     finally:
         publisher.close()
         listener.close()
+
+
+def _publish_steadily(client, subject, count, every=0.01):
+    for i in range(count):
+        client.publish(subject, i)
+        client.flush()
+        time.sleep(every)
+
+
+def _drain(sub, quiet=1.0):
+    """Every message that arrives until none has for ``quiet`` seconds."""
+    got = []
+    while True:
+        try:
+            got.append(sub.get(timeout=quiet))
+        except TimeoutError:
+            return got
+
+
+def test_a_gateway_killed_with_sigkill_is_replaced_and_nothing_arrives_twice(grouped):
+    a1 = grouped("a1", "A", gateway=True)
+    a2, a3 = grouped("a2", "A", gateway=True), grouped("a3", "A")
+    b1, b2 = grouped("b1", "B", gateway=True), grouped("b2", "B")
+    wait_until(lambda: serving(a1, ["B"]) and serving(b1, ["A"]) and linked(a1, a2, a3) and linked(b1, b2),
+               what="two groups, a1 the gateway of A")
+    assert not gateway_of(a2)["active"]  # one gateway per group: the other candidate waits
+    wait_until(lambda: gateway_of(b1)["gateway_links"]["up"] == 2, what="b1 linked to both candidates of A")
+    publisher, listener = Client(a3.address), Client(b2.address)
+    answerer, asker = Client(b1.address), Client(a3.address)
+    try:
+        sub = listener.subscribe("tick")
+        warm_up(publisher, "tick", [sub])
+        _publish_steadily(publisher, "tick", 100)
+        before = [m.data for m in collect(sub, 100)]
+        assert before == list(range(100))
+        a1.kill()
+        started = time.monotonic()
+        wait_until(lambda: gateway_of(a2)["active"], timeout=15, what="a2 taking over as the gateway of A")
+        took_over = time.monotonic() - started
+        wait_until(lambda: serving(a2, ["B"]), what="a2 linked to B's gateway")
+        warm_up(publisher, "tick", [sub], timeout=15)
+        _publish_steadily(publisher, "tick", 100)
+        after = [m.data for m in _drain(sub) if m.data != "warm-up"]
+        assert after == list(range(100)), "lost, reordered or duplicated after the takeover"
+        # Request/reply across groups through the new gateway.
+        answerer.subscribe("ask.b", lambda message: answerer.respond(message, {"from": "b1"}))
+        wait_until(lambda: asker.has_interest("ask.b"), what="the answerer's interest in group A")
+        assert asker.request("ask.b", "hi", timeout=5).data == {"from": "b1"}
+        print(f"[measure] gateway of A killed with SIGKILL: a2 active after {took_over:.2f} s "
+              f"(ZooKeeper session 2 s)")
+    finally:
+        for client in (publisher, listener, answerer, asker):
+            client.close()
+
+
+def test_a_gateway_cut_off_from_zookeeper_steps_down_and_comes_back(zk_server, grouped):
+    a1, a2 = grouped("a1", "A", gateway=True), grouped("a2", "A")
+    b1 = grouped("b1", "B", gateway=True)
+    wait_until(lambda: serving(a1, ["B"]) and serving(b1, ["A"]) and linked(a1, a2), what="two groups")
+    publisher, inside, across = Client(a2.address), Client(a1.address), Client(b1.address)
+    try:
+        sub_inside, sub_across = inside.subscribe("steady"), across.subscribe("steady")
+        warm_up(publisher, "steady", [sub_inside, sub_across])
+        zk_server.stop()
+        wait_until(lambda: not gateway_of(a1)["active"] and not gateway_of(b1)["active"], timeout=10,
+                   what="both gateways stepping down without ZooKeeper")
+        _drain(sub_across, quiet=0.3)
+        _publish_steadily(publisher, "steady", 50)
+        assert [m.data for m in collect(sub_inside, 50)] == list(range(50))  # the group goes on
+        assert_quiet(sub_across, 1.0)  # nothing crosses: no gateway may claim the role unseen
+        zk_server.start()
+        wait_until(lambda: gateway_of(a1)["active"] and gateway_of(b1)["active"], timeout=20,
+                   what="the gateways standing again")
+        warm_up(publisher, "steady", [sub_across], timeout=15)
+        _publish_steadily(publisher, "steady", 20)
+        assert [m.data for m in _drain(sub_across) if m.data != "warm-up"] == list(range(20))
+    finally:
+        for client in (publisher, inside, across):
+            client.close()
