@@ -17,16 +17,16 @@ from .procs import ROOT, Procs, raise_nofile_limit
 from .scenarios import Bench
 
 SCENARIOS = ("throughput", "sizes", "latency", "fanout", "websocket", "convergence", "receive", "entities",
-             "http", "edge_memory", "revocation", "recovery", "requests", "queues", "hooks", "scale")
+             "http", "edge_memory", "revocation", "recovery", "requests", "queues", "hooks", "scale", "groups")
 
 FULL = {"messages": 200_000, "repeat": 3, "latency_seconds": 10.0, "fanout_messages": 50_000,
         "ws_clients": [1000, 5000, 10000], "broadcasts": 5, "convergence_trials": 5,
         "sizes": [1024, 16384], "subscriptions": [1000, 10000], "entities": 100_000, "entity_seconds": 60.0,
-        "scale_nodes": 128, "scale_idle_seconds": 10.0}
+        "scale_nodes": 128, "scale_idle_seconds": 10.0, "group_count": 4, "group_size": 16}
 QUICK = {"messages": 20_000, "repeat": 1, "latency_seconds": 2.0, "fanout_messages": 5_000,
          "ws_clients": [200, 1000], "broadcasts": 3, "convergence_trials": 3,
          "sizes": [1024], "subscriptions": [1000], "entities": 10_000, "entity_seconds": 8.0,
-         "scale_nodes": 32, "scale_idle_seconds": 5.0}
+         "scale_nodes": 32, "scale_idle_seconds": 5.0, "group_count": 4, "group_size": 6}
 
 
 def parse(argv):
@@ -55,6 +55,9 @@ def parse(argv):
     p.add_argument("--scale-nodes", type=int, help="scale: nodes started at once through ZooKeeper (full 128)")
     p.add_argument("--scale-idle-seconds", type=float, help="scale: quiet period over which idle CPU is measured "
                                                             "(full 10)")
+    p.add_argument("--group-count", type=int, help="groups: groups joined by gateways (full 4)")
+    p.add_argument("--group-size", type=int, help="groups: nodes per group, the first two gateway candidates "
+                                                  "(full 16)")
     p.add_argument("--redis-batch", type=int, default=100, help="Redis: publishes per pipeline (default 100)")
     p.add_argument("--redis-flush-ms", type=float, default=1.0,
                    help="Redis latency: a pipelined publisher flushes every this many ms (default 1)")

@@ -206,11 +206,12 @@ class Procs:
         """A real ``meshnode run`` process (tests/nodeproc.py), registered for stopping."""
         return self.nodes([name], *extra)[0]
 
-    def nodes(self, names, *extra):
-        """Several nodes started at once, returned once all are ready."""
+    def nodes(self, names, *extra, each=None):
+        """Several nodes started at once, returned once all are ready; ``each``
+        maps a name to more arguments of its own."""
         nodes = []
         for name in names:
-            node = BenchNode(name, "--log-level", "WARNING", *extra, wait=False)
+            node = BenchNode(name, "--log-level", "WARNING", *extra, *(each or {}).get(name, ()), wait=False)
             self._popens.append((node.proc, f"meshnode {name}"))
             self._closers.append(node)
             nodes.append(node)

@@ -28,6 +28,7 @@ TITLES = {
     "queues": "13. Queue-group throughput: 6 members over 3 nodes",
     "hooks": "14. Webhook deliveries to a fast local receiver, beside a direct subscription",
     "scale": "15. Many nodes on one machine through one ZooKeeper, and one more joining",
+    "groups": "16. Groups of nodes joined by gateways",
 }
 
 
@@ -265,6 +266,29 @@ def table(name, rows):
                          f"{r['idle_cpu_median'] * 100:.2f} % / {r['idle_cpu_max'] * 100:.2f} %",
                          f"{r['rss_mib_median']:.0f}", f"{r['fds_median']:g}",
                          f"{r['join_s']:.2f} / {r['join_restarts_max']}"])
+    elif name == "groups":
+        head = ["case", "start / converge s", "delivered of 100 (fewest-most), from first / last group",
+                "latency p50 / p99 ms, in group | across", "msg/s in group | across",
+                "idle CPU median, member | gateway", "RSS MiB / fds median, member | gateway",
+                "failover: active / crossing again s, lost, duplicates", "one more join s / restarts elsewhere"]
+        body = []
+        for r in rows:
+            if r["status"] != "ok":
+                body.append([r["label"]] + _not_ok(r, len(head) - 1))
+                continue
+            body.append([
+                r["label"], f"{r['start_s']:.1f} / {r['converge_s']:.2f}",
+                f"{r['delivered_first_min']}-{r['delivered_first_max']} / "
+                f"{r['delivered_last_min']}-{r['delivered_last_max']}",
+                f"{r['latency_in_p50_ms']:.2f} / {r['latency_in_p99_ms']:.2f} | "
+                f"{r['latency_across_p50_ms']:.2f} / {r['latency_across_p99_ms']:.2f}",
+                f"{_n(r['rate_in'])} | {_n(r['rate_across'])}",
+                f"{r['idle_cpu_member_median'] * 100:.2f} % | {r['idle_cpu_gateway_median'] * 100:.2f} %",
+                f"{r['rss_mib_member_median']:.0f} / {r['fds_member_median']:g} | "
+                f"{r['rss_mib_gateway_median']:.0f} / {r['fds_gateway_median']:g}",
+                f"{r['failover_active_s']:.2f} / {r['failover_resumed_s']:.2f}, {r['failover_lost']} of "
+                f"{r['failover_sent']}, {r['failover_duplicates']}",
+                f"{r['join_s']:.2f} / {r['join_restarts_other_groups']}"])
     else:
         raise ValueError(name)
     return _table(head, body)

@@ -642,6 +642,11 @@ class Bench:
 
         return scale(self, [] if rows is None else rows)
 
+    def groups(self, rows=None):
+        from .groups import groups
+
+        return groups(self, [] if rows is None else rows)
+
     def hooks(self, rows=None):
         from .hooks import hooks
 

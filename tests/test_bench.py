@@ -19,7 +19,8 @@ TINY = ["--quick", "--no-install", "--skip-peer", "redis", "--messages", "300", 
         "--rate", "1000", "--latency-seconds", "0.2", "--fanout-messages", "200", "--fanout-subscribers", "3",
         "--ws-clients", "20", "--broadcasts", "2", "--broadcast-interval", "0.2",
         "--convergence-trials", "1", "--sizes", "1024", "--subscriptions", "200", "--entities", "2000",
-        "--entity-seconds", "3", "--scale-nodes", "4", "--scale-idle-seconds", "1"]
+        "--entity-seconds", "3", "--scale-nodes", "4", "--scale-idle-seconds", "1",
+        "--group-count", "2", "--group-size", "4"]
 
 PAIR_KEYS = ["zmq", "mesh1", "mesh2", "mesh3", "zmq_proxy2", "nats", "nats2", "redis", "redis_pipe"]
 EXPECTED = {
@@ -40,6 +41,7 @@ EXPECTED = {
     "queues": ["mesh", "nats"],
     "hooks": ["webhook"],
     "scale": ["mesh"],
+    "groups": ["groups"],
 }
 ALWAYS_MEASURED = {("throughput", k) for k in ("zmq", "mesh1", "mesh2", "mesh3", "aio2")} | \
     {("latency", k) for k in ("zmq", "mesh1", "mesh2", "mesh3")} | \
@@ -48,7 +50,7 @@ ALWAYS_MEASURED = {("throughput", k) for k in ("zmq", "mesh1", "mesh2", "mesh3",
      ("receive", "subscriptions-200"), ("entities", "entities"), ("http", "keepalive"),
      ("http", "new-connection"), ("edge_memory", "flood"), ("edge_memory", "churn"),
      ("revocation", "revoke-3-nodes"), ("recovery", "recover-1000"), ("requests", "mesh"), ("queues", "mesh"), ("hooks", "webhook"),
-     ("scale", "mesh")}
+     ("scale", "mesh"), ("groups", "groups")}
 
 
 def _processes_with(marker):
@@ -139,6 +141,11 @@ def test_quick_run_produces_every_scenario(tmp_path):
     assert len(result["targets"]) == 10
     scaled = result["scenarios"]["scale"][0]
     assert scaled["delivered_min"] == scaled["delivered_of"] and scaled["join_restarts_max"] >= 1, scaled
+    grouped = result["scenarios"]["groups"][0]
+    assert grouped["delivered_first_min"] == grouped["delivered_first_max"] == 100, grouped
+    assert grouped["delivered_last_min"] == grouped["delivered_last_max"] == 100, grouped
+    assert grouped["failover_duplicates"] == 0 and grouped["failover_resumed_s"] < 15, grouped
+    assert grouped["join_restarts_other_groups"] == 0, grouped  # a join disturbs only its own group
     for item in ("machine", "versions", "config"):
         assert result[item]
     assert result["machine"]["nproc"] and result["versions"]["libzmq"]

@@ -1,0 +1,269 @@
+"""Scenario 16: groups joined by gateways (default 4 groups of 16 nodes).
+
+Every node runs ``--zk --group gNN``; the first two of each group also
+``--gateway`` (one is elected, the other waits). Reported:
+
+* start and converge: every node linked to its group (its peers and the
+  two candidates' group faces) and every group's gateway active and linked
+  to the other groups' candidates;
+* delivery: a subscriber on every node, 100 messages published at a plain
+  member of the first group and 100 at one of the last: the fewest and the
+  most any subscriber got of each (more than 100 would be a duplicate);
+* one-way latency of 500 messages, one at a time, from a plain member of the first
+  group to a subscriber in its own group and to one in another group
+  (message timestamps; one machine, one clock), median and p99;
+* throughput: 100,000 messages of 100 bytes from the same publisher, to a
+  subscriber inside the group and to one across a gateway, each alone;
+* idle CPU, RSS and descriptors per node, plain members and gateways apart;
+* gateway failover: the first group's gateway killed with SIGKILL (ZooKeeper
+  session 4 s) while a plain member publishes every 10 ms to a subscriber
+  in another group: time until the successor is active and until messages
+  cross again, messages lost meanwhile, duplicates;
+* one more join into the last group: time until linked, and the proxy
+  restarts it cost nodes of other groups (none expected).
+"""
+
+import os
+import statistics
+import time
+
+from .scale import _cpu_seconds, _rss_mib
+
+SESSION = "4"
+
+
+def groups(bench, rows):
+    from .scenarios import Skip, failed, row, skipped
+
+    count, size = bench.args.group_count, bench.args.group_size
+    if count < 2 or size < 4:
+        raise ValueError("groups: at least 2 groups of 4 (two candidates, a publisher, a subscriber)")
+    label = f"{count} groups of {size} nodes joined by gateways, through one ZooKeeper"
+    bench.say(f"[16 groups] {label}")
+    try:
+        rows.append(row("groups", label, groups=count, size=size, **_run(bench, count, size)))
+        r = rows[-1]
+        bench.say(f"    converged {r['converge_s']:.2f} s after the last was ready; latency p50 in group "
+                  f"{r['latency_in_p50_ms']:.2f} ms, across {r['latency_across_p50_ms']:.2f} ms; failover: "
+                  f"crossing again after {r['failover_resumed_s']:.2f} s, {r['failover_duplicates']} duplicates")
+    except Skip as exc:
+        rows.append(skipped("groups", label, str(exc)))
+        bench.say(f"    skipped: {exc}")
+    except Exception as exc:
+        rows.append(failed("groups", label, exc))
+        bench.say(f"    FAILED: {exc}")
+    finally:
+        bench.end_case()
+    return rows
+
+
+def _stats(node):
+    return node.stats()
+
+
+def _until(predicate, timeout, what):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.1)
+    return time.monotonic()
+
+
+def _converged(groups_of, count, size):
+    for members in groups_of:
+        for node in members:
+            stats = _stats(node)
+            if stats["links"]["up"] < size - 1 + 2:  # peers, and the two candidates' group faces
+                return False
+        gateways = [_stats(node)["gateway"] for node in members[:2]]
+        active = [g for g in gateways if g["active"]]
+        if len(active) != 1 or len(active[0]["groups"]) != count - 1 \
+                or active[0]["gateway_links"]["up"] < 2 * (count - 1):
+            return False
+    return True
+
+
+def _drain(sub, quiet=0.3):
+    try:
+        while True:
+            sub.get(timeout=quiet)
+    except TimeoutError:
+        pass
+
+
+def _received(sub, want, timeout=5.0):
+    """Data of what arrives until ``want`` non-warm-up messages came, or nothing more for ``timeout``."""
+    got = []
+    try:
+        while True:
+            message = sub.get(timeout=timeout if len(got) < want else 0.5)
+            if message.data != "warm":
+                got.append(message.data)
+    except TimeoutError:
+        return got
+
+
+def _warm(publisher, subject, subs, timeout=60):
+    deadline = time.monotonic() + timeout
+    pending = set(range(len(subs)))
+    while pending:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{len(pending)} subscribers never got a message on {subject}")
+        publisher.publish(subject, "warm")
+        time.sleep(0.05)
+        for i in list(pending):
+            try:
+                while subs[i].get(timeout=0.005).data == "warm":
+                    pending.discard(i)
+            except TimeoutError:
+                pass
+    time.sleep(0.3)
+    for sub in subs:
+        _drain(sub, 0.005)
+
+
+def _run(bench, count, size):
+    from mesh import Client
+
+    zk = bench.zookeeper(maxClientCnxns=0)
+    zk_args = ("--zk", zk.hosts, "--mesh", "groups", "--zk-timeout", SESSION)
+    names = [[f"g{g:02d}n{i:02d}" for i in range(size)] for g in range(count)]
+    each = {name: ("--group", f"g{g:02d}", *(("--gateway",) if i < 2 else ()))
+            for g, group in enumerate(names) for i, name in enumerate(group)}
+    started = time.monotonic()
+    nodes = bench.procs.nodes([name for group in names for name in group], *zk_args, each=each)
+    last_ready = time.monotonic()
+    groups_of = [nodes[g * size:(g + 1) * size] for g in range(count)]
+    converge_s = _until(lambda: _converged(groups_of, count, size), 120, "groups and gateways") - last_ready
+    result = {"start_s": last_ready - started, "converge_s": converge_s}
+
+    clients = {node.name: Client(node.address) for node in nodes}
+    try:
+        subs = [clients[node.name].subscribe("groups.all") for node in nodes]
+        first, last = groups_of[0][2], groups_of[-1][2]  # plain members, not candidates
+        for key, publisher in (("first", clients[first.name]), ("last", clients[last.name])):
+            _warm(publisher, "groups.all", subs)
+            for k in range(100):
+                publisher.publish("groups.all", k)
+            publisher.flush()
+            counts = [len(_received(sub, 100)) for sub in subs]
+            result[f"delivered_{key}_min"], result[f"delivered_{key}_max"] = min(counts), max(counts)
+        for sub in subs:
+            sub.unsubscribe()
+
+        publisher = clients[first.name]
+        inside, across = clients[groups_of[0][3].name], clients[groups_of[1][3].name]
+        for where, client in (("in", inside), ("across", across)):
+            sub = client.subscribe(f"groups.lat.{where}")
+            _warm(publisher, f"groups.lat.{where}", [sub])
+            delays = []
+            for k in range(500):  # one at a time: each is read before the next is sent
+                publisher.publish(f"groups.lat.{where}", k)
+                publisher.flush()
+                message = sub.get(timeout=2)
+                delays.append((time.time() - message.ts) * 1000)
+                time.sleep(0.002)
+            delays.sort()
+            result[f"latency_{where}_p50_ms"] = statistics.median(delays)
+            result[f"latency_{where}_p99_ms"] = delays[int(len(delays) * 0.99) - 1]
+            sub.unsubscribe()
+
+        payload = b"x" * 100
+        for where, client in (("in", inside), ("across", across)):
+            sub = client.subscribe(f"groups.rate.{where}", pending_limit=1_000_000)
+            _warm(publisher, f"groups.rate.{where}", [sub])
+            sent = 100_000
+            began = time.monotonic()
+            for _ in range(sent):
+                publisher.publish(f"groups.rate.{where}", payload)
+            publisher.flush()
+            got = 0
+            try:
+                while got < sent:
+                    sub.get(timeout=5)
+                    got += 1
+            except TimeoutError:
+                pass
+            result[f"rate_{where}"] = got / (time.monotonic() - began)
+            result[f"rate_{where}_delivered"] = got
+            sub.unsubscribe()
+    finally:
+        for client in clients.values():
+            client.close()
+
+    idle = bench.args.scale_idle_seconds
+    before = {node.pid: _cpu_seconds(node.pid) for node in nodes}
+    time.sleep(idle)
+    gateways = {node.name for node in nodes if _stats(node).get("gateway", {}).get("active")}
+    for kind, chosen in (("member", [n for n in nodes if n.name not in gateways]),
+                         ("gateway", [n for n in nodes if n.name in gateways])):
+        cpu = [(_cpu_seconds(n.pid) - before[n.pid]) / idle for n in chosen]
+        result[f"idle_cpu_{kind}_median"], result[f"idle_cpu_{kind}_max"] = statistics.median(cpu), max(cpu)
+        result[f"rss_mib_{kind}_median"] = statistics.median(_rss_mib(n.pid) for n in chosen)
+        result[f"fds_{kind}_median"] = statistics.median(
+            len(os.listdir(f"/proc/{n.pid}/fd")) for n in chosen)
+
+    result.update(_failover(groups_of, Client))
+
+    restarts = {node.name: _stats(node)["links"]["proxy_restarts"] for node in nodes if node.alive()}
+    joined_at = time.monotonic()
+    extra = bench.procs.node(f"g{count - 1:02d}extra", *zk_args, "--group", f"g{count - 1:02d}")
+    _until(lambda: _stats(extra)["links"]["up"] >= size - 1 + 2 + 1 and all(
+        _stats(n)["links"]["up"] >= size + 2 for n in groups_of[-1]), 60, "the extra node linked in its group")
+    result["join_s"] = time.monotonic() - joined_at
+    others = [n for group in groups_of[:-1] for n in group if n.alive()]
+    result["join_restarts_other_groups"] = sum(_stats(n)["links"]["proxy_restarts"] - restarts[n.name]
+                                               for n in others)
+    return result
+
+
+def _failover(groups_of, Client):
+    """Kill the first group's gateway while messages cross from it to another group."""
+    group = groups_of[0]
+    gateway = next(n for n in group[:2] if _stats(n)["gateway"]["active"])
+    successor = next(n for n in group[:2] if n is not gateway)
+    publisher, listener = Client(group[2].address), Client(groups_of[1][3].address)
+    try:
+        sub = listener.subscribe("groups.failover")
+        _warm(publisher, "groups.failover", [sub])
+        sent = 0
+
+        def publish(seconds):
+            nonlocal sent
+            end = time.monotonic() + seconds
+            while time.monotonic() < end:
+                publisher.publish("groups.failover", sent)
+                publisher.flush()
+                sent += 1
+                time.sleep(0.01)
+
+        publish(1.0)
+        sent_before_kill = sent
+        killed_at = time.monotonic()
+        gateway.kill()
+        active_at = None
+        arrivals = []
+        while time.monotonic() - killed_at < 20:
+            publish(0.1)
+            if active_at is None and _stats(successor)["gateway"]["active"]:
+                active_at = time.monotonic()
+            try:
+                while True:  # a get reads the socket only when given time to wait
+                    message = sub.get(timeout=0.001)
+                    arrivals.append((time.monotonic(), message.data))
+            except TimeoutError:
+                pass
+            if active_at is not None and arrivals and arrivals[-1][0] > active_at + 1:
+                break
+        publish(1.0)
+        arrivals += [(time.monotonic(), data) for data in _received(sub, 0, timeout=1.0)]
+        data = [d for _, d in arrivals if d != "warm"]
+        resumed = next((t for t, d in arrivals if d != "warm" and d >= sent_before_kill), None)
+        return {"failover_active_s": (active_at or float("nan")) - killed_at,
+                "failover_resumed_s": (resumed or float("nan")) - killed_at,
+                "failover_sent": sent, "failover_lost": sent - len(set(data)),
+                "failover_duplicates": len(data) - len(set(data))}
+    finally:
+        publisher.close()
+        listener.close()
