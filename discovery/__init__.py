@@ -1,7 +1,9 @@
 """Membership backends: who a node's peers are (static list, ZooKeeper)."""
 
-from .base import Discovery, validate_member
-from .static import StaticDiscovery
-from .zookeeper import DiscoveryError, ZooKeeperDiscovery
+from mesh.zookeeper import DiscoveryError
 
-__all__ = ["Discovery", "DiscoveryError", "StaticDiscovery", "ZooKeeperDiscovery", "validate_member"]
+from .base import Discovery
+from .static import StaticDiscovery
+from .zookeeper import ZooKeeperDiscovery
+
+__all__ = ["Discovery", "DiscoveryError", "StaticDiscovery", "ZooKeeperDiscovery"]

@@ -24,8 +24,8 @@ from kazoo.client import KazooState
 from kazoo.exceptions import KazooException, NoNodeError, ZookeeperError
 from kazoo.recipe.watchers import ChildrenWatch
 
-from .base import validate_endpoint, validate_name
-from .zookeeper import ROOT
+from mesh.members import validate_endpoint, validate_name
+from mesh.zookeeper import ROOT
 
 log = logging.getLogger("meshnode.discovery.gateways")
 

@@ -13,9 +13,10 @@ import time
 import gevent
 
 from mesh.control import ControlChannel, ControlError, normalize_address
+from mesh.members import validate_member
 from mesh.waiting import pick_waiter
 
-from .base import Discovery, validate_member
+from .base import Discovery
 
 log = logging.getLogger("meshnode.discovery.static")
 

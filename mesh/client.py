@@ -107,9 +107,10 @@ class Client:
         start_background(self._watch.run, f"mesh-watch-{self.origin}")
 
     @classmethod
-    def from_zookeeper(cls, hosts, mesh="default", *, zk_auth=None, zk_timeout=10.0, on_failover=None,
-                       **options):
-        """A Client on a random node of ``mesh``, found through ZooKeeper.
+    def from_zookeeper(cls, hosts, mesh="default", *, group=None, zk_auth=None, zk_timeout=10.0,
+                       on_failover=None, **options):
+        """A Client on a random node of ``mesh`` (of its ``group`` when given;
+        else of any group), found through ZooKeeper.
 
         When that node leaves the mesh (its znode goes: at once on a clean stop,
         after its session timeout on a crash) the client moves to another node,
@@ -118,7 +119,7 @@ class Client:
         """
         from .failover import ZooKeeperFailover
 
-        return ZooKeeperFailover.connect(cls, hosts, mesh, zk_auth, zk_timeout, on_failover, options)
+        return ZooKeeperFailover.connect(cls, hosts, mesh, group, zk_auth, zk_timeout, on_failover, options)
 
     def _hello(self, address):
         control = ControlChannel(self._context, address, self._wait, self._timeout, self._curve)

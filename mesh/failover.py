@@ -16,9 +16,8 @@ import random
 from kazoo.exceptions import KazooException, ZookeeperError
 from kazoo.recipe.watchers import DataWatch
 
-from discovery.zookeeper import connect, members_path, read_members
-
 from .control import ControlError
+from .zookeeper import connect, every_member, members_path, read_members
 
 log = logging.getLogger("mesh.failover")
 
@@ -26,31 +25,40 @@ RETRY_SECONDS = 1.0
 
 
 class ZooKeeperFailover:
-    def __init__(self, client, zk, mesh, on_failover):
+    def __init__(self, client, zk, mesh, group, on_failover):
         self.client = client
         self.zk = zk
         self.mesh = mesh
+        self.group = group
         self.on_failover = on_failover
         self.closed = False
 
     @classmethod
-    def connect(cls, client_class, hosts, mesh, auth, session_timeout, on_failover, options):
+    def connect(cls, client_class, hosts, mesh, group, auth, session_timeout, on_failover, options):
         zk = connect(hosts, session_timeout=session_timeout, auth=auth)
         try:
-            members = read_members(zk, mesh)
+            failover = cls(None, zk, mesh, group, on_failover)
+            members = failover._members()
             client = _first_that_answers(client_class, members.values(), options)
             if client is None:
-                raise RuntimeError(f"no node of mesh {mesh!r} registered at {hosts} answered "
+                where = f"mesh {mesh!r}" + (f", group {group!r}," if group else "")
+                raise RuntimeError(f"no node of {where} registered at {hosts} answered "
                                    f"({len(members)} registered)")
         except BaseException:
             zk.stop()
             zk.close()
             raise
-        client._failover = failover = cls(client, zk, mesh, on_failover)
-        failover._watch(client.node)
+        client._failover = failover
+        failover.client = client
+        failover._watch(client.node, members[client.node].get("group"))
         return client
 
-    def _watch(self, node):
+    def _members(self):
+        if self.group is not None:
+            return read_members(self.zk, self.mesh, group=self.group)
+        return every_member(self.zk, self.mesh)
+
+    def _watch(self, node, group):
         def on_data(data, stat):
             if self.closed:
                 return False
@@ -59,13 +67,13 @@ class ZooKeeperFailover:
                 return False
             return True
 
-        DataWatch(self.zk, f"{members_path(self.mesh)}/{node}", on_data)
+        DataWatch(self.zk, f"{members_path(self.mesh, group)}/{node}", on_data)
 
     def _move(self, gone):
         log.warning("node %s left mesh %s: moving", gone, self.mesh)
         while not self.closed:
             try:
-                members = read_members(self.zk, self.mesh)
+                members = self._members()
             except (KazooException, ZookeeperError) as exc:
                 log.warning("cannot read the membership now (%s); retrying", exc)
                 members = {}
@@ -81,7 +89,7 @@ class ZooKeeperFailover:
                 log.warning("moved from %s to %s", gone, self.client.node)
                 if self.on_failover is not None:
                     self.on_failover(gone, self.client.node)
-                self._watch(self.client.node)
+                self._watch(self.client.node, record.get("group"))
                 return
             self.zk.handler.sleep_func(RETRY_SECONDS)
 

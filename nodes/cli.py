@@ -626,23 +626,24 @@ def cmd_keygen(args):
 
 
 def cmd_nodes(args):
-    from discovery.zookeeper import connect, read_members
+    from mesh.zookeeper import connect, every_member
 
     client = connect(args.zk, connect_timeout=10, auth=args.zk_auth)
     try:
-        members = read_members(client, args.mesh)
+        members = every_member(client, args.mesh)
     finally:
         client.stop()
         client.close()
     now = time.time()
     if not args.json:
-        print(f"{'NAME':<20} {'CONTROL':<24} {'UPTIME':>9}  DATA (ingress, out, remote)")
+        print(f"{'NAME':<20} {'GROUP':<12} {'CONTROL':<24} {'UPTIME':>9}  DATA (ingress, out, remote)")
     for name, record in sorted(members.items()):
         uptime = now - record["started"]
         if args.json:
             print(json.dumps({**record, "uptime": round(uptime, 3)}, sort_keys=True))
         else:
-            print(f"{name:<20} {record['control'].removeprefix('tcp://'):<24} {uptime:>8.0f}s  "
+            group = record.get("group", "-") + (" (gw)" if "gateway" in record else "")
+            print(f"{name:<20} {group:<12} {record['control'].removeprefix('tcp://'):<24} {uptime:>8.0f}s  "
                   f"{record['ingress']} {record['out']} {record['remote']}")
     return 0
 

@@ -19,11 +19,12 @@ import gevent
 import msgpack
 import zmq
 
-from discovery.base import validate_member, validate_name, validate_revocation
+from discovery.base import validate_revocation
 from mesh.curve import MESH_CERT, CurveKeys
 from mesh import Client
 from mesh.control import ControlChannel, ControlError
 from mesh.envelope import DEFAULT_MAX_PAYLOAD, PROTOCOL_VERSION
+from mesh.members import validate_member, validate_name
 from mesh.subjects import Pattern
 from mesh.waiting import pick_waiter
 

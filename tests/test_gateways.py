@@ -3,13 +3,20 @@ real ZooKeeper and real ``meshnode`` processes: delivery between groups, no
 duplicates, interest that goes away with its subscribers, and a gateway
 killed with SIGKILL whose successor takes over."""
 
+import json
+import subprocess
+import sys
 import time
 
 import pytest
 
 from mesh import Client
 from meshhelpers import assert_quiet, collect, warm_up
-from nodeproc import linked, wait_until
+from nodeproc import MESHNODE, linked, wait_until
+
+
+def meshnode(*args):
+    return subprocess.run([sys.executable, MESHNODE, *args], capture_output=True, text=True, timeout=30)
 
 
 @pytest.fixture
@@ -158,3 +165,28 @@ def test_a_gateway_cut_off_from_zookeeper_steps_down_and_comes_back(zk_server, g
     finally:
         for client in (publisher, inside, across):
             client.close()
+
+
+def test_operators_and_clients_see_the_groups(zk_server, grouped):
+    a1, b1 = grouped("a1", "A", gateway=True), grouped("b1", "B")
+    listed = meshnode("nodes", "--zk", zk_server.hosts, "--mesh", "test")
+    assert listed.returncode == 0, listed.stderr
+    rows = [line.split()[:2] for line in listed.stdout.splitlines()[1:]]
+    assert rows == [["a1", "A"], ["b1", "B"]] and "(gw)" in listed.stdout.splitlines()[1]
+    records = [json.loads(line) for line in
+               meshnode("nodes", "--zk", zk_server.hosts, "--mesh", "test", "--json").stdout.splitlines()]
+    assert [(r["name"], r["group"], "gateway" in r) for r in records] == [("a1", "A", True), ("b1", "B", False)]
+    client = Client.from_zookeeper(zk_server.hosts, "test", group="B", zk_timeout=2)
+    try:
+        assert client.node == "b1"  # only B's nodes are candidates
+    finally:
+        client.close()
+    with pytest.raises(RuntimeError, match="group 'C'"):
+        Client.from_zookeeper(zk_server.hosts, "test", group="C", zk_timeout=2)
+
+
+def test_groups_and_gateways_need_zookeeper_and_a_group():
+    alone = meshnode("run", "--port", "0", "--group", "A")
+    assert alone.returncode != 0 and "--group needs --zk" in alone.stderr
+    lonely = meshnode("run", "--port", "0", "--gateway")
+    assert lonely.returncode != 0 and "give the node a --group" in lonely.stderr

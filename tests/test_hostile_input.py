@@ -37,7 +37,7 @@ import zmq
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from discovery.base import validate_member, validate_name
+from mesh.members import validate_member, validate_name
 from edgehelpers import WS, http, http_address
 from mesh import Client
 from mesh.envelope import BatchEncoder, MalformedMessage, Message, decode_batch, decode_marks

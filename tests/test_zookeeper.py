@@ -126,7 +126,7 @@ def test_nodes_command_lists_members(zk_server, zk_node):
     result = meshnode("nodes", "--zk", zk_server.hosts, "--mesh", "test")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert lines[0].split()[:3] == ["NAME", "CONTROL", "UPTIME"]
+    assert lines[0].split()[:4] == ["NAME", "GROUP", "CONTROL", "UPTIME"]
     assert [line.split()[0] for line in lines[1:]] == ["A", "B"]
     assert a.address in lines[1] and b.address in lines[2]
     records = [json.loads(line) for line in
@@ -339,7 +339,8 @@ def test_from_zookeeper_failover_with_history_recovers_every_message(zk_server, 
 
 
 def test_member_cache_reads_only_new_members_and_notices_a_replaced_one(zk_server):
-    from discovery.zookeeper import MemberCache, members_path
+    from discovery.zookeeper import MemberCache
+    from mesh.zookeeper import members_path
     from mesh.envelope import PROTOCOL_VERSION
 
     def record(name, instance):
