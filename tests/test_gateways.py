@@ -63,6 +63,39 @@ def test_two_groups_exchange_messages_through_their_gateways_once_each(grouped):
             c.close()
 
 
+def test_four_groups_every_node_gets_every_message_once(grouped):
+    """With more than two groups a message could reach a group by two ways
+    (straight from the publisher's gateway, or relayed by a third group's):
+    every node gets each message exactly once."""
+    groups = {g: [grouped(f"{g.lower()}1", g, gateway=True), grouped(f"{g.lower()}2", g, gateway=True),
+                  grouped(f"{g.lower()}3", g)] for g in "ABCD"}
+    nodes = [n for members in groups.values() for n in members]
+    wait_until(lambda: all(linked(*members) for members in groups.values()), timeout=20, what="four groups")
+    wait_until(lambda: all(sum(gateway_of(n)["active"] for n in members[:2]) == 1
+                           and serving(next(n for n in members[:2] if gateway_of(n)["active"]),
+                                       sorted(set("ABCD") - {g}))
+                           for g, members in groups.items()), timeout=20, what="one gateway per group, linked")
+    clients = {n.name: Client(n.address) for n in nodes}
+    try:
+        subs = {name: c.subscribe("all.>") for name, c in clients.items()}
+        publishers = [clients[members[2].name] for members in groups.values()]
+        for publisher in publishers:
+            warm_up(publisher, f"all.{publisher.node}", subs.values())
+        for publisher in publishers:
+            for i in range(30):
+                publisher.publish(f"all.{publisher.node}", i)
+            publisher.flush()
+        for name, sub in subs.items():
+            got = {}
+            for message in collect(sub, 30 * len(publishers)):
+                got.setdefault(message.subject, []).append(message.data)
+            assert got == {f"all.{p.node}": list(range(30)) for p in publishers}, name
+            assert_quiet(sub)
+    finally:
+        for c in clients.values():
+            c.close()
+
+
 def test_interest_crosses_only_while_a_subscriber_wants_it(grouped):
     a1, a2 = grouped("a1", "A", gateway=True), grouped("a2", "A")
     b1, b2 = grouped("b1", "B", gateway=True), grouped("b2", "B")
