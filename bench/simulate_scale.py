@@ -1,16 +1,21 @@
 """What a mesh of 1,000 or 10,000 nodes would cost, from per-link costs measured here.
 
-    python -m bench.simulate_scale RESULT_SMALL.json RESULT_LARGE.json [--group 32]
+    python -m bench.simulate_scale RESULT_SMALL.json RESULT_LARGE.json [--group 32] [--candidates 2]
 
 Reads two benchmark results with scenario 15 (``scale``) at two sizes, fits
 per node ``cost = base + per_link * links`` for descriptors, RSS and idle
 CPU (a node's peer links are what grows with N), and prints, for a full
-mesh and for groups of ``--group`` nodes joined by one gateway per group
-(the design in docs/SCALING.md), at N = 128, 1,000 and 10,000: links per
-node (members and gateways), descriptors, RSS, idle CPU, heartbeat packets
-per second, who is disturbed by one join, and hops. A model, not a
-measurement: it says where a full mesh stops, not what a gateway costs in
-practice (heartbeats are ZMTP PING/PONG, one each way per link per second).
+mesh and for groups of ``--group`` nodes joined by gateways (nodes/gateway.py,
+``--candidates`` gateway candidates per group), at N = 128, 1,000 and
+10,000: links per node (members and active gateways), descriptors, RSS,
+idle CPU, heartbeat packets per second, who is disturbed by one join, and
+hops. A model, not a measurement: it extrapolates straight lines
+(heartbeats are ZMTP PING/PONG, one each way per link per second).
+
+Links as built: a member links to its group's other members and to each
+candidate's group face; the active gateway also links its collector to
+every member of its group and its inbound socket to every candidate of the
+other groups.
 """
 
 import argparse
@@ -32,15 +37,16 @@ def per_node(model, links):
     return {name: base + per_link * links for name, (base, per_link) in model.items()}
 
 
-def layouts(n, group):
+def layouts(n, group, candidates=2):
     groups = math.ceil(n / group)
-    member_links = min(group, n) - 1
-    gateway_links = member_links + groups - 1
+    size = min(group, n)
+    member_links = size - 1 + candidates
+    gateway_links = member_links + size + candidates * (groups - 1)
     return {
         "full mesh": {"member_links": n - 1, "gateway_links": None, "gateways": 0,
                       "join_disturbs": n - 1, "hops": "1"},
         f"groups of {group} + gateways": {"member_links": member_links, "gateway_links": gateway_links,
-                                          "gateways": groups, "join_disturbs": member_links + groups - 1,
+                                          "gateways": groups, "join_disturbs": size - 1,
                                           "hops": "1 in a group, 3 across (2 gateways)"},
     }
 
@@ -50,6 +56,7 @@ def main(argv=None):
     parser.add_argument("small")
     parser.add_argument("large")
     parser.add_argument("--group", type=int, default=32)
+    parser.add_argument("--candidates", type=int, default=2, help="gateway candidates per group (default 2)")
     args = parser.parse_args(argv)
     rows = []
     for path in (args.small, args.large):
@@ -66,7 +73,7 @@ def main(argv=None):
           "idle CPU per node (gateway) | heartbeat packets/s per node | nodes disturbed by a join | hops |")
     print("|---|---|---|---|---|---|---|---|---|")
     for n in SIZES:
-        for name, layout in layouts(n, args.group).items():
+        for name, layout in layouts(n, args.group, args.candidates).items():
             member = per_node(model, layout["member_links"])
             gateway = per_node(model, layout["gateway_links"]) if layout["gateway_links"] else None
 

@@ -35,7 +35,7 @@ from kazoo.exceptions import KazooException, NodeExistsError, NoNodeError, Zooke
 from kazoo.recipe.watchers import ChildrenWatch
 
 from mesh.members import validate_name
-from mesh.zookeeper import ROOT, DiscoveryError, connect, members_path, read_members
+from mesh.zookeeper import ROOT, DiscoveryError, connect, every_member, members_path, read_members
 
 from .base import Discovery
 
@@ -108,6 +108,8 @@ class ZooKeeperDiscovery(Discovery):
         self._client = connect(self.hosts, self.session_timeout, auth=self.auth)
         try:
             self._client.ensure_path(self.path)
+            if self.group is not None:
+                self._refuse_a_name_taken_in_another_group()
             self._register()
         except BaseException:
             self._client.stop()
@@ -134,6 +136,14 @@ class ZooKeeperDiscovery(Discovery):
                     f"at {holder.get('control')} (started {time.time() - holder.get('started', 0):.0f} s ago); "
                     f"choose another --name") from None
         log.info("registered %s in ZooKeeper at %s", self.my_path, self.hosts)
+
+    def _refuse_a_name_taken_in_another_group(self):
+        """Names are unique in the whole mesh; a group's directory checks only its own."""
+        holder = every_member(self._client, self.mesh).get(self._me["name"])
+        if holder is not None and holder.get("group") != self.group:
+            raise DiscoveryError(
+                f"node name {self._me['name']!r} is already taken in mesh {self.mesh!r} by the node at "
+                f"{holder['control']} in group {holder.get('group', '(none)')!r}; choose another --name")
 
     def _on_state(self, state):
         """kazoo's connection listener: must not block, so it only schedules."""

@@ -222,10 +222,10 @@ class Node:
             channel.close()
         if self.recorder is not None:
             self.recorder.stop()
+        if self.gateway is not None:
+            self.gateway.stop()  # before its candidacy ends: never two gateways of one group at once
         self.discovery.stop()
         self.control.stop()
-        if self.gateway is not None:
-            self.gateway.stop()
         self.dataplane.stop()
         if self.zap is not None:
             self.zap.stop()

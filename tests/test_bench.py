@@ -138,7 +138,7 @@ def test_quick_run_produces_every_scenario(tmp_path):
             assert r["delivered"] == r["messages"] and r["duplicates"] == 0, r
     hook = result["scenarios"]["hooks"][0]
     assert hook["delivered"] == hook["messages"] and hook["duplicates"] == 0, hook
-    assert len(result["targets"]) == 10
+    assert len(result["targets"]) == 12
     scaled = result["scenarios"]["scale"][0]
     assert scaled["delivered_min"] == scaled["delivered_of"] and scaled["join_restarts_max"] >= 1, scaled
     grouped = result["scenarios"]["groups"][0]

@@ -21,9 +21,11 @@ def meshnode(*args):
 
 @pytest.fixture
 def grouped(zk_server, zk_node):
-    """grouped(name, group, gateway=False): a node of ``group`` found through ZooKeeper."""
-    def start(name, group, gateway=False):
-        return zk_node(name, zk_server.hosts, "--group", group, *(["--gateway"] if gateway else []))
+    """grouped(name, group, gateway=False, timeout="2"): a node of ``group`` found through ZooKeeper
+    (``timeout``: its session, seconds)."""
+    def start(name, group, gateway=False, timeout="2"):
+        return zk_node(name, zk_server.hosts, "--group", group, *(["--gateway"] if gateway else []),
+                       timeout=timeout)
     return start
 
 
@@ -174,6 +176,29 @@ def test_a_gateway_killed_with_sigkill_is_replaced_and_nothing_arrives_twice(gro
             client.close()
 
 
+def test_a_gateway_stopped_with_sigterm_hands_over_at_once(grouped):
+    a1 = grouped("a1", "A", gateway=True, timeout="10")  # a successor that waited out its session: 10 s
+    a2, a3 = grouped("a2", "A", gateway=True), grouped("a3", "A")
+    b1 = grouped("b1", "B", gateway=True)
+    wait_until(lambda: serving(a1, ["B"]) and serving(b1, ["A"]) and linked(a1, a2, a3), what="two groups")
+    publisher, listener = Client(a3.address), Client(b1.address)
+    try:
+        sub = listener.subscribe("handover")
+        warm_up(publisher, "handover", [sub])
+        started = time.monotonic()
+        assert a1.stop() == 0  # it stops forwarding, then leaves the line: a2 is next, with no session to wait out
+        wait_until(lambda: gateway_of(a2)["active"], timeout=5, what="a2 taking over before a1's session ends")
+        took_over = time.monotonic() - started
+        wait_until(lambda: serving(a2, ["B"]), what="a2 linked")
+        warm_up(publisher, "handover", [sub])
+        _publish_steadily(publisher, "handover", 50)
+        assert [m.data for m in _drain(sub) if m.data != "warm-up"] == list(range(50))
+        print(f"[measure] gateway stopped with SIGTERM: successor active after {took_over:.2f} s (session 10 s)")
+    finally:
+        publisher.close()
+        listener.close()
+
+
 def test_a_gateway_cut_off_from_zookeeper_steps_down_and_comes_back(zk_server, grouped):
     a1, a2 = grouped("a1", "A", gateway=True), grouped("a2", "A")
     b1 = grouped("b1", "B", gateway=True)
@@ -216,6 +241,9 @@ def test_operators_and_clients_see_the_groups(zk_server, grouped):
         client.close()
     with pytest.raises(RuntimeError, match="group 'C'"):
         Client.from_zookeeper(zk_server.hosts, "test", group="C", zk_timeout=2)
+    twin = meshnode("run", "--name", "a1", "--port", "0", "--zk", zk_server.hosts, "--mesh", "test",
+                    "--group", "B", "--zk-timeout", "2")
+    assert twin.returncode != 0 and "'a1' is already taken" in twin.stderr and "group 'A'" in twin.stderr
 
 
 def test_groups_and_gateways_need_zookeeper_and_a_group():

@@ -18,8 +18,11 @@ def test_fit_and_table(tmp_path, capsys):
     base, per_link = fit(small, large, "fds_median")
     assert per_link == 2 and base == 40  # 2 descriptors per link, 40 of its own
     full, grouped = layouts(1000, 32).values()
-    assert full["member_links"] == 999 and grouped["member_links"] == 31 and grouped["gateway_links"] == 31 + 31
+    # A member: 31 peers and 2 candidates' group faces; the gateway also collects from 32 and links to
+    # 2 candidates in each of the 31 other groups.
+    assert full["member_links"] == 999 and grouped["member_links"] == 33
+    assert grouped["gateway_links"] == 33 + 32 + 2 * 31 and grouped["join_disturbs"] == 31
     main([result(tmp_path / "a.json", 11, 60, 41, 0.002), result(tmp_path / "b.json", 101, 240, 50, 0.011)])
     out = capsys.readouterr().out
     assert "| 10,000 | full mesh | 9999 | 20,038 |" in out  # 40 + 2 x 9,999 descriptors per node
-    assert "| 10,000 | groups of 32 + gateways | 31 (343) |" in out
+    assert "| 10,000 | groups of 32 + gateways | 33 (689) |" in out  # 33 + 32 + 2 x 312 other groups
