@@ -38,6 +38,16 @@ def collect(subscription, count, timeout=10.0):
     return got
 
 
+def drain(subscription, quiet=1.5):
+    """Every message that arrives until none has for ``quiet`` seconds."""
+    got = []
+    while True:
+        try:
+            got.append(subscription.get(timeout=quiet))
+        except TimeoutError:
+            return got
+
+
 def assert_quiet(subscription, seconds=0.3, data_of=lambda message: message.data):
     """Nothing but warm-up messages arrives for ``seconds`` (``data_of``: how to
     read a message's data, for subscribers that are not the library's)."""

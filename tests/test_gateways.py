@@ -11,7 +11,7 @@ import time
 import pytest
 
 from mesh import Client
-from meshhelpers import assert_quiet, collect, warm_up
+from meshhelpers import assert_quiet, collect, drain, warm_up
 from nodeproc import MESHNODE, linked, wait_until
 
 
@@ -130,16 +130,6 @@ def _publish_steadily(client, subject, count, every=0.01):
         time.sleep(every)
 
 
-def _drain(sub, quiet=1.0):
-    """Every message that arrives until none has for ``quiet`` seconds."""
-    got = []
-    while True:
-        try:
-            got.append(sub.get(timeout=quiet))
-        except TimeoutError:
-            return got
-
-
 def test_a_gateway_killed_with_sigkill_is_replaced_and_nothing_arrives_twice(grouped):
     a1 = grouped("a1", "A", gateway=True)
     a2, a3 = grouped("a2", "A", gateway=True), grouped("a3", "A")
@@ -163,7 +153,7 @@ def test_a_gateway_killed_with_sigkill_is_replaced_and_nothing_arrives_twice(gro
         wait_until(lambda: serving(a2, ["B"]), what="a2 linked to B's gateway")
         warm_up(publisher, "tick", [sub], timeout=15)
         _publish_steadily(publisher, "tick", 100)
-        after = [m.data for m in _drain(sub) if m.data != "warm-up"]
+        after = [m.data for m in drain(sub) if m.data != "warm-up"]
         assert after == list(range(100)), "lost, reordered or duplicated after the takeover"
         # Request/reply across groups through the new gateway.
         answerer.subscribe("ask.b", lambda message: answerer.respond(message, {"from": "b1"}))
@@ -192,7 +182,7 @@ def test_a_gateway_stopped_with_sigterm_hands_over_at_once(grouped):
         wait_until(lambda: serving(a2, ["B"]), what="a2 linked")
         warm_up(publisher, "handover", [sub])
         _publish_steadily(publisher, "handover", 50)
-        assert [m.data for m in _drain(sub) if m.data != "warm-up"] == list(range(50))
+        assert [m.data for m in drain(sub) if m.data != "warm-up"] == list(range(50))
         print(f"[measure] gateway stopped with SIGTERM: successor active after {took_over:.2f} s (session 10 s)")
     finally:
         publisher.close()
@@ -210,7 +200,7 @@ def test_a_gateway_cut_off_from_zookeeper_steps_down_and_comes_back(zk_server, g
         zk_server.stop()
         wait_until(lambda: not gateway_of(a1)["active"] and not gateway_of(b1)["active"], timeout=10,
                    what="both gateways stepping down without ZooKeeper")
-        _drain(sub_across, quiet=0.3)
+        drain(sub_across, quiet=0.3)
         _publish_steadily(publisher, "steady", 50)
         assert [m.data for m in collect(sub_inside, 50)] == list(range(50))  # the group goes on
         assert_quiet(sub_across, 1.0)  # nothing crosses: no gateway may claim the role unseen
@@ -219,14 +209,14 @@ def test_a_gateway_cut_off_from_zookeeper_steps_down_and_comes_back(zk_server, g
                    what="the gateways standing again")
         warm_up(publisher, "steady", [sub_across], timeout=15)
         _publish_steadily(publisher, "steady", 20)
-        assert [m.data for m in _drain(sub_across) if m.data != "warm-up"] == list(range(20))
+        assert [m.data for m in drain(sub_across) if m.data != "warm-up"] == list(range(20))
     finally:
         for client in (publisher, inside, across):
             client.close()
 
 
 def test_operators_and_clients_see_the_groups(zk_server, grouped):
-    a1, b1 = grouped("a1", "A", gateway=True), grouped("b1", "B")
+    grouped("a1", "A", gateway=True), grouped("b1", "B")
     listed = meshnode("nodes", "--zk", zk_server.hosts, "--mesh", "test")
     assert listed.returncode == 0, listed.stderr
     rows = [line.split()[:2] for line in listed.stdout.splitlines()[1:]]

@@ -8,7 +8,7 @@ import time
 import urllib.request
 
 from edgehelpers import WS, http_address
-from meshhelpers import collect, warm_up
+from meshhelpers import collect, drain, warm_up
 from nodeproc import ROOT, wait_until
 
 from mesh import Client
@@ -22,15 +22,6 @@ def expected_gaps(received, published_per_subject):
         first.setdefault(message.subject, message.seq)
         count[message.subject] = count.get(message.subject, 0) + 1
     return sum(published_per_subject - first[s] + 1 - count[s] for s in first)
-
-
-def drain(sub, quiet=1.5):
-    got = []
-    while True:
-        try:
-            got.append(sub.get(timeout=quiet))
-        except TimeoutError:
-            return got
 
 
 def test_tail_loss_on_many_subjects_is_counted_through_shared_marks(start_node):
