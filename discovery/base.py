@@ -59,6 +59,11 @@ class Discovery:
         ``gateway_out`` endpoint -> group). Only ZooKeeper elects."""
         raise ValueError("gateways need ZooKeeper (--zk)")
 
+    def gateway_directory(self):
+        """The other groups' gateway candidates (group -> [{"name", "control"}]),
+        if this node stands as a gateway, else None."""
+        return None
+
     def stop(self):
         """Leave the mesh and stop."""
         raise NotImplementedError

@@ -2,7 +2,7 @@
 
 Layout: ``/meshnode/<mesh>/gateways/<group>/c-<sequence>``, ephemeral and
 sequential, one per candidate (a node run with ``--gateway``), holding
-``{"name", "group", "gateway_out"}`` as JSON. In each group the candidate
+``{"name", "group", "control", "gateway_out"}`` as JSON. In each group the candidate
 with the lowest sequence number is the gateway; when it dies its znode goes
 with its session and the next in line takes over. Sequence numbers never
 repeat, so a record never changes once written: each is read once.
@@ -30,6 +30,8 @@ from mesh.zookeeper import ROOT
 log = logging.getLogger("meshnode.discovery.gateways")
 
 CANDIDATE_PREFIX = "c-"
+MAX_LISTED_GROUPS = 1000  # the directory a candidate answers ``groups`` with
+MAX_LISTED_CANDIDATES = 8  # per group, oldest (the gateway) first
 
 
 def gateways_path(mesh):
@@ -44,13 +46,16 @@ def validate_candidate(record, group):
     if record.get("group") != group:
         raise ValueError(f"candidate {name} is registered under group {group} but names {record.get('group')!r}")
     return {"name": name, "group": group,
+            "control": validate_endpoint(record.get("control"), f"candidate {name}: control"),
             "gateway_out": validate_endpoint(record.get("gateway_out"), f"candidate {name}: gateway_out")}
 
 
 class GatewayElection:
     """Stands this node as a gateway of ``group`` and reports
     ``on_role(active, gateways)``: whether it is the group's gateway now, and
-    every candidate of the other groups (``gateway_out`` -> group)."""
+    every candidate of the other groups (``gateway_out`` -> group).
+    ``directory`` lists the other groups' candidates, for the ``groups``
+    control command."""
 
     def __init__(self, client, mesh, group, record, on_role):
         self._client = client
@@ -66,6 +71,7 @@ class GatewayElection:
         self._lost = False
         self._stopping = False
         self._published = None
+        self.directory = {}  # other group -> [{"name", "control"}, ...], the gateway first
         self._dirty = gevent.event.Event()
         self._loop = None
 
@@ -120,7 +126,7 @@ class GatewayElection:
 
     def _role_known(self):
         """(active, gateways) from what is known, reading records not yet read."""
-        gateways = {}
+        gateways, directory = {}, {}
         for group, children in list(self._children.items()):
             if group == self.group:
                 continue
@@ -128,6 +134,8 @@ class GatewayElection:
                 record = self._record(group, child)
                 if record is not None:
                     gateways[record["gateway_out"]] = group
+                    directory.setdefault(group, []).append({"name": record["name"], "control": record["control"]})
+        self.directory = directory
         mine = self._children.get(self.group, [])
         active = self._connected and not self._lost and bool(mine) and mine[0] == self._mine
         return active, gateways

@@ -246,6 +246,10 @@ class ZooKeeperDiscovery(Discovery):
         self._election = GatewayElection(self._client, self.mesh, self.group, record, on_role)
         self._election.start()
 
+    def gateway_directory(self):
+        """The other groups' gateway candidates, if this node is a candidate, else None."""
+        return None if self._election is None else self._election.directory
+
     def stop(self):
         """Delete our znode (peers drop us at once) and close the session."""
         self._stopping = True

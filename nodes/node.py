@@ -20,6 +20,7 @@ import msgpack
 import zmq
 
 from discovery.base import validate_revocation
+from discovery.gateways import MAX_LISTED_CANDIDATES, MAX_LISTED_GROUPS
 from mesh.curve import MESH_CERT, CurveKeys
 from mesh import Client
 from mesh.control import ControlChannel, ControlError
@@ -155,7 +156,8 @@ class Node:
             self.discovery.start(self.member, self._on_members)
             if self.gateway is not None:
                 self.discovery.elect_gateway(
-                    {"name": self.name, "gateway_out": self.gateway.endpoints(self.config.advertise)["gateway_out"]},
+                    {"name": self.name, "control": self.member["control"],
+                     "gateway_out": self.gateway.endpoints(self.config.advertise)["gateway_out"]},
                     self.gateway.set_role)
             if self.config.edge is not None:
                 from .edge import Edge
@@ -442,6 +444,19 @@ class Node:
             return {"node": self.name, **presence.channels(self.edge, presence.limit_from(request.get("limit")))}
         except ValueError as exc:
             raise RequestError("bad_request", str(exc)) from None
+
+    def cmd_groups(self, request):
+        """The other groups and their gateway candidates, oldest (the gateway) first: what a
+        client needs to reach every node of a mesh of groups (mesh/meshwide.py)."""
+        if not self.config.group:
+            return {"group": None, "groups": {}}
+        directory = self.discovery.gateway_directory()
+        if directory is None:
+            raise RequestError("not_a_gateway", f"node {self.name} is not a gateway candidate: ask one of its "
+                                                f"group's candidates (peers whose record has 'gateway')")
+        listed = sorted(directory)[:MAX_LISTED_GROUPS]
+        return {"group": self.config.group, "truncated": len(directory) > len(listed),
+                "groups": {group: directory[group][:MAX_LISTED_CANDIDATES] for group in listed}}
 
     def cmd_peers(self, request):
         """Peer records, each with ``link``: "up" or "down" (the data link to its ``out``)."""

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from mesh import Client
+from mesh import Client, Position
 from meshhelpers import assert_quiet, collect, drain, warm_up
 from nodeproc import MESHNODE, linked, wait_until
 
@@ -241,3 +241,36 @@ def test_groups_and_gateways_need_zookeeper_and_a_group():
     assert alone.returncode != 0 and "--group needs --zk" in alone.stderr
     lonely = meshnode("run", "--port", "0", "--gateway")
     assert lonely.returncode != 0 and "give the node a --group" in lonely.stderr
+
+
+def test_presence_and_history_are_asked_of_every_group(zk_server, zk_node):
+    """Mesh-wide questions walk every group: own group, then a candidate of
+    each other group (control ``groups``, then ``peers``; mesh/meshwide.py)."""
+    from edgehelpers import WS, http_address
+
+    a1 = zk_node("a1", zk_server.hosts, "--group", "A", "--gateway", "--history", "h.>=1000/600s")
+    a2 = zk_node("a2", zk_server.hosts, "--group", "A", "--history", "h.>=1000/600s")
+    b1 = zk_node("b1", zk_server.hosts, "--group", "B", "--gateway")
+    b2 = zk_node("b2", zk_server.hosts, "--group", "B", "--http", "0")
+    wait_until(lambda: serving(a1, ["B"]) and serving(b1, ["A"]) and linked(a1, a2) and linked(b1, b2),
+               what="two groups")
+    watcher = WS(f"ws://{http_address(b2)}/ws")
+    try:
+        assert watcher.request("sub", subject="room.1")["op"] == "ok"
+        with Client(a2.address) as asker:  # a plain member: it asks a1 for the other groups
+            here = asker.presence("room.1")
+            assert here["count"] == 1 and [c["node"] for c in here["connections"]] == ["b2"]
+            assert sorted(here["nodes"]) == ["a1", "a2", "b1", "b2"] and here["unreachable"] == {}
+            for i in range(20):
+                asker.publish("h.x", i)
+            asker.flush()
+            wait_until(lambda: a2.stats()["history"]["recorded"] >= 20, what="a2 to record")
+        with Client(b2.address) as reader:  # in group B, recovering what group A recorded
+            sub = reader.subscribe("h.>", since=Position({}, time.time() - 60))  # everything of the last minute
+            assert [m.data for m in collect(sub, 20)] == list(range(20)) and sub.recovery.recovered
+        assert meshnode("groups", "--node", b1.address).returncode != 0  # not a command of the CLI
+        reply = b2.request("groups")
+        assert reply["ok"] is False and reply["error"] == "not_a_gateway"
+        assert b1.request("groups")["groups"] == {"A": [{"name": "a1", "control": f"tcp://{a1.address}"}]}
+    finally:
+        watcher.close()
