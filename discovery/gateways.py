@@ -1,17 +1,26 @@
 """Gateway election and the directory of gateways, in ZooKeeper.
 
-Layout: ``/meshnode/<mesh>/gateways/<group>/c-<sequence>``, ephemeral and
-sequential, one per candidate (a node run with ``--gateway``), holding
-``{"name", "group", "control", "gateway_out"}`` as JSON. In each group the candidate
-with the lowest sequence number is the gateway; when it dies its znode goes
-with its session and the next in line takes over. Sequence numbers never
-repeat, so a record never changes once written: each is read once.
+Layout: ``/meshnode/<mesh>/gateways/<group>/c-<instance>-<sequence>``,
+ephemeral and sequential, one per candidate (a node run with ``--gateway``;
+``instance`` is random per process start), holding ``{"name", "group",
+"control", "gateway_out"}`` as JSON. In each group the candidate with the
+lowest sequence number whose record is valid is the gateway; when it dies
+its znode goes with its session and the next in line takes over. Sequence
+numbers never repeat, so a record never changes once written: each is read
+once. A candidate that stands again (after its session was lost, or after a
+create whose answer was lost with the connection) first deletes any znode
+its own instance left, so no orphan of a live session can hold the head of
+the line.
 
 A gateway steps down the moment its ZooKeeper connection is SUSPENDED (its
 session may be expiring and a successor about to be elected) and stands
 again once CONNECTED: two gateways of one group at once would deliver every
 message that crosses twice. So a gateway cut off from ZooKeeper stops
-forwarding between groups, while traffic inside each group goes on.
+forwarding between groups, while traffic inside each group goes on. This
+rests on the gateway's gevent hub running: a process frozen longer than its
+session (SIGSTOP, a paused VM) and then resumed forwards for the few
+milliseconds before it learns that its session ended, and messages in that
+window may reach other groups twice.
 """
 
 import json
@@ -20,6 +29,7 @@ from functools import partial
 
 import gevent
 import gevent.event
+import gevent.lock
 from kazoo.client import KazooState
 from kazoo.exceptions import KazooException, NoNodeError, ZookeeperError
 from kazoo.recipe.watchers import ChildrenWatch
@@ -32,6 +42,12 @@ log = logging.getLogger("meshnode.discovery.gateways")
 CANDIDATE_PREFIX = "c-"
 MAX_LISTED_GROUPS = 1000  # the directory a candidate answers ``groups`` with
 MAX_LISTED_CANDIDATES = 8  # per group, oldest (the gateway) first
+
+
+def _sequence(child):
+    """The sequence number of a candidate znode's name, or None for a name that is not one."""
+    head, _, number = child.rpartition("-")
+    return int(number) if head.startswith(CANDIDATE_PREFIX) and len(number) == 10 and number.isdigit() else None
 
 
 def gateways_path(mesh):
@@ -57,12 +73,14 @@ class GatewayElection:
     ``directory`` lists the other groups' candidates, for the ``groups``
     control command."""
 
-    def __init__(self, client, mesh, group, record, on_role):
+    def __init__(self, client, mesh, group, record, on_role, instance):
         self._client = client
         self.root = gateways_path(mesh)
         self.group = validate_name(group)
         self.record = {**record, "group": self.group}
         self._on_role = on_role
+        self._prefix = f"{CANDIDATE_PREFIX}{instance}-"  # our znodes' names, before the sequence
+        self._standing = gevent.lock.Semaphore()  # one stand at a time
         self._mine = None  # our candidate znode's name
         self._children = {}  # group -> its candidates' znode names
         self._watched = set()
@@ -83,12 +101,26 @@ class GatewayElection:
         self._loop = gevent.spawn(self._refresh_loop)
 
     def _stand(self):
-        path = self._client.create(f"{self.root}/{self.group}/{CANDIDATE_PREFIX}",
-                                   json.dumps(self.record, sort_keys=True).encode(), ephemeral=True, sequence=True)
-        self._mine = path.rsplit("/", 1)[1]
-        log.info("standing as a gateway of group %s (%s)", self.group, path)
+        with self._standing:
+            directory = f"{self.root}/{self.group}"
+            for child in self._client.get_children(directory):
+                if child.startswith(self._prefix):  # ours, from a create whose answer was lost
+                    try:
+                        self._client.delete(f"{directory}/{child}")
+                    except NoNodeError:
+                        pass
+            self._mine = None
+            path = self._client.create(f"{directory}/{self._prefix}",
+                                       json.dumps(self.record, sort_keys=True).encode(), ephemeral=True,
+                                       sequence=True)
+            self._mine = path.rsplit("/", 1)[1]
+            log.info("standing as a gateway of group %s (%s)", self.group, path)
 
     def _on_groups(self, groups):
+        for gone in self._watched - set(groups):  # a deleted directory's watch has ended: watch it anew if it comes back
+            self._watched.discard(gone)
+            self._children.pop(gone, None)
+            self._dirty.set()
         for group in groups:
             if group not in self._watched:
                 try:
@@ -100,7 +132,9 @@ class GatewayElection:
         return not self._stopping
 
     def _on_candidates(self, group, children):
-        self._children[group] = sorted(c for c in children if c.startswith(CANDIDATE_PREFIX))
+        if group not in self._watched:
+            return False
+        self._children[group] = sorted((c for c in children if _sequence(c) is not None), key=_sequence)
         self._dirty.set()
         return not self._stopping
 
@@ -136,8 +170,9 @@ class GatewayElection:
                     gateways[record["gateway_out"]] = group
                     directory.setdefault(group, []).append({"name": record["name"], "control": record["control"]})
         self.directory = directory
-        mine = self._children.get(self.group, [])
-        active = self._connected and not self._lost and bool(mine) and mine[0] == self._mine
+        head = next((child for child in self._children.get(self.group, [])
+                     if child == self._mine or self._record(self.group, child) is not None), None)
+        active = self._connected and not self._lost and self._mine is not None and head == self._mine
         return active, gateways
 
     def _record(self, group, child):

@@ -35,7 +35,7 @@ from kazoo.exceptions import KazooException, NodeExistsError, NoNodeError, Zooke
 from kazoo.recipe.watchers import ChildrenWatch
 
 from mesh.members import validate_name
-from mesh.zookeeper import ROOT, DiscoveryError, connect, every_member, members_path, read_members
+from mesh.zookeeper import ROOT, DiscoveryError, connect, members_path, read_members
 
 from .base import Discovery
 
@@ -102,14 +102,16 @@ class ZooKeeperDiscovery(Discovery):
     def my_path(self):
         return f"{self.path}/{self._me['name']}"
 
+    @property
+    def name_path(self):
+        return f"{records_path(self.mesh, 'names')}/{self._me['name']}"
+
     def start(self, me, on_change):
         self._me = me
         self._on_change = on_change
         self._client = connect(self.hosts, self.session_timeout, auth=self.auth)
         try:
             self._client.ensure_path(self.path)
-            if self.group is not None:
-                self._refuse_a_name_taken_in_another_group()
             self._register()
         except BaseException:
             self._client.stop()
@@ -121,29 +123,28 @@ class ZooKeeperDiscovery(Discovery):
         self._refresher = gevent.spawn(self._refresh_loop)
 
     def _register(self):
-        """Create our ephemeral znode; refuse a name another live node holds."""
+        """Claim the node's name, unique in the whole mesh whatever the group
+        (``/meshnode/<mesh>/names/<name>``), then create the member znode; both
+        ephemeral, both refused while another live node holds them."""
         data = json.dumps(self._me, sort_keys=True).encode("utf-8")
-        try:
-            self._client.create(self.my_path, data, ephemeral=True)
-        except NodeExistsError:
-            try:
-                holder = json.loads(self._client.get(self.my_path)[0].decode("utf-8"))
-            except NoNodeError:
-                return self._register()  # it expired just now
-            if holder.get("instance") != self._me["instance"]:
-                raise DiscoveryError(
-                    f"node name {self._me['name']!r} is already taken in mesh {self.mesh!r} by the node "
-                    f"at {holder.get('control')} (started {time.time() - holder.get('started', 0):.0f} s ago); "
-                    f"choose another --name") from None
+        for path in (self.name_path, self.my_path):
+            self._claim(path, data)
         log.info("registered %s in ZooKeeper at %s", self.my_path, self.hosts)
 
-    def _refuse_a_name_taken_in_another_group(self):
-        """Names are unique in the whole mesh; a group's directory checks only its own."""
-        holder = every_member(self._client, self.mesh).get(self._me["name"])
-        if holder is not None and holder.get("group") != self.group:
-            raise DiscoveryError(
-                f"node name {self._me['name']!r} is already taken in mesh {self.mesh!r} by the node at "
-                f"{holder['control']} in group {holder.get('group', '(none)')!r}; choose another --name")
+    def _claim(self, path, data):
+        try:
+            self._client.create(path, data, ephemeral=True, makepath=True)
+        except NodeExistsError:
+            try:
+                holder = json.loads(self._client.get(path)[0].decode("utf-8"))
+            except NoNodeError:
+                return self._claim(path, data)  # it expired just now
+            if holder.get("instance") != self._me["instance"]:
+                group = f" in group {holder['group']!r}" if holder.get("group") else ""
+                raise DiscoveryError(
+                    f"node name {self._me['name']!r} is already taken in mesh {self.mesh!r} by the node "
+                    f"at {holder.get('control')}{group} (started {time.time() - holder.get('started', 0):.0f} s "
+                    f"ago); choose another --name") from None
 
     def _on_state(self, state):
         """kazoo's connection listener: must not block, so it only schedules."""
@@ -243,7 +244,7 @@ class ZooKeeperDiscovery(Discovery):
 
         if self.group is None:
             raise ValueError("a gateway needs a group (--group)")
-        self._election = GatewayElection(self._client, self.mesh, self.group, record, on_role)
+        self._election = GatewayElection(self._client, self.mesh, self.group, record, on_role, self._me["instance"])
         self._election.start()
 
     def gateway_directory(self):
@@ -257,10 +258,11 @@ class ZooKeeperDiscovery(Discovery):
         if self._election is not None:
             self._election.stop()
         with gevent.Timeout(3, False):
-            try:
-                self._client.delete(self.my_path)
-            except (KazooException, ZookeeperError):
-                pass
+            for path in (self.my_path, self.name_path):
+                try:
+                    self._client.delete(path)
+                except (KazooException, ZookeeperError):
+                    pass
         with gevent.Timeout(3, False):
             self._client.stop()
         self._client.close()

@@ -110,7 +110,8 @@ class Client:
     def from_zookeeper(cls, hosts, mesh="default", *, group=None, zk_auth=None, zk_timeout=10.0,
                        on_failover=None, **options):
         """A Client on a random node of ``mesh`` (of its ``group`` when given;
-        else of any group), found through ZooKeeper.
+        else of the nodes without a group, or of one group taken at random),
+        found through ZooKeeper.
 
         When that node leaves the mesh (its znode goes: at once on a clean stop,
         after its session timeout on a crash) the client moves to another node,

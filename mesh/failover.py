@@ -17,7 +17,7 @@ from kazoo.exceptions import KazooException, ZookeeperError
 from kazoo.recipe.watchers import DataWatch
 
 from .control import ControlError
-from .zookeeper import connect, every_member, members_path, read_members
+from .zookeeper import connect, members_path, read_members, some_members
 
 log = logging.getLogger("mesh.failover")
 
@@ -56,7 +56,7 @@ class ZooKeeperFailover:
     def _members(self):
         if self.group is not None:
             return read_members(self.zk, self.mesh, group=self.group)
-        return every_member(self.zk, self.mesh)
+        return some_members(self.zk, self.mesh)
 
     def _watch(self, node, group):
         def on_data(data, stat):

@@ -14,13 +14,13 @@ import re
 from .envelope import PROTOCOL_VERSION
 
 _NAME = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
-_ENDPOINT = re.compile(r"tcp://[^\s/]+:(\d{1,5})")
+_ENDPOINT = re.compile(r"tcp://(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(\d{1,5})")  # a host to dial, never *
 _ENDPOINT_FIELDS = ("control", "ingress", "out", "remote")
 
 
 def validate_name(name):
-    if not isinstance(name, str) or not _NAME.fullmatch(name):
-        raise ValueError(f"node name {name!r} must be 1-128 characters of A-Z a-z 0-9 _ . : -")
+    if not isinstance(name, str) or not _NAME.fullmatch(name) or name in (".", ".."):
+        raise ValueError(f"name {name!r} must be 1-128 characters of A-Z a-z 0-9 _ . : - (and not . or ..)")
     return name
 
 

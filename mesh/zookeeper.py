@@ -9,6 +9,7 @@ under ``/meshnode/<mesh>/groups/<group>/nodes`` instead.
 
 import json
 import logging
+import random
 
 from kazoo.client import KazooClient
 from kazoo.exceptions import NoNodeError
@@ -87,16 +88,38 @@ def read_members(client, mesh, children=None, group=None):
     return members
 
 
-def every_member(client, mesh):
-    """The member records of a whole mesh, its groups' included, name -> record."""
-    members = read_members(client, mesh)
+def groups_of(client, mesh):
+    """The names of a mesh's groups (sorted; those that are not valid names left out)."""
     try:
-        groups = client.get_children(f"{ROOT}/{validate_name(mesh)}/groups")
+        children = client.get_children(f"{ROOT}/{validate_name(mesh)}/groups")
     except NoNodeError:
-        groups = []
-    for group in sorted(groups):
+        return []
+    valid = []
+    for group in sorted(children):
         try:
-            members.update(read_members(client, mesh, group=validate_name(group)))
+            valid.append(validate_name(group))
         except ValueError:
             continue  # not a group this software made
+    return valid
+
+
+def every_member(client, mesh):
+    """The member records of a whole mesh, its groups' included, name -> record
+    (one read per node: for operators' listings, not for every client)."""
+    members = read_members(client, mesh)
+    for group in groups_of(client, mesh):
+        members.update(read_members(client, mesh, group=group))
+    return members
+
+
+def some_members(client, mesh):
+    """Nodes to pick one from without reading the whole mesh: those without a
+    group, else those of one group taken at random (the first with any)."""
+    members = read_members(client, mesh)
+    groups = groups_of(client, mesh)
+    random.shuffle(groups)
+    for group in groups:
+        if members:
+            break
+        members = read_members(client, mesh, group=group)
     return members

@@ -105,6 +105,8 @@ class Proxy:
             zmq.proxy_steerable, self._frontend, self._backend, None, self._steer_far)
 
     def _command(self, word):
+        while self._steer.poll(0):  # a late reply to a command that timed out: never read it as this one's
+            self._steer.recv_multipart()
         self._steer.send(word)
         return recv_multipart(self._steer, self._wait, timeout=10)
 
@@ -215,7 +217,7 @@ class PeerLinks:
             applied = None
             while self._wanted != applied:
                 applied = set(self._wanted)
-                self._apply(applied)
+                self._apply(set(applied))  # it drops endpoints libzmq refuses: keep what was asked to compare
                 gevent.sleep(COALESCE_SECONDS)  # what comes meanwhile is applied together, after it
         finally:
             self._applying = None

@@ -152,8 +152,10 @@ class Node:
         if self.gateway is not None:
             self.gateway.start()
             self._on_members({})  # link to its own group face, and collect what is published here
+        discovering = False
         try:
             self.discovery.start(self.member, self._on_members)
+            discovering = True
             if self.gateway is not None:
                 self.discovery.elect_gateway(
                     {"name": self.name, "control": self.member["control"],
@@ -173,9 +175,11 @@ class Node:
                 host, _, port = self.config.metrics.rpartition(":")
                 self.metrics_port = self.metrics.serve(host or self.config.host, int(port))
         except BaseException:
-            self.control.stop()
             if self.gateway is not None:
                 self.gateway.stop()
+            if discovering:  # leave ZooKeeper too: a dead candidate must not hold its group's line
+                self.discovery.stop()
+            self.control.stop()
             self.dataplane.stop()
             raise
 

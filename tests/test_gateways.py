@@ -4,11 +4,14 @@ duplicates, interest that goes away with its subscribers, and a gateway
 killed with SIGKILL whose successor takes over."""
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
 
 import pytest
+from kazoo.client import KazooClient
 
 from mesh import Client, Position
 from meshhelpers import assert_quiet, collect, drain, warm_up
@@ -99,8 +102,9 @@ def test_four_groups_every_node_gets_every_message_once(grouped):
 
 
 def test_interest_crosses_only_while_a_subscriber_wants_it(grouped):
-    a1, a2 = grouped("a1", "A", gateway=True), grouped("a2", "A")
-    b1, b2 = grouped("b1", "B", gateway=True), grouped("b2", "B")
+    # Two candidates per group: the waiting ones' group faces carry interest too, and must not keep it.
+    a1, a2 = grouped("a1", "A", gateway=True), grouped("a2", "A", gateway=True)
+    b1, b2 = grouped("b1", "B", gateway=True), grouped("b2", "B", gateway=True)
     wait_until(lambda: serving(a1, ["B"]) and serving(b1, ["A"]) and linked(a1, a2) and linked(b1, b2),
                what="two groups")
     publisher, listener = Client(a2.address), Client(b2.address)
@@ -273,3 +277,59 @@ def test_presence_and_history_are_asked_of_every_group(zk_server, zk_node):
         assert b1.request("groups")["groups"] == {"A": [{"name": "a1", "control": f"tcp://{a1.address}"}]}
     finally:
         watcher.close()
+
+
+def test_a_gateway_whose_session_expired_goes_to_the_end_of_the_line(zk_server, grouped):
+    """The LOST path: a1 frozen past its session; a2 takes over; a1, resumed,
+    stands again behind a2 and forwards nothing, so nothing arrives twice."""
+    a1 = grouped("a1", "A", gateway=True)
+    a2, a3 = grouped("a2", "A", gateway=True), grouped("a3", "A")
+    b1 = grouped("b1", "B", gateway=True)
+    wait_until(lambda: serving(a1, ["B"]) and serving(b1, ["A"]) and linked(a1, a2, a3), what="two groups")
+    os.kill(a1.pid, signal.SIGSTOP)
+    try:
+        wait_until(lambda: gateway_of(a2)["active"], timeout=15, what="a2 taking over from the frozen a1")
+    finally:
+        os.kill(a1.pid, signal.SIGCONT)
+    zk = KazooClient(hosts=zk_server.hosts)
+    zk.start(10)
+    try:
+        def line():
+            children = zk.get_children("/meshnode/test/gateways/A")
+            return [json.loads(zk.get(f"/meshnode/test/gateways/A/{c}")[0])["name"]
+                    for c in sorted(children, key=lambda c: c.rsplit("-", 1)[1])]
+        wait_until(lambda: line() == ["a2", "a1"], timeout=15, what="a1 standing again, behind a2")
+    finally:
+        zk.stop()
+        zk.close()
+    assert not gateway_of(a1)["active"] and gateway_of(a2)["active"]
+    wait_until(lambda: linked(a1, a2, a3), timeout=15, what="a1 back in its group")
+    publisher, listener = Client(a3.address), Client(b1.address)
+    try:
+        sub = listener.subscribe("after")
+        warm_up(publisher, "after", [sub])
+        drain(sub, quiet=0.5)
+        _publish_steadily(publisher, "after", 50)
+        assert [m.data for m in drain(sub)] == list(range(50))
+    finally:
+        publisher.close()
+        listener.close()
+
+
+def test_junk_in_the_line_does_not_stop_an_election(zk_server, grouped):
+    """A znode at the head of a group's line that is not a valid candidate
+    (bad JSON, a persistent leftover, a name that is not a candidate's) is
+    passed over."""
+    zk = KazooClient(hosts=zk_server.hosts)
+    zk.start(10)
+    try:
+        zk.create("/meshnode/test/gateways/A/c-junk-", b"not json", sequence=True, makepath=True)
+        zk.create("/meshnode/test/gateways/A/c-wrong-", json.dumps({"name": "x", "group": "B"}).encode(),
+                  sequence=True)
+        zk.create("/meshnode/test/gateways/A/zzz", b"{}")
+        a1, b1 = grouped("a1", "A", gateway=True), grouped("b1", "B", gateway=True)
+        wait_until(lambda: serving(a1, ["B"]) and serving(b1, ["A"]), what="a1 elected behind the junk")
+        assert b1.request("groups")["groups"] == {"A": [{"name": "a1", "control": f"tcp://{a1.address}"}]}
+    finally:
+        zk.stop()
+        zk.close()

@@ -1622,3 +1622,15 @@ def test_clean_names_contain_only_the_documented_characters(name):
     except ValueError:
         return
     assert all(c.isascii() and (c.isalnum() or c in "_.:-") for c in name), repr(name)
+    assert name not in (".", ".."), "a name is a znode's name in ZooKeeper"
+
+
+@pytest.mark.parametrize("endpoint", ["tcp://*:5555", "tcp://;x:1", "tcp://h:0", "tcp://h:65536", "tcp://a b:1",
+                                      "ipc:///tmp/x", "tcp://[::1:1"])
+def test_an_endpoint_no_node_could_dial_is_refused_in_a_member_record(endpoint):
+    record = {"name": "A", "control": "tcp://h:1", "ingress": "tcp://h:2", "out": "tcp://h:3", "remote": "tcp://h:4",
+              "instance": "i", "started": 1.0, "protocol": 2, "max_payload": 1024}
+    assert validate_member(record) == record and validate_member({**record, "out": "tcp://[::1]:3"})
+    for field in ("out", "gateway"):
+        with pytest.raises(ValueError, match="is not tcp://HOST:PORT"):
+            validate_member({**record, "group": "g", field: endpoint})
