@@ -76,7 +76,7 @@ class GatewayElection:
     def __init__(self, client, mesh, group, record, on_role, instance):
         self._client = client
         self.root = gateways_path(mesh)
-        self.group = validate_name(group)
+        self.group = validate_name(group, "group name")
         self.record = {**record, "group": self.group}
         self._on_role = on_role
         self._prefix = f"{CANDIDATE_PREFIX}{instance}-"  # our znodes' names, before the sequence

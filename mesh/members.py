@@ -18,9 +18,9 @@ _ENDPOINT = re.compile(r"tcp://(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(\d{1,5})"
 _ENDPOINT_FIELDS = ("control", "ingress", "out", "remote")
 
 
-def validate_name(name):
+def validate_name(name, what="node name"):
     if not isinstance(name, str) or not _NAME.fullmatch(name) or name in (".", ".."):
-        raise ValueError(f"name {name!r} must be 1-128 characters of A-Z a-z 0-9 _ . : - (and not . or ..)")
+        raise ValueError(f"{what} {name!r} must be 1-128 characters of A-Z a-z 0-9 _ . : - (and not . or ..)")
     return name
 
 
@@ -45,7 +45,7 @@ def validate_member(member):
             raise ValueError(f"member {clean['name']}: {field} {value!r} has the wrong type")
         clean[field] = value
     if member.get("group") is not None:  # a node of a group, and its face if it is a gateway candidate
-        clean["group"] = validate_name(member["group"])
+        clean["group"] = validate_name(member["group"], "group name")
         if member.get("gateway") is not None:
             clean["gateway"] = validate_endpoint(member["gateway"], f"member {clean['name']}: gateway")
     if clean["protocol"] != PROTOCOL_VERSION:

@@ -30,8 +30,8 @@ class DiscoveryError(RuntimeError):
 
 def members_path(mesh, group=None):
     if group is None:
-        return f"{ROOT}/{validate_name(mesh)}/nodes"
-    return f"{ROOT}/{validate_name(mesh)}/groups/{validate_name(group)}/nodes"
+        return f"{ROOT}/{validate_name(mesh, 'mesh name')}/nodes"
+    return f"{ROOT}/{validate_name(mesh, 'mesh name')}/groups/{validate_name(group, 'group name')}/nodes"
 
 
 def connect(hosts, session_timeout=10.0, connect_timeout=None, auth=None):

@@ -77,7 +77,7 @@ class NodeConfig:
         if self.gateway and not self.group:
             raise ValueError("a gateway joins its group to the others: give the node a --group")
         if self.group:
-            validate_name(self.group)
+            validate_name(self.group, "group name")
 
 
 def node_curve_keys(config):
