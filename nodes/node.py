@@ -164,8 +164,7 @@ class Node:
             if self.config.edge is not None:
                 from .edge import Edge
 
-                self.edge = Edge(f"127.0.0.1:{self.control.port}" if self.config.host in ("0.0.0.0", "*")
-                                 else self.member["control"], self.config.edge, self.curve, self)
+                self.edge = Edge(self._own_endpoint(self.member["control"]), self.config.edge, self.curve, self)
                 self.revocations.listeners.append(self.edge.end_grants_of)
                 self.hooks.own_ports.add(self.edge.port)
                 self.edge.start()
@@ -360,9 +359,7 @@ class Node:
     def _dispatcher(self):
         """The dispatcher, made at the first queue-group member; its client comes later."""
         if self.dispatcher is None:
-            self.dispatcher = Dispatcher(self.context, self.dataplane.endpoints("127.0.0.1")["out"]
-                                         if self.config.host in ("0.0.0.0", "*") else self.member["out"],
-                                         self.name, self.curve)
+            self.dispatcher = Dispatcher(self.context, self._own_endpoint(self.member["out"]), self.name, self.curve)
             self.dispatcher.client = self.own_client
             self.dispatcher.start()
             self._want_own_client()
@@ -378,7 +375,7 @@ class Node:
             gevent.spawn(self._connect_own_client)
 
     def _connect_own_client(self):
-        address = f"127.0.0.1:{self.control.port}" if self.config.host in ("0.0.0.0", "*") else self.member["control"]
+        address = self._own_endpoint(self.member["control"])
         while self.own_client is None:
             try:
                 self.own_client = Client(address, curve=self.curve)
