@@ -27,7 +27,7 @@ import os
 import statistics
 import time
 
-from .scale import _cpu_seconds, _rss_mib
+from .scale import _cpu_seconds, _rss_mib, warm_up
 
 SESSION = "4"
 
@@ -57,10 +57,6 @@ def groups(bench, rows):
     return rows
 
 
-def _stats(node):
-    return node.stats()
-
-
 def _until(predicate, timeout, what):
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -73,23 +69,15 @@ def _until(predicate, timeout, what):
 def _converged(groups_of, count, size):
     for members in groups_of:
         for node in members:
-            stats = _stats(node)
+            stats = node.stats()
             if stats["links"]["up"] < size - 1 + 2:  # peers, and the two candidates' group faces
                 return False
-        gateways = [_stats(node)["gateway"] for node in members[:2]]
+        gateways = [node.stats()["gateway"] for node in members[:2]]
         active = [g for g in gateways if g["active"]]
         if len(active) != 1 or len(active[0]["groups"]) != count - 1 \
                 or active[0]["gateway_links"]["up"] < 2 * (count - 1):
             return False
     return True
-
-
-def _drain(sub, quiet=0.3):
-    try:
-        while True:
-            sub.get(timeout=quiet)
-    except TimeoutError:
-        pass
 
 
 def _received(sub, want, timeout=5.0):
@@ -102,25 +90,6 @@ def _received(sub, want, timeout=5.0):
                 got.append(message.data)
     except TimeoutError:
         return got
-
-
-def _warm(publisher, subject, subs, timeout=60):
-    deadline = time.monotonic() + timeout
-    pending = set(range(len(subs)))
-    while pending:
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{len(pending)} subscribers never got a message on {subject}")
-        publisher.publish(subject, "warm")
-        time.sleep(0.05)
-        for i in list(pending):
-            try:
-                while subs[i].get(timeout=0.005).data == "warm":
-                    pending.discard(i)
-            except TimeoutError:
-                pass
-    time.sleep(0.3)
-    for sub in subs:
-        _drain(sub, 0.005)
 
 
 def _run(bench, count, size):
@@ -143,7 +112,7 @@ def _run(bench, count, size):
         subs = [clients[node.name].subscribe("groups.all") for node in nodes]
         first, last = groups_of[0][2], groups_of[-1][2]  # plain members, not candidates
         for key, publisher in (("first", clients[first.name]), ("last", clients[last.name])):
-            _warm(publisher, "groups.all", subs)
+            warm_up(publisher, "groups.all", subs)
             for k in range(100):
                 publisher.publish("groups.all", k)
             publisher.flush()
@@ -156,7 +125,7 @@ def _run(bench, count, size):
         inside, across = clients[groups_of[0][3].name], clients[groups_of[1][3].name]
         for where, client in (("in", inside), ("across", across)):
             sub = client.subscribe(f"groups.lat.{where}")
-            _warm(publisher, f"groups.lat.{where}", [sub])
+            warm_up(publisher, f"groups.lat.{where}", [sub])
             delays = []
             for k in range(500):  # one at a time: each is read before the next is sent
                 publisher.publish(f"groups.lat.{where}", k)
@@ -172,7 +141,7 @@ def _run(bench, count, size):
         payload = b"x" * 100
         for where, client in (("in", inside), ("across", across)):
             sub = client.subscribe(f"groups.rate.{where}", pending_limit=1_000_000)
-            _warm(publisher, f"groups.rate.{where}", [sub])
+            warm_up(publisher, f"groups.rate.{where}", [sub])
             sent = 100_000
             began = time.monotonic()
             for _ in range(sent):
@@ -195,7 +164,7 @@ def _run(bench, count, size):
     idle = bench.args.scale_idle_seconds
     before = {node.pid: _cpu_seconds(node.pid) for node in nodes}
     time.sleep(idle)
-    gateways = {node.name for node in nodes if _stats(node).get("gateway", {}).get("active")}
+    gateways = {node.name for node in nodes if node.stats().get("gateway", {}).get("active")}
     for kind, chosen in (("member", [n for n in nodes if n.name not in gateways]),
                          ("gateway", [n for n in nodes if n.name in gateways])):
         cpu = [(_cpu_seconds(n.pid) - before[n.pid]) / idle for n in chosen]
@@ -206,14 +175,14 @@ def _run(bench, count, size):
 
     result.update(_failover(groups_of, Client))
 
-    restarts = {node.name: _stats(node)["links"]["proxy_restarts"] for node in nodes if node.alive()}
+    restarts = {node.name: node.stats()["links"]["proxy_restarts"] for node in nodes if node.alive()}
     joined_at = time.monotonic()
     extra = bench.procs.node(f"g{count - 1:02d}extra", *zk_args, "--group", f"g{count - 1:02d}")
-    _until(lambda: _stats(extra)["links"]["up"] >= size - 1 + 2 + 1 and all(
-        _stats(n)["links"]["up"] >= size + 2 for n in groups_of[-1]), 60, "the extra node linked in its group")
+    _until(lambda: extra.stats()["links"]["up"] >= size - 1 + 2 + 1 and all(
+        n.stats()["links"]["up"] >= size + 2 for n in groups_of[-1]), 60, "the extra node linked in its group")
     result["join_s"] = time.monotonic() - joined_at
     others = [n for group in groups_of[:-1] for n in group if n.alive()]
-    result["join_restarts_other_groups"] = sum(_stats(n)["links"]["proxy_restarts"] - restarts[n.name]
+    result["join_restarts_other_groups"] = sum(n.stats()["links"]["proxy_restarts"] - restarts[n.name]
                                                for n in others)
     return result
 
@@ -221,12 +190,12 @@ def _run(bench, count, size):
 def _failover(groups_of, Client):
     """Kill the first group's gateway while messages cross from it to another group."""
     group = groups_of[0]
-    gateway = next(n for n in group[:2] if _stats(n)["gateway"]["active"])
+    gateway = next(n for n in group[:2] if n.stats()["gateway"]["active"])
     successor = next(n for n in group[:2] if n is not gateway)
     publisher, listener = Client(group[2].address), Client(groups_of[1][3].address)
     try:
         sub = listener.subscribe("groups.failover")
-        _warm(publisher, "groups.failover", [sub])
+        warm_up(publisher, "groups.failover", [sub])
         sent = 0
 
         def publish(seconds):
@@ -246,7 +215,7 @@ def _failover(groups_of, Client):
         arrivals = []
         while time.monotonic() - killed_at < 20:
             publish(0.1)
-            if active_at is None and _stats(successor)["gateway"]["active"]:
+            if active_at is None and successor.stats()["gateway"]["active"]:
                 active_at = time.monotonic()
             try:
                 while True:  # a get reads the socket only when given time to wait

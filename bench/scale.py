@@ -64,26 +64,7 @@ def _run(bench, n):
     try:
         subs = [client.subscribe(SUBJECT) for client in clients]
         publisher = clients[0]
-        deadline = time.monotonic() + 60
-        pending = set(range(n))
-        while pending:  # warm up: every subscription has reached the publisher's node
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{len(pending)} subscribers never got a message")
-            publisher.publish(SUBJECT, "warm")
-            time.sleep(0.05)
-            for i in list(pending):
-                try:
-                    while subs[i].get(timeout=0.005).data == "warm":  # a get reads only with time to wait
-                        pending.discard(i)
-                except TimeoutError:
-                    pass
-        time.sleep(0.3)
-        for sub in subs:
-            try:
-                while True:
-                    sub.get(timeout=0.005)
-            except TimeoutError:
-                pass
+        warm_up(publisher, SUBJECT, subs)
         for k in range(100):
             publisher.publish(SUBJECT, k)
         publisher.flush()
@@ -120,6 +101,31 @@ def _run(bench, n):
             "rss_mib_median": statistics.median(rss), "rss_mib_max": max(rss),
             "fds_median": statistics.median(fds), "fds_max": max(fds),
             "join_s": join_s, "join_restarts_max": max(join_restarts)}
+
+
+def warm_up(publisher, subject, subs, timeout=60):
+    """Publish "warm" on ``subject`` until every subscription got one (its
+    interest has reached the publisher's node), then drop what is left."""
+    deadline = time.monotonic() + timeout
+    pending = set(range(len(subs)))
+    while pending:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{len(pending)} subscribers never got a message on {subject}")
+        publisher.publish(subject, "warm")
+        time.sleep(0.05)
+        for i in list(pending):
+            try:
+                while subs[i].get(timeout=0.005).data == "warm":  # a get reads only with time to wait
+                    pending.discard(i)
+            except TimeoutError:
+                pass
+    time.sleep(0.3)
+    for sub in subs:
+        try:
+            while True:
+                sub.get(timeout=0.005)
+        except TimeoutError:
+            pass
 
 
 def _until_linked(nodes, peers, timeout):
