@@ -38,6 +38,7 @@ from mesh.members import validate_name
 from mesh.zookeeper import ROOT, DiscoveryError, connect, members_path, read_members
 
 from .base import Discovery
+from .gateways import GatewayElection
 
 log = logging.getLogger("meshnode.discovery.zookeeper")
 
@@ -240,10 +241,6 @@ class ZooKeeperDiscovery(Discovery):
 
     def elect_gateway(self, record, on_role):
         """Stand as a gateway of this node's group (discovery/gateways.py)."""
-        from .gateways import GatewayElection
-
-        if self.group is None:
-            raise ValueError("a gateway needs a group (--group)")
         self._election = GatewayElection(self._client, self.mesh, self.group, record, on_role, self._me["instance"])
         self._election.start()
 
