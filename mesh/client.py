@@ -237,16 +237,21 @@ class Client:
 
     # -- publishing -------------------------------------------------------
 
-    def publish(self, subject, data):
+    def publish(self, subject, data, headers=None):
         """Publish ``data`` (anything msgpack can carry) on a concrete subject.
 
         Raises ValueError for an invalid subject, PayloadTooLarge (a ValueError)
         over the node's limit, TypeError for data msgpack cannot encode.
         Returns the message's sequence number on this subject. Messages
         published in quick succession travel in batches; see ``flush``.
+        ``headers`` (a dict with str keys, PROTOCOL.md 4.2) sends the message
+        in a batch of its own with them; such a publish is not held while the
+        node is unreachable (Disconnected).
         """
         if self._pid != _pid[0]:
             self._reopen_after_fork()
+        if headers is not None:
+            return self._publisher.publish_with_headers(subject, data, headers)
         return self._publisher.publish(subject, data)
 
     def ack(self, message):

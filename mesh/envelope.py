@@ -21,6 +21,8 @@ import msgpack
 PROTOCOL_VERSION = 2
 DEFAULT_MAX_PAYLOAD = 1024 * 1024
 MARKS_TOPIC_END = b"\x00"
+HOOKS_HEADER = "hooks"  # the webhooks whose deliveries led to a message (PROTOCOL.md 4.2)
+CARRIED_HEADERS = (HOOKS_HEADER,)  # headers of a publish that queue-group and job deliveries carry on
 # The largest batch header: fixarray, version, origin (str 32 header + bytes),
 # epoch, seq (uint64 each), ts (float64) and an array32 header.
 _HEADER_SLACK = 1 + 1 + 5 + 9 + 9 + 9 + 5

@@ -5,7 +5,8 @@ ZooKeeper: ``name``, ``control``, ``ingress``, ``out``, ``remote`` (tcp
 endpoints), ``instance`` (random per process start), ``started`` (unix time),
 ``protocol``, ``max_payload``; a node of a group adds ``group`` and, if it
 may be the group's gateway, ``gateway`` (its group face, which every member
-links to like a peer's ``out``: nodes/gateway.py). Clients read records
+links to like a peer's ``out``: nodes/gateway.py); a node with an edge adds
+``http`` (``http://HOST:PORT``). Clients read records
 too (``Client.from_zookeeper``), so this lives at the bottom, in ``mesh``.
 """
 
@@ -14,8 +15,9 @@ import re
 from .envelope import PROTOCOL_VERSION
 
 _NAME = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
-_ENDPOINT = re.compile(r"tcp://(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(\d{1,5})")  # a host to dial, never *
+_ENDPOINT = re.compile(r"(tcp|http)://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(\d{1,5})")  # a host to dial, never *
 _ENDPOINT_FIELDS = ("control", "ingress", "out", "remote")
+_OPTIONAL_ENDPOINT_FIELDS = ("gateway", "http")
 
 
 def validate_name(name, what="node name"):
@@ -24,12 +26,20 @@ def validate_name(name, what="node name"):
     return name
 
 
-def validate_endpoint(value, what):
-    """``value`` if it is tcp://HOST:PORT, else ValueError starting with ``what``."""
+def validate_endpoint(value, what, scheme="tcp"):
+    """``value`` if it is SCHEME://HOST:PORT, else ValueError starting with ``what``."""
     match = _ENDPOINT.fullmatch(value) if isinstance(value, str) else None
-    if match is None or not 0 < int(match.group(1)) < 65536:
-        raise ValueError(f"{what} {value!r} is not tcp://HOST:PORT")
+    if match is None or match.group(1) != scheme or not 0 < int(match.group(3)) < 65536:
+        raise ValueError(f"{what} {value!r} is not {scheme}://HOST:PORT")
     return value
+
+
+def member_ports(record):
+    """(host, port) of every port a member record names (its ZeroMQ sockets, gateway face, edge)."""
+    for field in (*_ENDPOINT_FIELDS, *_OPTIONAL_ENDPOINT_FIELDS):
+        match = _ENDPOINT.fullmatch(record.get(field) or "")
+        if match is not None:
+            yield match.group(2).strip("[]"), int(match.group(3))
 
 
 def validate_member(member):
@@ -48,6 +58,8 @@ def validate_member(member):
         clean["group"] = validate_name(member["group"], "group name")
         if member.get("gateway") is not None:
             clean["gateway"] = validate_endpoint(member["gateway"], f"member {clean['name']}: gateway")
+    if member.get("http") is not None:
+        clean["http"] = validate_endpoint(member["http"], f"member {clean['name']}: http", "http")
     if clean["protocol"] != PROTOCOL_VERSION:
         raise ValueError(f"member {clean['name']} speaks protocol {clean['protocol']}, "
                          f"this node {PROTOCOL_VERSION}")

@@ -5,6 +5,7 @@ sockets; library code never patches on import.
 """
 
 import argparse
+import ipaddress
 import json
 import os
 import sys
@@ -29,6 +30,13 @@ def _positive_float(text):
     if not value > 0:
         raise argparse.ArgumentTypeError(f"{text} is not a positive number")
     return value
+
+
+def _network(text):
+    try:
+        return str(ipaddress.ip_network(text, strict=False))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an address or a network (CIDR, e.g. 10.1.0.0/16)") from None
 
 
 def build_parser():
@@ -89,6 +97,10 @@ def build_parser():
     run.add_argument("--metrics", metavar="HOST:PORT",
                      help="serve Prometheus metrics at http://HOST:PORT/metrics (an edge also serves them "
                           "at /metrics on its --http port; docs/OPERATIONS.md)")
+    run.add_argument("--hooks-allow", action="append", default=[], metavar="CIDR", type=_network,
+                     help="let webhooks reach addresses in this network although they are loopback, private, "
+                          "link-local or otherwise inside (refused by default); repeatable; a mesh node's own "
+                          "ports stay refused (docs/WEBHOOKS.md)")
     edge = run.add_argument_group("edge (HTTP, WebSocket, Server-Sent Events; off without --http)")
     edge.add_argument("--http", type=int, metavar="PORT",
                       help="serve WebSocket (/ws), HTTP publish (/pub), SSE (/sub), /stats and a page at / "
@@ -111,6 +123,9 @@ def build_parser():
                            "lasts unless told (default: %(default)s)")
     edge.add_argument("--allowed-origin", action="append", default=[], metavar="ORIGIN",
                       help="accept browser requests only from this Origin; repeatable (default: any)")
+    edge.add_argument("--hooks-open", action="store_true",
+                      help="without --auth-*, let clients other than loopback ones register, list and remove "
+                           "webhooks at /hooks (refused by default; with auth an admin token is needed)")
     edge.add_argument("--max-subscriptions", type=_positive_int, default=128, metavar="N",
                       help="subscriptions per connection (default: 128)")
     edge.add_argument("--queue-bytes", type=_positive_int, default=1024 * 1024, metavar="BYTES",
@@ -350,12 +365,14 @@ def cmd_run(args):
                                              audience=args.auth_audience, issuer=args.auth_issuer,
                                              max_lifetime=args.auth_max_lifetime),
                           allowed_origins=args.allowed_origin, keepalive_seconds=args.keepalive,
-                          request_timeout=args.request_timeout, stream_idle=args.stream_idle)
+                          request_timeout=args.request_timeout, stream_idle=args.stream_idle,
+                          hooks_open=args.hooks_open)
     config = NodeConfig(name=args.name, host=args.host, port=args.port, advertise=args.advertise,
                         max_payload=args.max_payload, hwm=args.hwm, peers=args.peer, edge=edge,
                         curve_keys=args.curve_keys or "", revocation_seconds=args.auth_max_lifetime,
                         history=[HistoryRule(text) for text in args.history], history_bytes=args.history_bytes,
-                        metrics=args.metrics or "", group=args.group, gateway=args.gateway)
+                        metrics=args.metrics or "", group=args.group, gateway=args.gateway,
+                        hooks_allow=args.hooks_allow)
     import zmq
 
     if args.zk and args.peer:

@@ -26,7 +26,7 @@ import gevent
 import zmq
 
 from mesh.curve import apply_client
-from mesh.envelope import MalformedMessage, decode_batch
+from mesh.envelope import CARRIED_HEADERS, MalformedMessage, decode_batch
 from mesh.queues import INBOX_TOPIC, LEASE_SECONDS, valid_group
 from mesh.subjects import Pattern, subject_from_topic
 from mesh.waiting import pick_waiter, recv_multipart
@@ -190,19 +190,21 @@ class Dispatcher:
         if not groups:
             return
         origin, epoch, seq, ts, payloads, headers = decode_batch(frames[1], with_headers=True)
-        reply = headers.get("reply") if headers else None
-        if headers and not isinstance(reply, str):
+        headers = headers or {}
+        reply = headers.get("reply")
+        carried = {name: headers[name] for name in CARRIED_HEADERS if name in headers}
+        if headers and not isinstance(reply, str) and not carried:
             return  # a reply, or headers we do not know: not queue work
         for i, data in enumerate(payloads):
             for group in groups:
                 if group.jobs is not None and reply is None:
-                    self.jobs.submit(group, subject, data, origin, epoch, seq + i)
+                    self.jobs.submit(group, subject, data, origin, epoch, seq + i, carried)
                     continue
                 member = self._pick(group)
                 if member is None:
                     self.no_member += 1
                     continue
-                forwarded = {"o": origin, "e": epoch, "n": seq + i}
+                forwarded = {**carried, "o": origin, "e": epoch, "n": seq + i}
                 if reply is not None:  # a request: one member of the group answers it
                     forwarded["reply"] = reply
                 self._send(member, group, subject, data, forwarded)
@@ -215,7 +217,7 @@ class Dispatcher:
                       {"q": group.name, "s": subject, "o": "", "e": 0, "n": 0, **headers})
 
     def _publish(self, subject, data, headers):
-        self.client._publisher.publish_with_headers(subject, data, headers)
+        self.client.publish(subject, data, headers)
 
     def _pick(self, group, exclude=None):
         """The reachable member with the most room (not ``exclude`` if another will do)."""

@@ -45,6 +45,7 @@ class EdgeConfig:
     header_timeout: float = 10.0
     buffer_bytes: int = 256 * 1024 * 1024
     max_per_address: int = 0
+    hooks_open: bool = False  # /hooks from non-loopback clients without auth (docs/WEBHOOKS.md)
 
 
 class Edge:
@@ -105,12 +106,13 @@ class Edge:
             raise EdgeError("no_interest", f"no subscriber in the mesh covers {subject!r} after {timeout} s",
                             request_id, 504)
 
-    def publish(self, grant, subject, data, request_id=None):
-        """Publish for an edge client; EdgeError if not allowed or too large."""
+    def publish(self, grant, subject, data, request_id=None, headers=None):
+        """Publish for an edge client (with message ``headers``, PROTOCOL.md 4.2);
+        EdgeError if not allowed or too large."""
         if not grant.may_publish(subject):
             raise EdgeError("forbidden", f"not allowed to publish on {subject!r}", request_id, 403)
         try:
-            seq = self.client.publish(subject, data)
+            seq = self.client.publish(subject, data, headers)
         except PayloadTooLarge as exc:
             raise EdgeError("too_large", str(exc), request_id, 413) from None
         except (ValueError, TypeError, OverflowError) as exc:  # OverflowError: integers msgpack cannot hold

@@ -20,10 +20,10 @@ import logging
 import os
 import re
 import time
-from urllib.parse import urlsplit
 
-from mesh.control import is_loopback
 from mesh.subjects import Pattern
+
+from .hooktargets import parse_url
 
 log = logging.getLogger("meshnode.hooks")
 
@@ -31,6 +31,7 @@ KIND = "hooks"
 MAX_RECORD_BYTES = 4096
 MAX_URL_BYTES = 2048
 DEFAULT_MAX_AGE = 3600.0
+MAX_REMOVED = 1024  # removed records remembered against late copies from ZooKeeper
 _KEY = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 
 
@@ -42,23 +43,15 @@ def hook_id(key, url):
     return hashlib.sha256(f"{key}\n{url}".encode()).hexdigest()[:24]
 
 
-def validate_hook(fields, own_ports=()):
+def validate_hook(fields):
     """A clean hook record from a registration; ValueError naming the problem.
-    ``own_ports``: this node's ports, which a loopback URL must not point at."""
+    Where the URL may point is the target policy's question (nodes/hooktargets.py)."""
     key, url = fields.get("key"), fields.get("url")
     if not isinstance(key, str) or not _KEY.match(key):
         raise ValueError("key must be 1-128 letters, digits, '_' or '-'")
     if not isinstance(url, str) or len(url.encode()) > MAX_URL_BYTES:
         raise ValueError(f"url must be a string of at most {MAX_URL_BYTES} bytes")
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"url {url!r} is not an http or https URL with a host")
-    try:
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-    except ValueError:
-        raise ValueError(f"url {url!r} has a bad port") from None
-    if port in own_ports and is_loopback(parts.hostname):
-        raise ValueError(f"url {url!r} points at this node's own ports")
+    parse_url(url)
     pattern = fields.get("pattern") or f"hooks.{key}.>"
     Pattern(pattern)
     secrets = fields.get("secrets") or [new_secret()]
@@ -82,12 +75,14 @@ def validate_hook(fields, own_ports=()):
 
 
 class HookRegistry:
-    def __init__(self, discovery, relay, own_ports=()):
-        """``relay(cmd, fields)`` sends a control request to every peer (used without ZooKeeper)."""
+    def __init__(self, discovery, relay, targets):
+        """``relay(cmd, fields)`` sends a control request to every peer (used without ZooKeeper);
+        ``targets``: the TargetPolicy a registration's URL must pass (nodes/hooktargets.py)."""
         self.discovery = discovery
         self._relay = relay
-        self.own_ports = set(own_ports)
+        self.targets = targets
         self.hooks = {}  # id -> record
+        self._removed = {}  # id -> the record removed here: a late copy from ZooKeeper is not learned again
         self.listeners = []  # callables (record, removed: bool)
 
     def start(self):
@@ -98,13 +93,21 @@ class HookRegistry:
             self._forget(name)
             return
         try:
-            self._learn(validate_hook(record))
+            record = validate_hook(record)
         except ValueError as exc:
             log.warning("ignoring stored hook %r: %s", name, exc)
+            return
+        if self._removed.get(record["id"]) != record:
+            self._learn(record)
 
     def add(self, fields, relay=True):
-        """Register (or update) a hook; returns its record. ValueError if invalid."""
-        record = validate_hook(fields, self.own_ports)
+        """Register (or update) a hook; returns its record. ValueError if invalid, TargetRefused
+        (a ValueError) if its URL points where deliveries may not go. A relayed registration
+        (``relay`` False) was checked where it was made; every delivery is checked again."""
+        record = validate_hook(fields)
+        if relay:
+            self.targets.target(record["url"])
+        self._removed.pop(record["id"], None)
         self._learn(record)
         if relay and not self.discovery.share(KIND, record["id"], record):
             self._relay("hook_add", {**record, "relay": False})
@@ -127,6 +130,9 @@ class HookRegistry:
     def _forget(self, hook):
         record = self.hooks.pop(hook, None)
         if record is not None:
+            self._removed[hook] = record
+            if len(self._removed) > MAX_REMOVED:
+                self._removed.pop(next(iter(self._removed)))
             for listener in self.listeners:
                 listener(record, True)
         return record is not None

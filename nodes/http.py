@@ -9,7 +9,8 @@ health, stats and the built-in page.
     GET  /sub/<pattern>    Server-Sent Events
     GET  /interest/<subject>?timeout=S   wait until a subscriber in the mesh covers it
     POST /revoke/<sub>?for=S  refuse the tokens of sub mesh-wide (an admin token when auth is on)
-    GET/POST/DELETE /hooks/<key>  the webhook registry (an admin token when auth is on)
+    GET/POST/DELETE /hooks/<key>  the webhook registry (an admin token when auth is on; without
+                           auth, loopback clients only unless --hooks-open)
     GET  /healthz, /stats  JSON
     GET  /metrics          Prometheus
 """
@@ -25,6 +26,7 @@ import gevent
 from gevent.socket import wait_read
 
 from discovery.base import validate_revocation
+from mesh.envelope import HOOKS_HEADER
 from mesh.subjects import Pattern, validate_subject
 
 from .auth import token_from
@@ -33,6 +35,8 @@ from .edgeproto import (DEFAULT_INTEREST_TIMEOUT, DEFAULT_REQUEST_TIMEOUT, MAX_R
                         parse_position, render_error)
 from .edgerecovery import recovered_frames
 from .fanout import encode_frame
+from .hookdelivery import hook_chain
+from .hooktargets import plain_address
 from .websocket import MeshWebSocketApplication
 
 log = logging.getLogger("meshnode.edge")
@@ -250,7 +254,11 @@ class EdgeApp:
             reply = self.edge.request(grant, subject, data, timeout)
             return self._json(start_response, 200, {"ok": True, "subject": subject, "data": reply.data,
                                                     "origin": reply.origin})
-        seq = self.edge.publish(grant, subject, data)
+        try:
+            chain = hook_chain(environ.get("HTTP_MESHNODE_HOOKS", ""))
+        except ValueError as exc:
+            raise EdgeError("bad_request", str(exc)) from None
+        seq = self.edge.publish(grant, subject, data, headers={HOOKS_HEADER: chain} if chain else None)
         return self._json(start_response, 200, {"ok": True, "subject": subject, "seq": seq,
                                                 "position": self.edge.position_after(subject, seq)})
 
@@ -282,8 +290,13 @@ class EdgeApp:
 
     def _hooks(self, environ, start_response, method, key):
         """POST /hooks/<key> {"url", "secret"?, "pattern"?, "max_age"?}, DELETE /hooks/<key>?url=,
-        GET /hooks/<key>: the webhook registry (docs/WEBHOOKS.md); an admin token when auth is on."""
+        GET /hooks/<key>: the webhook registry (docs/WEBHOOKS.md); an admin token when auth is on,
+        a loopback client (or --hooks-open) when it is off."""
         self._admin(environ)
+        if not self.edge.auth.enabled and not self.edge.config.hooks_open \
+                and not _loopback_client(environ):
+            raise EdgeError("forbidden", "without auth, webhooks are managed from loopback only "
+                                         "(start the node with --hooks-open, or with --auth-*)", http_status=403)
         node = self.edge.node
         if method == "GET":
             return self._json(start_response, 200, {"ok": True, "hooks": node.hook_delivery.listing(key)})
@@ -390,3 +403,10 @@ def _limit(environ):
     if not 1 <= limit <= 10_000:
         raise EdgeError("bad_request", "limit must be an integer from 1 to 10000")
     return limit
+
+
+def _loopback_client(environ):
+    try:
+        return plain_address(environ.get("REMOTE_ADDR", "")).is_loopback
+    except ValueError:
+        return False

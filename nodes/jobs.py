@@ -26,11 +26,12 @@ MAX_EXTEND_SECONDS = 3600.0
 
 
 class Job:
-    __slots__ = ("id", "key", "settings", "subject", "data", "origin", "attempt", "member", "deadline")
+    __slots__ = ("id", "key", "settings", "subject", "data", "origin", "carried", "attempt", "member", "deadline")
 
-    def __init__(self, key, settings, subject, data, origin, epoch, seq):
+    def __init__(self, key, settings, subject, data, origin, epoch, seq, carried):
         self.id = f"{key[0]}:{origin}/{epoch}/{seq}"  # a message can be a job of several groups
         self.key, self.settings, self.subject, self.data, self.origin = key, settings, subject, data, (origin, epoch, seq)
+        self.carried = carried  # the publish's headers every delivery carries on (mesh/envelope.py CARRIED_HEADERS)
         self.attempt = 0
         self.member = None
         self.deadline = 0.0
@@ -49,9 +50,9 @@ class JobBook:
         self.per_group = {}  # group key -> number of jobs held
         self.acked = self.redelivered = self.dead = self.refused_acks = 0
 
-    def submit(self, group, subject, data, origin, epoch, seq):
+    def submit(self, group, subject, data, origin, epoch, seq, carried=None):
         key = (group.name, group.pattern.text)
-        job = Job(key, dict(group.jobs), subject, data, origin, epoch, seq)
+        job = Job(key, dict(group.jobs), subject, data, origin, epoch, seq, carried or {})
         if self.per_group.get(key, 0) >= MAX_JOBS:
             self._dead_letter(job, "full")
             return
@@ -74,7 +75,7 @@ class JobBook:
         job.deadline = time.monotonic() + job.settings["deadline"]
         origin, epoch, seq = job.origin
         self._send(member, group, job.subject, job.data,
-                   {"o": origin, "e": epoch, "n": seq, "j": job.id, "a": job.attempt, "h": self.node})
+                   {**job.carried, "o": origin, "e": epoch, "n": seq, "j": job.id, "a": job.attempt, "h": self.node})
 
     def _dead_letter(self, job, reason):
         self.dead += 1

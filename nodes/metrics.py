@@ -62,7 +62,9 @@ JOBS = [("held", "gauge", "jobs held here until acknowledged"), ("acked", "count
         ("redelivered", "counter", "jobs given to another member"), ("dead", "counter", "jobs dead-lettered"),
         ("refused_acks", "counter", "acknowledgements refused")]
 HOOKS = [("delivered", "counter", "webhook deliveries made from this node"),
-         ("retried", "counter", "webhook attempts retried"), ("failed", "counter", "webhook deliveries failed")]
+         ("retried", "counter", "webhook attempts retried"), ("failed", "counter", "webhook deliveries failed"),
+         ("refused", "counter", "webhook deliveries refused by the target policy"),
+         ("looped", "counter", "webhook deliveries dropped: the message came from that hook's own delivery")]
 
 
 def _family(name, kind, help_text, value, labels=None):
@@ -104,11 +106,11 @@ class NodeCollector:
         if jobs is not None:
             for key, kind, help_text in JOBS:
                 yield _family(f"jobs_{key}", kind, help_text, jobs[key])
-        hooks = stats.get("hooks")
-        if hooks is not None:
-            yield _family("hooks", "gauge", "webhooks registered", len(hooks))
+        totals = stats.get("hook_totals")
+        if totals is not None:
+            yield _family("hooks", "gauge", "webhooks registered", len(stats.get("hooks", ())))
             for key, kind, help_text in HOOKS:
-                yield _family(f"hooks_{key}", kind, help_text, sum(h[key] for h in hooks))
+                yield _family(f"hooks_{key}", kind, help_text, totals[key])
 
 
 class Metrics:

@@ -25,7 +25,7 @@ from mesh.curve import MESH_CERT, CurveKeys
 from mesh import Client
 from mesh.control import ControlChannel, ControlError
 from mesh.envelope import DEFAULT_MAX_PAYLOAD, PROTOCOL_VERSION
-from mesh.members import validate_member, validate_name
+from mesh.members import member_ports, validate_member, validate_name
 from mesh.subjects import Pattern
 from mesh.waiting import pick_waiter
 
@@ -37,6 +37,7 @@ from .events import Events
 from .gateway import Gateway
 from .hookdelivery import HookDelivery
 from .hookregistry import HookRegistry
+from .hooktargets import TargetPolicy
 from .metrics import Metrics
 from .recorder import DEFAULT_HISTORY_BYTES, MAX_ASKED_STREAMS, MAX_PAGE_MESSAGES, Recorder
 from .revocations import Revocations
@@ -67,6 +68,7 @@ class NodeConfig:
     metrics: str = ""  # HOST:PORT for /metrics on a port of its own (nodes/metrics.py)
     group: str = ""  # the node's group: it links only to the nodes of its group (docs/SCALING.md)
     gateway: bool = False  # stand as the gateway of its group (nodes/gateway.py)
+    hooks_allow: list = field(default_factory=list)  # CIDRs webhooks may reach though inside (nodes/hooktargets.py)
 
     def __post_init__(self):
         if self.host in ("0.0.0.0", "::", "*") and not self.advertise:
@@ -112,9 +114,11 @@ class Node:
         self.dispatcher = None  # made at the first queue-group member (nodes/dispatcher.py)
         self.own_client = None  # this node's own mesh Client, for the dispatcher and the hook deliverer
         self._own_client_wanted = False
-        self.hooks = HookRegistry(discovery, self._relay,
-                                  [self.control.port, *(int(e.rsplit(":", 1)[1]) for e in
-                                                        self.dataplane.endpoints("127.0.0.1").values())])
+        self.hook_targets = TargetPolicy(config.hooks_allow,
+                                         own_ports={self.control.port, *(int(e.rsplit(":", 1)[1]) for e in
+                                                                         self.dataplane.endpoints("127.0.0.1").values())},
+                                         member_ports=self._member_ports)
+        self.hooks = HookRegistry(discovery, self._relay, self.hook_targets)
         self.hook_delivery = HookDelivery(self.hooks)
         self.metrics = Metrics(lambda: self.cmd_stats({}))
         self.metrics_port = None
@@ -154,6 +158,13 @@ class Node:
             self._on_members({})  # link to its own group face, and collect what is published here
         discovering = False
         try:
+            if self.config.edge is not None:  # bound before joining: the member record names its port
+                from .edge import Edge
+
+                self.edge = Edge(self._own_endpoint(self.member["control"]), self.config.edge, self.curve, self)
+                self.revocations.listeners.append(self.edge.end_grants_of)
+                self.hook_targets.own_ports.add(self.edge.port)
+                self.member["http"] = f"http://{self.config.advertise}:{self.edge.port}"
             self.discovery.start(self.member, self._on_members)
             discovering = True
             if self.gateway is not None:
@@ -161,19 +172,17 @@ class Node:
                     {"name": self.name, "control": self.member["control"],
                      "gateway_out": self.gateway.endpoints(self.config.advertise)["gateway_out"]},
                     self.gateway.set_role)
-            if self.config.edge is not None:
-                from .edge import Edge
-
-                self.edge = Edge(self._own_endpoint(self.member["control"]), self.config.edge, self.curve, self)
-                self.revocations.listeners.append(self.edge.end_grants_of)
-                self.hooks.own_ports.add(self.edge.port)
+            if self.edge is not None:
                 self.edge.start()
             self.revocations.start()
             self.hooks.start()
             if self.config.metrics:
                 host, _, port = self.config.metrics.rpartition(":")
                 self.metrics_port = self.metrics.serve(host or self.config.host, int(port))
+                self.hook_targets.own_ports.add(self.metrics_port)
         except BaseException:
+            if self.edge is not None:
+                self.edge.stop()
             if self.gateway is not None:
                 self.gateway.stop()
             if discovering:  # leave ZooKeeper too: a dead candidate must not hold its group's line
@@ -191,6 +200,10 @@ class Node:
         """A record that points at this node under another name would make it
         its own peer and deliver every local message twice."""
         return any(record[k] == self.member[k] for k in ("control", "ingress", "out", "remote"))
+
+    def _member_ports(self):
+        """(host, port) of every port the known members publish: webhooks may not point there."""
+        return [pair for record in list(self.peers.values()) for pair in member_ports(record)]
 
     def _on_members(self, members):
         for name, record in list(members.items()):
@@ -494,6 +507,8 @@ class Node:
             **({"history": self.recorder.counters()} if self.recorder is not None else {}),
             **({"queues": self.dispatcher.counters()} if self.dispatcher is not None else {}),
             **({"hooks": self.hook_delivery.listing()} if self.hooks.hooks else {}),
+            **({"hook_totals": self.hook_delivery.totals} if self.hooks.hooks or any(self.hook_delivery.totals.values())
+               else {}),
             **({"edge": self.edge.counters()} if self.edge is not None else {}),
             **({"group": self.config.group} if self.config.group else {}),
             **({"gateway": self.gateway.counters()} if self.gateway is not None else {}),

@@ -1,6 +1,6 @@
 import pytest
 
-from nodeproc import NodeProcess, linked, wait_until
+from nodeproc import NodeProcess, linked, start_mesh3, wait_until
 
 
 @pytest.fixture
@@ -35,11 +35,7 @@ def edge_pair(start_node):
 @pytest.fixture
 def mesh3(start_node):
     """Three linked nodes A, B, C (B and C name A; links are symmetric)."""
-    a = start_node("A")
-    b = start_node("B", peers=[a])
-    c = start_node("C", peers=[a, b])
-    wait_until(lambda: linked(a, b, c), what="A, B and C linked")
-    return a, b, c
+    return start_mesh3(start_node)
 
 
 from zk_fixtures import zk_ensemble, zk_server  # noqa: E402,F401  (real ZooKeeper fixtures)

@@ -109,3 +109,13 @@ def wait_until(predicate, timeout=10.0, interval=0.05, what="condition", sleep=t
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         sleep(interval)
+
+
+def start_mesh3(start_node, *extra):
+    """Three linked nodes A, B, C, each started with ``extra`` (B and C name A;
+    links are symmetric); ``start_node`` is conftest's factory."""
+    a = start_node("A", *extra)
+    b = start_node("B", *extra, peers=[a])
+    c = start_node("C", *extra, peers=[a, b])
+    wait_until(lambda: linked(a, b, c), what="A, B and C linked")
+    return a, b, c

@@ -6,7 +6,7 @@ import threading
 
 import pytest
 from meshhelpers import collect, warm_up
-from nodeproc import free_port, linked, wait_until
+from nodeproc import free_port, start_mesh3, wait_until
 
 from mesh import Client, Position
 
@@ -16,11 +16,7 @@ RULE = ("--history", "r.>=20000/300s")
 
 @pytest.fixture
 def history_mesh(start_node):
-    a = start_node("A", *RULE)
-    b = start_node("B", *RULE, peers=[a])
-    c = start_node("C", *RULE, peers=[a, b])
-    wait_until(lambda: linked(a, b, c), what="three linked nodes")
-    return a, b, c
+    return start_mesh3(start_node, *RULE)
 
 
 def read(sub, count, timeout=20):
