@@ -420,3 +420,49 @@ def test_a_node_restarted_under_live_traffic_replays_before_live_every_time(star
         assert values == list(range(values[0], values[0] + len(values))), \
             f"{subject}: out of order or repeated at {[v for i, v in enumerate(values) if v != values[0] + i][:5]}"
     assert sub.gaps == 0
+
+
+def test_a_dead_node_still_listed_is_asked_once_briefly_and_its_streams_named(start_node):
+    """kill -9 of two nodes (one holds history of a stream the reader needs)
+    while membership still lists them: the recovery at a third node asks
+    every node at once, gives each 1 s (not the client's 20 s timeout),
+    names both and the stream it could not check, and recovers the rest.
+    Once membership has dropped them they are not asked at all."""
+    a = start_node("A", *RULE)
+    b = start_node("B", *RULE, peers=[a])
+    c = start_node("C", *RULE, peers=[a, b])
+    d = start_node("D", peers=[a, b, c])
+    wait_until(lambda: linked(a, b, c, d), what="four linked nodes")
+    with Client(a.address) as at_a, Client(b.address) as at_b, Client(c.address, timeout=20) as reader:
+        sub = reader.subscribe("r.>")
+        warm_up(at_a, "r.a", [sub])
+        warm_up(at_b, "r.b", [sub])
+        for client, subject in ((at_a, "r.a"), (at_b, "r.b")):
+            client.publish(subject, "seen")
+            client.flush()
+        read(sub, 2)
+        position = sub.position
+        sub.unsubscribe()
+        for client, subject in ((at_a, "r.a"), (at_b, "r.b")):
+            for i in range(100):
+                client.publish(subject, i)
+            client.flush()
+        for node in (a, b):
+            wait_until(lambda: node.stats()["history"]["recorded"] >= 102, what="the records")
+        a.kill()
+        d.kill()
+        assert {"A", "D"} <= set(c.peer_names())  # still listed (dropped after 5 s unheard)
+        started = time.monotonic()
+        again = reader.subscribe("r.>", since=position)
+        elapsed = time.monotonic() - started
+        recovery = again.recovery
+        assert not recovery.recovered
+        assert recovery.streams == {(at_a.origin, "r.a"): "unreachable", (at_b.origin, "r.b"): "complete"}
+        assert sorted(entry.split(":")[0] for entry in recovery.unreachable) == ["A", "D"]
+        assert all("within 1.0 s" in entry for entry in recovery.unreachable), recovery.unreachable
+        assert [m.data for m in read(again, 100)] == list(range(100))
+        assert elapsed < 10, elapsed  # the old walk waited 20 s for each dead node in turn
+        wait_until(lambda: not {"A", "D"} & set(c.peer_names()), timeout=15, what="C to drop A and D")
+        recovery = reader.subscribe("r.>", since=position).recovery
+        assert recovery.unreachable == []  # membership dropped them: not asked
+        assert recovery.streams == {(at_a.origin, "r.a"): "unknown", (at_b.origin, "r.b"): "complete"}
