@@ -121,3 +121,31 @@ def test_bad_positions_at_the_edge(two_edges):
     stream = SSE(http_address(e1), "/sub/w.x", headers=("Last-Event-ID: garbage",))
     assert stream.status == 400
     stream.close()
+
+
+def test_a_websocket_recovering_while_a_dead_node_is_still_listed_is_told_which_stream_at_once(two_edges):
+    """The node that recorded a stream is killed; a WebSocket recovers at an
+    edge whose membership still lists it: the edge gives it 1 s, then names
+    it and the stream it could not check."""
+    a, e1, e2 = two_edges
+    with Client(a.address) as publisher:
+        first = WS(f"ws://{http_address(e1)}/ws")
+        assert first.request("sub", subject="w.>")["op"] == "ok"
+        wait_until(lambda: publisher.wait_for_interest("w.x") and a.stats()["peers"] == 2, what="interest")
+        got = []
+        while not got:
+            publisher.publish("w.x", "seen")
+            try:
+                got += [f for f in [first.recv(0.05)] if f["op"] == "msg"]
+            except Exception:  # websocket timeout: publish again
+                pass
+        first.close()
+        a.kill()
+    assert "A" in e2.peer_names()  # still listed: static membership drops a peer after 5 s unheard
+    second = WS(f"ws://{http_address(e2)}/ws")
+    ok = second.request("sub", subject="w.>", recover=position_of(got))
+    second.close()
+    assert ok["op"] == "ok" and ok["recovered"] is False and ok["replayed"] == 0
+    assert ok["incomplete"] == [[got[0]["origin"], "w.x", "unreachable"]]
+    assert [entry.split(":")[0] for entry in ok["unreachable"]] == ["A"]
+    assert "within 1.0 s" in ok["unreachable"][0], ok
