@@ -200,8 +200,8 @@ class Client:
         recovering = []
         with self._attach_lock:
             for sub in list(self._recovering):
-                if not sub.closed and sub._held is None:
-                    recovering.append((sub, sub._begin_hold()))  # from now on live messages wait for the replay
+                if not sub.closed and not sub.holding:
+                    recovering.append((sub, sub.begin_hold()))  # from now on live messages wait for the replay
             self._publisher.disconnect()
             self._adopt(info)
             self._publisher.replace_socket(self._publish_socket(), self.max_payload)
@@ -214,7 +214,7 @@ class Client:
                 self.wait_for_subscription(sub.pattern.text, self._timeout)
                 recover_from_history(self, sub, position, sub.max_replay, sub.history_timeout)
             finally:
-                sub._end_hold_if_held()
+                sub.end_hold_if_held()
         self._call(self.on_reconnect)
 
     def _lost(self):
@@ -396,14 +396,14 @@ class Client:
                            self.pending_limit if pending_limit is None else pending_limit,
                            self.stream_idle, self._yield)
         if since is not None:
-            sub._begin_hold()  # live messages wait until the replay is queued
+            sub.begin_hold()  # live messages wait until the replay is queued
         self._receiver.add(sub)
         if since is not None:
             try:
                 self.wait_for_subscription(pattern, self._timeout)  # what the node forwards from now on is held
                 recover_from_history(self, sub, since, max_replay, history_timeout)
             finally:
-                sub._end_hold_if_held()  # a recovery that failed still lets live messages through
+                sub.end_hold_if_held()  # a recovery that failed still lets live messages through
         if recover:
             sub.max_replay, sub.history_timeout = max_replay, history_timeout
             self._recovering.add(sub)

@@ -177,19 +177,24 @@ class Subscription:
 
     # -- recovery: live messages wait while history is replayed ---------
 
-    def _begin_hold(self):
+    def begin_hold(self):
         """From now on live messages are held; returns the position to recover
         from (queued messages count as had: they stay queued)."""
         with self._lock:
             self._held = []
             return self._position(queued_count=True)
 
+    @property
+    def holding(self):
+        """True while a recovery holds live messages back."""
+        return self._held is not None
+
     def held(self):
         """The live messages held so far (a copy)."""
         with self._lock:
             return list(self._held or ())
 
-    def _end_hold_if_held(self):
+    def end_hold_if_held(self):
         """End a hold that a failed recovery left: deliver what was held."""
         if self._held is not None:
             self.end_hold([], lambda message: True)

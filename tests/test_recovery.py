@@ -28,6 +28,19 @@ def read(sub, count, timeout=20):
     return collect(sub, count, timeout)  # skips warm-up messages
 
 
+class _NoReceiver:  # what a Subscription needs of its receiver when a test feeds it directly
+    def remove(self, sub):
+        pass
+
+
+def fed_subscription(pending_limit=10_000):
+    """A Subscription on ``r.>`` that a test feeds batches itself (the hold and hand-over on their own)."""
+    from mesh.subjects import Pattern
+    from mesh.subscription import Subscription
+
+    return Subscription(_NoReceiver(), Pattern("r.>"), pending_limit, 60.0, None)
+
+
 def test_a_subscriber_back_at_another_node_gets_exactly_what_it_missed_then_live(history_mesh):
     a, b, c = history_mesh
     with Client(a.address) as publisher:
@@ -220,17 +233,11 @@ def test_a_subscriber_whose_node_restarts_recovers_what_was_published_meanwhile(
 def test_live_copies_of_replayed_messages_are_not_delivered_twice():
     """A replay goes first; the same messages may still come live behind it."""
     from mesh.envelope import Message
-    from mesh.subjects import Pattern
-    from mesh.subscription import Subscription
 
-    class Receiver:  # what a Subscription needs of its receiver here
-        def remove(self, sub):
-            pass
-
-    sub = Subscription(Receiver(), Pattern("r.>"), 1000, 60.0, None)
+    sub = fed_subscription(1000)
     key = ("o", "r.x")
     sub._accept(key, 0, 100, [Message("r.x", 100, "o", 100, 0.0)], 1.0)
-    sub._begin_hold()
+    sub.begin_hold()
     sub.end_hold([Message("r.x", s, "o", s, 0.0, 0, True) for s in range(101, 106)], lambda m: True)
     live = [Message("r.x", s, "o", s, 0.0) for s in range(104, 108)]
     sub._accept(key, 0, 104, live, 2.0)
@@ -292,17 +299,11 @@ def test_live_messages_never_pass_the_replay_at_the_hand_over():
     arrives while the replay is being queued waits for it, then follows it,
     counted from where the replay ended (no gap)."""
     from mesh.envelope import Message
-    from mesh.subjects import Pattern
-    from mesh.subscription import Subscription
 
-    class Receiver:  # what a Subscription needs of its receiver here
-        def remove(self, sub):
-            pass
-
-    sub = Subscription(Receiver(), Pattern("r.>"), 10_000, 60.0, None)
+    sub = fed_subscription()
     key = ("o", "r.x")
     sub._accept(key, 0, 1, [Message("r.x", 1, "o", 1, 0.0)], 1.0)
-    assert sub._begin_hold().streams == {key: (0, 1)}
+    assert sub.begin_hold().streams == {key: (0, 1)}
     sub._accept(key, 0, 8, [Message("r.x", s, "o", s, 0.0) for s in (8, 9)], 1.0)  # held
     arrivals = []
 
@@ -327,12 +328,6 @@ def test_the_hand_over_is_atomic_when_raced_200_times():
     import sys
 
     from mesh.envelope import Message
-    from mesh.subjects import Pattern
-    from mesh.subscription import Subscription
-
-    class Receiver:
-        def remove(self, sub):
-            pass
 
     key = ("o", "r.x")
     interval = sys.getswitchinterval()
@@ -340,9 +335,9 @@ def test_the_hand_over_is_atomic_when_raced_200_times():
     failures = []
     try:
         for run in range(200):
-            sub = Subscription(Receiver(), Pattern("r.>"), 10_000, 60.0, None)
+            sub = fed_subscription()
             sub._accept(key, 0, 1, [Message("r.x", 1, "o", 1, 0.0)], 1.0)
-            sub._begin_hold()
+            sub.begin_hold()
 
             def live():
                 for seq in range(101, 201):
@@ -408,7 +403,7 @@ def test_a_node_restarted_under_live_traffic_replays_before_live_every_time(star
                 b = start_node("B", "--port", str(port), *RULE, "--peer", a.address)
                 wait_until(lambda: reader.connected and reader.reconnects == restart, timeout=15,
                            what="the reconnect")
-                wait_until(lambda: sub.recovery is not None and sub._held is None, timeout=15, what="the recovery")
+                wait_until(lambda: sub.recovery is not None and not sub.holding, timeout=15, what="the recovery")
                 assert sub.recovery.recovered, sub.recovery
             time.sleep(1.0)
         finally:
