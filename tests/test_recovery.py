@@ -131,6 +131,9 @@ def test_bad_positions_are_clear_errors(start_node):
         for text in ("garbage", "{}", '{"t": "x", "s": []}', '{"t": 1, "s": [["o", "r.x", -1, 2]]}'):
             with pytest.raises(ValueError):
                 client.subscribe("r.>", since=text)
+        for bad in (0, -1, "1", True):
+            with pytest.raises(ValueError, match="history_timeout"):
+                client.subscribe("r.>", since=Position({}, 1.0), history_timeout=bad)
         huge = Position({(f"o{i}", "r.x"): (0, 1) for i in range(2000)}, 1.0)
         recovery = client.subscribe("r.>", since=huge).recovery
         assert not recovery.recovered and "at most 1000" in recovery.problems[0]
@@ -321,6 +324,21 @@ def test_live_messages_never_pass_the_replay_at_the_hand_over():
     assert sub.gaps == 0
 
 
+def test_what_history_evicted_is_counted_once_even_if_a_live_copy_comes_late():
+    """Nothing of a stream was delivered and history evicted up to seq 45
+    after the reader's 5: 40 counted at the hand-over; a live copy of 44 or
+    45 still in flight is not delivered (it is counted), 46 on is."""
+    from mesh.envelope import Message
+
+    sub = fed_subscription()
+    key = ("o", "r.x")
+    sub.begin_hold()
+    assert sub.end_hold([], lambda m: True, {key: (0, 5)}, {key: (0, 45)}) == 40
+    sub._accept(key, 0, 44, [Message("r.x", s, "o", s, 0.0) for s in (44, 45, 46, 47)], 1.0)
+    assert [m.seq for m in sub._queue] == [46, 47]
+    assert sub.gaps == 40  # received 2 + gaps 40 = the 42 sent after seq 5
+
+
 def test_the_hand_over_is_atomic_when_raced_200_times():
     """A live thread keeps delivering while the replay is handed over, 200
     times with a thread switch forced every microsecond: every message once,
@@ -357,10 +375,11 @@ def test_the_hand_over_is_atomic_when_raced_200_times():
 
 
 def test_a_node_restarted_under_live_traffic_replays_before_live_every_time(start_node):
-    """recover=True, about 1,500 msg/s on each of two subjects, the subscriber's node killed
-    and restarted four times while its reader waits in get() (threads switch
-    every 10 us, so the reader runs during the hand-over): each stream
-    arrives in order without a duplicate, and no gap is counted."""
+    """recover=True, about 1,500 msg/s on each of two subjects, the
+    subscriber's node killed and restarted four times while its reader waits
+    in get() (threads switch every 10 us, so the reader runs during the
+    hand-over): each stream arrives in order without a duplicate, and no gap
+    is counted."""
     import sys
 
     port = free_port()
