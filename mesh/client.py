@@ -29,7 +29,7 @@ from .envelope import PROTOCOL_VERSION, BatchEncoder
 from . import presence as mesh_presence
 from .publisher import DEFAULT_BACKLOG_BYTES, DEFAULT_STREAM_IDLE, Publisher
 from .receiver import Receiver
-from .recovery import DEFAULT_MAX_REPLAY, Position
+from .recovery import DEFAULT_MAX_REPLAY, HISTORY_TIMEOUT, Position
 from .recovery import recover as recover_from_history
 from .queues import Membership, Memberships
 from .requests import Requests
@@ -200,9 +200,8 @@ class Client:
         recovering = []
         with self._attach_lock:
             for sub in list(self._recovering):
-                if not sub.closed and sub._held is None:
-                    sub._begin_hold()  # from now on live messages wait for the replay
-                    recovering.append((sub, sub._position(queued_count=True)))
+                if not sub.closed and not sub.holding:
+                    recovering.append((sub, sub.begin_hold()))  # from now on live messages wait for the replay
             self._publisher.disconnect()
             self._adopt(info)
             self._publisher.replace_socket(self._publish_socket(), self.max_payload)
@@ -213,9 +212,9 @@ class Client:
         for sub, position in recovering:
             try:
                 self.wait_for_subscription(sub.pattern.text, self._timeout)
-                recover_from_history(self, sub, position, sub.max_replay)
+                recover_from_history(self, sub, position, sub.max_replay, sub.history_timeout)
             finally:
-                sub._end_hold_if_held()
+                sub.end_hold_if_held()
         self._call(self.on_reconnect)
 
     def _lost(self):
@@ -348,7 +347,8 @@ class Client:
     # -- subscribing ------------------------------------------------------
 
     def subscribe(self, pattern, callback=None, *, pending_limit=None, since=None, recover=False,
-                  max_replay=DEFAULT_MAX_REPLAY, queue=None, capacity=1000, ack_deadline=None, max_attempts=5):
+                  max_replay=DEFAULT_MAX_REPLAY, history_timeout=HISTORY_TIMEOUT, queue=None, capacity=1000,
+                  ack_deadline=None, max_attempts=5):
         """Subscribe to a pattern (``*`` one token, ``>`` the rest).
 
         Without ``callback``, returns a Subscription to read with ``get()``,
@@ -360,8 +360,11 @@ class Client:
         history comes first, marked ``replayed``, then live messages, with no
         gap or duplicate between them; ``subscription.recovery`` says whether
         every stream was recovered (docs/HISTORY.md). At most ``max_replay``
-        messages. ``recover``: after every reconnect (the node restarted, or
-        a ZooKeeper failover) recover the same way from where the reader was.
+        messages. Every node is asked at once and has ``history_timeout``
+        seconds to answer each page; one that does not is named in
+        ``recovery.unreachable``. ``recover``: after every reconnect (the node
+        restarted, or a ZooKeeper failover) recover the same way from where
+        the reader was.
 
         ``queue``: join the queue group of that name on ``pattern``: each
         message goes to one member of the group in the whole mesh (at most
@@ -379,6 +382,9 @@ class Client:
             self._reopen_after_fork()
         if isinstance(since, str):
             since = Position.from_json(since)
+        if isinstance(history_timeout, bool) or not isinstance(history_timeout, (int, float)) \
+                or not history_timeout > 0:
+            raise ValueError("history_timeout must be positive seconds")
         membership = None
         if queue is not None:
             if since is not None or recover:
@@ -395,16 +401,16 @@ class Client:
                            self.pending_limit if pending_limit is None else pending_limit,
                            self.stream_idle, self._yield)
         if since is not None:
-            sub._begin_hold()  # live messages wait until the replay is queued
+            sub.begin_hold()  # live messages wait until the replay is queued
         self._receiver.add(sub)
         if since is not None:
             try:
                 self.wait_for_subscription(pattern, self._timeout)  # what the node forwards from now on is held
-                recover_from_history(self, sub, since, max_replay)
+                recover_from_history(self, sub, since, max_replay, history_timeout)
             finally:
-                sub._end_hold_if_held()  # a recovery that failed still lets live messages through
+                sub.end_hold_if_held()  # a recovery that failed still lets live messages through
         if recover:
-            sub.max_replay = max_replay
+            sub.max_replay, sub.history_timeout = max_replay, history_timeout
             self._recovering.add(sub)
         if membership is not None:
             self.wait_for_subscription(pattern, self._timeout)  # the inbox exists before anyone is sent to it

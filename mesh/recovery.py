@@ -4,9 +4,10 @@ A :class:`Position` is how far a reader got: per stream (origin, subject) the
 (epoch, seq) of the last message it handed out, and the time it was taken.
 ``Client.subscribe(pattern, since=position)`` subscribes live first, holding
 live messages back; asks every node of the mesh (its own and its peers: each
-records what was published at it) for the messages after the position, page
-by page; checks every stream for continuity; then queues the replayed
-messages, then the held live ones that were not replayed, and goes live.
+records what was published at it) at once for the messages after the
+position, page by page, each page within ``history_timeout``; checks every
+stream for continuity; then queues the replayed messages, then the held live
+ones that were not replayed, and goes live.
 
 All or nothing per stream: a stream is replayed whole (from the message after
 its position up to where live delivery takes over) or not at all, and the
@@ -17,14 +18,16 @@ hosts.
 """
 
 import json
+import threading
 import time
 
 from .control import ControlError
 from .envelope import Message
-from .meshwide import every_node
+from .meshwide import at_every_node
 
 SKEW_SECONDS = 5.0
 DEFAULT_MAX_REPLAY = 100_000
+HISTORY_TIMEOUT = 1.0  # seconds a node has to answer each page; one that does not is unreachable
 MAX_NAMED_STREAMS = 1000  # the history command's bound
 
 
@@ -65,17 +68,25 @@ class Position:
 class Recovery:
     """What a recovery did. ``recovered``: every stream complete and every
     node answered. ``streams``: {(origin, subject): state} for every stream
-    replayed or named by the position: "complete", "evicted" (a message it
-    needed is gone from history), "unknown" (no node that answered has it:
-    its node stopped, or the subject has no history), "gap" (history and
-    live delivery did not meet), "too_many" (over ``max_replay``).
-    ``unreachable``: nodes that did not answer. ``replayed``: messages queued."""
+    replayed, named by the position, or reported by a node: "complete",
+    "evicted" (a message it needed is gone from history), "unknown" (every
+    node answered and none has it: its node stopped, or the subject has no
+    history), "unreachable" (named by the position, and no node that answered
+    has it: it may be on one that did not), "gap" (history and live delivery
+    did not meet), "too_many" (over ``max_replay``). ``unreachable``: the
+    nodes that did not answer, each with why. ``replayed``: messages queued.
+    ``lost``: messages of the position's streams known to be missing when
+    the recovery ended (counted in the subscription's ``gaps``; what is
+    missing before the next live message of such a stream is counted when
+    it comes)."""
 
     def __init__(self):
         self.streams = {}
         self.unreachable = []
         self.replayed = 0
         self.problems = []
+        self.lost = 0
+        self.evicted_to = {}  # (origin, subject) -> (epoch, seq): the newest message a node evicted
 
     @property
     def recovered(self):
@@ -88,25 +99,28 @@ class Recovery:
                f"unreachable={self.unreachable}, problems={self.problems})"
 
 
-def recover(client, subscription, position, max_replay=DEFAULT_MAX_REPLAY):
+def recover(client, subscription, position, max_replay=DEFAULT_MAX_REPLAY, history_timeout=HISTORY_TIMEOUT):
     """Fill ``subscription`` (holding its live messages) from every node's
     history after ``position``; returns the Recovery (also set on the
     subscription). Runs in the subscribing thread."""
     recovery, replayed, delivered_to = fetch(client, subscription.pattern, position, max_replay,
-                                             lambda: subscription._held or ())
+                                             subscription.held, history_timeout)
     subscription.recovery = recovery
 
     def keep_live(message):
         last = delivered_to.get((message.origin, message.subject))
         return last is None or (message.epoch, message.seq) > last
 
-    subscription._end_hold(replayed, keep_live)
+    named = {key: at for key, at in position.streams.items() if subscription.pattern.matches(key[1])}
+    lost_to = {key: at for key, at in recovery.evicted_to.items() if key in named}
+    recovery.lost = subscription.end_hold(replayed, keep_live, named, lost_to)
     return recovery
 
 
-def fetch(client, pattern, position, max_replay, held):
+def fetch(client, pattern, position, max_replay, held, history_timeout=HISTORY_TIMEOUT):
     """What ``pattern``'s subscribers missed after ``position``, from the
-    history of ``client``'s node and its peers: ``(Recovery, messages to
+    history of ``client``'s node and every other node (asked at once, each
+    page within ``history_timeout`` seconds): ``(Recovery, messages to
     replay, {stream: (epoch, seq) the replay reaches})``. ``held()`` gives the
     live messages received meanwhile (each with origin, subject, epoch, seq):
     the replay must meet them. A stream whose replay does not is asked for
@@ -123,7 +137,8 @@ def fetch(client, pattern, position, max_replay, held):
     for attempt in range(2):
         for asked_after, since in asks:
             try:
-                _collect(client, pattern.text, asked_after, since, found, states, recovery, max_replay)
+                _collect(client, pattern.text, asked_after, since, found, states, recovery, max_replay,
+                         history_timeout)
             except _TooMany:
                 recovery.problems.append(f"more than {max_replay} messages to replay (max_replay)")
                 recovery.streams = {key: "too_many" for key in set(found) | set(named)}
@@ -139,32 +154,49 @@ def fetch(client, pattern, position, max_replay, held):
     return recovery, replayed, delivered_to
 
 
-def _collect(client, pattern, after, since, found, states, recovery, max_replay):
-    for name, channel in every_node(client):
-        try:
-            for messages, streams in _pages(channel, pattern, after, since):
-                for origin, subject, state in streams:
-                    if states.get((origin, subject)) != "evicted":
-                        states[(origin, subject)] = state
-                for subject, origin, epoch, seq, ts, data in messages:
-                    found.setdefault((origin, subject), {})[(epoch, seq)] = Message(
-                        subject, data, origin, seq, ts, epoch, replayed=True)
-                if sum(len(m) for m in found.values()) > max_replay:
+def _collect(client, pattern, after, since, found, states, recovery, max_replay, history_timeout):
+    fetched = [0]  # messages fetched by this pass from every node (each message is on one node)
+    lock = threading.Lock()
+
+    def read(channel):
+        pages = []
+        for reply in _pages(channel, pattern, after, since, history_timeout):
+            pages.append(reply)
+            with lock:
+                fetched[0] += len(reply["messages"])
+                if fetched[0] > max_replay:
                     raise _TooMany()
-        except (TimeoutError, ControlError) as exc:
-            recovery.unreachable.append(f"{name}: {exc}")
+        return pages
+
+    answers, missing = at_every_node(client, read, history_timeout)
+    for name, why in sorted(missing.items()):
+        if not any(entry.startswith(f"{name}: ") for entry in recovery.unreachable):
+            recovery.unreachable.append(f"{name}: {why}")  # a node that failed a first pass stays unreachable
+    for name, pages in sorted(answers.items()):
+        for reply in pages:
+            for origin, subject, state in reply["streams"]:
+                if states.get((origin, subject)) != "evicted":
+                    states[(origin, subject)] = state
+            for origin, subject, epoch, seq in reply.get("evicted", ()):
+                key = (origin, subject)
+                recovery.evicted_to[key] = max(recovery.evicted_to.get(key, (epoch, seq)), (epoch, seq))
+            for subject, origin, epoch, seq, ts, data in reply["messages"]:
+                found.setdefault((origin, subject), {})[(epoch, seq)] = Message(
+                    subject, data, origin, seq, ts, epoch, replayed=True)
+    if sum(len(m) for m in found.values()) > max_replay:
+        raise _TooMany()
 
 
 class _TooMany(Exception):
     pass
 
 
-def _pages(channel, pattern, after, since):
+def _pages(channel, pattern, after, since, timeout):
     cursor = None
     while True:
-        reply = channel.request("history", pattern=pattern, after=after, since=since,
+        reply = channel.request("history", timeout=timeout, pattern=pattern, after=after, since=since,
                                 **({} if cursor is None else {"cursor": cursor}))
-        yield reply["messages"], reply["streams"]
+        yield reply
         cursor = reply["next"]
         if cursor is None:
             return
@@ -178,14 +210,14 @@ def _check_streams(pattern, named, found, states, held, recovery):
         live.setdefault((message.origin, message.subject), []).append((message.epoch, message.seq))
     replayed, delivered_to = [], {}
     recovery.streams = {}
-    for key in set(named) | set(found):
+    for key in set(named) | set(found) | set(states):  # a stream only reported (evicted whole) too
         if not pattern.matches(key[1]):
             continue
         state = states.get(key)
         if key in named and state is None:
-            state = "unknown"
+            state = "unreachable" if recovery.unreachable else "unknown"
         messages = [found[key][position] for position in sorted(found.get(key, {}))]
-        if state != "evicted" and state != "unknown":
+        if state not in ("evicted", "unknown", "unreachable"):
             state = "complete" if _continuous(named.get(key), messages, live.get(key)) else "gap"
         recovery.streams[key] = state
         if state == "complete" and messages:

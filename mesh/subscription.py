@@ -7,10 +7,14 @@ subscription keeps the epoch and last sequence number it saw, counts what is
 missing as ``gaps``, and forgets a stream it has not heard from for
 ``stream_idle`` seconds (at most twice that). ``position`` says how far
 the reader got, for recovering from history later (mesh/recovery.py).
+
+While a recovery replays history, live messages are held back; the hold,
+what arrives meanwhile and the hand-over to live delivery happen under one
+lock, so no live message can pass the replay and every position is counted
+from where the reader was.
 """
 
 import collections
-import itertools
 import threading
 import time
 
@@ -49,7 +53,7 @@ class Subscription:
         self._event = None  # made the first time a reader has to wait
         self._waiter = None  # the Event, while a reader waits for the receiver
         self._held = None  # live messages held back while a recovery replays (a list), else None
-        self._hold_lock = None
+        self._lock = threading.Lock()  # the receiver's batches and marks against a recovery's hold and hand-over
         self.recovery = None  # mesh.recovery.Recovery, for a subscription made with since=
         self.on_unsubscribe = None  # called once unsubscribed (a queue-group membership leaves)
         self._replayed_to = None  # {stream: (epoch, seq)} a recovery replayed up to, until live passes it
@@ -98,7 +102,8 @@ class Subscription:
         remembers, the (epoch, seq) of the last message handed out (messages
         still queued do not count), and the time now. Give it to
         ``Client.subscribe(pattern, since=position)`` after a reconnect."""
-        return self._position(queued_count=False)
+        with self._lock:
+            return self._position(queued_count=False)
 
     def _position(self, queued_count):
         """The position; ``queued_count``: queued messages count as had (a
@@ -123,13 +128,37 @@ class Subscription:
 
     def _accept(self, key, epoch, seq, messages, now):
         """A batch of ``messages`` (sequence numbers from ``seq``) of stream ``key``."""
-        if self.closed:
-            return
-        if self._held is not None and self._hold(messages):
-            return
-        if now >= self._rotate_at:
-            self._rotate(now)
-        end = seq + len(messages) - 1
+        with self._lock:
+            if self.closed:
+                return
+            if self._held is not None:
+                self._held.extend(messages)
+                return
+            if now >= self._rotate_at:
+                self._rotate(now)
+            end = seq + len(messages) - 1
+            self._advance(key, epoch, seq, end)
+            if self._replayed_to:  # live copies of what a recovery replayed may still come: never twice
+                reached = self._replayed_to.get(key)
+                if reached is not None:
+                    if reached[0] == epoch and seq <= reached[1]:
+                        if end <= reached[1]:
+                            return
+                        messages = messages[reached[1] - seq + 1:]
+                    del self._replayed_to[key]  # live delivery has passed the replay
+            queue = self._queue
+            room = self.pending_limit - len(queue)
+            if room >= len(messages):
+                queue.extend(messages)
+            else:
+                if room > 0:
+                    queue.extend(messages[:room])
+                self.dropped += len(messages) - max(room, 0)
+        if self._waiter is not None:
+            self._waiter.set()
+
+    def _advance(self, key, epoch, seq, end):
+        """Stream ``key`` got ``seq`` to ``end`` of ``epoch``: count what was skipped."""
         position = self._streams.get(key)
         if position is None:
             position = self._idle_streams.pop(key, None)
@@ -145,67 +174,77 @@ class Subscription:
                 self.gaps += seq - last - 1
             if end > last:
                 position[1] = end
-        if self._replayed_to:  # live copies of what a recovery replayed may still come: never twice
-            reached = self._replayed_to.get(key)
-            if reached is not None:
-                if reached[0] == epoch and seq <= reached[1]:
-                    if end <= reached[1]:
-                        return
-                    messages = messages[reached[1] - seq + 1:]
-                del self._replayed_to[key]  # live delivery has passed the replay
-        queue = self._queue
-        room = self.pending_limit - len(queue)
-        if room >= len(messages):
-            queue.extend(messages)
-        else:
-            if room > 0:
-                queue.extend(messages[:room])
-            self.dropped += len(messages) - max(room, 0)
-        if self._waiter is not None:
-            self._waiter.set()
 
     # -- recovery: live messages wait while history is replayed ---------
 
-    def _begin_hold(self):
-        self._hold_lock = threading.Lock()
-        self._held = []
+    def begin_hold(self):
+        """From now on live messages are held; returns the position to recover
+        from (queued messages count as had: they stay queued)."""
+        with self._lock:
+            self._held = []
+            return self._position(queued_count=True)
 
-    def _hold(self, messages):
-        with self._hold_lock:
-            if self._held is None:
-                return False  # the replay just finished: deliver as usual
-            self._held.extend(messages)
-            return True
+    @property
+    def holding(self):
+        """True while a recovery holds live messages back."""
+        return self._held is not None
 
-    def _end_hold_if_held(self):
+    def held(self):
+        """The live messages held so far (a copy)."""
+        with self._lock:
+            return list(self._held or ())
+
+    def end_hold_if_held(self):
         """End a hold that a failed recovery left: deliver what was held."""
         if self._held is not None:
-            self._end_hold([], lambda message: True)
+            self.end_hold([], lambda message: True)
 
-    def _end_hold(self, replayed, keep_live):
+    def end_hold(self, replayed, keep_live, start=None, lost_to=None):
         """Queue the ``replayed`` messages, then the held live ones for which
-        ``keep_live(message)`` is true (not already replayed), and go on live."""
-        with self._hold_lock:
-            held, self._held = self._held, None
-            reached = {}
+        ``keep_live(message)`` is true (not already replayed), and go on live,
+        in one step. ``start``: {stream: (epoch, seq)} where the reader was (a
+        position): what is queued is counted from there, so a stream that was
+        not recovered counts what it misses in ``gaps`` (now, or when its next
+        live message or mark comes). ``lost_to``: {stream: (epoch, seq)} the
+        newest message history evicted, for streams of ``start``: counted as
+        missing if nothing of the stream is queued (live copies of them are
+        then not delivered). Returns how many missing messages this counted."""
+        with self._lock:
+            gaps = self.gaps
+            for key, (epoch, seq) in (start or {}).items():
+                if key not in self._streams and key not in self._idle_streams:
+                    self._streams[key] = [epoch, seq]
+            queued = list(replayed)
+            queued.extend(message for message in self._held or () if keep_live(message))
+            settled = {}
             for message in replayed:
-                reached[(message.origin, message.subject)] = (message.epoch, message.seq)
-            self._replayed_to = reached or None
-            self._queue.extend(replayed)
-            self._queue.extend(message for message in held if keep_live(message))
-        for message in itertools.chain(held, replayed):  # positions see them all
-            key = (message.origin, message.subject)
-            position = self._streams.get(key) or self._idle_streams.get(key)
-            if position is None or (position[0], position[1]) < (message.epoch, message.seq):
-                self._streams[key] = [message.epoch, message.seq]
+                settled[(message.origin, message.subject)] = (message.epoch, message.seq)
+            for message in queued:
+                self._advance((message.origin, message.subject), message.epoch, message.seq, message.seq)
+            had = {(message.origin, message.subject) for message in queued}
+            for key, (epoch, seq) in (lost_to or {}).items():
+                if key not in had:
+                    self._count_to(key, epoch, seq)
+                    settled[key] = (epoch, seq)
+            self._replayed_to = settled or None
+            self._queue.extend(queued)
+            self._held = None  # last: live messages wait on the lock until all of this is done
+            counted = self.gaps - gaps
         if self._waiter is not None:
             self._waiter.set()
+        return counted
 
     def _mark(self, key, epoch, seq, now):
         """The publisher's last sequence number on a stream: count what never came."""
+        with self._lock:
+            if not self.closed and self._held is None:  # (a stream a recovery fills in is counted by it)
+                self._count_to(key, epoch, seq)
+
+    def _count_to(self, key, epoch, seq):
+        """Stream ``key`` was sent up to (``epoch``, ``seq``): count what never came."""
         position = self._streams.get(key) or self._idle_streams.get(key)
-        if position is None or self.closed or self._held is not None:
-            return  # a stream we never saw (or one a recovery is filling in): nothing to count
+        if position is None:
+            return  # a stream we never saw: nothing to count
         if position[0] != epoch:
             self.gaps += seq  # a new epoch of which nothing arrived
             position[0], position[1] = epoch, seq

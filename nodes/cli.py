@@ -553,6 +553,7 @@ def _recovery_text(recovery):
     failed = {f"{subject} from {origin}": state for (origin, subject), state in recovery.streams.items()
               if state != "complete"}
     return (f"NOT fully recovered: {recovery.replayed} messages replayed; not recovered: {failed or 'none'}; "
+            f"{recovery.lost} messages known lost so far (counted as missed); "
             f"nodes that did not answer: {recovery.unreachable or 'none'}; {'; '.join(recovery.problems)}")
 
 

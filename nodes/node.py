@@ -323,7 +323,8 @@ class Node:
         return {"messages": [[e.subject, e.origin, e.epoch, e.seq, e.ts, msgpack.unpackb(e.packed, raw=False, strict_map_key=False)]
                              for e in messages],
                 "next": next_cursor, "recording": True,
-                "streams": [[origin, subject, state] for (origin, subject), state in streams.items()]}
+                "streams": [[origin, subject, state] for (origin, subject), state in streams.items()],
+                "evicted": self.recorder.newest_evicted(streams)}
 
     def cmd_queue_join(self, request):
         """A queue-group member's announcement (mesh/queues.py), relayed to the peers."""

@@ -217,6 +217,13 @@ class Recorder:
                 break
         return messages, next_cursor, streams
 
+    def newest_evicted(self, streams):
+        """``[[origin, subject, epoch, seq], ...]``: for each stream ``page``
+        reported evicted, the newest message of it this node evicted."""
+        return [[origin, subject, *self._evicted_to[(origin, subject)][:2]]
+                for (origin, subject), state in streams.items()
+                if state == "evicted" and (origin, subject) in self._evicted_to]
+
     def counters(self):
         return {"rules": [rule.text for rule in self.rules], "subjects": len(self._subjects), "bytes": self.bytes,
                 "budget": self.budget, "recorded": self.recorded, "evicted": self.evicted,

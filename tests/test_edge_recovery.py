@@ -32,22 +32,30 @@ def position_of(frames):
     return {"t": max(f["ts"] for f in frames), "s": list(streams.values())}
 
 
+def seen_at(edge, a, publisher, count):
+    """The msg frames a WebSocket at ``edge`` subscribed to w.> got, until it
+    had ``count`` of the integers ``publisher`` (at ``a``) sends on w.x (the
+    first may be lost while its subscription crosses to A); and the next integer."""
+    ws = WS(f"ws://{http_address(edge)}/ws")
+    assert ws.request("sub", subject="w.>")["op"] == "ok"
+    wait_until(lambda: publisher.wait_for_interest("w.x") and a.stats()["peers"] == 2, what="interest")
+    got = []
+    i = 0
+    while len(got) < count:
+        publisher.publish("w.x", i)
+        i += 1
+        try:
+            got += [f for f in [ws.recv(0.05)] if f["op"] == "msg"]
+        except Exception:  # websocket timeout: publish again
+            pass
+    ws.close()
+    return got, i
+
+
 def test_a_websocket_back_at_another_edge_recovers_then_goes_live(two_edges):
     a, e1, e2 = two_edges
     with Client(a.address) as publisher:
-        first = WS(f"ws://{http_address(e1)}/ws")
-        assert first.request("sub", subject="w.>")["op"] == "ok"
-        wait_until(lambda: publisher.wait_for_interest("w.x") and a.stats()["peers"] == 2, what="interest")
-        got = []
-        i = 0
-        while len(got) < 10:  # E1's subscription crosses to A: the first ones may be lost to it
-            publisher.publish("w.x", i)
-            i += 1
-            try:
-                got += [f for f in [first.recv(0.05)] if f["op"] == "msg"]
-            except Exception:  # websocket timeout: publish again
-                pass
-        first.close()
+        got, i = seen_at(e1, a, publisher, 10)
         position = position_of(got)
         resume_from = got[-1]["data"]
         for _ in range(500):  # missed while away
@@ -121,3 +129,21 @@ def test_bad_positions_at_the_edge(two_edges):
     stream = SSE(http_address(e1), "/sub/w.x", headers=("Last-Event-ID: garbage",))
     assert stream.status == 400
     stream.close()
+
+
+def test_a_websocket_recovering_while_a_dead_node_is_still_listed_is_told_which_stream_at_once(two_edges):
+    """The node that recorded a stream is killed; a WebSocket recovers at an
+    edge whose membership still lists it: the edge gives it 1 s, then names
+    it and the stream it could not check."""
+    a, e1, e2 = two_edges
+    with Client(a.address) as publisher:
+        got, _ = seen_at(e1, a, publisher, 1)
+        a.kill()
+    assert "A" in e2.peer_names()  # still listed: static membership drops a peer after 5 s unheard
+    second = WS(f"ws://{http_address(e2)}/ws")
+    ok = second.request("sub", subject="w.>", recover=position_of(got))
+    second.close()
+    assert ok["op"] == "ok" and ok["recovered"] is False and ok["replayed"] == 0
+    assert ok["incomplete"] == [[got[0]["origin"], "w.x", "unreachable"]]
+    assert [entry.split(":")[0] for entry in ok["unreachable"]] == ["A"]
+    assert "within 1.0 s" in ok["unreachable"][0], ok

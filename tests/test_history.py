@@ -40,12 +40,14 @@ def test_a_node_keeps_the_last_messages_of_each_history_subject_and_nothing_else
         whole = history(a, "h.>")
         assert [m[0] for m in whole["messages"]] == ["h.b"] * 3
         assert sorted(whole["streams"]) == sorted([[origin, "h.a", "evicted"], [origin, "h.b", "complete"]])
+        assert whole["evicted"] == [[origin, "h.a", epoch, 5]]  # the newest message gone: 1 to 5 are lost
         # After a position: the rest of that stream, or "evicted" if part of the rest is gone.
         after = history(a, "h.a", after=[[origin, "h.a", epoch, 7]])
         assert [m[3] for m in after["messages"]] == [8, 9, 10]
-        assert after["streams"] == [[origin, "h.a", "complete"]]
+        assert after["streams"] == [[origin, "h.a", "complete"]] and after["evicted"] == []
         gone = history(a, "h.a", after=[[origin, "h.a", epoch, 3]])
         assert gone["messages"] == [] and gone["streams"] == [[origin, "h.a", "evicted"]]
+        assert gone["evicted"] == [[origin, "h.a", epoch, 5]]
         # Streams not named are served from a time on.
         assert history(a, "h.>", since=time.time() + 60)["messages"] == []
         # Pages.
