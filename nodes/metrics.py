@@ -104,11 +104,11 @@ class NodeCollector:
         if jobs is not None:
             for key, kind, help_text in JOBS:
                 yield _family(f"jobs_{key}", kind, help_text, jobs[key])
-        hooks = stats.get("hooks")
-        if hooks is not None:
-            yield _family("hooks", "gauge", "webhooks registered", len(hooks))
+        totals = stats.get("hook_totals")  # of every hook this node delivered, removed ones too
+        if totals is not None:
+            yield _family("hooks", "gauge", "webhooks registered", len(stats.get("hooks", ())))
             for key, kind, help_text in HOOKS:
-                yield _family(f"hooks_{key}", kind, help_text, sum(h[key] for h in hooks))
+                yield _family(f"hooks_{key}", kind, help_text, totals[key])
 
 
 class Metrics:

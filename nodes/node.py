@@ -494,6 +494,7 @@ class Node:
             **({"history": self.recorder.counters()} if self.recorder is not None else {}),
             **({"queues": self.dispatcher.counters()} if self.dispatcher is not None else {}),
             **({"hooks": self.hook_delivery.listing()} if self.hooks.hooks else {}),
+            **({"hook_totals": self.hook_delivery.totals()} if self.hook_delivery.counters else {}),
             **({"edge": self.edge.counters()} if self.edge is not None else {}),
             **({"group": self.config.group} if self.config.group else {}),
             **({"gateway": self.gateway.counters()} if self.gateway is not None else {}),
