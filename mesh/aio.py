@@ -253,11 +253,12 @@ class Client:
     async def flush(self):
         self.sync.flush()
 
-    async def wait_for_interest(self, subject, timeout=5.0):
-        """True once a subscriber somewhere in the mesh covers ``subject``."""
+    async def wait_for_interest(self, subject, timeout=5.0, history=False):
+        """True once a subscriber somewhere in the mesh covers ``subject``
+        (``history``: as ``mesh.Client.wait_for_interest``)."""
         try:
             async with asyncio.timeout(timeout):
-                while not self.sync.has_interest(subject):
+                while not self.sync.has_interest(subject, history):
                     await asyncio.sleep(INTEREST_POLL_SECONDS)
         except TimeoutError:
             return False

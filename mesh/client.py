@@ -313,19 +313,22 @@ class Client:
         """Send what waits in the open batch now (it would go within 0.5 ms anyway)."""
         self._publisher.flush()
 
-    def has_interest(self, subject):
-        """True if some subscriber in the mesh currently covers ``subject``."""
-        return self._publisher.has_interest(subject)
+    def has_interest(self, subject, history=False):
+        """True if some subscriber in the mesh currently covers ``subject``.
+        A node's history recorder is no subscriber; with ``history=True`` one
+        that records ``subject`` counts too (docs/PROTOCOL.md 6)."""
+        return self._publisher.has_interest(subject, history)
 
-    def wait_for_interest(self, subject, timeout=5.0):
-        """Wait until a subscriber somewhere in the mesh covers ``subject``.
+    def wait_for_interest(self, subject, timeout=5.0, history=False):
+        """Wait until a subscriber somewhere in the mesh covers ``subject``
+        (with ``history=True``: or this node's history recorder records it).
 
         Subscriptions travel to publishers asynchronously (the ZeroMQ
         "slow joiner"); messages published before they arrive are not
         delivered. Returns True once interest is seen, False on timeout.
         """
         deadline = time.monotonic() + timeout
-        while not self.has_interest(subject):
+        while not self.has_interest(subject, history):
             if time.monotonic() >= deadline:
                 return False
             time.sleep(0.005)

@@ -36,7 +36,7 @@ import time
 
 import zmq
 
-from .subjects import validate_subject
+from .subjects import is_reader_prefix, validate_subject
 
 IDLE_GAP = 0.00002  # publishes closer than this are a burst
 BURST_STREAK = 2  # a batch opens on the third publish of a burst
@@ -80,7 +80,8 @@ class Publisher:
         self._idle_streams = {}
         self._unmarked = set()  # subjects published since the last marks
         self._epoch = 0  # grows each time idle streams are forgotten
-        self._interest = set()  # subscription prefixes wanted somewhere in the mesh
+        self._interest = set()  # readers' subscription prefixes wanted somewhere in the mesh
+        self._recorded = set()  # other prefixes: the node's history recorder's (PROTOCOL.md 6)
         self._batch = None  # [stream, first seq, ts, parts, bytes, opened] of the open batch
         self._batch_room = min(BATCH_MAX_BYTES, encoder.payload_room)  # payload bytes a batch may hold
         self._last_publish = float("-inf")
@@ -299,16 +300,31 @@ class Publisher:
     # -- interest ---------------------------------------------------------
 
     def _drain_interest(self):
-        """Read the subscription notices the node forwarded to us (lock held)."""
+        """Read the subscription notices the node forwarded to us (lock held):
+        readers' prefixes apart from the others (a history recorder's)."""
         while True:
             try:
                 notice = self._sock.recv(zmq.NOBLOCK)
             except zmq.Again:
                 return
+            prefix = notice[1:]
+            known = self._interest if is_reader_prefix(prefix) else self._recorded
             if notice[:1] == b"\x01":
-                self._interest.add(notice[1:])
+                known.add(prefix)
             elif notice[:1] == b"\x00":
-                self._interest.discard(notice[1:])
+                known.discard(prefix)
+
+    def _known(self, prefix):
+        """The set a subscription to exactly ``prefix`` is kept in (lock held)."""
+        return self._interest if is_reader_prefix(prefix) else self._recorded
+
+    def _covered(self, topic, history):
+        """True if a reader's prefix covers ``topic`` (the empty prefix wants no
+        system subject, PROTOCOL.md 3.2), or with ``history`` a recorder's (lock held)."""
+        system = topic[:1] == b"$"
+        if any(topic.startswith(prefix) for prefix in self._interest if prefix or not system):
+            return True
+        return history and any(topic.startswith(prefix) for prefix in self._recorded)
 
     def wait_for_snapshot(self, sentinel, wait, timeout):
         """Until the node has told this socket every subscription it had when
@@ -320,8 +336,8 @@ class Publisher:
         while True:
             with self._lock:
                 self._drain_interest()
-                if sentinel in self._interest:
-                    self._interest.discard(sentinel)
+                if sentinel in self._known(sentinel):
+                    self._known(sentinel).discard(sentinel)
                     return True
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -334,16 +350,17 @@ class Publisher:
             if not self.connected:
                 return False
             self._drain_interest()
-            return prefix in self._interest
+            return prefix in self._known(prefix)
 
-    def has_interest(self, subject):
+    def has_interest(self, subject, history=False):
+        """True if a reader somewhere in the mesh covers ``subject``; with
+        ``history``, a node's history recorder covering it counts too."""
         topic = validate_subject(subject)
-        system = topic[:1] == b"$"  # the empty prefix (">", "*...") wants no system subject (PROTOCOL.md 3.2)
         with self._lock:
             if not self.connected:
                 return False  # what we knew is stale
             self._drain_interest()
-            return any(topic.startswith(prefix) for prefix in self._interest if prefix or not system)
+            return self._covered(topic, history)
 
     # -- losing and regaining the node --------------------------------------
 
@@ -352,6 +369,7 @@ class Publisher:
         with self._lock:
             self.connected = False
             self._interest.clear()
+            self._recorded.clear()
         self.hold()
 
     def hold(self):
@@ -374,25 +392,20 @@ class Publisher:
             self._encoder.max_payload = max_payload
             self._batch_room = min(BATCH_MAX_BYTES, self._encoder.payload_room)
             self._interest.clear()
+            self._recorded.clear()
             self.connected = True
             if self._batch is not None:
                 self._send_batch()
         old.close(linger=0)
 
     def backlog_ready(self):
-        """True when no backlog waits, or every subject in it has a subscriber."""
+        """True when no backlog waits, or every subject in it has a subscriber
+        (a reader, or a history recorder)."""
         with self._lock:
             if not self._backlog:
                 return True
             self._drain_interest()
-            interest = self._interest
-            for topic in {item[0].topic for item in self._backlog}:
-                end = 0
-                while end >= 0 and topic[:end] not in interest:
-                    end = topic.find(b".", end) + 1 or -1
-                if end < 0:
-                    return False
-            return True
+            return all(self._covered(topic, True) for topic in {item[0].topic for item in self._backlog})
 
     def release_backlog(self):
         """Send what waited, in order, in batches; publishes go straight out again."""

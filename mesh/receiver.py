@@ -13,7 +13,9 @@ sleeps until the leader hands it messages or leaves. Waiting costs nothing:
 the leader sleeps on the socket and on a wake-up pipe, followers on an Event.
 Changes to the socket (subscribe, unsubscribe, move, close) are queued and
 applied by whoever holds the lead, since a ZeroMQ socket must not be used by
-two threads at once. Under gevent the leader yields to the hub every
+two threads at once. Before a subscription is added, what the socket already
+holds goes to the subscriptions that were there: a new one gets only what
+arrived after it. Under gevent the leader yields to the hub every
 ``FAIR_SLICE_SECONDS`` (mesh/waiting.py).
 """
 
@@ -85,6 +87,7 @@ class Receiver:
             if kind == "add":
                 if sub.closed:
                     continue
+                self._drain_all()
                 prefix = sub.pattern.prefix
                 self._sublist.add(sub.pattern, sub)
                 self._by_prefix.setdefault(prefix, set()).add(sub)
@@ -110,6 +113,18 @@ class Receiver:
                 for prefix, count in self._prefixes.items():
                     for _ in range(count):  # libzmq counts subscriptions per prefix
                         sock.setsockopt(zmq.SUBSCRIBE, prefix)
+
+    def _drain_all(self):
+        """Hand out everything queued in the socket now (lead held), before a
+        subscription is added: what arrived before it was subscribed is not
+        its. Else a queue nobody read since the last subscription on a prefix
+        went away would greet the next one with old messages as if live, and
+        a jump to the live ones as gaps."""
+        if self._sock is None:
+            return
+        while self._drain():
+            if self._yield is not None:
+                self._yield()
 
     def _socket(self):
         if self._sock is None:

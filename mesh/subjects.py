@@ -47,6 +47,13 @@ def topic_frame(subject):
     return subject.encode("utf-8") + b"."
 
 
+def is_reader_prefix(prefix):
+    """True for a prefix a pattern can have (docs/PROTOCOL.md 3.3): empty, or
+    ending on a token boundary. Only these are interest; a node's history
+    recorder subscribes with prefixes that end inside a token (PROTOCOL.md 6)."""
+    return not prefix or prefix.endswith(b".")
+
+
 def subject_from_topic(frame):
     """Inverse of :func:`topic_frame`; raises ValueError for a frame that is not one."""
     if not frame.endswith(b"."):

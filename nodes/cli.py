@@ -443,11 +443,12 @@ def cmd_pub(args):
                 except ValueError:
                     pass
             interest = interest or client.has_interest(args.subject)
+            recorded = client.has_interest(args.subject, history=True)  # by the node's history, if not read
             seq = client.publish(args.subject, data)
             print(json.dumps({"subject": args.subject, "seq": seq, "subscribers": interest}), flush=True)
             if not interest:
-                print(f"meshnode pub: no subscriber covers {args.subject!r}; the message was dropped",
-                      file=sys.stderr)
+                fate = "only the node's history recorded it" if recorded else "the message was dropped"
+                print(f"meshnode pub: no subscriber covers {args.subject!r}; {fate}", file=sys.stderr)
     return 0
 
 

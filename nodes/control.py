@@ -27,6 +27,24 @@ class RequestError(Exception):
         self.code = code
 
 
+def bounded_int(value, name, low, high, default):
+    """A request's integer field: ``default`` when absent, else an int (not a
+    bool) from ``low`` to ``high``; ValueError naming it otherwise."""
+    if value is None:
+        return default
+    if type(value) is not int or not low <= value <= high:
+        raise ValueError(f"{name} must be an integer from {low} to {high:,}")
+    return value
+
+
+def flag(request, name, default):
+    """A request's boolean field (``default`` when absent); RequestError ``bad_request`` otherwise."""
+    value = request.get(name, default)
+    if not isinstance(value, bool):
+        raise RequestError("bad_request", f"{name} must be true or false")
+    return value
+
+
 class ControlServer:
     def __init__(self, context, host, port, handler, curve=None):
         self.sock = context.socket(zmq.ROUTER)

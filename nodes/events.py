@@ -47,12 +47,12 @@ class Events:
 
     def emit(self, kind, **fields):
         """Record an event of ``kind`` (``node.exit``, ``client.connect``...) and
-        publish it on ``$events.<kind>`` if anyone listens."""
+        publish it on ``$events.<kind>`` if anyone listens (a history recorder too)."""
         event = {"event": kind, "ts": time.time(), **fields}
         self.recent.append(event)
         client = self.client
         subject = f"{TOPIC}.{kind}"
-        if client is None or client.closed or not client.has_interest(subject):
+        if client is None or client.closed or not client.has_interest(subject, history=True):
             return
         try:
             client.publish(subject, event)

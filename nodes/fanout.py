@@ -36,6 +36,7 @@ class Fanout:
         self.client = client
         self.stats = stats
         self.routes = {}  # pattern text -> Route
+        self._ended = {"gaps": 0, "dropped": 0}  # counted by routes that are gone: totals never go down
 
     def add(self, connection, pattern_text):
         route = self.routes.get(pattern_text)
@@ -52,6 +53,8 @@ class Fanout:
         if not route.connections:
             del self.routes[pattern_text]
             route.subscription.unsubscribe()  # wakes and ends the route's greenlet
+            self._ended["gaps"] += route.subscription.gaps
+            self._ended["dropped"] += route.subscription.dropped
 
     def _deliver(self, route):
         subscription = route.subscription
@@ -98,7 +101,8 @@ class Fanout:
 
     @property
     def gaps(self):
-        return sum(route.subscription.gaps for route in self.routes.values())
+        """Sequence gaps seen by every route this fan-out has had (a lifetime total)."""
+        return self._ended["gaps"] + sum(route.subscription.gaps for route in self.routes.values())
 
     @property
     def streams(self):
@@ -106,7 +110,8 @@ class Fanout:
 
     @property
     def dropped(self):
-        return sum(route.subscription.dropped for route in self.routes.values())
+        """Messages every route this fan-out has had had no room for (a lifetime total)."""
+        return self._ended["dropped"] + sum(route.subscription.dropped for route in self.routes.values())
 
 
 def encode_frame(kind, text, event_id=None):

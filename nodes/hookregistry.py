@@ -64,6 +64,9 @@ def validate_hook(fields):
             base64.b64decode(secret[6:], validate=True)
         except ValueError:
             raise ValueError("a secret is 'whsec_' followed by base64") from None
+    created = fields.get("created")
+    if created is not None and (isinstance(created, bool) or not isinstance(created, (int, float))):
+        raise ValueError("created is a Unix time")
     max_age = fields.get("max_age", DEFAULT_MAX_AGE)
     if isinstance(max_age, bool) or not isinstance(max_age, (int, float)) or not 0 < max_age <= 7 * 86400:
         raise ValueError("max_age is seconds, more than 0 and at most a week")

@@ -106,7 +106,7 @@ class NodeCollector:
         if jobs is not None:
             for key, kind, help_text in JOBS:
                 yield _family(f"jobs_{key}", kind, help_text, jobs[key])
-        totals = stats.get("hook_totals")
+        totals = stats.get("hook_totals")  # of every hook this node delivered, removed ones too
         if totals is not None:
             yield _family("hooks", "gauge", "webhooks registered", len(stats.get("hooks", ())))
             for key, kind, help_text in HOOKS:

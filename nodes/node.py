@@ -29,7 +29,7 @@ from mesh.members import member_ports, validate_member, validate_name
 from mesh.subjects import Pattern
 from mesh.waiting import pick_waiter
 
-from .control import ControlServer, RequestError
+from .control import ControlServer, RequestError, bounded_int, flag
 from .dataplane import DataPlane
 from .dispatcher import Dispatcher
 from . import presence
@@ -38,6 +38,7 @@ from .gateway import Gateway
 from .hookdelivery import HookDelivery
 from .hookregistry import HookRegistry
 from .hooktargets import TargetPolicy
+from .jobs import MAX_EXTEND_SECONDS
 from .metrics import Metrics
 from .recorder import DEFAULT_HISTORY_BYTES, MAX_ASKED_STREAMS, MAX_PAGE_MESSAGES, Recorder
 from .revocations import Revocations
@@ -280,6 +281,7 @@ class Node:
         ``until`` (or for ``seconds``); relayed to the peers unless ``relay`` is false."""
         seconds = request.get("seconds", self.config.revocation_seconds)
         until = request.get("until")
+        relay = flag(request, "relay", True)
         try:
             if until is None:
                 if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds > 0:
@@ -288,7 +290,7 @@ class Node:
             subject, until = validate_revocation(request.get("sub"), until)
         except ValueError as exc:
             raise RequestError("bad_request", str(exc)) from None
-        if request.get("relay", True) is False:
+        if not relay:
             self.revocations.apply(subject, until)
             return {"sub": subject, "until": until}
         return self.revoke(subject, until)
@@ -301,6 +303,7 @@ class Node:
         """A page of what this node recorded on a pattern (nodes/recorder.py)."""
         if self.recorder is None:
             return {"messages": [], "next": None, "streams": [], "recording": False}
+        partial = flag(request, "partial", False)
         try:
             pattern = Pattern(request.get("pattern"))
             since = _number(request.get("since", 0.0), "since")
@@ -308,7 +311,7 @@ class Node:
             if cursor is not None and (not isinstance(cursor, list) or len(cursor) != 2
                                        or not isinstance(cursor[0], str) or type(cursor[1]) is not int):
                 raise ValueError("cursor is the next of the previous page: [subject, number]")
-            limit = min(MAX_PAGE_MESSAGES, max(1, int(_number(request.get("limit", MAX_PAGE_MESSAGES), "limit"))))
+            limit = bounded_int(request.get("limit"), "limit", 1, MAX_PAGE_MESSAGES, MAX_PAGE_MESSAGES)
             after = request.get("after", [])
             if not isinstance(after, list) or len(after) > MAX_ASKED_STREAMS:
                 raise ValueError(f"after is a list of at most {MAX_ASKED_STREAMS} [origin, subject, epoch, seq]")
@@ -318,8 +321,7 @@ class Node:
                     raise ValueError("each after entry is [origin, subject, epoch, seq]")
         except (ValueError, TypeError) as exc:
             raise RequestError("bad_request", str(exc)) from None
-        messages, next_cursor, streams = self.recorder.page(pattern, since, after, cursor, limit,
-                                                            request.get("partial") is True)
+        messages, next_cursor, streams = self.recorder.page(pattern, since, after, cursor, limit, partial)
         return {"messages": [[e.subject, e.origin, e.epoch, e.seq, e.ts, msgpack.unpackb(e.packed, raw=False, strict_map_key=False)]
                              for e in messages],
                 "next": next_cursor, "recording": True,
@@ -328,12 +330,15 @@ class Node:
 
     def cmd_queue_join(self, request):
         """A queue-group member's announcement (mesh/queues.py), relayed to the peers."""
-        fields = {key: request.get(key) for key in ("group", "pattern", "member", "capacity", "pending", "jobs")}
+        fields = {key: request[key] for key in ("group", "pattern", "member", "capacity", "pending", "jobs")
+                  if request.get(key) is not None}  # absent or nil: pending 0, no jobs
+        relay = flag(request, "relay", True)
         try:
-            new = self._dispatcher().join(fields, request.get("node") or self.name)
+            node = request.get("node")  # the member's node, from a relaying node
+            new = self._dispatcher().join(fields, self.name if node is None else validate_name(node))
         except (ValueError, TypeError) as exc:
             raise RequestError("bad_request", str(exc)) from None
-        if request.get("relay", True) is not False:
+        if relay:
             self._relay("queue_join", {**fields, "node": self.name, "relay": False})
         return {"new": new}
 
@@ -341,9 +346,10 @@ class Node:
         fields = {key: request.get(key) for key in ("group", "pattern", "member")}
         if not all(isinstance(value, str) for value in fields.values()):
             raise RequestError("bad_request", "queue_leave needs group, pattern and member")
+        relay = flag(request, "relay", True)
         if self.dispatcher is not None:
             self.dispatcher.leave(fields["group"], fields["pattern"], fields["member"])
-        if request.get("relay", True) is not False:
+        if relay:
             self._relay("queue_leave", {**fields, "relay": False})
         return {}
 
@@ -354,8 +360,8 @@ class Node:
     def cmd_job_extend(self, request):
         """A worker needs longer for a job this node holds."""
         seconds = request.get("seconds")
-        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds > 0:
-            raise RequestError("bad_request", "seconds must be a positive number")
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 < seconds <= MAX_EXTEND_SECONDS:
+            raise RequestError("bad_request", f"seconds must be a number, more than 0 and at most {MAX_EXTEND_SECONDS:,.0f}")
         return self._job(request, lambda jobs, job, member: jobs.extend(job, member, seconds))
 
     def _job(self, request, action):
@@ -405,8 +411,9 @@ class Node:
         """Register (or update) a webhook (nodes/hookregistry.py); the reply has its secrets."""
         fields = {key: request.get(key) for key in ("key", "url", "pattern", "secrets", "max_age", "created")}
         fields = {key: value for key, value in fields.items() if value is not None}
+        relay = flag(request, "relay", True)
         try:
-            record = self.hooks.add(fields, relay=request.get("relay", True) is not False)
+            record = self.hooks.add(fields, relay=relay)
         except (ValueError, TypeError) as exc:
             raise RequestError("bad_request", str(exc)) from None
         return {"hook": record}
@@ -415,8 +422,9 @@ class Node:
         key, url = request.get("key"), request.get("url")
         if not isinstance(key, str) or not isinstance(url, str):
             raise RequestError("bad_request", "hook_rm needs a key and a url")
-        known = self.hooks.remove(key, url, relay=request.get("relay", True) is not False)
-        if not known and request.get("relay", True) is not False:
+        relay = flag(request, "relay", True)
+        known = self.hooks.remove(key, url, relay=relay)
+        if not known and relay:
             raise RequestError("unknown_hook", f"no hook for {url!r} under key {key!r}")
         return {}
 

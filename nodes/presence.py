@@ -20,16 +20,14 @@ one: they are not listed.
 
 from mesh.subjects import Pattern
 
+from .control import bounded_int
+
 DEFAULT_LIMIT = 1000
 MAX_LIMIT = 10_000
 
 
 def limit_from(value):
-    if value is None:
-        return DEFAULT_LIMIT
-    if type(value) is not int or not 1 <= value <= MAX_LIMIT:
-        raise ValueError(f"limit must be an integer from 1 to {MAX_LIMIT}")
-    return value
+    return bounded_int(value, "limit", 1, MAX_LIMIT, DEFAULT_LIMIT)
 
 
 def presence(edge, channel_text, limit=DEFAULT_LIMIT):

@@ -4,8 +4,11 @@
 matches: the node keeps the last COUNT messages of each such subject, none
 older than AGE seconds, and all of them together within ``--history-bytes``
 (the oldest go first). The recorder is one SUB socket connected to the
-node's own ``out``, subscribed only to the history patterns' prefixes, so
-libzmq filters out every other subject before Python sees it; it records
+node's own ``out``, subscribed only to what the history patterns' prefixes
+admit, so libzmq filters out every other subject before Python sees it. Its
+prefixes end inside a token (:func:`recording_prefixes`), so publishers tell
+them from readers' and a recorder is never taken for a reader (interest,
+docs/PROTOCOL.md 6). It records
 what was *published at this node* (messages from peers never pass ``out``),
 so each message is held by exactly one node: the one its publisher used.
 
@@ -26,7 +29,7 @@ import zmq
 
 from mesh.curve import apply_client
 from mesh.envelope import MalformedMessage, decode_batch
-from mesh.subjects import Pattern, subject_from_topic
+from mesh.subjects import Pattern, subject_from_topic, topic_frame
 from mesh.waiting import pick_waiter, recv_multipart
 
 log = logging.getLogger("meshnode.recorder")
@@ -37,6 +40,8 @@ MAX_PAGE_MESSAGES = 1000
 MAX_PAGE_BYTES = 1024 * 1024
 MAX_ASKED_STREAMS = 1000
 MAX_EVICTED_STREAMS = 100_000  # streams whose last eviction is remembered (the oldest are forgotten)
+# Bytes a token can begin with: all but '.' and those no subject holds (PROTOCOL.md 3.1).
+_TOKEN_STARTS = [bytes([b]) for b in range(256) if bytes([b]) not in b". \t\r\n\x00"]
 _RULE = re.compile(r"^(?P<pattern>[^=\s]+)=(?P<count>\d+)/(?P<age>\d+(?:\.\d+)?)s$")
 
 
@@ -53,6 +58,18 @@ class HistoryRule:
         if self.count < 1 or self.age <= 0:
             raise ValueError(f"--history {text!r}: the count and the age must be positive")
         self.text = text
+
+
+def recording_prefixes(pattern):
+    """The subscriptions that admit what ``pattern``'s own prefix admits, none
+    of them a reader's (PROTOCOL.md 6): a literal pattern's topic frame without
+    its final '.'; else the prefix followed by each byte a token can begin
+    with (no '$' after an empty prefix: a leading wildcard matches no system
+    subject)."""
+    prefix = pattern.prefix
+    if prefix == topic_frame(pattern.text):
+        return {prefix[:-1]}
+    return {prefix + start for start in _TOKEN_STARTS if prefix or start != b"$"}
 
 
 class _Entry:
@@ -79,8 +96,9 @@ class Recorder:
         self._sock = context.socket(zmq.SUB)
         self._sock.setsockopt(zmq.LINGER, 0)
         self._sock.setsockopt(zmq.RCVHWM, 0)  # the recorder keeps up or the node's memory says so
+        self._sock.setsockopt(zmq.SNDHWM, 0)  # hundreds of subscriptions per rule: libzmq drops them at its limit
         apply_client(curve, self._sock)
-        for prefix in {rule.pattern.prefix for rule in self.rules}:
+        for prefix in set().union(*(recording_prefixes(rule.pattern) for rule in self.rules)):
             self._sock.setsockopt(zmq.SUBSCRIBE, prefix)
         self._sock.connect(out_endpoint)
         self._loop = None

@@ -176,16 +176,37 @@ class Publisher:
     numbered from 1; ``publish`` sends a batch of one, ``publish_batch`` one batch
     of several consecutive messages."""
 
-    def __init__(self, address, origin=None, context=None):
+    def __init__(self, address, origin=None, context=None, timeout=5.0):
+        context = context or zmq.Context.instance()
         self.info = hello(address, context=context)
         self.max_payload = self.info["max_payload"]
         self.origin = origin or f"raw/{os.getpid()}.{uuid.uuid4().hex[:8]}"
         self.epoch = 0
-        self.sock = (context or zmq.Context.instance()).socket(zmq.XPUB)
+        self.sock = context.socket(zmq.XPUB)
         self.sock.setsockopt(zmq.LINGER, 1000)
         self.sock.connect(self.info["endpoints"]["ingress"])
         self.seqs = {}  # subject -> last sequence number sent
-        self.interest = set()
+        self.interest = set()  # every prefix announced, readers' and others' (6)
+        self._learn_interest(context, timeout)
+
+    def _learn_interest(self, context, timeout):
+        """The sentinel (6): before the first publish, read every subscription
+        the node had when this socket connected."""
+        sentinel = b"\xffjoined." + self.origin.encode()
+        probe = context.socket(zmq.SUB)
+        probe.setsockopt(zmq.LINGER, 0)
+        probe.connect(self.info["endpoints"]["out"])
+        probe.setsockopt(zmq.SUBSCRIBE, sentinel)
+        deadline = time.monotonic() + timeout
+        try:
+            while sentinel not in self.interest:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError("the node did not pass on its subscriptions")
+                self._read_notices(max(1, int(remaining * 1000)))
+        finally:
+            probe.close()
+        self.interest.discard(sentinel)
 
     def _read_notices(self, timeout_ms=0):
         while self.sock.poll(timeout_ms):
@@ -196,15 +217,19 @@ class Publisher:
                 self.interest.discard(notice[1:])
             timeout_ms = 0
 
+    def _covered(self, topic):
+        """A reader prefix (empty or ending with '.') covers the topic (6; 3.2 for '$')."""
+        return any(topic.startswith(prefix) for prefix in self.interest
+                   if (prefix.endswith(b".") or (not prefix and topic[:1] != b"$")))
+
     def has_interest(self, subject):
         self._read_notices()
-        topic = topic_frame(subject)
-        return any(topic.startswith(prefix) for prefix in self.interest)
+        return self._covered(topic_frame(subject))
 
     def wait_for_interest(self, subject, timeout=5.0):
         deadline = time.monotonic() + timeout
         topic = topic_frame(subject)
-        while not any(topic.startswith(prefix) for prefix in self.interest):
+        while not self._covered(topic):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return False
@@ -244,11 +269,11 @@ class Publisher:
         self.sock.send_multipart([marks_topic(prefix), body])
 
     def send_all_marks(self):
-        """Marks for every stream, on every prefix announced by some subscriber (4.3, 6).
-        Returns the prefixes marks were sent on."""
+        """Marks for every stream, on every reader prefix announced by some subscriber
+        (4.3, 6). Returns the prefixes marks were sent on."""
         self._read_notices()
         sent = []
-        for prefix in sorted(self.interest):
+        for prefix in sorted(p for p in self.interest if not p or p.endswith(b".")):
             entries = self.mark_entries(prefix)
             if entries:
                 self.send_marks(prefix, entries)

@@ -1,11 +1,16 @@
 """History at the node that recorded it (nodes/recorder.py, the history control
 command): what is kept, what is evicted and said so, paging, bad requests."""
 
+import json
+import subprocess
+import sys
 import time
 
-from nodeproc import wait_until
+import pytest
+from meshhelpers import collect
+from nodeproc import MESHNODE, linked, wait_until
 
-from mesh import Client
+from mesh import Client, NoResponders
 
 
 def history(node, pattern, **fields):
@@ -15,7 +20,7 @@ def history(node, pattern, **fields):
 
 
 def published(client, subject, count, start=0):
-    assert client.wait_for_interest(subject)  # the recorder subscribes like anyone else
+    assert client.wait_for_interest(subject, history=True)  # the recorder is no reader: ask for it too
     for i in range(start, start + count):
         client.publish(subject, {"i": i})
     client.flush()
@@ -65,7 +70,7 @@ def test_age_and_the_byte_budget_evict(start_node):
     a = start_node("A", "--history", "old.>=1000/1s", "--history", "big.>=1000/600s", "--history-bytes", "20000")
     with Client(a.address) as client:
         published(client, "old.x", 3)
-        assert client.wait_for_interest("big.x")
+        assert client.wait_for_interest("big.x", history=True)
         client.publish("big.x", "y" * 5000)
         client.flush()
         wait_until(lambda: a.stats()["history"]["recorded"] == 4, what="the recorder")
@@ -118,3 +123,38 @@ def test_pages_stay_right_while_the_node_evicts(start_node):
         got = [(m[0], m[3]) for page in pages for m in page["messages"]]
         assert got == [("p.a", s) for s in range(1, 12)] + [("p.b", s) for s in range(1, 6)]  # none skipped
         assert a.request("history", pattern="p.>", cursor=7)["error"] == "bad_request"
+
+
+def test_the_recorder_is_no_reader_here_or_at_a_peer_yet_records_everything(start_node):
+    """Interest means a live reader (PROTOCOL.md 6): the recorder's subscriptions
+    end inside a token, so a publisher tells them from a reader's even when a
+    reader shares the recorder's prefix, at the recorder's node or at a peer."""
+    a = start_node("A", "--history", "h.>=1000/60s", "--history", "one=1000/60s")
+    b = start_node("B", peers=[a])
+    wait_until(lambda: linked(a, b), what="link")
+    with Client(a.address) as pub, Client(a.address) as near, Client(b.address) as far:
+        for subject in ("h.x", "one"):
+            assert pub.wait_for_interest(subject, history=True)  # the recorder receives
+            assert not pub.has_interest(subject)  # but reads for nobody
+        with pytest.raises(NoResponders):  # not RequestTimeout after the whole wait
+            pub.request("h.x", "anyone?", timeout=5)
+        sent = 0
+        for reader in (near, far, near):  # a reader beside the recorder: interest comes and goes with it
+            sub = reader.subscribe("h.>")
+            assert pub.wait_for_interest("h.x") and not pub.has_interest("one")
+            for i in range(50):  # the slow-joiner advice holds: every one arrives
+                pub.publish("h.x", sent + i)
+            pub.flush()
+            assert [m.data for m in collect(sub, 50)] == list(range(sent, sent + 50)) and sub.gaps == 0
+            sent += 50
+            sub.unsubscribe()
+            wait_until(lambda: not pub.has_interest("h.x"), what="the interest to go with the reader")
+        for i in range(5):  # nobody reads: recorded all the same
+            pub.publish("h.x", sent + i)
+            pub.publish("one", i)
+        pub.flush()
+        wait_until(lambda: a.stats()["history"]["recorded"] == sent + 10, what="the recorder to keep all")
+    result = subprocess.run([sys.executable, MESHNODE, "pub", "h.y", "1", "--node", a.address, "--wait", "0.3"],
+                            capture_output=True, text=True, timeout=30)
+    assert json.loads(result.stdout)["subscribers"] is False and "history recorded it" in result.stderr
+    wait_until(lambda: a.stats()["history"]["recorded"] == sent + 11, what="the CLI's message recorded")

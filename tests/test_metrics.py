@@ -80,3 +80,56 @@ def test_metrics_on_a_port_of_their_own(start_node):
     assert f"metrics=127.0.0.1:{port}" in a.ready_line
     families = scrape(f"http://127.0.0.1:{port}/metrics")
     assert value(families, "meshnode_control_requests") >= 0 and "meshnode_edge_messages_in" not in families
+
+
+def counters(families):
+    """Every counter sample of a scrape: name -> value."""
+    return {s.name: s.value for f in families.values() if f.type == "counter" for s in f.samples
+            if s.name.endswith("_total")}
+
+
+def test_counters_never_go_down_as_subscribers_and_hooks_come_and_go(start_node):
+    """A Prometheus counter is a lifetime total: what a subscription or a hook
+    counted stays when it goes. Each round an SSE reader sees 9 numbers
+    missing and leaves (its route ends); a hook delivers and is removed."""
+    from raw_client import Publisher
+    from hookhelpers import LOOPBACK, Receiver, ready
+
+    from edgehelpers import SSE
+
+    e = start_node("E", "--http", "0", *LOOPBACK)
+    url = f"http://{http_address(e)}/metrics"
+    publisher = Publisher(e.address)
+    receiver = Receiver()
+    scrapes = [counters(scrape(url))]
+    try:
+        with Client(e.address) as client:
+            for round_ in range(1, 4):
+                reader = SSE(http_address(e), "/sub/g.%3E")
+                assert publisher.wait_for_interest("g.x")
+                publisher.publish("g.x", "first")
+                assert reader.event()["data"].find('"first"') > 0  # the first of this reader: no stale one
+                publisher.seqs["g.x"] += 9  # nine numbers never sent
+                publisher.publish("g.x", "after the hole")
+                assert reader.event()["data"].find('"after the hole"') > 0
+                wait_until(lambda: e.stats()["edge"]["gaps"] == 9 * round_, what="the gaps to be counted")
+                client.register_hook("m", receiver.url)
+                wait_until(lambda: ready([e], 1), what="the deliverer")
+                client.publish("hooks.m.x", round_)
+                wait_until(lambda: len(receiver.requests) == round_, what="the delivery")
+                wait_until(lambda: e.stats()["hook_totals"]["delivered"] == round_, what="the delivery counted")
+                reader.close()
+                client.unregister_hook("m", receiver.url)
+                wait_until(lambda: e.stats()["edge"]["connections"]["sse"] == 0 and not e.stats().get("hooks"),
+                           what="the reader and the hook gone")
+                wait_until(lambda: e.stats()["edge"]["patterns"] == 0, what="the route to end")
+                scrapes.append(counters(scrape(url)))
+                assert scrapes[-1]["meshnode_edge_gaps_total"] == 9 * round_
+                assert scrapes[-1]["meshnode_hooks_delivered_total"] == round_
+        for before, after in zip(scrapes, scrapes[1:]):
+            went_down = {name: (before[name], after.get(name)) for name in before
+                         if after.get(name) is None or after[name] < before[name]}
+            assert not went_down
+    finally:
+        publisher.close()
+        receiver.close()

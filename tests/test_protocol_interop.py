@@ -688,3 +688,70 @@ def test_a_new_epoch_counts_its_missing_first_messages(pair):
         finally:
             pub.close(marks=False)
             raw.close()
+
+
+# -- the rules a raw client needs beyond frames: the sentinel, reader prefixes, restarts ---
+
+def test_a_raw_publisher_that_publishes_at_once_reaches_the_subscribers_that_were_there(pair):
+    """PROTOCOL.md 6, the sentinel: a raw publisher that waits for it loses
+    none of its first messages to subscribers that were there before it."""
+    a, b = pair
+    with Client(a.address) as near, Client(b.address) as far:
+        subs = [near.subscribe("first.>"), far.subscribe("first.>")]
+        probe = raw_client.Publisher(a.address)
+        assert probe.wait_for_interest("first.x", timeout=10)
+        probe.close(marks=False)
+        for round_ in range(10):
+            pub = raw_client.Publisher(a.address, origin=f"first-{round_}")
+            for i in range(30):  # at once: no wait for interest
+                pub.publish("first.x", i)
+            pub.close(marks=False)
+            for sub in subs:
+                got = [sub.get(timeout=10) for _ in range(30)]
+                assert [(m.origin, m.data) for m in got] == [(f"first-{round_}", i) for i in range(30)]
+        for sub in subs:
+            assert_nothing_more(sub.get)
+
+
+def test_a_recorder_is_announced_but_is_no_reader_to_a_raw_publisher(start_node):
+    """PROTOCOL.md 6: a recorder's prefixes end inside a token; interest counts reader prefixes only."""
+    a = start_node("A", "--history", "rec.>=100/60s", "--history", "one.two=100/60s")
+    pub = raw_client.Publisher(a.address)
+    try:
+        assert b"rec.a" in pub.interest and b"one.two" in pub.interest and b"rec." not in pub.interest
+        assert not pub.has_interest("rec.x") and not pub.has_interest("one.two")
+        pub.publish("rec.x", "kept")  # the socket still sends it: the recorder receives
+        pub.publish("one.two", "kept too")
+        wait_until(lambda: a.stats()["history"]["recorded"] == 2, what="the recorder")
+        with Client(a.address) as reader:
+            reader.subscribe("rec.>")
+            assert pub.wait_for_interest("rec.x") and not pub.has_interest("one.two")
+        wait_until(lambda: not pub.has_interest("rec.x"), what="the reader's interest to go")
+    finally:
+        pub.close(marks=False)
+
+
+def test_a_raw_client_notices_a_restart_by_the_instance_in_hello(start_node):
+    """PROTOCOL.md 7.5: same control address, new instance, new data endpoints to attach to."""
+    from nodeproc import NodeProcess, free_port
+
+    port = free_port()
+    node = NodeProcess("R", port=port)
+    try:
+        before = raw_client.hello(node.address)
+        sub = raw_client.Subscriber(node.address, "rs.>")
+        node.kill()
+        node = NodeProcess("R", port=port)
+        after = raw_client.hello(node.address)
+        assert after["member"]["instance"] != before["member"]["instance"]
+        assert after["member"]["started"] > before["member"]["started"]
+        sub.close()  # attach again: new sockets to the endpoints of the new hello
+        sub = raw_client.Subscriber(node.address, "rs.>")
+        pub = raw_client.Publisher(node.address)
+        assert pub.wait_for_interest("rs.x")
+        pub.publish("rs.x", "after the restart")
+        assert sub.get(timeout=10)["data"] == "after the restart"
+        pub.close(marks=False)
+        sub.close()
+    finally:
+        node.kill()

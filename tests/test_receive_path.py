@@ -67,6 +67,33 @@ def test_a_slow_subscription_loses_and_counts_while_the_fast_one_beside_it_gets_
         assert [m.data for m in collect(slow, 100)] == list(range(100))  # the oldest kept, in order
 
 
+def test_a_new_subscription_never_gets_what_waited_in_the_socket_before_it(start_node):
+    """Messages that reached the client's socket for a subscription nobody read
+    before it went stay queued in libzmq; the next subscription on the prefix
+    must not take them for live ones (an old message first, then a jump
+    counted as gaps)."""
+    a = start_node("A")
+    with Client(a.address) as pub, Client(a.address) as reader:
+        first = reader.subscribe("st.>")
+        warm_up(pub, "st.x", [first])
+        for i in range(100):  # never read: they wait in the reader's socket
+            pub.publish("st.x", i)
+        pub.flush()
+        time.sleep(0.3)  # for the reader's socket to take them in
+        first.unsubscribe()
+        wait_until(lambda: not pub.has_interest("st.x"), what="the interest to go")
+        for i in range(100, 150):  # nobody wants these
+            pub.publish("st.x", i)
+        pub.flush()
+        second = reader.subscribe("st.>")
+        assert pub.wait_for_interest("st.x")
+        for i in range(150, 200):
+            pub.publish("st.x", i)
+        pub.flush()
+        assert [m.data for m in collect(second, 50)] == list(range(150, 200))
+        assert second.gaps == 0
+
+
 def test_unsubscribe_and_close_wake_a_blocked_reader_at_once(start_node):
     a = start_node("A")
     client = Client(a.address)
