@@ -1,0 +1,121 @@
+"""Static membership (discovery/static.py) with real nodes: a node named once
+joins the whole mesh, a departure is dropped everywhere and not taken back,
+a seed that is down at start is retried."""
+
+import time
+
+from meshhelpers import collect, warm_up
+from nodeproc import NodeProcess, free_port, linked, wait_until
+
+from mesh import Client
+
+PER_PAIR = 50
+
+
+def test_the_readme_star_delivers_between_every_pair(start_node):
+    """README: a; b --peer a; c --peer a. c links to b, and every node's
+    publisher reaches every node's subscriber: received + gaps = sent."""
+    a = start_node("a")
+    b = start_node("b", peers=[a])
+    c = start_node("c", peers=[a])
+    wait_until(lambda: linked(a, b, c), what="a full mesh from one seed")
+    nodes = (a, b, c)
+    clients = {n.name: Client(n.address) for n in nodes}
+    try:
+        subs = {name: client.subscribe("star.>") for name, client in clients.items()}
+        for name, client in clients.items():
+            warm_up(client, f"star.{name}", list(subs.values()))
+        for name, client in clients.items():
+            for i in range(PER_PAIR):
+                client.publish(f"star.{name}", i)
+        for name, sub in subs.items():
+            got = collect(sub, PER_PAIR * len(nodes))
+            for origin in clients:
+                assert [m.data for m in got if m.subject == f"star.{origin}"] == list(range(PER_PAIR)), \
+                    f"{origin} -> {name}"
+            assert sub.gaps == 0
+        # Relayed mesh-wide: a revocation made at c is confirmed by a and b.
+        reply = c.request("revoke", sub="someone", seconds=60)
+        assert reply["ok"] and reply["peers"] == {"a": "ok", "b": "ok"}
+        assert b.stats()["revocations"] == 1
+    finally:
+        for client in clients.values():
+            client.close()
+
+
+def test_a_departed_node_is_dropped_everywhere_and_not_taken_back(start_node):
+    """d names only c (which named a): all four link. d's SIGTERM drops it at
+    every node at once, and its own introduction replayed afterwards (a
+    request still in flight on another connection) does not bring it back."""
+    a = start_node("a")
+    b = start_node("b", peers=[a])
+    c = start_node("c", peers=[b, a])
+    d = start_node("d", peers=[c])
+    wait_until(lambda: linked(a, b, c, d), what="four linked")
+    record = next(p for p in a.request("peers")["peers"] if p["name"] == "d")
+    record.pop("link")
+    assert d.stop() == 0
+    wait_until(lambda: all(n.peer_names() == [x for x in "abc" if x != n.name] for n in (a, b, c)),
+               timeout=2, what="d dropped everywhere")
+    for node in (a, b, c):
+        assert node.request("peer", member=record)["ok"]  # first-hand, but from a departed instance
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:
+        assert all("d" not in n.peer_names() for n in (a, b, c))
+        time.sleep(0.1)
+
+
+def test_a_stale_copy_from_a_peer_is_only_a_lead(start_node):
+    """A record passed on by a peer is dialled, not linked: a member that was
+    killed and is listed by a peer that still has it is not linked again."""
+    a = start_node("a")
+    b = start_node("b", peers=[a])
+    wait_until(lambda: linked(a, b), what="a and b")
+    ghost = dict(next(p for p in a.request("peers")["peers"] if p["name"] == "b"), name="ghost",
+                 instance="0" * 32, control=f"tcp://127.0.0.1:{free_port()}")
+    ghost.pop("link")
+    reply = a.request("peer", member=dict(ghost, name="liar", instance="1" * 32,
+                                          control=f"tcp://127.0.0.1:{free_port()}"), members=[ghost])
+    assert reply["ok"]
+    wait_until(lambda: a.peer_names() == ["b", "liar"], what="the introducer itself")
+    time.sleep(2)
+    assert "ghost" not in a.peer_names()
+
+
+def test_a_seed_down_at_start_is_retried_and_the_mesh_forms(start_node):
+    port = free_port()
+    seed = f"127.0.0.1:{port}"
+    b = start_node("b", peers=[seed])
+    c = start_node("c", peers=[seed])
+    time.sleep(2)
+    assert b.peer_names() == c.peer_names() == []
+    a = NodeProcess("a", port=port)
+    try:
+        wait_until(lambda: linked(a, b, c), what="the mesh, once its seed is up")
+    finally:
+        a.kill()
+
+
+def test_a_restarted_node_replaces_its_record_at_once(start_node):
+    """kill -9 and a restart on the same port within the expiry: the new
+    instance replaces the old record everywhere and delivery works."""
+    port = free_port()
+    a = start_node("a")
+    b = start_node("b", peers=[a])
+    c = NodeProcess("c", "--peer", a.address, port=port)
+    try:
+        wait_until(lambda: linked(a, b, c), what="three linked")
+        old = c.request("hello")["member"]["instance"]
+        c.kill()
+        c = NodeProcess("c", "--peer", a.address, port=port)
+        new = c.request("hello")["member"]["instance"]
+        instances = lambda n: {p["name"]: p["instance"] for p in n.request("peers")["peers"]}  # noqa: E731
+        wait_until(lambda: instances(a)["c"] == instances(b)["c"] == new != old and linked(a, b, c),
+                   timeout=4, what="the new instance everywhere")
+        with Client(b.address) as pb, Client(c.address) as cc:
+            sub = cc.subscribe("again")
+            warm_up(pb, "again", [sub])
+            pb.publish("again", "x")
+            assert collect(sub, 1)[0].data == "x"
+    finally:
+        c.kill()
