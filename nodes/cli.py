@@ -368,7 +368,7 @@ def cmd_run(args):
         raise ValueError("--group needs --zk: groups and their gateways are found in ZooKeeper")
     if args.zk:
         discovery = ZooKeeperDiscovery(args.zk, args.mesh, session_timeout=args.zk_timeout, auth=args.zk_auth,
-                                       group=args.group or None)
+                                       group=args.group or None, curve=curve)
     else:
         discovery = StaticDiscovery(zmq.Context.instance(), config.peers, curve=curve)
     try:
