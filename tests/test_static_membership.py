@@ -119,3 +119,18 @@ def test_a_restarted_node_replaces_its_record_at_once(start_node):
             assert collect(sub, 1)[0].data == "x"
     finally:
         c.kill()
+
+
+def test_a_bad_exchange_is_refused_whole_and_the_node_keeps_serving(start_node):
+    a = start_node("a")
+    b = start_node("b", peers=[a])
+    wait_until(lambda: linked(a, b), what="a and b")
+    good = dict(next(p for p in a.request("peers")["peers"] if p["name"] == "b"), name="z", instance="2" * 32,
+                control=f"tcp://127.0.0.1:{free_port()}")
+    good.pop("link")
+    for fields, says in (({"members": "x"}, "members is a list"), ({"members": [{"name": "q"}]}, "member q"),
+                         ({"members": [good] * 201}, "at most 200"), ({"departed": [["z"]]}, "departed is a list"),
+                         ({"departed": [["bad name", "i"]]}, "node name 'bad name'")):
+        reply = a.request("peer", member=good, **fields)
+        assert not reply["ok"] and reply["error"] == "bad_member" and says in reply["message"], (fields, reply)
+    assert a.peer_names() == ["b"] and a.request("ping")["ok"]
