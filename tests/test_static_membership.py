@@ -134,3 +134,26 @@ def test_a_bad_exchange_is_refused_whole_and_the_node_keeps_serving(start_node):
         reply = a.request("peer", member=good, **fields)
         assert not reply["ok"] and reply["error"] == "bad_member" and says in reply["message"], (fields, reply)
     assert a.peer_names() == ["b"] and a.request("ping")["ok"]
+
+
+def test_every_node_given_the_whole_list_in_any_order_itself_included(start_node):
+    """The config-file way: one list of every node for all, each node's own
+    address in it (a's spelled differently from what it advertises), some
+    seeds down when the first nodes start."""
+    ports = [free_port() for _ in range(3)]
+    seeds = [f"127.0.0.1:{p}" for p in ports]
+    nodes = []
+    try:
+        nodes.append(NodeProcess("a", "--advertise", "localhost", *sum((["--peer", s] for s in seeds), []),
+                                 port=ports[0]))
+        nodes.append(NodeProcess("b", *sum((["--peer", s] for s in reversed(seeds)), []), port=ports[1]))
+        time.sleep(1.5)
+        nodes.append(NodeProcess("c", "--peer", seeds[2], "--peer", seeds[0], port=ports[2]))
+        wait_until(lambda: linked(*nodes), what="the mesh from one list")
+        time.sleep(1.5)
+    finally:
+        for node in nodes:
+            node.kill()
+    for node in nodes:
+        assert "refused or sent a bad record" not in node.stderr_text, node.stderr_text
+    assert "own control address" in nodes[0].stderr_text
