@@ -57,7 +57,8 @@ def build_parser():
     run.add_argument("--advertise", default="",
                      help="host name peers and clients should dial (default: --host)")
     run.add_argument("--peer", action="append", default=[], metavar="HOST:PORT",
-                     help="another node's control address; repeatable. Links are symmetric")
+                     help="a seed: another node's control address; repeatable. One that answers is enough "
+                          "to join the whole mesh; one that does not is retried")
     _zookeeper_arguments(run, "find peers through ZooKeeper instead of --peer: register there and "
                               "connect to every node of the mesh")
     run.add_argument("--group", default="", metavar="NAME",
