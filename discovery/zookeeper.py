@@ -103,6 +103,7 @@ class ZooKeeperDiscovery(Discovery):
         self._stopping = False
         self._members = MemberCache(mesh, group)
         self._election = None
+        self._replaced = set()  # instances of this name whose registrations this node took over
 
     @property
     def my_path(self):
@@ -158,6 +159,8 @@ class ZooKeeperDiscovery(Discovery):
             if state == "gone":
                 log.warning("taking over %s from instance %s of this name, which no longer runs at %s",
                             path, holder.get("instance"), holder.get("control"))
+                if isinstance(holder.get("instance"), str):
+                    self._replaced.add(holder["instance"])
                 try:
                     self._client.delete(path, version=stat.version)
                 except NoNodeError:
@@ -265,7 +268,8 @@ class ZooKeeperDiscovery(Discovery):
 
     def elect_gateway(self, record, on_role):
         """Stand as a gateway of this node's group (discovery/gateways.py)."""
-        self._election = GatewayElection(self._client, self.mesh, self.group, record, on_role, self._me["instance"])
+        self._election = GatewayElection(self._client, self.mesh, self.group, record, on_role, self._me["instance"],
+                                         self._replaced)
         self._election.start()
 
     def gateway_directory(self):
