@@ -8,6 +8,7 @@ from meshhelpers import collect, warm_up
 from nodeproc import NodeProcess, free_port, linked, wait_until
 
 from mesh import Client
+from mesh.meshwide import ask_every_node
 
 PER_PAIR = 50
 
@@ -34,10 +35,15 @@ def test_the_readme_star_delivers_between_every_pair(start_node):
                 assert [m.data for m in got if m.subject == f"star.{origin}"] == list(range(PER_PAIR)), \
                     f"{origin} -> {name}"
             assert sub.gaps == 0
-        # Relayed mesh-wide: a revocation made at c is confirmed by a and b.
+        # Relayed mesh-wide: a revocation and a webhook made at c reach a and b;
+        # a mesh-wide read from c asks a and b.
         reply = c.request("revoke", sub="someone", seconds=60)
         assert reply["ok"] and reply["peers"] == {"a": "ok", "b": "ok"}
         assert b.stats()["revocations"] == 1
+        clients["c"].register_hook("acct", "http://127.0.0.1:9/hook")
+        wait_until(lambda: all(len(n.request("hook_ls")["hooks"]) == 1 for n in (a, b)), what="the hook at a and b")
+        replies, missing = ask_every_node(clients["c"], "ping")
+        assert sorted(replies) == ["a", "b", "c"] and not missing
     finally:
         for client in clients.values():
             client.close()
