@@ -26,7 +26,8 @@ subscription prefix in the mesh names them (``$events.``; the empty prefix
 of ``>`` does not count for system subjects: mesh/publisher.py), so nobody
 listening costs one interest check.
 The last RECENT events are kept for the console (nodes/meshview.py), and
-so is, for LEFT_KEPT seconds, when each peer that is gone left.
+so is, for LEFT_KEPT seconds, when each peer that is gone left (the
+latest LEFT_MAX).
 """
 
 import collections
@@ -38,6 +39,7 @@ log = logging.getLogger("meshnode.events")
 TOPIC = "$events"
 RECENT = 100
 LEFT_KEPT = 300.0  # seconds a departed peer is remembered (the console shows it as down)
+LEFT_MAX = 1000  # departed peers remembered at most, the latest
 
 
 class Events:
@@ -86,6 +88,8 @@ class Events:
             self.left.pop(name, None)
         for name in sorted(set(before) - set(after)):
             self.left[name] = now
+            if len(self.left) > LEFT_MAX:
+                del self.left[next(iter(self.left))]
             if min({self.node, *after}) == self.node:
                 self.emit("node.exit", node=name, by=self.node)
 
