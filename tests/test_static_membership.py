@@ -19,7 +19,9 @@ def test_the_readme_star_delivers_between_every_pair(start_node):
     a = start_node("a")
     b = start_node("b", peers=[a])
     c = start_node("c", peers=[a])
+    started = time.monotonic()
     wait_until(lambda: linked(a, b, c), what="a full mesh from one seed")
+    print(f"[measure] README star linked {time.monotonic() - started:.2f} s after c was ready")
     nodes = (a, b, c)
     clients = {n.name: Client(n.address) for n in nodes}
     try:
@@ -61,8 +63,10 @@ def test_a_departed_node_is_dropped_everywhere_and_not_taken_back(start_node):
     record = next(p for p in a.request("peers")["peers"] if p["name"] == "d")
     record.pop("link")
     assert d.stop() == 0
+    started = time.monotonic()
     wait_until(lambda: all(n.peer_names() == [x for x in "abc" if x != n.name] for n in (a, b, c)),
                timeout=2, what="d dropped everywhere")
+    print(f"[measure] SIGTERMed d dropped by a, b and c {time.monotonic() - started:.3f} s after it exited")
     for node in (a, b, c):
         assert node.request("peer", member=record)["ok"]  # first-hand, but from a departed instance
     deadline = time.monotonic() + 3

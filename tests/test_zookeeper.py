@@ -120,10 +120,13 @@ def test_a_node_killed_and_restarted_at_once_takes_its_name_back(zk_server, zk_n
     a = zk_node("A", zk_server.hosts, "--port", str(port), timeout="10")
     wait_until(lambda: linked(a, b), what="A and B")
     a.kill()
+    started = time.monotonic()
     a = zk_node("A", zk_server.hosts, "--port", str(port if same_port else 0), timeout="10")
     new = a.request("hello")["member"]["instance"]
     wait_until(lambda: linked(a, b) and b.request("peers")["peers"][0]["instance"] == new, timeout=5,
                what="B linked to the new A")
+    print(f"[measure] restarted A ({'same' if same_port else 'new'} port) linked by B "
+          f"{time.monotonic() - started:.2f} s after its start (session 10 s)")
     with Client(b.address) as pb, Client(a.address) as ca:
         sub = ca.subscribe("back")
         warm_up(pb, "back", [sub])
