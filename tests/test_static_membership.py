@@ -167,3 +167,21 @@ def test_every_node_given_the_whole_list_in_any_order_itself_included(start_node
     for node in nodes:
         assert "refused or sent a bad record" not in node.stderr_text, node.stderr_text
     assert "own control address" in nodes[0].stderr_text
+
+
+def test_a_departure_passed_on_drops_that_instance_only(start_node):
+    """``departed`` in an exchange drops the member if it is that instance and
+    holds it off; a departure of another instance of the name changes nothing."""
+    a = start_node("a")
+    b = start_node("b", peers=[a])
+    wait_until(lambda: linked(a, b), what="a and b")
+    record = next(p for p in a.request("peers")["peers"] if p["name"] == "b")
+    teller = dict(record, name="teller", instance="3" * 32, control=f"tcp://127.0.0.1:{free_port()}")
+    teller.pop("link")
+    assert a.request("peer", member=teller, departed=[["b", "4" * 32]])["ok"]
+    time.sleep(1.5)
+    assert "b" in a.peer_names()
+    assert a.request("peer", member=teller, departed=[["b", record["instance"]]])["ok"]
+    assert "b" not in a.peer_names()
+    time.sleep(2)  # b introduces itself every second meanwhile
+    assert "b" not in a.peer_names()
