@@ -31,11 +31,15 @@ class Discovery:
         """Begin; ``me`` is this node's record, ``on_change(members)`` the callback."""
         raise NotImplementedError
 
-    def announce(self, member):
-        """A peer introduced itself on the control socket (validated record)."""
+    def announce(self, member, fields):
+        """A peer introduced itself on the control socket: ``member`` is its
+        validated record, ``fields`` the rest of its ``peer`` request. Returns
+        the fields to add to the reply (ValueError: the request is refused)."""
+        return {}
 
-    def depart(self, name):
-        """A peer said goodbye on the control socket."""
+    def depart(self, name, instance=None):
+        """A peer said goodbye on the control socket (``instance``: only that
+        process of it, when given)."""
 
     def share(self, kind, name, record):
         """Keep a JSON record (a token revocation, a webhook) where every node,

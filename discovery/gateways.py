@@ -10,7 +10,8 @@ numbers never repeat, so a record never changes once written: each is read
 once. A candidate that stands again (after its session was lost, or after a
 create whose answer was lost with the connection) first deletes any znode
 its own instance left, so no orphan of a live session can hold the head of
-the line.
+the line; a node that took its name over from its own dead process deletes
+that process's candidacy too.
 
 A gateway steps down the moment its ZooKeeper connection is SUSPENDED (its
 session may be expiring and a successor about to be elected) and stands
@@ -73,13 +74,16 @@ class GatewayElection:
     ``directory`` lists the other groups' candidates, for the ``groups``
     control command."""
 
-    def __init__(self, client, mesh, group, record, on_role, instance):
+    def __init__(self, client, mesh, group, record, on_role, instance, replaced=()):
+        """``replaced``: instances of this node's name that it took over (dead
+        processes, discovery/zookeeper.py): their candidacies are removed too."""
         self._client = client
         self.root = gateways_path(mesh)
         self.group = validate_name(group, "group name")
         self.record = {**record, "group": self.group}
         self._on_role = on_role
         self._prefix = f"{CANDIDATE_PREFIX}{instance}-"  # our znodes' names, before the sequence
+        self._stale = tuple(f"{CANDIDATE_PREFIX}{old}-" for old in replaced)
         self._standing = gevent.lock.Semaphore()  # one stand at a time
         self._mine = None  # our candidate znode's name
         self._children = {}  # group -> its candidates' znode names
@@ -104,7 +108,8 @@ class GatewayElection:
         with self._standing:
             directory = f"{self.root}/{self.group}"
             for child in self._client.get_children(directory):
-                if child.startswith(self._prefix):  # ours, from a create whose answer was lost
+                # ours, from a create whose answer was lost, or a dead process's of this name
+                if child.startswith((self._prefix, *self._stale)):
                     try:
                         self._client.delete(f"{directory}/{child}")
                     except NoNodeError:

@@ -30,6 +30,7 @@ from urllib.parse import quote, unquote
 
 import gevent
 import gevent.event
+import zmq
 from kazoo.client import KazooState
 from kazoo.exceptions import KazooException, NodeExistsError, NoNodeError, ZookeeperError
 from kazoo.recipe.watchers import ChildrenWatch
@@ -39,6 +40,7 @@ from mesh.zookeeper import ROOT, DiscoveryError, connect, members_path, read_mem
 
 from .base import Discovery
 from .gateways import GatewayElection
+from .liveness import holder_state
 
 log = logging.getLogger("meshnode.discovery.zookeeper")
 
@@ -83,7 +85,10 @@ class MemberCache:
 
 
 class ZooKeeperDiscovery(Discovery):
-    def __init__(self, hosts, mesh, session_timeout=10.0, auth=None, group=None):
+    def __init__(self, hosts, mesh, session_timeout=10.0, auth=None, group=None, context=None, curve=None):
+        """``context``, ``curve``: how to ask a live holder of this node's name (discovery/liveness.py)."""
+        self._context = context or zmq.Context.instance()
+        self._curve = curve
         self.hosts = hosts
         self.mesh = mesh
         self.group = group
@@ -98,6 +103,7 @@ class ZooKeeperDiscovery(Discovery):
         self._stopping = False
         self._members = MemberCache(mesh, group)
         self._election = None
+        self._replaced = set()  # instances of this name whose registrations this node took over
 
     @property
     def my_path(self):
@@ -133,19 +139,40 @@ class ZooKeeperDiscovery(Discovery):
         log.info("registered %s in ZooKeeper at %s", self.my_path, self.hosts)
 
     def _claim(self, path, data):
+        """Create ``path``; if a dead process of this node's name still holds it
+        (its session not lapsed yet: discovery/liveness.py), take it over."""
         try:
             self._client.create(path, data, ephemeral=True, makepath=True)
         except NodeExistsError:
             try:
-                holder = json.loads(self._client.get(path)[0].decode("utf-8"))
+                raw, stat = self._client.get(path)
+                holder = json.loads(raw.decode("utf-8"))
             except NoNodeError:
                 return self._claim(path, data)  # it expired just now
-            if holder.get("instance") != self._me["instance"]:
-                group = f" in group {holder['group']!r}" if holder.get("group") else ""
-                raise DiscoveryError(
-                    f"node name {self._me['name']!r} is already taken in mesh {self.mesh!r} by the node "
-                    f"at {holder.get('control')}{group} (started {time.time() - holder.get('started', 0):.0f} s "
-                    f"ago); choose another --name") from None
+            except ValueError:
+                holder = {}
+            if not isinstance(holder, dict):
+                holder = {}
+            if holder.get("instance") == self._me["instance"]:
+                return None
+            state = holder_state(self._context, holder, self._curve)
+            if state == "gone":
+                log.warning("taking over %s from instance %s of this name, which no longer runs at %s",
+                            path, holder.get("instance"), holder.get("control"))
+                if isinstance(holder.get("instance"), str):
+                    self._replaced.add(holder["instance"])
+                try:
+                    self._client.delete(path, version=stat.version)
+                except NoNodeError:
+                    pass
+                return self._claim(path, data)
+            group = f" in group {holder['group']!r}" if holder.get("group") else ""
+            answer = "is alive" if state == "alive" else "did not answer: if it is dead, its registration " \
+                                                         "lapses within its --zk-timeout"
+            raise DiscoveryError(
+                f"node name {self._me['name']!r} is already taken in mesh {self.mesh!r} by the node "
+                f"at {holder.get('control')}{group} (started {time.time() - holder.get('started', 0):.0f} s "
+                f"ago; it {answer}); choose another --name") from None
 
     def _on_state(self, state):
         """kazoo's connection listener: must not block, so it only schedules."""
@@ -241,7 +268,8 @@ class ZooKeeperDiscovery(Discovery):
 
     def elect_gateway(self, record, on_role):
         """Stand as a gateway of this node's group (discovery/gateways.py)."""
-        self._election = GatewayElection(self._client, self.mesh, self.group, record, on_role, self._me["instance"])
+        self._election = GatewayElection(self._client, self.mesh, self.group, record, on_role, self._me["instance"],
+                                         self._replaced)
         self._election.start()
 
     def gateway_directory(self):

@@ -65,7 +65,8 @@ def build_parser():
     run.add_argument("--advertise", default="",
                      help="host name peers and clients should dial (default: --host)")
     run.add_argument("--peer", action="append", default=[], metavar="HOST:PORT",
-                     help="another node's control address; repeatable. Links are symmetric")
+                     help="a seed: another node's control address; repeatable. One that answers is enough "
+                          "to join the whole mesh; one that does not is retried")
     _zookeeper_arguments(run, "find peers through ZooKeeper instead of --peer: register there and "
                               "connect to every node of the mesh")
     run.add_argument("--group", default="", metavar="NAME",
@@ -385,7 +386,7 @@ def cmd_run(args):
         raise ValueError("--group needs --zk: groups and their gateways are found in ZooKeeper")
     if args.zk:
         discovery = ZooKeeperDiscovery(args.zk, args.mesh, session_timeout=args.zk_timeout, auth=args.zk_auth,
-                                       group=args.group or None)
+                                       group=args.group or None, curve=curve)
     else:
         discovery = StaticDiscovery(zmq.Context.instance(), config.peers, curve=curve)
     try:

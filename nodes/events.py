@@ -25,7 +25,9 @@ its own. Events go out through the node's own client and only when a
 subscription prefix in the mesh names them (``$events.``; the empty prefix
 of ``>`` does not count for system subjects: mesh/publisher.py), so nobody
 listening costs one interest check.
-The last RECENT events are kept for the console (nodes/meshview.py).
+The last RECENT events are kept for the console (nodes/meshview.py), and
+so is, for LEFT_KEPT seconds, when each peer that is gone left (the
+latest LEFT_MAX).
 """
 
 import collections
@@ -36,6 +38,8 @@ log = logging.getLogger("meshnode.events")
 
 TOPIC = "$events"
 RECENT = 100
+LEFT_KEPT = 300.0  # seconds a departed peer is remembered (the console shows it as down)
+LEFT_MAX = 1000  # departed peers remembered at most, the latest
 
 
 class Events:
@@ -44,6 +48,7 @@ class Events:
         self.client = None  # the node's own mesh Client, once connected
         self.recent = collections.deque(maxlen=RECENT)
         self.published = 0
+        self.left = {}  # name -> Unix time it left the membership, for LEFT_KEPT seconds
 
     def emit(self, kind, **fields):
         """Record an event of ``kind`` (``node.exit``, ``client.connect``...) and
@@ -60,6 +65,11 @@ class Events:
         except Exception as exc:  # an event must never break what caused it
             log.warning("could not publish %s: %s", subject, exc)
 
+    def recently_left(self):
+        """name -> Unix time it left, for the peers gone in the last LEFT_KEPT seconds."""
+        since = time.time() - LEFT_KEPT
+        return {name: ts for name, ts in self.left.items() if ts >= since}
+
     def counters(self):
         return {"ready": self.client is not None, "published": self.published, "recent": len(self.recent)}
 
@@ -73,7 +83,13 @@ class Events:
             older.update(n for n, record in after.items() if n != name and record.get("started", 0) < joined)
             if older and min(older) == self.node:  # one of those who were there reports a newcomer
                 self.emit("node.enter", node=name, by=self.node)
+        now = time.time()
+        for name in set(after) | {n for n, ts in self.left.items() if ts < now - LEFT_KEPT}:
+            self.left.pop(name, None)
         for name in sorted(set(before) - set(after)):
+            self.left[name] = now
+            if len(self.left) > LEFT_MAX:
+                del self.left[next(iter(self.left))]
             if min({self.node, *after}) == self.node:
                 self.emit("node.exit", node=name, by=self.node)
 

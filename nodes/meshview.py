@@ -4,17 +4,19 @@
 gathers: each node's counters (``stats``) and its view of its links
 (``peers``), asked of all nodes at once with a short timeout, plus the
 mesh-wide channel statistics (mesh/presence.py) and this node's recent
-events (nodes/events.py). A node that does not answer is ``down``; a link is
-``up`` only when both ends say so. The picture is gathered at most once per
-REFRESH_SECONDS whatever the number of viewers, and holds at most MAX_NODES
-nodes. The page (nodes/static/index.html) turns successive counters into
-message rates.
+events (nodes/events.py). A node that does not answer is ``down``; so is,
+for a while (nodes/events.py, LEFT_KEPT), a peer that left the membership,
+with ``left``: when it left. A link is ``up`` only when both ends say so.
+The picture is gathered at most once per REFRESH_SECONDS whatever the
+number of viewers, and holds at most MAX_NODES nodes. The page
+(nodes/static/index.html) turns successive counters into message rates.
 """
 
 import logging
 import time
 
 import gevent
+import zmq
 
 from mesh.control import ControlError
 
@@ -67,10 +69,13 @@ class MeshView:
         for name, greenlet in asks.items():
             answers[name] = greenlet.value if greenlet.successful() and greenlet.value else \
                 (None, None, "no answer")
+        left = {name: ts for name, ts in node.events.recently_left().items() if name not in answers}
+        for name in sorted(left)[:max(0, MAX_NODES - len(answers))]:
+            answers[name] = (None, None, "left the mesh")
         nodes, links = [], {}
         for name in sorted(answers):
             stats, peers, why = answers[name]
-            nodes.append(_node_row(name, stats, why))
+            nodes.append(_node_row(name, stats, why, left.get(name)))
             for peer in peers or ():
                 pair = tuple(sorted((name, peer["name"])))
                 links.setdefault(pair, []).append(peer.get("link", "down"))
@@ -92,11 +97,13 @@ def _ask(channel):
             channel.request("peers", timeout=ASK_SECONDS)["peers"], None
     except (TimeoutError, ControlError) as exc:
         return None, None, str(exc)
+    except zmq.ZMQError as exc:  # the peer was dropped meanwhile and its channel closed
+        return None, None, f"channel closed: {exc}"
 
 
-def _node_row(name, stats, why):
+def _node_row(name, stats, why, left=None):
     if stats is None:
-        return {"name": name, "state": "down", "why": why}
+        return {"name": name, "state": "down", "why": why, **({"left": left} if left is not None else {})}
     edge = stats.get("edge")
     return {"name": name, "state": "up", "uptime": stats["uptime"], "messages": stats["messages"],
             "links": stats["links"], "connections": edge["connections"]["total"] if edge else None}

@@ -264,16 +264,18 @@ class Node:
             member = validate_member(request.get("member"))
         except ValueError as exc:
             raise RequestError("bad_member", str(exc)) from None
-        if self._names_own_endpoints(member):
+        if member["instance"] != self.member["instance"] and self._names_own_endpoints(member):
             raise RequestError("bad_member", f"member {member['name']} names this node's own endpoints")
-        self.discovery.announce(member)
-        return {"member": self.member}
+        try:
+            return {**self.discovery.announce(member, request), "member": self.member}
+        except ValueError as exc:
+            raise RequestError("bad_member", str(exc)) from None
 
     def cmd_bye(self, request):
-        name = request.get("name")
-        if not isinstance(name, str):
-            raise RequestError("bad_request", "bye needs a name")
-        self.discovery.depart(name)
+        name, instance = request.get("name"), request.get("instance")
+        if not isinstance(name, str) or not isinstance(instance, (str, type(None))):
+            raise RequestError("bad_request", "bye needs a name (and, if given, an instance: a str)")
+        self.discovery.depart(name, instance)
         return {}
 
     def cmd_revoke(self, request):

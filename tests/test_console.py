@@ -91,3 +91,27 @@ def test_the_mesh_picture_needs_an_admin_token_when_auth_is_on(start_node):
         page = response.read().decode()
     assert 'id="picture"' in page and "cdn" not in page.lower() and "<script src" not in page
     assert json.dumps(view)  # plain JSON the page can read
+
+
+def test_a_node_that_left_stays_shown_as_down_with_when_it_left(start_node):
+    """A peer that left the membership stays in GET /mesh, down with ``left``,
+    after its record is gone everywhere; gathering meanwhile logs no error."""
+    a = start_node("A")
+    b = start_node("B", peers=[a])
+    e = start_node("E", "--http", "0", peers=[a])
+    wait_until(lambda: linked(a, b, e), what="the mesh")
+    url = f"http://{http_address(e)}/mesh"
+    assert sorted(n["name"] for n in http("GET", url)[1]["nodes"]) == ["A", "B", "E"]
+    assert b.stop() == 0
+    left_at = time.time()
+    wait_until(lambda: e.peer_names() == ["A"], timeout=3, what="B dropped")
+    rows = lambda: {n["name"]: n for n in http("GET", url)[1]["nodes"]}  # noqa: E731
+    wait_until(lambda: rows()["B"]["state"] == "down", timeout=3, what="the picture after B left")
+    deadline = time.monotonic() + 8  # more than the static backend's 5 s expiry
+    while time.monotonic() < deadline:
+        now = rows()
+        assert now["B"]["state"] == "down" and abs(now["B"]["left"] - left_at) < 2, now
+        assert now["A"]["state"] == now["E"]["state"] == "up"
+        time.sleep(0.25)
+    e.stop()
+    assert "Traceback" not in e.stderr_text and "ERROR" not in e.stderr_text, e.stderr_text

@@ -15,7 +15,7 @@ from kazoo.client import KazooClient
 
 from mesh import Client, Position
 from meshhelpers import assert_quiet, collect, drain, warm_up
-from nodeproc import MESHNODE, linked, wait_until
+from nodeproc import MESHNODE, free_port, linked, wait_until
 
 
 def meshnode(*args):
@@ -314,6 +314,30 @@ def test_a_gateway_whose_session_expired_goes_to_the_end_of_the_line(zk_server, 
     finally:
         publisher.close()
         listener.close()
+
+
+def test_a_gateway_killed_and_restarted_at_once_leaves_no_dead_candidacy(zk_server, zk_node, grouped):
+    """kill -9 of the gateway and its restart under its name within its 10 s
+    session: the restart takes its name over and removes the dead process's
+    candidacy with it, so the next candidate leads and the restart queues."""
+    port = free_port()
+    a1 = zk_node("a1", zk_server.hosts, "--group", "A", "--gateway", "--port", str(port), timeout="10")
+    a2 = grouped("a2", "A", gateway=True)
+    b1 = grouped("b1", "B", gateway=True)
+    wait_until(lambda: serving(a1, ["B"]) and serving(b1, ["A"]) and linked(a1, a2), what="a1 the gateway of A")
+    a1.kill()
+    a1 = zk_node("a1", zk_server.hosts, "--group", "A", "--gateway", "--port", str(port), timeout="10")
+    zk = KazooClient(hosts=zk_server.hosts)
+    zk.start(10)
+    try:
+        children = zk.get_children("/meshnode/test/gateways/A")
+        line = [json.loads(zk.get(f"/meshnode/test/gateways/A/{c}")[0])["name"]
+                for c in sorted(children, key=lambda c: c.rsplit("-", 1)[1])]
+    finally:
+        zk.stop()
+        zk.close()
+    assert line == ["a2", "a1"]
+    wait_until(lambda: serving(a2, ["B"]) and not gateway_of(a1)["active"], what="a2 the gateway of A")
 
 
 def test_junk_in_the_line_does_not_stop_an_election(zk_server, grouped):

@@ -4,7 +4,7 @@ import pytest
 
 from mesh import Client, PayloadTooLarge
 from meshhelpers import assert_quiet, collect, warm_up
-from nodeproc import wait_until
+from nodeproc import linked, wait_until
 
 SUBJECTS = ["orders.eu.new", "orders.us.new", "orders.eu.old", "orders", "ordersx.eu.new",
             "orders.eu.new.x", "other.eu.new", "orders.asia.new"]
@@ -96,7 +96,7 @@ def test_late_node_joins_and_stopped_node_leaves_the_rest_working(start_node):
         warm_up(pa, "news.warm", [at_b])
 
         c = start_node("C", peers=[a])
-        wait_until(lambda: a.peer_names() == ["B", "C"] and c.peer_names() == ["A"], what="C to join")
+        wait_until(lambda: linked(a, b, c), what="C to join (it learns B from A)")
         with Client(c.address) as cc:
             at_c = cc.subscribe("news.>")
             warm_up(pa, "news.warm", [at_c])

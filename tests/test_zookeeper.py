@@ -15,7 +15,7 @@ from kazoo.exceptions import NoAuthError
 
 from mesh import Client
 from meshhelpers import collect, warm_up
-from nodeproc import MESHNODE, linked, wait_until
+from nodeproc import MESHNODE, free_port, linked, wait_until
 
 
 def meshnode(*args, timeout=30):
@@ -96,11 +96,42 @@ def test_graceful_stop_drops_at_once_and_kill_drops_within_the_session_timeout(z
 
 
 def test_duplicate_name_is_refused(zk_server, zk_node):
-    zk_node("A", zk_server.hosts)
+    a = zk_node("A", zk_server.hosts)
     result = meshnode("run", "--name", "A", "--port", "0", "--zk", zk_server.hosts, "--mesh", "test")
     assert result.returncode == 1
-    assert "node name 'A' is already taken in mesh 'test'" in result.stderr
+    assert "node name 'A' is already taken in mesh 'test'" in result.stderr and "it is alive" in result.stderr
     assert "meshnode ready" not in result.stdout
+    os.kill(a.pid, signal.SIGSTOP)  # frozen: it may come back, so its name is not taken from it
+    try:
+        result = meshnode("run", "--name", "A", "--port", "0", "--zk", zk_server.hosts, "--mesh", "test")
+    finally:
+        os.kill(a.pid, signal.SIGCONT)
+    assert result.returncode == 1 and "it did not answer" in result.stderr
+
+
+@pytest.mark.parametrize("same_port", [True, False], ids=["same-port", "new-port"])
+def test_a_node_killed_and_restarted_at_once_takes_its_name_back(zk_server, zk_node, same_port):
+    """kill -9 and a restart under the same name well within the ZooKeeper
+    session (10 s): the new process takes over the dead one's znodes at once,
+    whether it listens on the same control port or on another one, and a
+    publisher at its peer reaches it."""
+    port = free_port()
+    b = zk_node("B", zk_server.hosts)
+    a = zk_node("A", zk_server.hosts, "--port", str(port), timeout="10")
+    wait_until(lambda: linked(a, b), what="A and B")
+    a.kill()
+    started = time.monotonic()
+    a = zk_node("A", zk_server.hosts, "--port", str(port if same_port else 0), timeout="10")
+    new = a.request("hello")["member"]["instance"]
+    wait_until(lambda: linked(a, b) and b.request("peers")["peers"][0]["instance"] == new, timeout=5,
+               what="B linked to the new A")
+    print(f"[measure] restarted A ({'same' if same_port else 'new'} port) linked by B "
+          f"{time.monotonic() - started:.2f} s after its start (session 10 s)")
+    with Client(b.address) as pb, Client(a.address) as ca:
+        sub = ca.subscribe("back")
+        warm_up(pb, "back", [sub])
+        pb.publish("back", 1)
+        assert collect(sub, 1)[0].data == 1
 
 
 def test_the_same_name_in_another_mesh_is_fine(zk_server, zk_node):
