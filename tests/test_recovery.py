@@ -7,7 +7,7 @@ import time
 
 import pytest
 from meshhelpers import collect, warm_up
-from nodeproc import free_port, start_mesh3, wait_until
+from nodeproc import free_port, linked, start_mesh3, wait_until
 
 from mesh import Client, Position
 
