@@ -71,8 +71,7 @@ class ClosedMarks:
         entries = []
         for item in streams:
             if (not isinstance(item, list) or len(item) != 3 or not isinstance(item[0], str)
-                    or type(item[1]) is not int or type(item[2]) is not int or item[1] < 0 or item[2] < 1
-                    or item[1] >= 2 ** 64 or item[2] >= 2 ** 64):
+                    or type(item[1]) is not int or type(item[2]) is not int or item[1] < 0 or item[2] < 1):
                 raise ValueError("each stream is [subject, epoch (int >= 0), seq (int >= 1)]")
             entries.append((validate_subject(item[0]), *item))
         now = time.monotonic()

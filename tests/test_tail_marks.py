@@ -36,7 +36,7 @@ print(json.dumps("closed"), flush=True)
 """
 
 SENT = 30_000
-PAUSE = 3.0
+PAUSE = 3.5  # not a whole number of seconds: marks rounds come every second from the burst on
 
 
 def run_paused_reader(a, b, idle, pending_limit=None):
@@ -102,3 +102,61 @@ def test_what_the_subscription_had_no_room_for_is_dropped_not_also_a_gap(start_n
     wait_until(lambda: a.peer_names() == ["B"] and b.linked_names() == ["A"], what="link")
     counts = run_paused_reader(a, b, 0.0, pending_limit=20)
     assert counts["dropped"] > 0, "the subscription's own queue never overflowed: the test shows nothing"
+
+
+def test_a_node_repeats_the_marks_a_closing_raw_publisher_hands_it(start_node):
+    """Written from docs/PROTOCOL.md alone (tests/raw_client.py): a raw
+    publisher whose last five messages were lost hands its node the end of
+    its stream and closes without marks; the node repeats them, under the
+    publisher's origin, for the seconds asked, and counting them twice
+    changes nothing."""
+    import raw_client
+
+    a = start_node("A")
+    sub = raw_client.Subscriber(a.address, "raw.>")
+    pub = raw_client.Publisher(a.address)
+    try:
+        assert pub.wait_for_interest("raw.t")
+        for i in range(10):
+            pub.publish("raw.t", i)
+        assert [sub.get()["seq"] for _ in range(10)] == list(range(1, 11))
+        reply = raw_client.request(a.address, "marks", origin=pub.origin, streams=[["raw.t", 0, 15]], seconds=3)
+        assert reply["ok"] and reply["kept"] == 1, reply
+        pub.close(marks=False)
+        wait_until(lambda: sub.process(0.2) is not None and sub.marks >= 2, timeout=10, what="two rounds of marks")
+        assert sub.gaps == 5 and sub.received == 10
+        wait_until(lambda: raw_client.request(a.address, "stats")["marks"]["origins"] == 0, timeout=10,
+                   what="the node to stop repeating after 3 s")
+        marks = raw_client.request(a.address, "stats")["marks"]
+        assert marks["handed_over"] == 1 and marks["messages"] >= 2 and marks["streams"] == 0, marks
+    finally:
+        sub.close()
+
+
+BAD_MARKS = [
+    ({"streams": [["a", 0, 1]], "seconds": 1}, "origin"),
+    ({"origin": "", "streams": [["a", 0, 1]], "seconds": 1}, "origin"),
+    ({"origin": "o", "streams": "a", "seconds": 1}, "streams"),
+    ({"origin": "o", "streams": [["a", 0, 1]] * 1001, "seconds": 1}, "streams"),
+    ({"origin": "o", "streams": [["a", 0, 0]], "seconds": 1}, "stream"),
+    ({"origin": "o", "streams": [["a", -1, 1]], "seconds": 1}, "stream"),
+    ({"origin": "o", "streams": [["a", True, 1]], "seconds": 1}, "stream"),
+    ({"origin": "o", "streams": [["a", 0]], "seconds": 1}, "stream"),
+    ({"origin": "o", "streams": [["a", 0, 1], "a"], "seconds": 1}, "stream"),
+    ({"origin": "o", "streams": [["a.*", 0, 1]], "seconds": 1}, "wildcard"),
+    ({"origin": "o", "streams": [["a..b", 0, 1]], "seconds": 1}, "subject"),
+    ({"origin": "o", "streams": [["a", 0, 1]]}, "seconds"),
+    ({"origin": "o", "streams": [["a", 0, 1]], "seconds": 0}, "seconds"),
+    ({"origin": "o", "streams": [["a", 0, 1]], "seconds": "1"}, "seconds"),
+]
+
+
+def test_marks_with_bad_fields_are_refused_and_nothing_is_kept(start_node):
+    import raw_client
+
+    a = start_node("A")
+    for fields, says in BAD_MARKS:
+        reply = raw_client.request(a.address, "marks", **fields)
+        assert reply.get("error") == "bad_request" and says in reply["message"], (fields, reply)
+    assert raw_client.request(a.address, "stats")["marks"]["streams"] == 0
+    assert raw_client.request(a.address, "ping")["ok"]
