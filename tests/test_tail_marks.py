@@ -10,7 +10,8 @@ import time
 
 import pytest
 
-from nodeproc import ROOT, wait_until
+from meshhelpers import collect, drain, warm_up
+from nodeproc import ROOT, free_port, wait_until
 
 from mesh import Client
 
@@ -160,3 +161,26 @@ def test_marks_with_bad_fields_are_refused_and_nothing_is_kept(start_node):
         assert reply.get("error") == "bad_request" and says in reply["message"], (fields, reply)
     assert raw_client.request(a.address, "stats")["marks"]["streams"] == 0
     assert raw_client.request(a.address, "ping")["ok"]
+
+
+def test_a_subscriber_back_from_its_node_restart_learns_what_a_quiet_stream_sent_meanwhile(start_node):
+    """No later message is needed: the publisher's next marks tell it."""
+    from test_reconnect import restart
+
+    port = free_port()
+    a = start_node("A", "--port", str(port))
+    b = start_node("B", peers=[a])
+    wait_until(lambda: a.peer_names() == ["B"], what="link")
+    with Client(a.address) as sc, Client(b.address) as pub:
+        sub = sc.subscribe("q.>")
+        warm_up(pub, "q.x", [sub])
+        pub.publish("q.x", "before")
+        assert collect(sub, 1)[0].data == "before"
+        start_again = restart(start_node, a, "kill", "--peer", b.address)
+        wait_until(lambda: not sc.connected, timeout=5, what="the subscriber to notice")
+        for i in range(50):
+            pub.publish("q.x", i)  # nobody can take these, and the stream goes quiet
+        time.sleep(1.5)  # the round of marks after them finds nobody either
+        start_again()
+        wait_until(lambda: sc.connected and b.linked_names() == ["A"], timeout=15, what="A back")
+        assert drain(sub, quiet=3) == [] and sub.gaps == 50
