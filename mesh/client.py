@@ -27,6 +27,7 @@ from .control import ControlChannel
 from .curve import apply_client
 from .envelope import PROTOCOL_VERSION, BatchEncoder
 from . import presence as mesh_presence
+from .marks import hand_over
 from .publisher import DEFAULT_BACKLOG_BYTES, DEFAULT_STREAM_IDLE, Publisher
 from .receiver import Receiver
 from .recovery import DEFAULT_MAX_REPLAY, HISTORY_TIMEOUT, Position
@@ -454,7 +455,8 @@ class Client:
                 "malformed": self._receiver.malformed}
 
     def close(self):
-        """Send what is pending (batch, marks), end every subscription, close."""
+        """Send what is pending (batch, marks), hand the last marks to the
+        node to repeat, end every subscription, close."""
         if self.closed:
             return
         if self._pid != _pid[0]:
@@ -467,7 +469,9 @@ class Client:
         self.closed = True
         if self._failover is not None:
             self._failover.close()
-        self._publisher.close()
+        final_marks = self._publisher.close()
+        if final_marks:  # the node repeats them, as this client would have, until the streams are forgotten
+            hand_over(self._control, self.origin, final_marks, self.stream_idle)
         if self._publisher.dropped_at_close:
             log.warning("closed with %d publishes still waiting for node %s: not published",
                         self._publisher.dropped_at_close, self.node)

@@ -15,12 +15,15 @@ travel as one batch (docs/PROTOCOL.md 4.2). The flush rule:
   a publish finds it ``BATCH_MAX_AGE`` old, on ``flush()`` and ``close()``,
   and otherwise from the housekeeper ``BATCH_MAX_AGE`` after it opened.
 
-Once a second, for the subjects published since the last time, the client
-sends *marks* (each stream's epoch and last sequence number) so that loss at
-the end of a burst is counted; marks for many subjects share one message per
-subscription prefix that covers them. A stream not published for
+Once a second, for every stream it remembers, the client sends *marks*
+(each stream's epoch and last sequence number) so that loss at the end of a
+burst is counted, even by a subscriber whose queue was full when the first
+ones went by; marks for many subjects share one message per subscription
+prefix that covers them (mesh/marks.py). A stream not published for
 ``stream_idle`` seconds (at most twice that) is forgotten; if its subject is
-published again it starts over at sequence 1 in a new epoch.
+published again it starts over at sequence 1 in a new epoch. On close the
+last marks go out once more and ``close`` returns them, for the node to
+repeat (mesh/marks.py ``hand_over``).
 
 While the node is unreachable (mesh/watch.py says so), publishes wait in a
 backlog bounded in bytes, with their sequence numbers; once the client is
@@ -36,6 +39,7 @@ import time
 
 import zmq
 
+from .marks import MARK_SECONDS, MARKS_MAX_BYTES, MarkSet
 from .subjects import is_reader_prefix, validate_subject
 
 IDLE_GAP = 0.00002  # publishes closer than this are a burst
@@ -43,11 +47,29 @@ BURST_STREAK = 2  # a batch opens on the third publish of a burst
 BATCH_MAX_AGE = 0.0005
 BATCH_MAX_MESSAGES = 256
 BATCH_MAX_BYTES = 64 * 1024
-MARK_SECONDS = 1.0
-MARKS_MAX_ENTRIES = 1024
 DEFAULT_STREAM_IDLE = 60.0
 DEFAULT_BACKLOG_BYTES = 8 * 1024 * 1024
 _INTEREST_DRAIN_EVERY = 64  # batches sent between reads of the interest notices
+
+
+def read_interest(sock, interest, recorded=None):
+    """Apply the subscription notices waiting on ``sock`` (an XPUB connected
+    to a node's ``ingress``, docs/PROTOCOL.md 6) to the set of readers' prefixes
+    ``interest``; other prefixes (a history recorder's) go to ``recorded``, or
+    are ignored without it."""
+    while True:
+        try:
+            notice = sock.recv(zmq.NOBLOCK)
+        except zmq.Again:
+            return
+        prefix = notice[1:]
+        known = interest if is_reader_prefix(prefix) else recorded
+        if known is None:
+            continue
+        if notice[:1] == b"\x01":
+            known.add(prefix)
+        elif notice[:1] == b"\x00":
+            known.discard(prefix)
 
 
 class Disconnected(RuntimeError):
@@ -79,6 +101,7 @@ class Publisher:
         self._streams = {}  # subject -> _Stream
         self._idle_streams = {}
         self._unmarked = set()  # subjects published since the last marks
+        self._marks = MarkSet()  # every remembered stream's last (epoch, seq), repeated each round
         self._epoch = 0  # grows each time idle streams are forgotten
         self._interest = set()  # readers' subscription prefixes wanted somewhere in the mesh
         self._recorded = set()  # other prefixes: the node's history recorder's (PROTOCOL.md 6)
@@ -131,9 +154,6 @@ class Publisher:
             else:
                 self._batch = [stream, seq, time.time(), [None, packed], len(packed), now]
                 self._kick.set()
-            if not self._unmarked:
-                self._next_marks = now + MARK_SECONDS
-                self._kick.set()
             self._unmarked.add(subject)
             self.published += 1
         if self._yield is not None:
@@ -147,6 +167,8 @@ class Publisher:
             stream = _Stream(validate_subject(subject), self._epoch)
             if not self._streams and not self._idle_streams:  # the first generation begins
                 self._next_rotation = now + self.stream_idle
+                self._next_marks = now + MARK_SECONDS
+                self._kick.set()
         self._streams[subject] = stream
         return stream
 
@@ -166,9 +188,6 @@ class Publisher:
                 self._send_batch()
             seq = stream.seq = stream.seq + 1
             self._send(stream, seq, time.time(), [None, packed], headers)
-            if not self._unmarked:
-                self._next_marks = time.monotonic() + MARK_SECONDS
-                self._kick.set()
             self._unmarked.add(subject)
             self.published += 1
             return seq
@@ -211,41 +230,25 @@ class Publisher:
     # -- marks and forgetting --------------------------------------------
 
     def _send_marks(self, now):
-        """Marks for every subject published since the last ones (lock held),
-        one message per covering subscription prefix (in chunks). They follow
-        every message they count: the open batch goes first, and while
-        publishes are held none are sent (they would overtake the backlog)."""
+        """A round of marks (lock held): every remembered stream's last
+        number, one message per covering subscription prefix (in chunks).
+        They follow every message they count: the open batch goes first, and
+        while publishes are held none are sent (they would overtake the backlog)."""
+        self._next_marks = now + MARK_SECONDS
         if self._backlog is not None:
             return
         if self._batch is not None:
             self._send_batch()
-        self._drain_interest()
-        interest, streams, idle = self._interest, self._streams, self._idle_streams
-        groups = {}
-        for subject in self._unmarked if interest else ():
+        streams, idle, marks = self._streams, self._idle_streams, self._marks
+        for subject in self._unmarked:
             stream = streams.get(subject) or idle.get(subject)
-            if stream is None:
-                continue
-            entry = (subject, stream.epoch, stream.seq)
-            topic = stream.topic
-            end = 0
-            while end >= 0:  # b"", b"a.", b"a.b.", ...: every token prefix of the topic
-                prefix = topic[:end]
-                if prefix in interest:
-                    groups.setdefault(prefix, []).append(entry)
-                end = topic.find(b".", end) + 1 or -1
+            if stream is not None:
+                marks.set(stream.topic, subject, stream.epoch, stream.seq)
         self._unmarked.clear()
-        room = min(self._encoder.max_payload, BATCH_MAX_BYTES) - 64
-        for prefix, entries in groups.items():
-            chunk, size = [], 0
-            for entry in entries:
-                cost = len(entry[0]) * 4 + 24  # UTF-8 bound of the subject + two uint64
-                if chunk and (size + cost > room or len(chunk) >= MARKS_MAX_ENTRIES):
-                    self._send_marks_message(prefix, chunk)
-                    chunk, size = [], 0
-                chunk.append(entry)
-                size += cost
-            self._send_marks_message(prefix, chunk)
+        self._drain_interest()
+        room = min(self._encoder.max_payload, MARKS_MAX_BYTES) - 64
+        for prefix, entries in marks.messages(self._interest, room):
+            self._send_marks_message(prefix, entries)
 
     def _send_marks_message(self, prefix, entries):
         self._sock.send(prefix + b"\x00", zmq.SNDMORE)
@@ -256,12 +259,18 @@ class Publisher:
         """Forget the streams not published for a whole generation (lock held):
         a stream is forgotten between stream_idle and twice that after its
         last message."""
-        gone = len(self._idle_streams)
+        forgotten = [self._idle_streams]
         if now >= self._next_rotation + self.stream_idle:  # late by a generation: both are idle
-            gone += len(self._streams)
+            forgotten.append(self._streams)
             self._idle_streams = {}
         else:
             self._idle_streams = self._streams
+        gone = 0
+        for streams in forgotten:
+            gone += len(streams)
+            for subject in streams:
+                self._marks.discard(subject)
+                self._unmarked.discard(subject)
         self._streams = {}
         if gone:
             self._epoch += 1
@@ -282,15 +291,13 @@ class Publisher:
                     self._send_batch()
                 else:
                     waits.append(BATCH_MAX_AGE - age)
-            if self._unmarked:
+            if self._streams or self._idle_streams:
                 if now >= self._next_marks:
                     self._send_marks(now)
-                else:
-                    waits.append(self._next_marks - now)
-            if self._streams or self._idle_streams:
                 if now >= self._next_rotation:
                     self._rotate(now)
-                waits.append(max(0.0, self._next_rotation - now))
+            if self._streams or self._idle_streams:
+                waits.append(max(0.0, min(self._next_marks, self._next_rotation) - now))
             return min(waits) if waits else None
 
     @property
@@ -302,17 +309,7 @@ class Publisher:
     def _drain_interest(self):
         """Read the subscription notices the node forwarded to us (lock held):
         readers' prefixes apart from the others (a history recorder's)."""
-        while True:
-            try:
-                notice = self._sock.recv(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            prefix = notice[1:]
-            known = self._interest if is_reader_prefix(prefix) else self._recorded
-            if notice[:1] == b"\x01":
-                known.add(prefix)
-            elif notice[:1] == b"\x00":
-                known.discard(prefix)
+        read_interest(self._sock, self._interest, self._recorded)
 
     def _known(self, prefix):
         """The set a subscription to exactly ``prefix`` is kept in (lock held)."""
@@ -432,15 +429,20 @@ class Publisher:
     # -- closing ---------------------------------------------------------
 
     def close(self):
-        """Send the open batch and the last marks (LINGER delivers them), then close."""
+        """Send the open batch and a last round of marks (LINGER delivers
+        them), then close. Returns the last mark entries, ``[subject, epoch,
+        seq]``, for the node to repeat (none while the node is unreachable)."""
         with self._lock:
             if self.closed:
-                return
+                return []
             if self._batch is not None:
                 self._send_batch()
             if self._backlog:
                 self.dropped_at_close = len(self._backlog)
-            if self._unmarked and self.connected:
+            final = []
+            if self.connected and self._backlog is None:
                 self._send_marks(time.monotonic())
+                final = self._marks.entries()
             self.closed = True
             self._sock.close()
+            return final

@@ -3,7 +3,7 @@
 The node owns the member record it publishes about itself, answers control
 commands (``hello``, ``peer``, ``bye``, ``peers``, ``stats``, ``ping``,
 ``revoke``, ``history``, ``queue_join``, ``queue_leave``, ``job_ack``,
-``job_extend``, ``hook_add``, ``hook_rm``, ``hook_ls``) and keeps the data plane connected to exactly the peers its
+``job_extend``, ``hook_add``, ``hook_rm``, ``hook_ls``, ``marks``) and keeps the data plane connected to exactly the peers its
 backend reports.
 Runs under gevent (bin/meshnode monkey-patches before importing it).
 """
@@ -29,6 +29,7 @@ from mesh.members import member_ports, validate_member, validate_name
 from mesh.subjects import Pattern
 from mesh.waiting import pick_waiter
 
+from .closedmarks import ClosedMarks
 from .control import ControlServer, RequestError, bounded_int, flag
 from .dataplane import DataPlane
 from .dispatcher import Dispatcher
@@ -139,6 +140,8 @@ class Node:
             **({"group": config.group} if config.group else {}),
             **({"gateway": self.gateway.endpoints(config.advertise)["gateway"]} if self.gateway else {}),
         }
+        self.closed_marks = ClosedMarks(self.context, self._own_endpoint(self.member["ingress"]), config.hwm,
+                                        config.max_payload, self.curve)
 
     def _own_endpoint(self, endpoint):
         """One of this node's endpoints as this node itself dials it (loopback when bound everywhere)."""
@@ -239,6 +242,7 @@ class Node:
             self.own_client.close()
         for channel in self._peer_channels.values():
             channel.close()
+        self.closed_marks.stop()
         if self.recorder is not None:
             self.recorder.stop()
         if self.gateway is not None:
@@ -378,6 +382,14 @@ class Node:
             raise RequestError("unknown_job", str(exc)) from None
         return {}
 
+    def cmd_marks(self, request):
+        """A closing publisher's last marks, repeated on its behalf (nodes/closedmarks.py)."""
+        try:
+            kept = self.closed_marks.keep(request.get("origin"), request.get("streams"), request.get("seconds"))
+        except (ValueError, TypeError) as exc:
+            raise RequestError("bad_request", str(exc)) from None
+        return {"kept": kept}
+
     def _dispatcher(self):
         """The dispatcher, made at the first queue-group member; its client comes later."""
         if self.dispatcher is None:
@@ -515,6 +527,7 @@ class Node:
             "proxies": counters,
             "revocations": len(self.revocations.current()),
             "events": self.events.counters(),
+            "marks": self.closed_marks.counters(),
             **({"history": self.recorder.counters()} if self.recorder is not None else {}),
             **({"queues": self.dispatcher.counters()} if self.dispatcher is not None else {}),
             **({"hooks": self.hook_delivery.listing()} if self.hooks.hooks else {}),
