@@ -65,6 +65,16 @@ def test_data_links_cut_while_zookeeper_stays_reachable(mesh):
     assert result["subscribers"]["h2"]["gaps"] > 0
 
 
+def test_a_client_cut_from_its_node_on_another_host(mesh):
+    """h3's client uses h2's node; h2 vanishes for 20 s. The client finds its node
+    gone (its watch's heartbeats), holds its publishes, and attaches again soon
+    after the heal: its subscription is re-made, what it missed counts as gaps."""
+    h2 = mesh.host("h2")
+    result = mesh.run(cut_and_heal(h2.cut, h2.heal, 20), attach={"h3": "h2"})
+    check(result, "client at h3 on node h2, h2 cut 20 s")
+    assert result["subscribers"]["h3"]["gaps"] > 0
+
+
 def test_zookeeper_cut_while_data_links_stay_up(mesh):
     """Only h2's ZooKeeper port is cut, past its session: the others drop h2
     (and unlink from it) although every data path works, then take it back."""
