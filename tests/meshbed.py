@@ -101,14 +101,18 @@ class MeshBed:
     def host(self, name):
         return next(host for host in self.hosts if host.name == name)
 
-    def run(self, schedule, rate=20.0, settle=3.0):
+    def run(self, schedule, rate=20.0, settle=3.0, attach=None):
         """Traffic from every host to every host while ``schedule`` plays: a list of
         (seconds to wait, action) where action is a callable (a cut or a heal)
         and a heal is marked by ``action.heal = True`` (see :func:`step`).
+        Each host's client uses its own host's node, or the node of the host
+        ``attach`` maps its name to (a client whose node is on another host).
         Returns {"sent", "subscribers": {host: {received, gaps, dropped}},
         "resumed": [seconds after each heal]}."""
         names = [host.name for host in self.hosts]
-        self.clients = [HostClient(host, f"{host.ip}:{PORT}", rate) for host in self.hosts]
+        attach = attach or {}
+        self.clients = [HostClient(host, f"{self.host(attach.get(host.name, host.name)).ip}:{PORT}", rate)
+                        for host in self.hosts]
         wait_until(lambda: all(c.heard_all(names) for c in self.clients), timeout=30, interval=0.1,
                    what="every client hearing every host")
         for client in self.clients:
