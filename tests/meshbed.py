@@ -147,12 +147,19 @@ class MeshBed:
                 "resumed": [resumed_after(heal, [r["log"] for r in got.values()], names) for heal in heals]}
 
     def close(self):
-        for client in self.clients:
-            client.kill()
-        for node in self.nodes:
-            node.kill()
-        self.zk.close()
-        self.bed.close()
+        """Every process by PID, then ZooKeeper, then the namespaces; each step
+        runs even when one before it failed."""
+        try:
+            for proc in [*self.clients, *self.nodes]:
+                try:
+                    proc.kill()
+                except OSError:
+                    pass
+        finally:
+            try:
+                self.zk.close()
+            finally:
+                self.bed.close()
 
 
 def step(action, heal=False):
