@@ -17,24 +17,27 @@ from .procs import ROOT, Procs, raise_nofile_limit
 from .scenarios import Bench
 
 SCENARIOS = ("throughput", "sizes", "latency", "fanout", "websocket", "convergence", "receive", "entities",
-             "http", "edge_memory", "revocation", "recovery", "requests", "queues", "hooks", "scale", "groups")
+             "http", "edge_memory", "revocation", "recovery", "requests", "queues", "hooks", "scale", "groups", "partitions")
+DEFAULT = [name for name in SCENARIOS if name != "partitions"]  # it needs root and takes minutes
 
 FULL = {"messages": 200_000, "repeat": 3, "latency_seconds": 10.0, "fanout_messages": 50_000,
         "ws_clients": [1000, 5000, 10000], "broadcasts": 5, "convergence_trials": 5,
         "sizes": [1024, 16384], "subscriptions": [1000, 10000], "entities": 100_000, "entity_seconds": 60.0,
-        "scale_nodes": 128, "scale_idle_seconds": 10.0, "group_count": 4, "group_size": 16}
+        "scale_nodes": 128, "scale_idle_seconds": 10.0, "group_count": 4, "group_size": 16,
+        "partition_cut": 25.0, "flap_seconds": 60.0}
 QUICK = {"messages": 20_000, "repeat": 1, "latency_seconds": 2.0, "fanout_messages": 5_000,
          "ws_clients": [200, 1000], "broadcasts": 3, "convergence_trials": 3,
          "sizes": [1024], "subscriptions": [1000], "entities": 10_000, "entity_seconds": 8.0,
-         "scale_nodes": 32, "scale_idle_seconds": 5.0, "group_count": 4, "group_size": 6}
+         "scale_nodes": 32, "scale_idle_seconds": 5.0, "group_count": 4, "group_size": 6,
+         "partition_cut": 12.0, "flap_seconds": 20.0}
 
 
 def parse(argv):
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="small counts: " + ", ".join(
         f"{k}={v}" for k, v in QUICK.items()))
-    p.add_argument("--scenarios", nargs="+", choices=SCENARIOS, default=list(SCENARIOS), metavar="NAME",
-                   help=f"which to run (default all: {' '.join(SCENARIOS)})")
+    p.add_argument("--scenarios", nargs="+", choices=SCENARIOS, default=DEFAULT, metavar="NAME",
+                   help=f"which to run (default all but partitions, which needs root: {' '.join(SCENARIOS)})")
     p.add_argument("--messages", type=int, help="throughput: messages per run (full 200000)")
     p.add_argument("--repeat", type=int, help="throughput: runs per case, the median is reported (full 3)")
     p.add_argument("--sizes", type=int, nargs="+", help="payload sizes for the sizes scenario (full 1024 16384)")
@@ -58,6 +61,8 @@ def parse(argv):
     p.add_argument("--group-count", type=int, help="groups: groups joined by gateways (full 4)")
     p.add_argument("--group-size", type=int, help="groups: nodes per group, the first two gateway candidates "
                                                   "(full 16)")
+    p.add_argument("--partition-cut", type=float, help="partitions: seconds each cut lasts (full 25)")
+    p.add_argument("--flap-seconds", type=float, help="partitions: seconds of the flapping link (full 60)")
     p.add_argument("--redis-batch", type=int, default=100, help="Redis: publishes per pipeline (default 100)")
     p.add_argument("--redis-flush-ms", type=float, default=1.0,
                    help="Redis latency: a pipelined publisher flushes every this many ms (default 1)")

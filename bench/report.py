@@ -29,6 +29,7 @@ TITLES = {
     "hooks": "14. Webhook deliveries to a fast local receiver, beside a direct subscription",
     "scale": "15. Many nodes on one machine through one ZooKeeper, and one more joining",
     "groups": "16. Groups of nodes joined by gateways",
+    "partitions": "17. Partitions between hosts (namespaces): delivery after the heal, loss counted",
 }
 
 
@@ -290,6 +291,17 @@ def table(name, rows):
                 f"{r['failover_active_s']:.2f} / {r['failover_resumed_s']:.2f}, {r['failover_lost']} of "
                 f"{r['failover_sent']}, {r['failover_duplicates']}",
                 f"{r['join_s']:.2f} / {r['join_restarts_other_groups']}"])
+    elif name == "partitions":
+        head = ["case", "resumed s after the heal (slowest pair)", "received per subscriber",
+                "gaps per subscriber", "sent", "received + gaps = sent"]
+        body = []
+        for r in rows:
+            if r["status"] != "ok":
+                body.append([r["label"]] + _not_ok(r, len(head) - 1))
+                continue
+            body.append([r["label"], "**never**" if r["resumed_s"] is None else f"{r['resumed_s']:.2f}",
+                         " / ".join(map(str, r["received"])), " / ".join(map(str, r["gaps"])), str(r["sent"]),
+                         "yes" if r["accounted"] else "**no**"])
     else:
         raise ValueError(name)
     return _table(head, body)

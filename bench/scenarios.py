@@ -667,6 +667,11 @@ class Bench:
 
         return recovery(self, [] if rows is None else rows)
 
+    def partitions(self, rows=None):
+        from .partitions import partitions
+
+        return partitions(self, [] if rows is None else rows)
+
     def revocation(self, rows=None):
         from .edge_auth import revocation
 

@@ -26,6 +26,7 @@ import zmq
 from .control import ControlChannel
 from .curve import apply_client
 from .envelope import PROTOCOL_VERSION, BatchEncoder
+from .liveness import watch_link
 from . import presence as mesh_presence
 from .marks import hand_over
 from .publisher import DEFAULT_BACKLOG_BYTES, DEFAULT_STREAM_IDLE, Publisher
@@ -142,7 +143,7 @@ class Client:
         self.instance = info["member"]["instance"]
 
     def _publish_socket(self):
-        sock = self._context.socket(zmq.XPUB)
+        sock = watch_link(self._context.socket(zmq.XPUB))
         sock.setsockopt(zmq.SNDHWM, self._hwm)
         sock.setsockopt(zmq.LINGER, 2000)
         apply_client(self._curve, sock)
@@ -173,7 +174,7 @@ class Client:
             sock.close(linger=0)
 
     def _subscribe_socket(self):
-        sock = self._context.socket(zmq.SUB)
+        sock = watch_link(self._context.socket(zmq.SUB))
         sock.setsockopt(zmq.RCVHWM, self._hwm)
         # Subscriptions travel out through the send queue, and libzmq drops
         # them silently at its limit (1,000 by default): 5,000 subscriptions

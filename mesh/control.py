@@ -14,6 +14,7 @@ import msgpack
 import zmq
 
 from .curve import apply_client
+from .liveness import CONNECT_TIMEOUT
 from .waiting import recv_multipart
 
 CONTROL_VERSION = 1
@@ -79,6 +80,7 @@ class ControlChannel:
         self._sock.setsockopt(zmq.LINGER, 0)
         self._sock.setsockopt(zmq.RECONNECT_IVL, 250)
         self._sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
+        self._sock.setsockopt(zmq.CONNECT_TIMEOUT, CONNECT_TIMEOUT)  # not the kernel's SYN back-off (mesh/liveness.py)
         if heartbeat is not None:
             self._sock.setsockopt(zmq.HEARTBEAT_IVL, int(heartbeat[0] * 1000))
             self._sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, int(heartbeat[1] * 1000))

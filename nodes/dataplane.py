@@ -15,9 +15,11 @@ peers pauses the proxy, reads its counters, stops it, reconnects, restarts it
 (:class:`PeerLinks`, which nodes/gateway.py uses too). Messages wait in the
 socket queues meanwhile; none are lost.
 
-A monitor on ``mesh_in`` tracks each peer link (ZMTP heartbeats every second,
-3 s timeout), so a dead link shows within seconds, long before a membership
-backend would notice.
+Every data socket watches its links (mesh/liveness.py: ZMTP heartbeats both
+ways, bounded connect attempts), so a link whose path went silent closes
+within seconds and is made again within seconds of the path healing, with
+its subscriptions. A monitor on ``mesh_in`` tracks each peer link, so a dead
+link shows long before a membership backend would notice.
 """
 
 import logging
@@ -29,6 +31,7 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from mesh.curve import apply_client
+from mesh.liveness import watch_link
 from mesh.subjects import MAX_SUBJECT_BYTES
 from mesh.waiting import pick_waiter, recv_multipart
 
@@ -42,16 +45,16 @@ _FRAME_OVERHEAD = MAX_SUBJECT_BYTES + 256
 # thread's stack and crashed the node (tests/test_hostile_input.py).
 MAX_SUBSCRIPTION_FRAME = MAX_SUBJECT_BYTES + 64
 COALESCE_SECONDS = 0.1  # after a peer change is applied, the next ones wait this long and go together
-HEARTBEATS = {"HEARTBEAT_IVL": 1000, "HEARTBEAT_TIMEOUT": 3000}  # ms, on every link between nodes
 _STAT_NAMES = ("frontend_frames_in", "frontend_bytes_in", "frontend_frames_out", "frontend_bytes_out",
                "backend_frames_in", "backend_bytes_in", "backend_frames_out", "backend_bytes_out")
 
 
 def data_socket(context, kind, host, *, hwm, curve, bind, **options):
-    """A data-plane socket: no linger, ``hwm`` both ways, ``options`` (zmq
-    option names) set before binding (listeners copy options then), bound on
-    a port the system picks when ``bind``, CurveZMQ server or client side."""
-    sock = context.socket(kind)
+    """A data-plane socket: no linger, ``hwm`` both ways, its links watched
+    (mesh/liveness.py), ``options`` (zmq option names) set before binding
+    (listeners copy options then), bound on a port the system picks when
+    ``bind``, CurveZMQ server or client side."""
+    sock = watch_link(context.socket(kind))
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.SNDHWM, hwm)
     sock.setsockopt(zmq.RCVHWM, hwm)
@@ -269,9 +272,9 @@ class DataPlane:
 
         # Clients are held to the payload limit here; peers already held theirs.
         self.ingress = make(zmq.XSUB, True, MAXMSGSIZE=max_frame)
-        self.out = make(zmq.XPUB, True, MAXMSGSIZE=MAX_SUBSCRIPTION_FRAME, **HEARTBEATS)
+        self.out = make(zmq.XPUB, True, MAXMSGSIZE=MAX_SUBSCRIPTION_FRAME)
         self.remote = make(zmq.XPUB, True, MAXMSGSIZE=MAX_SUBSCRIPTION_FRAME)
-        self.mesh_in = make(zmq.XSUB, False, **HEARTBEATS)
+        self.mesh_in = make(zmq.XSUB, False)
         self._local = Proxy(context, "local", self.ingress, self.out)
         self._mesh = PeerLinks(context, "mesh", self.mesh_in, self.remote)
 

@@ -38,7 +38,7 @@ import logging
 
 import zmq
 
-from .dataplane import HEARTBEATS, MAX_SUBSCRIPTION_FRAME, PeerLinks, data_socket, endpoint_of
+from .dataplane import MAX_SUBSCRIPTION_FRAME, PeerLinks, data_socket, endpoint_of
 
 log = logging.getLogger("meshnode.gateway")
 
@@ -52,10 +52,10 @@ class Gateway:
         def make(kind, bind, **options):
             return data_socket(context, kind, host, hwm=hwm, curve=curve, bind=bind, **options)
 
-        self.group_face = make(zmq.XPUB, True, MAXMSGSIZE=MAX_SUBSCRIPTION_FRAME, **HEARTBEATS)
-        self.gateway_out = make(zmq.XPUB, True, MAXMSGSIZE=MAX_SUBSCRIPTION_FRAME, **HEARTBEATS)
-        self.collect = make(zmq.XSUB, False, **HEARTBEATS)
-        self.inbound = make(zmq.XSUB, False, **HEARTBEATS)
+        self.group_face = make(zmq.XPUB, True, MAXMSGSIZE=MAX_SUBSCRIPTION_FRAME)
+        self.gateway_out = make(zmq.XPUB, True, MAXMSGSIZE=MAX_SUBSCRIPTION_FRAME)
+        self.collect = make(zmq.XSUB, False)
+        self.inbound = make(zmq.XSUB, False)
         self._outward = PeerLinks(context, "gateway-collect", self.collect, self.gateway_out)
         self._inward = PeerLinks(context, "gateway-inbound", self.inbound, self.group_face)
         self.active = False

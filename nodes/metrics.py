@@ -22,7 +22,7 @@ NODE = [
     (("messages", "from_peers"), "batches_from_peers", "counter", "ZeroMQ data messages received from peers"),
     (("bytes", "published_here"), "bytes_published", "counter", "bytes published at this node"),
     (("bytes", "from_peers"), "bytes_from_peers", "counter", "bytes received from peers"),
-    (("peers",), "peers", "gauge", "peers this node is linked to"),
+    (("peers",), "peers", "gauge", "peers in this node's membership (their links may be down)"),
     (("links", "failures"), "link_failures", "counter", "peer links seen going down"),
     (("control", "requests"), "control_requests", "counter", "control requests answered"),
     (("control", "malformed"), "control_malformed", "counter", "control requests that were not requests"),

@@ -138,7 +138,7 @@ def classpath():
 
 
 class ZooKeeperServer:
-    """One real ZooKeeper process on loopback.
+    """One real ZooKeeper process on loopback (or on ``host``).
 
     Standalone by default. With ``myid`` and ``servers`` (list of
     ``(myid, peer_port, election_port)``) it is an ensemble member run by
@@ -146,7 +146,8 @@ class ZooKeeperServer:
     """
 
     def __init__(self, port=None, tick_time=500, myid=None, servers=None, extra_config=None,
-                 base_dir=None, name=None):
+                 base_dir=None, name=None, host=LOOPBACK):
+        self.host = host  # where clients connect (a test bed's bridge address: tests/netns.py)
         self._auto_port = port is None
         self.port = port if port is not None else free_ports(1)[0]
         self.tick_time = tick_time
@@ -181,7 +182,7 @@ class ZooKeeperServer:
             "syncLimit=5",
             f"dataDir={self.data_dir}",
             f"clientPort={self.port}",
-            f"clientPortAddress={LOOPBACK}",
+            f"clientPortAddress={self.host}",
             "admin.enableServer=false",
             "4lw.commands.whitelist=*",
             # Unknown keys become zookeeper.* system properties: keep the
@@ -201,7 +202,7 @@ class ZooKeeperServer:
 
     @property
     def hosts(self):
-        return f"{LOOPBACK}:{self.port}"
+        return f"{self.host}:{self.port}"
 
     @property
     def pid(self):
@@ -212,7 +213,7 @@ class ZooKeeperServer:
         return self.proc is not None and self.proc.poll() is None
 
     def four(self, word, timeout=1.0):
-        return four_letter_word(self.port, word, timeout=timeout)
+        return four_letter_word(self.port, word, host=self.host, timeout=timeout)
 
     def is_alive(self, timeout=1.0):
         """``ruok`` answers ``imok`` (the process listens; it may not serve yet)."""
