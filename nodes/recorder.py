@@ -2,15 +2,19 @@
 
 ``--history PATTERN=COUNT/AGEs`` turns history on for the subjects a pattern
 matches: the node keeps the last COUNT messages of each such subject, none
-older than AGE seconds, and all of them together within ``--history-bytes``
-(the oldest go first). The recorder is one SUB socket connected to the
-node's own ``out``, subscribed only to what the history patterns' prefixes
-admit, so libzmq filters out every other subject before Python sees it. Its
-prefixes end inside a token (:func:`recording_prefixes`), so publishers tell
-them from readers' and a recorder is never taken for a reader (interest,
-docs/PROTOCOL.md 6). It records
-what was *published at this node* (messages from peers never pass ``out``),
-so each message is held by exactly one node: the one its publisher used.
+recorded more than AGE seconds ago, and all of them together within
+``--history-bytes`` (the oldest go first). Age is counted on this node's
+monotonic clock from when the message was recorded, never from its ``ts``
+(the publisher's wall clock, which may be off on another host).
+
+The recorder is one SUB socket connected to the node's own ``out``,
+subscribed only to what the history patterns' prefixes admit, so libzmq
+filters out every other subject before Python sees it. Its prefixes end
+inside a token (:func:`recording_prefixes`), so publishers tell them from
+readers' and a recorder is never taken for a reader (interest,
+docs/PROTOCOL.md 6). It records what was *published at this node*
+(messages from peers never pass ``out``), so each message is held by
+exactly one node: the one its publisher used.
 
 Per stream (origin, subject) it also remembers the last sequence number it
 evicted, so a question "everything after seq N" is answered either in full
@@ -73,12 +77,13 @@ def recording_prefixes(pattern):
 
 
 class _Entry:
-    __slots__ = ("subject", "origin", "epoch", "seq", "ts", "packed", "alive", "n")
+    __slots__ = ("subject", "origin", "epoch", "seq", "ts", "packed", "alive", "n", "recorded_at")
 
-    def __init__(self, subject, origin, epoch, seq, ts, packed, n):
+    def __init__(self, subject, origin, epoch, seq, ts, packed, n, recorded_at):
         self.subject, self.origin, self.epoch, self.seq, self.ts, self.packed = subject, origin, epoch, seq, ts, packed
         self.alive = True
         self.n = n  # arrival number at this node: pages resume after one
+        self.recorded_at = recorded_at  # this node's monotonic clock: the age rules count from it
 
 
 class Recorder:
@@ -144,8 +149,9 @@ class Recorder:
         entries = self._subjects.get(subject)
         if entries is None:
             entries = self._subjects[subject] = collections.deque()
+        now = time.monotonic()
         for i, data in enumerate(payloads):
-            entry = _Entry(subject, origin, epoch, seq + i, ts, msgpack.packb(data), self.recorded)
+            entry = _Entry(subject, origin, epoch, seq + i, ts, msgpack.packb(data), self.recorded, now)
             entries.append(entry)
             self._arrivals.append(entry)
             self.bytes += len(entry.packed) + ENTRY_OVERHEAD
@@ -164,15 +170,15 @@ class Recorder:
         if len(self._evicted_to) > MAX_EVICTED_STREAMS:
             del self._evicted_to[next(iter(self._evicted_to))]
 
-    def _trim(self, now=None):
+    def _trim(self):
         """Evict what is past its age, then the oldest while over the byte budget."""
-        now = time.time() if now is None else now
+        now = time.monotonic()
         arrivals = self._arrivals
         while arrivals:
             entry = arrivals[0]
             if entry.alive:
                 rule = self._rule(entry.subject)
-                if self.bytes <= self.budget and entry.ts >= now - rule.age:
+                if self.bytes <= self.budget and entry.recorded_at >= now - rule.age:
                     break
                 self._evict(entry)
                 subject_entries = self._subjects[entry.subject]

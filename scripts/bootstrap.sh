@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install what meshnode needs on a fresh Debian machine, idempotently:
-# Debian packages (python3-venv; with --test also zookeeper, a JRE and
-# chromium for the browser tests), a
+# Debian packages (python3-venv; with --test also zookeeper, a JRE,
+# chromium for the browser tests and faketime for the clock-skew tests), a
 # virtualenv in .venv and the project with its test and bench extras.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,6 +13,7 @@ if [ "${1:-}" = "--test" ]; then
     command -v java >/dev/null || packages+=(default-jre-headless)
     [ -x /usr/bin/chromium ] || packages+=(chromium)
     command -v ip >/dev/null || packages+=(iproute2)
+    compgen -G '/usr/lib/*/faketime/libfaketime.so.1' >/dev/null || packages+=(faketime)
 fi
 if [ ${#packages[@]} -gt 0 ]; then
     echo "bootstrap: installing Debian packages: ${packages[*]}" >&2

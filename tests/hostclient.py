@@ -9,9 +9,16 @@ namespace (tests/meshbed.py starts it). Driven by lines on stdin:
 * ``go``: stops warming and publishes ``part.NAME`` at RATE messages a
   second, each carrying the time it was published;
 * ``stop``: stops publishing, flushes, prints ``{"sent": n}``;
+* ``leave``: takes the ``part.>`` subscription's position and unsubscribes
+  (what it received and missed so far stays counted); prints ``{"left": t}``,
+  the position's time;
+* ``back``: subscribes to ``part.>`` again with ``since=`` that position
+  (history recovery, docs/HISTORY.md); prints ``{"back": {recovered,
+  replayed, lost, streams: [[origin, subject, state]], unreachable}}``;
 * ``report``: prints ``{"received", "gaps", "dropped", "log"}``: the counters
-  of the ``part.>`` subscription and, per message received, [subject,
-  published at, received at] (wall clock: every host shares this machine's).
+  of the ``part.>`` subscriptions, summed, and per message received
+  [subject, published at, received at, epoch, seq, replayed] (wall clock:
+  the publisher's and this host's).
 """
 
 import json
@@ -24,13 +31,17 @@ from mesh import Client
 
 def main(address, name, rate):
     with Client(address) as client:
-        counted = client.subscribe("part.>")
+        counted = [client.subscribe("part.>")]  # the current one; earlier ones were left
+        earlier = {"received": 0, "gaps": 0, "dropped": 0}
         warm = client.subscribe("warm.>")
         heard = set()
         log = []
         lock = threading.Lock()
         going = threading.Event()
         stopped = threading.Event()
+        present = threading.Event()
+        present.set()
+        position = [None]
 
         def say(**fields):
             with lock:
@@ -38,8 +49,13 @@ def main(address, name, rate):
 
         def read_counted():
             while True:
-                message = counted.get()
-                log.append([message.subject, message.data, time.time()])
+                present.wait()
+                try:
+                    message = counted[0].get()
+                except RuntimeError:  # left: wait to come back
+                    continue
+                log.append([message.subject, message.data, time.time(), message.epoch, message.seq,
+                            message.replayed])
 
         def read_warm():
             while True:
@@ -59,6 +75,9 @@ def main(address, name, rate):
             client.flush()
             say(sent=sent)
 
+        def counters():
+            return {key: earlier[key] + getattr(counted[0], key) for key in earlier}
+
         for work in (read_counted, read_warm, publish):
             threading.Thread(target=work, daemon=True).start()
         for line in sys.stdin:
@@ -67,8 +86,23 @@ def main(address, name, rate):
                 going.set()
             elif command == "stop":
                 stopped.set()
+            elif command == "leave":
+                present.clear()
+                position[0] = counted[0].position
+                counted[0].unsubscribe()
+                for key in earlier:
+                    earlier[key] += getattr(counted[0], key)
+                say(left=position[0].time)
+            elif command == "back":
+                sub = client.subscribe("part.>", since=position[0])
+                counted[0] = sub
+                present.set()
+                recovery = sub.recovery
+                say(back={"recovered": recovery.recovered, "replayed": recovery.replayed, "lost": recovery.lost,
+                          "streams": sorted([*key, state] for key, state in recovery.streams.items()),
+                          "unreachable": recovery.unreachable})
             elif command == "report":
-                say(received=counted.received, gaps=counted.gaps, dropped=counted.dropped, log=list(log))
+                say(**counters(), log=list(log))
 
 
 if __name__ == "__main__":

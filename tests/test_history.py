@@ -9,6 +9,8 @@ import time
 import pytest
 from meshhelpers import collect
 from nodeproc import MESHNODE, linked, wait_until
+from skewclock import clock_prefix
+from skewclock import unavailable as clocks_unavailable
 
 from mesh import Client, NoResponders
 
@@ -83,6 +85,21 @@ def test_age_and_the_byte_budget_evict(start_node):
         kept = history(a, "big.>", partial=True)["messages"]
         assert 2 <= len(kept) <= 3 and kept[-1][3] == 7
         assert a.stats()["history"]["bytes"] <= 20000
+
+
+@pytest.mark.skipif(clocks_unavailable() is not None, reason=str(clocks_unavailable()))
+@pytest.mark.parametrize("offset", [3, -3])
+def test_age_counts_on_the_nodes_clock_not_the_publishers(start_node, offset):
+    """The node's wall clock is 3 s ahead of (or behind) its publisher's: a
+    message stays its AGE from when the node recorded it, whatever its ts."""
+    a = start_node("A", "--history", "h.>=1000/2.5s", prefix=clock_prefix(offset))
+    with Client(a.address) as client:
+        published(client, "h.x", 3)
+        wait_until(lambda: a.stats()["history"]["recorded"] == 3, what="the recorder")
+        time.sleep(1)
+        assert len(history(a, "h.>")["messages"]) == 3  # 1 s of 2.5: kept (3 s ahead counted 4 s)
+        time.sleep(2)
+        assert history(a, "h.>")["messages"] == []  # 3 s: gone (3 s behind counted 0 s)
 
 
 def test_a_bad_history_option_is_a_clear_start_up_error():
