@@ -43,8 +43,8 @@ class HostClient:
     def __init__(self, host, address, rate, prefix=()):
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, HERE]))
         self.name = host.name
-        self.proc = subprocess.Popen([*host.prefix, *prefix, sys.executable, os.path.join(HERE, "hostclient.py"), address,
-                                      host.name, str(rate)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        self.proc = subprocess.Popen([*host.prefix, *prefix, sys.executable, os.path.join(HERE, "hostclient.py"),
+                                      address, host.name, str(rate)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      text=True, env=env)
         self.lines = queue.Queue()
         self.warm = []
@@ -132,8 +132,9 @@ class MeshBed:
     def restart(self, name, kill=False):
         """Stop ``name``'s node (SIGTERM and wait, or kill -9), start it again
         at once under the same name and address, wait until every node is
-        linked to every other; returns (seconds from the stop until the new
-        node was ready, seconds until every link was up)."""
+        linked to every other. Returns {"ready": seconds from the stop until
+        the new node was ready, "linked": until every link was up,
+        "ready_at": the wall time it was ready}."""
         index = next(i for i, node in enumerate(self.nodes) if node.name == name)
         old = self.nodes[index]
         started = time.monotonic()
@@ -142,9 +143,10 @@ class MeshBed:
         else:
             assert old.stop() == 0, old.stderr_text
         self.nodes[index] = self._start(self.host(name))
-        ready = time.monotonic()
+        ready, ready_at = time.monotonic(), time.time()
         self.wait_linked(timeout=60)
-        return round(ready - started, 2), round(time.monotonic() - started, 2)
+        return {"ready": round(ready - started, 2), "linked": round(time.monotonic() - started, 2),
+                "ready_at": ready_at}
 
     def run(self, schedule, rate=20.0, settle=3.0, attach=None):
         """Traffic from every host to every host while ``schedule`` plays: a list of
@@ -172,8 +174,8 @@ class MeshBed:
         ``attach`` maps its name to), each hearing every host before this returns."""
         names = [host.name for host in self.hosts]
         attach = attach or {}
-        self.clients = [HostClient(host, f"{self.host(attach.get(host.name, host.name)).ip}:{PORT}", rate, self._clock(host))
-                        for host in self.hosts]
+        self.clients = [HostClient(host, f"{self.host(attach.get(host.name, host.name)).ip}:{PORT}", rate,
+                                   self._clock(host)) for host in self.hosts]
         wait_until(lambda: all(c.heard_all(names) for c in self.clients), timeout=30, interval=0.1,
                    what="every client hearing every host")
 
@@ -182,12 +184,14 @@ class MeshBed:
 
     def account(self, heals=()):
         """Stop every publisher and wait until every subscriber accounts for
-        what was sent (or 15 s); the figures :meth:`run` returns, and each
-        subscriber's log."""
+        what was sent (or 15 s); the figures :meth:`run` returns, what each
+        publisher sent ("sent_by") and each subscriber's log ("logs",
+        tests/hostclient.py)."""
         names = [host.name for host in self.hosts]
         for client in self.clients:
             client.tell("stop")
-        sent = sum(client.answer("sent")["sent"] for client in self.clients)
+        sent_by = {client.name: client.answer("sent")["sent"] for client in self.clients}
+        sent = sum(sent_by.values())
 
         def reports():
             for client in self.clients:
@@ -202,7 +206,7 @@ class MeshBed:
             got = wait_until(accounted, timeout=15, interval=0.5, what="received + gaps to reach sent")
         except AssertionError:
             got = reports()
-        return {"sent": sent,
+        return {"sent": sent, "sent_by": sent_by,
                 "subscribers": {name: {k: r[k] for k in ("received", "gaps", "dropped")} for name, r in got.items()},
                 "resumed": [resumed_after(heal, [r["log"] for r in got.values()], names) for heal in heals],
                 "logs": {name: r["log"] for name, r in got.items()}}
