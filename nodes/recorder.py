@@ -77,7 +77,7 @@ def recording_prefixes(pattern):
 
 
 class _Entry:
-    __slots__ = ("subject", "origin", "epoch", "seq", "ts", "packed", "alive", "n", "recorded_at")
+    __slots__ = ("alive", "epoch", "n", "origin", "packed", "recorded_at", "seq", "subject", "ts")
 
     def __init__(self, subject, origin, epoch, seq, ts, packed, n, recorded_at):
         self.subject, self.origin, self.epoch, self.seq, self.ts, self.packed = subject, origin, epoch, seq, ts, packed

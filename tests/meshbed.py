@@ -28,8 +28,8 @@ import threading
 import time
 
 from netns import Testbed
-from skewclock import clock_prefix
 from nodeproc import NodeProcess, wait_until
+from skewclock import clock_prefix
 from zkserver import ZooKeeperServer
 
 HERE = os.path.dirname(os.path.abspath(__file__))

@@ -9,7 +9,6 @@ for good (recovery, the static mesh), every message once and in order."""
 import time
 
 import pytest
-
 from meshbed import MeshBed, resumed_after
 from netns import unavailable
 from skewclock import unavailable as clocks_unavailable
