@@ -75,8 +75,8 @@ def main(address, name, rate):
             client.flush()
             say(sent=sent)
 
-        def counters():
-            return {key: earlier[key] + getattr(counted[0], key) for key in earlier}
+        def counters():  # while left, the last subscription is in ``earlier`` already
+            return {key: earlier[key] + (getattr(counted[0], key) if present.is_set() else 0) for key in earlier}
 
         for work in (read_counted, read_warm, publish):
             threading.Thread(target=work, daemon=True).start()
