@@ -474,7 +474,7 @@ class Bench:
     def zookeeper(self, **config):
         """A ZooKeeper server for one scenario (Debian's, installed if missing), started;
         ``config``: extra zoo.cfg keys."""
-        import zkserver
+        from meshtest import zkserver
 
         if not os.path.exists(zkserver.ZK_JAR):
             _, reason = ensure_debian("zookeeper", zkserver.ZK_JAR, install=self.args.install, progress=self.say)

@@ -262,7 +262,7 @@ class Client:
         """Give a job ``seconds`` more from now before it goes to another member."""
         self._memberships.settle(message, "job_extend", seconds=seconds)
 
-    # -- webhooks (nodes/hookregistry.py, docs/QUEUES.md) --------------------
+    # -- webhooks (nodes/hooks/registry.py, docs/QUEUES.md) --------------------
 
     def register_hook(self, key, url, secret=None, pattern=None, max_age=None):
         """Have every message on ``pattern`` (default ``hooks.<key>.>``) POSTed

@@ -2,7 +2,7 @@
 
 ``client.subscribe(pattern, queue=GROUP)`` makes this client a member of
 (GROUP, pattern): among all members in the mesh, each message on the
-pattern goes to exactly one (nodes/dispatcher.py picks it, at the node where
+pattern goes to exactly one (nodes/queues/dispatcher.py picks it, at the node where
 the message was published). The member does not subscribe to the pattern
 itself: it subscribes to its own inbox topic ``$Q.<member id>.``, so only
 what the dispatcher chose for it reaches it, in one hop.

@@ -25,7 +25,7 @@ its own. Events go out through the node's own client and only when a
 subscription prefix in the mesh names them (``$events.``; the empty prefix
 of ``>`` does not count for system subjects: mesh/publisher.py), so nobody
 listening costs one interest check.
-The last RECENT events are kept for the console (nodes/meshview.py), and
+The last RECENT events are kept for the console (nodes/edge/console.py), and
 so is, for LEFT_KEPT seconds, when each peer that is gone left (the
 latest LEFT_MAX).
 """

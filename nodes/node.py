@@ -32,16 +32,16 @@ from mesh.waiting import pick_waiter
 from .closedmarks import ClosedMarks
 from .control import ControlServer, RequestError, bounded_int, flag
 from .dataplane import DataPlane
-from .dispatcher import Dispatcher
-from . import presence
+from nodes.queues.dispatcher import Dispatcher
+from nodes.edge import roster as presence
 from .events import Events
 from .gateway import Gateway
-from .hookdelivery import HookDelivery
-from .hookregistry import HookRegistry
-from .hooktargets import TargetPolicy
-from .jobs import MAX_EXTEND_SECONDS
+from nodes.hooks.delivery import HookDelivery
+from nodes.hooks.registry import HookRegistry
+from nodes.hooks.targets import TargetPolicy
+from nodes.queues.jobs import MAX_EXTEND_SECONDS
 from .metrics import Metrics
-from .recorder import DEFAULT_HISTORY_BYTES, MAX_ASKED_STREAMS, MAX_PAGE_MESSAGES, Recorder
+from nodes.history.recorder import DEFAULT_HISTORY_BYTES, MAX_ASKED_STREAMS, MAX_PAGE_MESSAGES, Recorder
 from .revocations import Revocations
 from .zap import ZapHandler
 
@@ -65,12 +65,12 @@ class NodeConfig:
     edge: object = None  # an EdgeConfig when the node serves HTTP/WebSocket (--http)
     curve_keys: str = ""  # key directory: CurveZMQ on every ZeroMQ socket (mesh/curve.py)
     revocation_seconds: float = DEFAULT_REVOCATION_SECONDS  # how long a revocation lasts unless told
-    history: list = field(default_factory=list)  # HistoryRules (nodes/recorder.py)
+    history: list = field(default_factory=list)  # HistoryRules (nodes/history/recorder.py)
     history_bytes: int = DEFAULT_HISTORY_BYTES
     metrics: str = ""  # HOST:PORT for /metrics on a port of its own (nodes/metrics.py)
     group: str = ""  # the node's group: it links only to the nodes of its group (docs/SCALING.md)
     gateway: bool = False  # stand as the gateway of its group (nodes/gateway.py)
-    hooks_allow: list = field(default_factory=list)  # CIDRs webhooks may reach though inside (nodes/hooktargets.py)
+    hooks_allow: list = field(default_factory=list)  # CIDRs webhooks may reach though inside (nodes/hooks/targets.py)
 
     def __post_init__(self):
         if self.host in ("0.0.0.0", "::", "*") and not self.advertise:
@@ -113,7 +113,7 @@ class Node:
                                                                hwm=config.hwm, curve=self.curve)
         self.revocations = Revocations(discovery, self.context, self.curve)
         self.recorder = None
-        self.dispatcher = None  # made at the first queue-group member (nodes/dispatcher.py)
+        self.dispatcher = None  # made at the first queue-group member (nodes/queues/dispatcher.py)
         self.own_client = None  # this node's own mesh Client, for the dispatcher and the hook deliverer
         self._own_client_wanted = False
         self.hook_targets = TargetPolicy(config.hooks_allow,
@@ -163,7 +163,7 @@ class Node:
         discovering = False
         try:
             if self.config.edge is not None:  # bound before joining: the member record names its port
-                from .edge import Edge
+                from nodes.edge.edge import Edge
 
                 self.edge = Edge(self._own_endpoint(self.member["control"]), self.config.edge, self.curve, self)
                 self.revocations.listeners.append(self.edge.end_grants_of)
@@ -306,7 +306,7 @@ class Node:
         return self.revocations.revoke(subject, until, list(self.peers.values()))
 
     def cmd_history(self, request):
-        """A page of what this node recorded on a pattern (nodes/recorder.py)."""
+        """A page of what this node recorded on a pattern (nodes/history/recorder.py)."""
         if self.recorder is None:
             return {"messages": [], "next": None, "streams": [], "recording": False}
         partial = flag(request, "partial", False)
@@ -360,7 +360,7 @@ class Node:
         return {}
 
     def cmd_job_ack(self, request):
-        """A worker finished a job this node holds (nodes/jobs.py)."""
+        """A worker finished a job this node holds (nodes/queues/jobs.py)."""
         return self._job(request, lambda jobs, job, member: jobs.ack(job, member))
 
     def cmd_job_extend(self, request):
@@ -422,7 +422,7 @@ class Node:
         self.hook_delivery.attach(self.own_client)
 
     def cmd_hook_add(self, request):
-        """Register (or update) a webhook (nodes/hookregistry.py); the reply has its secrets."""
+        """Register (or update) a webhook (nodes/hooks/registry.py); the reply has its secrets."""
         fields = {key: request.get(key) for key in ("key", "url", "pattern", "secrets", "max_age", "created")}
         fields = {key: value for key, value in fields.items() if value is not None}
         relay = flag(request, "relay", True)
@@ -465,7 +465,7 @@ class Node:
                 gevent.spawn(_relay_one, channel, cmd, fields)
 
     def cmd_presence(self, request):
-        """This node's edge connections in a channel (nodes/presence.py)."""
+        """This node's edge connections in a channel (nodes/edge/roster.py)."""
         channel = request.get("channel")
         try:
             if not isinstance(channel, str):
@@ -484,7 +484,7 @@ class Node:
 
     def cmd_groups(self, request):
         """The other groups and their gateway candidates, oldest (the gateway) first: what a
-        client needs to reach every node of a mesh of groups (mesh/meshwide.py)."""
+        client needs to reach every node of a mesh of groups (mesh/everynode.py)."""
         if not self.config.group:
             return {"group": None, "groups": {}}
         directory = self.discovery.gateway_directory()

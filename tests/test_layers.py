@@ -5,7 +5,7 @@ from ``nodes``. A client installs and runs without the node's code."""
 import ast
 import os
 
-from nodeproc import ROOT
+from meshtest.nodeproc import ROOT
 
 BELOW = {"mesh": {"nodes", "discovery", "bench"}, "discovery": {"nodes", "bench"}}
 

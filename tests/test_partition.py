@@ -11,7 +11,7 @@ import pytest
 
 from mesh import Client
 from netns import NetnsHost
-from nodeproc import MESHNODE, wait_until
+from meshtest.nodeproc import MESHNODE, wait_until
 
 
 @pytest.fixture

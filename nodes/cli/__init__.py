@@ -13,7 +13,7 @@ import time
 
 from mesh.publisher import DEFAULT_STREAM_IDLE  # imports no sockets: patching later is fine
 
-DEFAULT_AUTH_MAX_LIFETIME = 24 * 3600.0  # nodes/auth.py imports PyJWT, which must come after patching
+DEFAULT_AUTH_MAX_LIFETIME = 24 * 3600.0  # nodes/edge/auth.py imports PyJWT, which must come after patching
 
 EPILOG_ADDRESSES = "Addresses are a node's control address, HOST:PORT (default port 7400)."
 
@@ -315,7 +315,7 @@ def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "run" and args.config:
-        from nodes.config import parse_with_config
+        from nodes.cli.config import parse_with_config
 
         args = parse_with_config(parser, argv, args.config)
     if args.command in ("run", "demo"):
@@ -342,7 +342,7 @@ def cmd_run(args):
     from discovery import StaticDiscovery, ZooKeeperDiscovery
     from mesh.control import is_loopback
     from nodes.node import Node, NodeConfig, node_curve_keys
-    from nodes.recorder import HistoryRule
+    from nodes.history.recorder import HistoryRule
 
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -352,10 +352,10 @@ def cmd_run(args):
     if any(len(secret.encode()) < 32 for secret in args.auth_secret):
         raise ValueError("--auth-secret must be at least 32 bytes for HS256 (RFC 7518, section 3.2)")
     if args.http is not None:
-        from nodes.auth import Authenticator
-        from nodes.edge import EdgeConfig
+        from nodes.edge.auth import Authenticator
+        from nodes.edge.edge import EdgeConfig
 
-        from nodes.edgeserver import connection_budget
+        from nodes.edge.server import connection_budget
 
         edge = EdgeConfig(host=args.host, port=args.http, max_payload=args.max_payload,
                           max_subscriptions=args.max_subscriptions, queue_bytes=args.queue_bytes,
@@ -462,7 +462,7 @@ def _json_or_text(text):
 
 def cmd_request(args):
     from mesh import Client, NoResponders, RemoteError, RequestTimeout
-    from nodes.edgeproto import json_default
+    from nodes.edge.protocol import json_default
 
     with Client(args.node, curve=_client_curve(args)) as client:
         try:
@@ -479,7 +479,7 @@ def cmd_reply(args):
     import threading
 
     from mesh import Client
-    from nodes.edgeproto import json_default
+    from nodes.edge.protocol import json_default
 
     answered = threading.Semaphore(0)
 
@@ -510,7 +510,7 @@ def cmd_sub(args):
     import logging
 
     from mesh import Client
-    from nodes.edgeproto import json_default
+    from nodes.edge.protocol import json_default
 
     def say(text):
         return lambda client: print(f"meshnode sub: {text.format(client=client)}", file=sys.stderr, flush=True)
@@ -646,7 +646,7 @@ def cmd_keygen(args):
 
 
 def cmd_nodes(args):
-    from mesh.zookeeper import connect, every_member
+    from mesh.zkmembers import connect, every_member
 
     client = connect(args.zk, connect_timeout=10, auth=args.zk_auth)
     try:
@@ -669,7 +669,7 @@ def cmd_nodes(args):
 
 
 def cmd_demo(args):
-    from nodes.demo import run_demo
+    from nodes.cli.demo import run_demo
 
     return run_demo(args.nodes, args.base_port, args.seconds, args.http)
 

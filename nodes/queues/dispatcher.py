@@ -57,7 +57,7 @@ class Group:
         self.name = name
         self.pattern = Pattern(pattern)
         self.members = {}  # member id -> Member
-        self.jobs = None  # {"deadline": s, "attempts": n} when its members asked for jobs (nodes/jobs.py)
+        self.jobs = None  # {"deadline": s, "attempts": n} when its members asked for jobs (nodes/queues/jobs.py)
 
 
 class Dispatcher:

@@ -16,7 +16,7 @@ import gevent
 
 from mesh.recovery import fetch
 
-from .edgeproto import EdgeError, event_id, render_message
+from .protocol import EdgeError, event_id, render_message
 from .fanout import encode_frame
 
 MAX_REPLAY = 100_000  # messages one recovery may replay to one connection

@@ -20,7 +20,7 @@ one: they are not listed.
 
 from mesh.subjects import Pattern
 
-from .control import bounded_int
+from nodes.control import bounded_int
 
 DEFAULT_LIMIT = 1000
 MAX_LIMIT = 10_000

@@ -19,7 +19,7 @@ from kazoo.security import OPEN_ACL_UNSAFE, make_acl, make_digest_acl
 from .members import validate_member, validate_name
 from .waiting import running_under_gevent
 
-log = logging.getLogger("mesh.zookeeper")
+log = logging.getLogger("mesh.zkmembers")
 
 ROOT = "/meshnode"
 

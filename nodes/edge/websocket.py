@@ -17,9 +17,9 @@ import gevent
 from ws4py.server.wsgiutils import WebSocketWSGIApplication
 from ws4py.websocket import WebSocket
 
-from .edgeconn import EdgeConnection, client_address
-from .edgeproto import PONG, EdgeError, dumps, parse_frame, render_error, render_ok
-from .edgerecovery import replay_to_websocket
+from .connection import EdgeConnection, client_address
+from .protocol import PONG, EdgeError, dumps, parse_frame, render_error, render_ok
+from .recovery import replay_to_websocket
 from .fanout import encode_frame
 
 log = logging.getLogger("meshnode.edge")
@@ -275,10 +275,10 @@ class MeshWebSocket(WebSocket):
             return  # we cut it off, and closed the socket under the reader
         if isinstance(error, (ConnectionError, TimeoutError)):
             edge.stats["client_resets"] += 1
-            edge.ratelog.note("reset", f"WebSocket clients went away without closing ({error})")
+            edge.floodlog.note("reset", f"WebSocket clients went away without closing ({error})")
         else:
             edge.stats["errors"] += 1
-            edge.ratelog.note(type(error).__name__, f"WebSocket receive failed: {error!r}", logging.WARNING)
+            edge.floodlog.note(type(error).__name__, f"WebSocket receive failed: {error!r}", logging.WARNING)
 
     def closed(self, code, reason=None):
         connection = getattr(self, "edge_connection", None)

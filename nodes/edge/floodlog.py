@@ -8,7 +8,7 @@ import time
 INTERVAL_SECONDS = 10.0
 
 
-class RateLog:
+class FloodLog:
     def __init__(self, logger, interval=INTERVAL_SECONDS):
         self.logger = logger
         self.interval = interval

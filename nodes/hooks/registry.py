@@ -10,7 +10,7 @@ With ZooKeeper the hooks are persistent znodes ``/meshnode/<mesh>/hooks/<id>``
 restart, and a node keeps delivering from what it knows while ZooKeeper is
 down. Without ZooKeeper a registration is relayed to the peers known at that
 moment and kept in memory: a node that starts later, or restarts, does not
-know it (docs/QUEUES.md says so). nodes/hookdelivery.py delivers.
+know it (docs/QUEUES.md says so). nodes/hooks/delivery.py delivers.
 """
 
 import base64
@@ -23,7 +23,7 @@ import time
 
 from mesh.subjects import Pattern
 
-from .hooktargets import parse_url
+from .targets import parse_url
 
 log = logging.getLogger("meshnode.hooks")
 
@@ -45,7 +45,7 @@ def hook_id(key, url):
 
 def validate_hook(fields):
     """A clean hook record from a registration; ValueError naming the problem.
-    Where the URL may point is the target policy's question (nodes/hooktargets.py)."""
+    Where the URL may point is the target policy's question (nodes/hooks/targets.py)."""
     key, url = fields.get("key"), fields.get("url")
     if not isinstance(key, str) or not _KEY.match(key):
         raise ValueError("key must be 1-128 letters, digits, '_' or '-'")
@@ -80,7 +80,7 @@ def validate_hook(fields):
 class HookRegistry:
     def __init__(self, discovery, relay, targets):
         """``relay(cmd, fields)`` sends a control request to every peer (used without ZooKeeper);
-        ``targets``: the TargetPolicy a registration's URL must pass (nodes/hooktargets.py)."""
+        ``targets``: the TargetPolicy a registration's URL must pass (nodes/hooks/targets.py)."""
         self.discovery = discovery
         self._relay = relay
         self.targets = targets

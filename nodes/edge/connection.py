@@ -1,6 +1,6 @@
 """One edge client connection (WebSocket or SSE): its grant, subscriptions and outgoing queue.
 
-The grant (nodes/auth.py) holds until its token's ``exp``: one timer per
+The grant (nodes/edge/auth.py) holds until its token's ``exp``: one timer per
 connection ends the connection then (``token_expired``) unless a refresh
 replaced the grant first; a revocation of the token's ``sub`` ends it at once
 (``token_revoked``). A refreshed grant that no longer covers a subscription
@@ -23,8 +23,8 @@ import uuid
 import gevent
 import gevent.event
 
-from .edgeproto import EdgeError, dumps
-from .edgerecovery import hold
+from .protocol import EdgeError, dumps
+from .recovery import hold
 
 SLOW_CONSUMER = "slow consumer: outgoing queue over {limit} bytes"
 EDGE_FULL = "slow consumer: the edge's buffers ({limit} bytes for all connections) are full"
@@ -48,7 +48,7 @@ class EdgeConnection:
         self.queue_limit = queue_limit
         self.max_subscriptions = max_subscriptions
         self.patterns = {}  # pattern text -> Pattern
-        self.holding = {}  # pattern text -> [(Message, frame)] held while a recovery replays (edgerecovery.py)
+        self.holding = {}  # pattern text -> [(Message, frame)] held while a recovery replays (recovery.py)
         self.replayed_to = {}  # (origin, subject) -> (epoch, seq) a recovery replayed up to
         self.queued_bytes = 0
         self.closed = False

@@ -14,7 +14,7 @@ from ws4py.messaging import TextMessage
 
 from mesh.waiting import yield_to_hub
 
-from .edgeproto import event_id, render_message
+from .protocol import event_id, render_message
 
 log = logging.getLogger("meshnode.edge")
 
@@ -26,7 +26,7 @@ class Route:
         self.subscription = subscription
         self.connections = set()
         self.since = time.time()
-        self.received = 0  # messages on the pattern that reached this edge (nodes/presence.py)
+        self.received = 0  # messages on the pattern that reached this edge (nodes/edge/roster.py)
         self.delivered = 0  # copies queued to connections
         self.last_message = None  # when the last one came (Unix seconds)
 
@@ -63,7 +63,7 @@ class Fanout:
                 batch = subscription.take(DELIVER_BATCH)
             except RuntimeError:  # unsubscribed: the last connection left
                 break
-            route.received += len(batch)  # per batch, not per message (nodes/presence.py)
+            route.received += len(batch)  # per batch, not per message (nodes/edge/roster.py)
             route.last_message = time.time()
             for message in batch:
                 self._fan_out(route, message)

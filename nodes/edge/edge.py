@@ -3,8 +3,8 @@
 It owns the HTTP server (gevent WSGI with ws4py's upgrade handler), a mesh
 Client connected to its own node (edges subscribe and publish like any local
 client), the fan-out, the set of live connections and the edge counters.
-Accepting connections is in :mod:`nodes.edgeserver`, routing in :mod:`nodes.http`,
-WebSocket handling in :mod:`nodes.websocket`.
+Accepting connections is in :mod:`nodes.edge.server`, routing in :mod:`nodes.edge.routes`,
+WebSocket handling in :mod:`nodes.edge.websocket`.
 """
 
 import json
@@ -15,12 +15,12 @@ from mesh import Client, NoResponders, PayloadTooLarge, RemoteError, RequestTime
 from mesh.publisher import DEFAULT_STREAM_IDLE
 
 from .auth import Authenticator
-from .edgeproto import EdgeError
-from .edgeserver import EdgeServer
+from .protocol import EdgeError
+from .server import EdgeServer
 from .fanout import Fanout
-from .http import EdgeApp
-from .meshview import MeshView
-from .ratelog import RateLog
+from .routes import EdgeApp
+from .console import Console
+from .floodlog import FloodLog
 from .websocket import CLOSE_GOING_AWAY
 
 log = logging.getLogger("meshnode.edge")
@@ -58,12 +58,12 @@ class Edge:
                       "header_timeouts": 0, "refused_connections": 0, "expired": 0, "revoked": 0,
                       "recoveries": 0, "recoveries_incomplete": 0, "requests": 0,
                       "bad_requests": 0}
-        self.ratelog = RateLog(log)
+        self.floodlog = FloodLog(log)
         self.connections = set()
         self.queued_total = 0  # bytes queued for all connections, bounded by buffer_bytes
         self.client = Client(node_address, curve=curve, stream_idle=config.stream_idle)
         self.fanout = Fanout(self.client, self.stats)
-        self.view = MeshView(node, self.client)  # the console's picture (GET /mesh)
+        self.view = Console(node, self.client)  # the console's picture (GET /mesh)
         self.server = EdgeServer((config.host, config.port), EdgeApp(self), self)
         self.server.init_socket()
         self.port = self.server.server_port

@@ -26,9 +26,9 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from mesh.subjects import Pattern
 
-from .edgeproto import EdgeError
+from .protocol import EdgeError
 
-DEFAULT_MAX_LIFETIME = 24 * 3600.0  # nodes/cli.py has the same for --auth-max-lifetime
+DEFAULT_MAX_LIFETIME = 24 * 3600.0  # nodes/cli/ has the same for --auth-max-lifetime
 HMAC_ALGORITHMS = ("HS256",)
 RSA_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512")
 EC_ALGORITHMS = {"secp256r1": ("ES256",), "secp384r1": ("ES384",), "secp521r1": ("ES512",)}

@@ -1,13 +1,13 @@
 """Webhooks, delivery: every message on a hook's pattern POSTed to its URL once, mesh-wide.
 
 Each node is a worker of one job group per hook (``hook-<id>``, on the hook's
-pattern; nodes/jobs.py). So each message becomes one job, held by the node
+pattern; nodes/queues/jobs.py). So each message becomes one job, held by the node
 where it was published until some node's deliverer acknowledges it; a
 deliverer that dies mid-retry is replaced by another node's, with the same
 ``webhook-id`` (a duplicate is possible then, a silent loss is not).
 
 A delivery is one POST (urllib3, under gevent) to the address the target
-policy checked (nodes/hooktargets.py, at every attempt), with a JSON body
+policy checked (nodes/hooks/targets.py, at every attempt), with a JSON body
 (subject, data, origin, seq, ts), the Standard Webhooks headers
 ``webhook-id`` (the job's id: the same on every retry), ``webhook-timestamp``
 and ``webhook-signature`` (``v1,<base64 HMAC-SHA256 of "id.timestamp.body">``,
@@ -44,8 +44,8 @@ import urllib3
 
 from mesh.envelope import HOOKS_HEADER
 
-from .edgeproto import dumps
-from .hooktargets import TargetRefused
+from nodes.edge.protocol import dumps
+from .targets import TargetRefused
 
 log = logging.getLogger("meshnode.hooks")
 

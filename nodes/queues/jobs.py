@@ -2,7 +2,7 @@
 
 A queue group whose members joined with an acknowledgement deadline is a job
 group (mesh/queues.py). Its messages become jobs: the dispatcher of the node
-where a job was published (nodes/dispatcher.py) gives it to one member, as
+where a job was published (nodes/queues/dispatcher.py) gives it to one member, as
 for any queue group, and this book keeps it until that member acknowledges
 it. A job whose deadline passes (the worker may extend it while it works), or
 whose member is gone (its lease ran out: the worker's process or node died),

@@ -30,13 +30,13 @@ from mesh.envelope import HOOKS_HEADER
 from mesh.subjects import Pattern, validate_subject
 
 from .auth import token_from
-from .edgeconn import EdgeConnection, client_address
-from .edgeproto import (DEFAULT_INTEREST_TIMEOUT, DEFAULT_REQUEST_TIMEOUT, MAX_REQUEST_TIMEOUT, EdgeError, dumps,
+from .connection import EdgeConnection, client_address
+from .protocol import (DEFAULT_INTEREST_TIMEOUT, DEFAULT_REQUEST_TIMEOUT, MAX_REQUEST_TIMEOUT, EdgeError, dumps,
                         parse_position, render_error)
-from .edgerecovery import recovered_frames
+from .recovery import recovered_frames
 from .fanout import encode_frame
-from .hookdelivery import hook_chain
-from .hooktargets import plain_address
+from nodes.hooks.delivery import hook_chain
+from nodes.hooks.targets import plain_address
 from .websocket import MeshWebSocketApplication
 
 log = logging.getLogger("meshnode.edge")

@@ -18,7 +18,8 @@ import gevent.event
 
 from mesh import Client
 
-_BIN = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bin", "meshnode")
+_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+_BIN = os.path.join(_ROOT, "bin", "meshnode")
 
 
 def _start_node(name, port, peers, http=None):

@@ -42,7 +42,7 @@ class _MalformedRequests:
     def write(self, message):
         self.edge.stats["bad_requests"] += 1
         text = message.strip().rsplit(": ", 1)[-1][:200]  # without the socket's repr; the client's text is cut
-        self.edge.ratelog.note("bad-request", f"malformed HTTP requests, e.g. {text!r}", logging.WARNING)
+        self.edge.floodlog.note("bad-request", f"malformed HTTP requests, e.g. {text!r}", logging.WARNING)
 
     def flush(self):
         pass
@@ -99,7 +99,7 @@ class EdgeServer(WSGIServer):
 
     def _refuse(self, sock, cause, message):
         self.edge.stats["refused_connections"] += 1
-        self.edge.ratelog.note(cause, f"refused connections: {message}", logging.WARNING)
+        self.edge.floodlog.note(cause, f"refused connections: {message}", logging.WARNING)
         body = json.dumps({"ok": False, "error": "too_many_connections", "message": message}).encode()
         try:
             sock.setblocking(False)
@@ -151,7 +151,7 @@ class EdgeHandler(WSGIHandler):
             if timeout is not getattr(self, "_header_timer", None):
                 raise
             edge.stats["header_timeouts"] += 1
-            edge.ratelog.note("header-timeout", f"closed connections whose headers did not come within "
+            edge.floodlog.note("header-timeout", f"closed connections whose headers did not come within "
                                                 f"{edge.config.header_timeout} s")
 
     def _handle(self):

@@ -1,6 +1,6 @@
 """The console's picture of the mesh: every node, every link, channels, recent events.
 
-``GET /mesh`` on an edge (nodes/http.py) answers with what this module
+``GET /mesh`` on an edge (nodes/edge/routes.py) answers with what this module
 gathers: each node's counters (``stats``) and its view of its links
 (``peers``), asked of all nodes at once with a short timeout, plus the
 mesh-wide channel statistics (mesh/presence.py) and this node's recent
@@ -9,7 +9,7 @@ for a while (nodes/events.py, LEFT_KEPT), a peer that left the membership,
 with ``left``: when it left. A link is ``up`` only when both ends say so.
 The picture is gathered at most once per REFRESH_SECONDS whatever the
 number of viewers, and holds at most MAX_NODES nodes. The page
-(nodes/static/index.html) turns successive counters into message rates.
+(nodes/edge/static/index.html) turns successive counters into message rates.
 """
 
 import logging
@@ -20,7 +20,7 @@ import zmq
 
 from mesh.control import ControlError
 
-log = logging.getLogger("meshnode.meshview")
+log = logging.getLogger("meshnode.console")
 
 ASK_SECONDS = 1.0
 REFRESH_SECONDS = 1.0
@@ -29,7 +29,7 @@ MAX_CHANNELS = 20
 MAX_EVENTS = 30
 
 
-class MeshView:
+class Console:
     def __init__(self, node, client):
         self.node = node
         self.client = client  # the edge's mesh Client: channel statistics
