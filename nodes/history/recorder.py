@@ -23,14 +23,12 @@ import logging
 import re
 import time
 
-import gevent
 import msgpack
-import zmq
 
-from mesh.curve import apply_client
-from mesh.envelope import MalformedMessage, decode_batch
-from mesh.subjects import Pattern, subject_from_topic, topic_frame
-from mesh.waiting import pick_waiter, recv_multipart
+from mesh.envelope import decode_batch
+from mesh.subjects import Pattern, topic_frame
+
+from nodes.tap import Tap
 
 log = logging.getLogger("meshnode.recorder")
 
@@ -81,46 +79,23 @@ class _Entry:
         self.n = n  # arrival number at this node: pages resume after one
 
 
-class Recorder:
+class Recorder(Tap):
+    """A tap (nodes/tap.py) that records what its rules admit."""
+
     def __init__(self, context, out_endpoint, rules, budget=DEFAULT_HISTORY_BYTES, curve=None):
         self.rules = list(rules)
         self.budget = budget
         self.bytes = 0
         self.recorded = 0
         self.evicted = 0
-        self.malformed = 0
         self._subjects = {}  # subject -> deque of live _Entry, oldest first
         self._arrivals = collections.deque()  # every _Entry, oldest first (dead ones skipped)
         self._evicted_to = {}  # (origin, subject) -> (epoch, seq, ts) of the newest entry evicted
         self._rule_of = {}  # subject -> HistoryRule (first matching rule wins)
-        self._sock = context.socket(zmq.SUB)
-        self._sock.setsockopt(zmq.LINGER, 0)
-        self._sock.setsockopt(zmq.RCVHWM, 0)  # the recorder keeps up or the node's memory says so
-        self._sock.setsockopt(zmq.SNDHWM, 0)  # hundreds of subscriptions per rule: libzmq drops them at its limit
-        apply_client(curve, self._sock)
-        for prefix in set().union(*(recording_prefixes(rule.pattern) for rule in self.rules)):
-            self._sock.setsockopt(zmq.SUBSCRIBE, prefix)
-        self._sock.connect(out_endpoint)
-        self._loop = None
-
-    def start(self):
-        self._loop = gevent.spawn(self._run)
-
-    def stop(self):
-        if self._loop is not None:
-            self._loop.kill()
-        self._sock.close(linger=0)
+        super().__init__(context, out_endpoint, curve,
+                         set().union(*(recording_prefixes(rule.pattern) for rule in self.rules)))
 
     # -- recording -------------------------------------------------------
-
-    def _run(self):
-        wait = pick_waiter()
-        while True:
-            frames = recv_multipart(self._sock, wait)
-            try:
-                self._record(frames)
-            except MalformedMessage:
-                self.malformed += 1
 
     def _rule(self, subject):
         rule = self._rule_of.get(subject)
@@ -130,13 +105,7 @@ class Recorder:
                 self._rule_of[subject] = rule
         return rule
 
-    def _record(self, frames):
-        if len(frames) != 2 or frames[0].endswith(b"\x00"):
-            return  # marks, or not a data message
-        try:
-            subject = subject_from_topic(frames[0])
-        except ValueError:
-            raise MalformedMessage("bad topic") from None
+    def take(self, subject, frames):
         rule = self._rule(subject)
         if not rule:
             return  # a prefix subscription also lets neighbours of the pattern in

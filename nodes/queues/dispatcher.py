@@ -22,14 +22,11 @@ import logging
 import random
 import time
 
-import gevent
-import zmq
-
-from mesh.curve import apply_client
 from mesh.envelope import CARRIED_HEADERS, MalformedMessage, decode_batch
 from mesh.queues import INBOX_TOPIC, LEASE_SECONDS, valid_group
-from mesh.subjects import Pattern, subject_from_topic
-from mesh.waiting import pick_waiter, recv_multipart
+from mesh.subjects import Pattern
+
+from nodes.tap import Tap
 
 from .jobs import JobBook
 
@@ -60,30 +57,21 @@ class Group:
         self.jobs = None  # {"deadline": s, "attempts": n} when its members asked for jobs (nodes/queues/jobs.py)
 
 
-class Dispatcher:
+class Dispatcher(Tap):
+    """A tap (nodes/tap.py) on the groups' prefixes; every EXPIRY_SECONDS it
+    expires leases and lets the jobs time out."""
+
+    tick_seconds = EXPIRY_SECONDS
+
     def __init__(self, context, out_endpoint, node_name, curve=None):
+        super().__init__(context, out_endpoint, curve)
         self.client = None  # a mesh Client of this node, set once connected: it publishes to the inboxes
         self.groups = {}  # (name, pattern text) -> Group
         self.dispatched = 0
         self.no_member = 0
-        self.malformed = 0
         self.failed = 0
         self._prefixes = {}  # prefix -> number of groups using it
-        self._sock = context.socket(zmq.SUB)
-        self._sock.setsockopt(zmq.LINGER, 0)
-        self._sock.setsockopt(zmq.RCVHWM, 0)
-        apply_client(curve, self._sock)
-        self._sock.connect(out_endpoint)
-        self._loop = None
         self.jobs = JobBook(self.groups, self._send, self._pick, self._publish, node_name)
-
-    def start(self):
-        self._loop = gevent.spawn(self._run)
-
-    def stop(self):
-        if self._loop is not None:
-            self._loop.kill()
-        self._sock.close(linger=0)
 
     # -- membership ------------------------------------------------------
 
@@ -132,13 +120,13 @@ class Dispatcher:
     def _subscribe(self, prefix):
         self._prefixes[prefix] = self._prefixes.get(prefix, 0) + 1
         if self._prefixes[prefix] == 1:
-            self._sock.setsockopt(zmq.SUBSCRIBE, prefix)
+            self.subscribe(prefix)
 
     def _unsubscribe(self, prefix):
         self._prefixes[prefix] -= 1
         if not self._prefixes[prefix]:
             del self._prefixes[prefix]
-            self._sock.setsockopt(zmq.UNSUBSCRIBE, prefix)
+            self.unsubscribe(prefix)
 
     def expire(self, now=None):
         """Forget members whose lease ran out; look again whether the others' inboxes reached us."""
@@ -154,36 +142,21 @@ class Dispatcher:
 
     # -- dispatching -----------------------------------------------------
 
-    def _run(self):
-        wait = pick_waiter()
-        next_expiry = time.monotonic() + EXPIRY_SECONDS
-        while True:
-            try:
-                frames = recv_multipart(self._sock, wait, EXPIRY_SECONDS)
-            except TimeoutError:
-                frames = None
-            now = time.monotonic()
-            if now >= next_expiry:
-                self.expire(now)
-                if self.client is not None:
-                    self.jobs.tick(now)
-                next_expiry = now + EXPIRY_SECONDS
-            if frames is not None:
-                try:
-                    self._dispatch(frames)
-                except MalformedMessage:
-                    self.malformed += 1
-                except Exception as exc:  # one message must not stop every group of this node
-                    self.failed += 1
-                    log.warning("could not dispatch a message on %r: %s", frames[0][:80], exc)
+    def tick(self, now):
+        self.expire(now)
+        if self.client is not None:
+            self.jobs.tick(now)
 
-    def _dispatch(self, frames):
-        if len(frames) != 2 or frames[0].endswith(b"\x00"):
-            return  # marks
+    def take(self, subject, frames):
         try:
-            subject = subject_from_topic(frames[0])
-        except ValueError:
-            raise MalformedMessage("bad topic") from None
+            self._dispatch(subject, frames)
+        except MalformedMessage:
+            raise
+        except Exception as exc:  # one message must not stop every group of this node
+            self.failed += 1
+            log.warning("could not dispatch a message on %r: %s", frames[0][:80], exc)
+
+    def _dispatch(self, subject, frames):
         if subject.startswith(INBOX_TOPIC + "."):
             return  # our own deliveries
         groups = [group for group in self.groups.values() if group.pattern.matches(subject)]
