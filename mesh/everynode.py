@@ -21,7 +21,7 @@ for each other group its first candidate that answers, and that one's peers.
 import threading
 from contextlib import contextmanager
 
-from .control import ControlChannel, ControlError
+from .control import ControlError
 from .waiting import start_background
 
 MAX_AT_ONCE = 32  # nodes asked at the same time
@@ -29,8 +29,7 @@ MAX_AT_ONCE = 32  # nodes asked at the same time
 
 @contextmanager
 def _channel(client, address, timeout):
-    channel = ControlChannel(client._context, address, client._wait,
-                             client._timeout if timeout is None else timeout, client._curve)
+    channel = client.control_channel(address, timeout)
     try:
         yield channel
     finally:
@@ -42,7 +41,7 @@ def _every_node(client, timeout):
     first (its address None: it is asked on the client's own channel)."""
     nodes = [(client.node, None)]
     try:
-        peers = client._control.request("peers", timeout=timeout)["peers"]
+        peers = client.control.request("peers", timeout=timeout)["peers"]
     except (TimeoutError, ControlError):
         return nodes
     nodes += [(record["name"], record["control"]) for record in peers]
@@ -54,7 +53,7 @@ def _every_node(client, timeout):
 def _other_groups(client, peers, timeout):
     """The other groups' candidates, from the own node or a candidate among its peers ({} without groups)."""
     try:
-        return client._control.request("groups", timeout=timeout)["groups"]
+        return client.control.request("groups", timeout=timeout)["groups"]
     except ControlError as exc:
         if exc.code != "not_a_gateway":
             return {}  # a node without groups, or one that predates them
@@ -107,7 +106,7 @@ def at_every_node(client, work, timeout=None):
                 name, address = nodes.pop(0)
             try:
                 if address is None:
-                    results[name] = work(client._control)
+                    results[name] = work(client.control)
                 else:
                     with _channel(client, address, timeout) as channel:
                         results[name] = work(channel)
