@@ -34,6 +34,8 @@ import collections
 import logging
 import time
 
+from .control import Feature
+
 log = logging.getLogger("meshnode.events")
 
 TOPIC = "$events"
@@ -42,7 +44,7 @@ LEFT_KEPT = 300.0  # seconds a departed peer is remembered (the console shows it
 LEFT_MAX = 1000  # departed peers remembered at most, the latest
 
 
-class Events:
+class Events(Feature):
     def __init__(self, node_name):
         self.node = node_name
         self.client = None  # the node's own mesh Client, once connected
@@ -69,6 +71,9 @@ class Events:
         """name -> Unix time it left, for the peers gone in the last LEFT_KEPT seconds."""
         since = time.time() - LEFT_KEPT
         return {name: ts for name, ts in self.left.items() if ts >= since}
+
+    def stats(self):
+        return {"events": self.counters()}
 
     def counters(self):
         return {"ready": self.client is not None, "published": self.published, "recent": len(self.recent)}

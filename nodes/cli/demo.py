@@ -13,10 +13,7 @@ import subprocess
 import sys
 import time
 
-import gevent
-import gevent.event
-
-from mesh import Client
+from .common import positive_int
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _BIN = os.path.join(_ROOT, "bin", "meshnode")
@@ -38,6 +35,11 @@ def _start_node(name, port, peers, http=None):
 
 
 def run_demo(count, base_port, seconds, http_port):
+    import gevent
+    import gevent.event
+
+    from mesh import Client
+
     procs, clients, status = [], [], 0
     first = f"127.0.0.1:{base_port}"
     try:
@@ -98,3 +100,22 @@ def run_demo(count, base_port, seconds, http_port):
                 status = 1
         print("Demo stopped; all nodes shut down.", flush=True)
     return status
+
+
+def demo_parser(commands):
+    """The ``demo`` sub-command."""
+    demo = commands.add_parser("demo", help="start a local mesh and show messages flowing", description=(
+        "Start a local mesh of nodes on loopback, subscribe at every node but the first, publish "
+        "at the first and print what arrives. Stops on Ctrl-C or after --seconds."))
+    demo.add_argument("--nodes", type=positive_int, default=3)
+    demo.add_argument("--base-port", type=int, default=7401, help="control port of the first node")
+    demo.add_argument("--seconds", type=float, help="stop after this long (default: run until Ctrl-C)")
+    demo.add_argument("--http", type=int, default=8400, metavar="PORT",
+                      help="HTTP port of the last node, which serves the built-in page (default: 8400; 0 picks one)")
+
+
+def cmd_demo(args):
+    return run_demo(args.nodes, args.base_port, args.seconds, args.http)
+
+
+COMMANDS = {"demo": (demo_parser, cmd_demo)}

@@ -23,7 +23,9 @@ import uuid
 import gevent
 import gevent.event
 
-from .protocol import EdgeError, dumps
+from nodes.jsontext import dumps
+
+from .protocol import EdgeError
 from .recovery import hold
 
 SLOW_CONSUMER = "slow consumer: outgoing queue over {limit} bytes"
@@ -106,8 +108,8 @@ class EdgeConnection:
         self.queued_bytes = 0
 
     def _cut_slow(self, reason):
-        self.edge.stats["slow_consumers"] += 1
-        self.edge.node.events.connection_event("slow", self, reason=reason)
+        self.edge.counts["slow_consumers"] += 1
+        self.edge.events.connection_event("slow", self, reason=reason)
         self.cut_off(reason)
 
     def cut_off(self, reason):
@@ -125,7 +127,7 @@ class EdgeConnection:
 
     def _expired(self):
         if not (self.closed or self.cut):
-            self.edge.stats["expired"] += 1
+            self.edge.counts["expired"] += 1
             self.end_grant("token_expired", "the token expired")
 
     def end_grant(self, code, message):
@@ -168,14 +170,14 @@ class EdgeConnection:
         self.edge.fanout.add(self, pattern.text)
         self.edge.wait_live(pattern)  # so that what this node publishes after the reply is delivered
         if not self.closed and pattern.text in self.patterns:  # it may have gone while we waited
-            self.edge.node.events.presence_event("join", self, pattern.text)
+            self.edge.events.presence_event("join", self, pattern.text)
 
     def unsubscribe(self, pattern, request_id=None):
         if self.patterns.pop(pattern.text, None) is None:
             raise EdgeError("not_subscribed", f"not subscribed to {pattern.text!r}", request_id)
         self.holding.pop(pattern.text, None)
         self.edge.fanout.remove(self, pattern.text)
-        self.edge.node.events.presence_event("leave", self, pattern.text)
+        self.edge.events.presence_event("leave", self, pattern.text)
 
     def release(self):
         """The connection is gone: drop its subscriptions and queue."""
@@ -186,7 +188,7 @@ class EdgeConnection:
         if self._expiry is not None:
             self._expiry.close()
             self._expiry = None
-        events = self.edge.node.events
+        events = self.edge.events
         for text in list(self.patterns):
             self.edge.fanout.remove(self, text)
             events.presence_event("leave", self, text)

@@ -30,8 +30,8 @@ MAX_EVENTS = 30
 
 
 class Console:
-    def __init__(self, node, client):
-        self.node = node
+    def __init__(self, parts, client):
+        self.parts = parts  # the node's name, members, channels, own view and events (nodes/edge/edge.py)
         self.client = client  # the edge's mesh Client: channel statistics
         self._picture = None
         self._taken = 0.0
@@ -57,12 +57,12 @@ class Console:
             self._gathering = None
 
     def _take(self):
-        node = self.node
-        records = sorted(node.peers.values(), key=lambda r: r["name"])
+        node = self.parts
+        records = sorted(node.members(), key=lambda r: r["name"])
         shown = records[:MAX_NODES - 1]
-        asks = {record["name"]: gevent.spawn(_ask, node.peer_channel(record)) for record in shown}
+        asks = {record["name"]: gevent.spawn(_ask, node.channel(record)) for record in shown}
         channels = gevent.spawn(self.client.channels, MAX_CHANNELS)
-        own = (node.cmd_stats({}), node.cmd_peers({})["peers"], None)
+        own = (*node.own_view(), None)
         gevent.joinall([*asks.values(), channels], timeout=ASK_SECONDS + 1.0)
         gevent.killall([g for g in (*asks.values(), channels) if not g.ready()], block=False)  # hold no channel
         answers = {node.name: own}

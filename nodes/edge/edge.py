@@ -15,6 +15,8 @@ from mesh import Client, NoResponders, PayloadTooLarge, RemoteError, RequestTime
 from mesh.publisher import DEFAULT_STREAM_IDLE
 
 from .auth import Authenticator
+from nodes.control import Feature
+
 from .protocol import EdgeError
 from .server import EdgeServer
 from .fanout import Fanout
@@ -48,12 +50,28 @@ class EdgeConfig:
     hooks_open: bool = False  # /hooks from non-loopback clients without auth (docs/WEBHOOKS.md)
 
 
-class Edge:
-    def __init__(self, node_address, config, curve, node):
+@dataclass
+class NodeParts:
+    """What an edge uses of its node: the node hands these over, the edge never holds the node."""
+    name: str
+    events: object  # nodes/events.py: connection and presence events
+    revocations: object  # nodes/revocations.py: revoked(sub), revoke(sub, until), default_seconds
+    hooks: object  # nodes/hooks/commands.py: add, remove, listing (/hooks)
+    metrics: object  # nodes/metrics.py: render() (/metrics)
+    members: object  # () -> the peers' member records (the console)
+    channel: object  # record -> the node's lasting control channel to that peer (the console)
+    own_view: object  # () -> (this node's stats, its peers with their links) (the console)
+
+
+class Edge(Feature):
+    def __init__(self, node_address, config, curve, parts):
         self.config = config
-        self.node = node  # its revocations, and making new ones (POST /revoke)
+        self.events = parts.events
+        self.revocations = parts.revocations
+        self.hooks = parts.hooks
+        self.metrics = parts.metrics
         self.auth = config.auth or Authenticator()
-        self.stats = {"messages_in": 0, "messages_out": 0, "slow_consumers": 0, "errors": 0,
+        self.counts = {"messages_in": 0, "messages_out": 0, "slow_consumers": 0, "errors": 0,
                       "rejected_connections": 0, "unrenderable": 0, "not_live": 0, "client_resets": 0,
                       "header_timeouts": 0, "refused_connections": 0, "expired": 0, "revoked": 0,
                       "recoveries": 0, "recoveries_incomplete": 0, "requests": 0,
@@ -62,8 +80,8 @@ class Edge:
         self.connections = set()
         self.queued_total = 0  # bytes queued for all connections, bounded by buffer_bytes
         self.client = Client(node_address, curve=curve, stream_idle=config.stream_idle)
-        self.fanout = Fanout(self.client, self.stats)
-        self.view = Console(node, self.client)  # the console's picture (GET /mesh)
+        self.fanout = Fanout(self.client, self.counts)
+        self.view = Console(parts, self.client)  # the console's picture (GET /mesh)
         self.server = EdgeServer((config.host, config.port), EdgeApp(self), self)
         self.server.init_socket()
         self.port = self.server.server_port
@@ -76,7 +94,7 @@ class Edge:
         published at this node (by any edge client, POST or library client)
         reaches it. Counted in ``not_live`` if that takes longer than LIVE_SECONDS."""
         if not self.client.wait_for_subscription(pattern.text, LIVE_SECONDS):
-            self.stats["not_live"] += 1
+            self.counts["not_live"] += 1
             log.warning("subscription to %r not confirmed by the node within %s s", pattern.text, LIVE_SECONDS)
 
     def grant_for(self, token, request_id=None):
@@ -86,7 +104,7 @@ class Edge:
         except EdgeError as exc:
             exc.request_id = request_id
             raise
-        if grant.subject is not None and self.node.revocations.revoked(grant.subject):
+        if grant.subject is not None and self.revocations.revoked(grant.subject):
             raise EdgeError("unauthorized", f"the tokens of {grant.subject!r} are revoked", request_id, 401)
         return grant
 
@@ -94,7 +112,7 @@ class Edge:
         """A revocation: close every connection whose token names ``subject``."""
         for connection in list(self.connections):
             if connection.grant.subject == subject and not (connection.closed or connection.cut):
-                self.stats["revoked"] += 1
+                self.counts["revoked"] += 1
                 connection.end_grant("token_revoked", f"the tokens of {subject!r} are revoked")
 
     def wait_for_interest(self, subject, timeout, request_id=None):
@@ -117,7 +135,7 @@ class Edge:
             raise EdgeError("too_large", str(exc), request_id, 413) from None
         except (ValueError, TypeError, OverflowError) as exc:  # OverflowError: integers msgpack cannot hold
             raise EdgeError("bad_data", str(exc), request_id, 400) from None
-        self.stats["messages_in"] += 1
+        self.counts["messages_in"] += 1
         return seq
 
     def request(self, grant, subject, data, timeout, request_id=None):
@@ -125,7 +143,7 @@ class Edge:
         no_responders (503), timeout (504), remote_error (502)."""
         if not grant.may_publish(subject):
             raise EdgeError("forbidden", f"not allowed to publish on {subject!r}", request_id, 403)
-        self.stats["requests"] += 1
+        self.counts["requests"] += 1
         try:
             return self.client.request(subject, data, timeout)
         except NoResponders as exc:
@@ -144,6 +162,9 @@ class Edge:
         position = self.client.stream_position(subject, seq)
         return json.loads(position.to_json())
 
+    def stats(self):
+        return {"edge": self.counters()}
+
     def counters(self):
         kinds = [c.kind for c in self.connections]
         return {
@@ -157,7 +178,7 @@ class Edge:
             "gaps": self.fanout.gaps,
             "dropped": self.fanout.dropped,
             "streams": self.fanout.streams,
-            **self.stats,
+            **self.counts,
         }
 
     def stop(self):

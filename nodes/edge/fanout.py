@@ -34,7 +34,7 @@ class Route:
 class Fanout:
     def __init__(self, client, stats):
         self.client = client
-        self.stats = stats
+        self.counts = stats
         self.routes = {}  # pattern text -> Route
         self._ended = {"gaps": 0, "dropped": 0}  # counted by routes that are gone: totals never go down
 
@@ -75,7 +75,7 @@ class Fanout:
         try:
             text = render_message(message).encode("utf-8")
         except (ValueError, TypeError, RecursionError) as exc:  # data JSON cannot express
-            self.stats["unrenderable"] += 1
+            self.counts["unrenderable"] += 1
             log.warning("cannot render a message on %s for edge clients: %s", message.subject, exc)
             return
         frames = {}
@@ -97,7 +97,7 @@ class Fanout:
                     del connection.replayed_to[key]  # live delivery has passed the replay
             connection.offer(frame)
             route.delivered += 1
-            self.stats["messages_out"] += 1
+            self.counts["messages_out"] += 1
 
     @property
     def gaps(self):

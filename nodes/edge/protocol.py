@@ -9,11 +9,12 @@ Server frames: ``msg``, ``ok``, ``error``, ``pong``. Binary data from the mesh
 is rendered as ``{"$base64": "..."}`` since JSON has no bytes.
 """
 
-import base64
 import json
 
 from mesh.recovery import Position
 from mesh.subjects import Pattern, validate_subject
+
+from nodes.jsontext import dumps
 
 OPS = ("sub", "unsub", "pub", "ping", "interest", "refresh", "req")
 DEFAULT_INTEREST_TIMEOUT = 5.0
@@ -29,36 +30,6 @@ class EdgeError(Exception):
         self.code = code
         self.request_id = request_id
         self.http_status = http_status
-
-
-def json_default(value):
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return {"$base64": base64.b64encode(bytes(value)).decode("ascii")}
-    return repr(value)
-
-
-def dumps(value):
-    try:
-        return json.dumps(value, default=json_default, separators=(",", ":"), ensure_ascii=False)
-    except TypeError:  # map keys JSON has no form for (bytes, tuples): name them as text
-        return json.dumps(_string_keys(value), default=json_default, separators=(",", ":"),
-                          ensure_ascii=False)
-
-
-def _string_keys(value):
-    if isinstance(value, dict):
-        return {_key_text(k): _string_keys(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_string_keys(v) for v in value]
-    return value
-
-
-def _key_text(key):
-    if isinstance(key, (str, int, float, bool)) or key is None:
-        return key
-    if isinstance(key, bytes):
-        return key.decode("utf-8", "backslashreplace")
-    return repr(key)
 
 
 def render_message(message):

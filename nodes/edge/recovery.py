@@ -40,9 +40,9 @@ def recovered_frames(edge, connection, pattern, position, request_id=None):
     except Exception:
         del connection.holding[pattern.text]
         raise
-    edge.stats["recoveries"] += 1
+    edge.counts["recoveries"] += 1
     if not recovery.recovered:
-        edge.stats["recoveries_incomplete"] += 1
+        edge.counts["recoveries_incomplete"] += 1
     summary = {"recovered": recovery.recovered, "replayed": len(replayed),
                "incomplete": [[origin, subject, state] for (origin, subject), state in sorted(recovery.streams.items())
                               if state != "complete"],
@@ -55,7 +55,7 @@ def recovered_frames(edge, connection, pattern, position, request_id=None):
             try:
                 text = render_message(message).encode("utf-8")
             except (ValueError, TypeError, RecursionError):
-                edge.stats["unrenderable"] += 1
+                edge.counts["unrenderable"] += 1
                 continue
             yield encode_frame(connection.kind, text, event_id(message) if connection.kind == "sse" else None)
         i = 0
@@ -83,5 +83,5 @@ def replay_to_websocket(edge, connection, pattern, position, request_id):
         if connection.closed or connection.cut:
             raise EdgeError("closed", "the connection ended during the recovery", request_id)
         connection.offer(frame)
-        edge.stats["messages_out"] += 1
+        edge.counts["messages_out"] += 1
     return summary

@@ -20,7 +20,7 @@ one: they are not listed.
 
 from mesh.subjects import Pattern
 
-from nodes.control import bounded_int
+from nodes.control import Feature, RequestError, bounded_int
 
 DEFAULT_LIMIT = 1000
 MAX_LIMIT = 10_000
@@ -61,3 +61,31 @@ def channels(edge, limit=DEFAULT_LIMIT):
                                 "delivered": route.delivered, "last_message": route.last_message,
                                 "since": route.since}
                          for text, route in routes[:limit]}}
+
+
+class Roster(Feature):
+    """The ``presence`` and ``channels`` commands; a node without an edge answers them empty."""
+
+    def __init__(self, node_name):
+        self.node_name = node_name
+        self.edge = None  # set when the node's edge is made
+
+    def commands(self):
+        return {"presence": self.cmd_presence, "channels": self.cmd_channels}
+
+    def cmd_presence(self, request):
+        """This node's edge connections in a channel."""
+        channel = request.get("channel")
+        try:
+            if not isinstance(channel, str):
+                raise ValueError("presence needs a channel: a subject or a pattern")
+            return {"node": self.node_name, **presence(self.edge, channel, limit_from(request.get("limit")))}
+        except ValueError as exc:
+            raise RequestError("bad_request", str(exc)) from None
+
+    def cmd_channels(self, request):
+        """Per pattern this node's edge clients subscribe to: subscribers, messages, delivered."""
+        try:
+            return {"node": self.node_name, **channels(self.edge, limit_from(request.get("limit")))}
+        except ValueError as exc:
+            raise RequestError("bad_request", str(exc)) from None

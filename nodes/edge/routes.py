@@ -1,5 +1,6 @@
-"""The edge's HTTP routes (WSGI): WebSocket upgrades, publish, Server-Sent Events,
-health, stats and the built-in page.
+"""The edge's HTTP routes (WSGI), one table of paths and handlers: WebSocket
+upgrades, publish, Server-Sent Events (nodes/edge/sse.py), health, stats and
+the built-in page.
 
     GET  /                 the built-in page (subscribe, publish, watch)
     GET  /ws               two-way WebSocket (JSON protocol, docs/EDGE.md)
@@ -18,25 +19,23 @@ health, stats and the built-in page.
 import json
 import logging
 import os
-import socket
 import time
 from urllib.parse import parse_qs
 
 import gevent
-from gevent.socket import wait_read
 
 from discovery.base import validate_revocation
 from mesh.envelope import HOOKS_HEADER
 from mesh.subjects import Pattern, validate_subject
 
-from .auth import token_from
-from .connection import EdgeConnection, client_address
-from .protocol import (DEFAULT_INTEREST_TIMEOUT, DEFAULT_REQUEST_TIMEOUT, MAX_REQUEST_TIMEOUT, EdgeError, dumps,
-                        parse_position, render_error)
-from .recovery import recovered_frames
-from .fanout import encode_frame
 from nodes.hooks.delivery import hook_chain
 from nodes.hooks.targets import plain_address
+from nodes.jsontext import dumps
+
+from .auth import token_from
+from .connection import client_address
+from .protocol import DEFAULT_INTEREST_TIMEOUT, DEFAULT_REQUEST_TIMEOUT, MAX_REQUEST_TIMEOUT, EdgeError, parse_position
+from .sse import SSEConnection
 from .websocket import MeshWebSocketApplication
 
 log = logging.getLogger("meshnode.edge")
@@ -50,76 +49,49 @@ STATUS = {200: "200 OK", 400: "400 Bad Request", 401: "401 Unauthorized", 403: "
           502: "502 Bad Gateway", 504: "504 Gateway Timeout"}
 
 
-class SSEConnection(EdgeConnection):
-    kind = "sse"
+class Route:
+    """``path`` exactly, or (``prefix``) every path under it, the rest handed to the handler;
+    ``methods`` None takes any; a path that matches with another method is refused
+    (405, ``refusal``) when ``refusal`` is given, else the next routes are tried."""
 
-    def __init__(self, edge, grant, sock=None, handler=None, address=None):
-        super().__init__(edge, grant, edge.config.queue_bytes, edge.config.max_subscriptions, address)
-        self._handler = handler  # gevent's WSGI handler: told to close the connection when the stream ends
-        self.greenlet = gevent.getcurrent()
-        self._watcher = gevent.spawn(self._watch_departure, sock) if sock is not None else None
+    def __init__(self, path, handler, methods=None, prefix=False, refusal=None):
+        self.path, self.handler, self.methods, self.prefix, self.refusal = path, handler, methods, prefix, refusal
 
-    def _watch_departure(self, sock):
-        """A client that closes its stream sends nothing more, so the stream would
-        only notice at its next write (up to two keep-alives later): wait for the
-        end of the client's side instead, and release at once."""
-        try:
-            wait_read(sock.fileno())
-            if sock.recv(1, socket.MSG_PEEK):
-                return  # the client sent something (it should not): stop watching
-        except (OSError, ValueError):
-            pass
-        if not self.closed:
-            self.release()  # wakes the stream, which ends
-
-    def release(self):
-        super().release()
-        if self._watcher is not None and self._watcher is not gevent.getcurrent():
-            self._watcher.kill(block=False)
-
-    def cut_off(self, reason):
-        log.warning("cutting off an event stream: %s", reason)
-        self.release()
-        if self.greenlet is not gevent.getcurrent():
-            self.greenlet.kill(block=False)  # interrupts a blocked write; the server closes the socket
-
-    def send_text(self, text):
-        self.offer(encode_frame("sse", text.encode("utf-8")))
-
-    def end_grant(self, code, message):
-        """The last event is an ``error`` naming the cause; then the stream ends."""
-        self.drop_queue()
-        self.send_text(render_error(EdgeError(code, message)))
-        self.cut = True
-
-    def events(self, keepalive, recovering=None):
-        yield b"retry: 2000\n\n"
-        try:
-            if recovering is not None:  # (pattern, position): the replay first, then the held live events
-                summary, frames = recovered_frames(self.edge, self, *recovering)
-                yield b"event: recovery\ndata: " + dumps(summary).encode("utf-8") + b"\n\n"
-                yield from frames
-            while not self.closed:
-                frame = self.take(timeout=keepalive)
-                yield frame if frame is not None else b": keep-alive\n\n"
-                if self.cut and not self.pending_frames:
-                    if self._handler is not None:  # an ended stream also ends its connection (no keep-alive)
-                        self._handler.close_connection = True
-                    return  # the grant ended and its error event is out
-        finally:
-            self.release()
+    def match(self, path):
+        """The rest of ``path`` after a prefix, "" for an exact match, None if it does not match."""
+        if self.prefix:
+            return path[len(self.path):] if path.startswith(self.path) else None
+        return "" if path == self.path else None
 
 
 class EdgeApp:
     def __init__(self, edge):
         self.edge = edge
         self.websockets = MeshWebSocketApplication()
+        self.routes = [
+            Route("/healthz", self._healthz),
+            Route("/metrics", self._metrics),
+            Route("/stats", self._stats),
+            Route("/", self._page, {"GET"}),
+            Route("/meshnode.js", self._browser_client, {"GET"}),
+            Route("/ws", self._websocket),
+            Route("/ws/", self._subscribe_websocket, prefix=True),
+            Route("/pub/", self._publish, {"POST"}, prefix=True, refusal="pub with POST"),
+            Route("/req/", self._request, {"POST"}, prefix=True, refusal="req with POST"),
+            Route("/sub/", self._events, {"GET"}, prefix=True),
+            Route("/interest/", self._interest, {"GET"}, prefix=True),
+            Route("/revoke/", self._revoke, {"POST"}, prefix=True, refusal="revoke with POST"),
+            Route("/hooks/", self._hooks, prefix=True),
+            Route("/presence/", self._presence, {"GET"}, prefix=True),
+            Route("/mesh", self._mesh, {"GET"}),
+            Route("/channels", self._channels, {"GET"}),
+        ]
 
     def __call__(self, environ, start_response):
         try:
             return self._route(environ, start_response)
         except EdgeError as exc:
-            self.edge.stats["errors"] += 1
+            self.edge.counts["errors"] += 1
             close = [("Connection", "close")] if exc.http_status == 408 else []  # the rest of the body is lost
             return self._json(start_response, exc.http_status,
                               {"ok": False, "error": exc.code, "message": str(exc)}, close)
@@ -135,17 +107,17 @@ class EdgeApp:
         origin = environ.get("HTTP_ORIGIN")
         allowed = self.edge.config.allowed_origins
         if allowed and origin is not None and origin not in allowed:
-            self.edge.stats["rejected_connections"] += 1
+            self.edge.counts["rejected_connections"] += 1
             raise EdgeError("forbidden_origin", f"origin {origin!r} is not allowed", http_status=403)
         try:
             return self.edge.grant_for(token_from(environ))
         except EdgeError:
-            self.edge.stats["rejected_connections"] += 1
+            self.edge.counts["rejected_connections"] += 1
             raise
 
     def _check_capacity(self):
         if len(self.edge.connections) >= self.edge.config.max_connections:
-            self.edge.stats["rejected_connections"] += 1
+            self.edge.counts["rejected_connections"] += 1
             raise EdgeError("too_many_connections",
                             f"this edge holds at most {self.edge.config.max_connections} connections",
                             http_status=503)
@@ -156,49 +128,47 @@ class EdgeApp:
             path = environ.get("PATH_INFO", "/").encode("latin-1").decode("utf-8")
         except (UnicodeEncodeError, UnicodeDecodeError):
             raise EdgeError("bad_path", "the path is not UTF-8") from None
-        if path == "/healthz":
-            return self._json(start_response, 200, {"ok": True, "name": self.edge.client.node})
-        if path == "/metrics":  # open like /healthz (docs/OPERATIONS.md: bind or firewall it)
-            content_type, body = self.edge.node.metrics.render()
-            start_response("200 OK", [("Content-Type", content_type), ("Content-Length", str(len(body)))])
-            return [body]
-        if path == "/stats":
-            self._admin(environ)
-            return self._json(start_response, 200, self.edge.counters())
-        if path == "/" and method == "GET":
-            return self._static(start_response, PAGE, "text/html; charset=utf-8")
-        if path == "/meshnode.js" and method == "GET":
-            return self._static(start_response, BROWSER_CLIENT, "text/javascript; charset=utf-8")
-        if path == "/ws" or path.startswith("/ws/"):
-            return self._websocket(environ, start_response, path)
-        if path.startswith("/pub/") or path.startswith("/req/"):
-            if method != "POST":
-                raise EdgeError("method_not_allowed", f"{path[1:4]} with POST", http_status=405)
-            return self._publish(environ, start_response, path[5:], request=path.startswith("/req/"))
-        if path.startswith("/sub/") and method == "GET":
-            return self._events(environ, start_response, path[5:])
-        if path.startswith("/interest/") and method == "GET":
-            return self._interest(environ, start_response, path[10:])
-        if path.startswith("/revoke/"):
-            if method != "POST":
-                raise EdgeError("method_not_allowed", "revoke with POST", http_status=405)
-            return self._revoke(environ, start_response, path[8:])
-        if path.startswith("/hooks/"):
-            return self._hooks(environ, start_response, method, path[7:])
-        if path.startswith("/presence/") and method == "GET":
-            return self._presence(environ, start_response, path[10:])
-        if path == "/mesh" and method == "GET":
-            self._admin(environ)
-            picture = self.edge.view.picture()
-            if picture is None:
-                raise EdgeError("unavailable", "the mesh's picture could not be gathered (see the node's log)",
-                                http_status=503)
-            return self._json(start_response, 200, {"ok": True, **picture})
-        if path == "/channels" and method == "GET":
-            self._admin(environ)
-            limit = _limit(environ)
-            return self._json(start_response, 200, {"ok": True, **self.edge.client.channels(limit)})
+        for route in self.routes:
+            rest = route.match(path)
+            if rest is None:
+                continue
+            if route.methods is None or method in route.methods:
+                return route.handler(environ, start_response, method, rest)
+            if route.refusal is not None:
+                raise EdgeError("method_not_allowed", route.refusal, http_status=405)
         raise EdgeError("not_found", f"no route for {method} {path}", http_status=404)
+
+    def _healthz(self, environ, start_response, method, rest):
+        return self._json(start_response, 200, {"ok": True, "name": self.edge.client.node})
+
+    def _metrics(self, environ, start_response, method, rest):
+        """Open like /healthz (docs/OPERATIONS.md: bind or firewall it)."""
+        content_type, body = self.edge.metrics.render()
+        start_response("200 OK", [("Content-Type", content_type), ("Content-Length", str(len(body)))])
+        return [body]
+
+    def _stats(self, environ, start_response, method, rest):
+        self._admin(environ)
+        return self._json(start_response, 200, self.edge.counters())
+
+    def _page(self, environ, start_response, method, rest):
+        return self._static(start_response, PAGE, "text/html; charset=utf-8")
+
+    def _browser_client(self, environ, start_response, method, rest):
+        return self._static(start_response, BROWSER_CLIENT, "text/javascript; charset=utf-8")
+
+    def _mesh(self, environ, start_response, method, rest):
+        self._admin(environ)
+        picture = self.edge.view.picture()
+        if picture is None:
+            raise EdgeError("unavailable", "the mesh's picture could not be gathered (see the node's log)",
+                            http_status=503)
+        return self._json(start_response, 200, {"ok": True, **picture})
+
+    def _channels(self, environ, start_response, method, rest):
+        self._admin(environ)
+        limit = _limit(environ)
+        return self._json(start_response, 200, {"ok": True, **self.edge.client.channels(limit)})
 
     def _static(self, start_response, path, content_type):
         with open(path, "rb") as file:
@@ -207,12 +177,16 @@ class EdgeApp:
                                   ("Cache-Control", "no-cache")])
         return [body]
 
-    def _websocket(self, environ, start_response, path):
+    def _subscribe_websocket(self, environ, start_response, method, pattern_text):
+        return self._websocket(environ, start_response, method, pattern_text, subscribe_only=True)
+
+    def _websocket(self, environ, start_response, method, rest, subscribe_only=False):
+        """/ws (two-way) or /ws/<pattern> (subscribe-only)."""
         grant = self._admit(environ)
         self._check_capacity()
         pattern = None
-        if path.startswith("/ws/"):
-            pattern = _pattern(path[4:])
+        if subscribe_only:
+            pattern = _pattern(rest)
             if not grant.may_subscribe(pattern):
                 raise EdgeError("forbidden", f"not allowed to subscribe to {pattern.text!r}", http_status=403)
         environ["meshnode.edge"] = self.edge
@@ -223,7 +197,10 @@ class EdgeApp:
         except Exception as exc:  # ws4py's HandshakeError for a request that is not an upgrade
             raise EdgeError("bad_handshake", f"WebSocket handshake failed: {exc}") from None
 
-    def _publish(self, environ, start_response, subject, request=False):
+    def _request(self, environ, start_response, method, subject):
+        return self._publish(environ, start_response, method, subject, request=True)
+
+    def _publish(self, environ, start_response, method, subject, request=False):
         """POST /pub (publish the body) or POST /req (a request with the body: answer with the reply)."""
         grant = self._admit(environ)
         try:
@@ -262,7 +239,7 @@ class EdgeApp:
         return self._json(start_response, 200, {"ok": True, "subject": subject, "seq": seq,
                                                 "position": self.edge.position_after(subject, seq)})
 
-    def _interest(self, environ, start_response, subject):
+    def _interest(self, environ, start_response, method, subject):
         self._admit(environ)
         try:
             validate_subject(subject)
@@ -272,7 +249,7 @@ class EdgeApp:
         self.edge.wait_for_interest(subject, timeout)
         return self._json(start_response, 200, {"ok": True, "subject": subject})
 
-    def _presence(self, environ, start_response, channel):
+    def _presence(self, environ, start_response, method, channel):
         """GET /presence/<channel>: who is in it, mesh-wide; a token that may
         subscribe to the channel (or an admin one) when auth is on."""
         grant = self._admit(environ)
@@ -297,12 +274,12 @@ class EdgeApp:
                 and not _loopback_client(environ):
             raise EdgeError("forbidden", "without auth, webhooks are managed from loopback only "
                                          "(start the node with --hooks-open, or with --auth-*)", http_status=403)
-        node = self.edge.node
+        hooks = self.edge.hooks
         if method == "GET":
-            return self._json(start_response, 200, {"ok": True, "hooks": node.hook_delivery.listing(key)})
+            return self._json(start_response, 200, {"ok": True, "hooks": hooks.listing(key)})
         if method == "DELETE":
             url = (parse_qs(environ.get("QUERY_STRING", "")).get("url") or [None])[0]
-            if not url or not node.hooks.remove(key, url):
+            if not url or not hooks.remove(key, url):
                 raise EdgeError("unknown_hook", f"no hook for {url!r} under key {key!r}", http_status=404)
             return self._json(start_response, 200, {"ok": True})
         if method != "POST":
@@ -319,22 +296,22 @@ class EdgeApp:
         if "secret" in fields:
             fields["secrets"] = [fields.pop("secret")]
         try:
-            record = node.hooks.add({**{k: fields[k] for k in ("url", "pattern", "secrets", "max_age")
+            record = hooks.add({**{k: fields[k] for k in ("url", "pattern", "secrets", "max_age")
                                         if k in fields}, "key": key})
         except (ValueError, TypeError) as exc:
             raise EdgeError("bad_request", str(exc)) from None
         return self._json(start_response, 200, {"ok": True, "hook": record})
 
-    def _revoke(self, environ, start_response, subject):
+    def _revoke(self, environ, start_response, method, subject):
         self._admin(environ)
-        seconds = _seconds(environ, "for", self.edge.node.config.revocation_seconds)
+        seconds = _seconds(environ, "for", self.edge.revocations.default_seconds)
         try:
             subject, until = validate_revocation(subject, time.time() + seconds)
         except ValueError as exc:
             raise EdgeError("bad_request", str(exc)) from None
-        return self._json(start_response, 200, {"ok": True, **self.edge.node.revoke(subject, until)})
+        return self._json(start_response, 200, {"ok": True, **self.edge.revocations.revoke(subject, until)})
 
-    def _events(self, environ, start_response, pattern_text):
+    def _events(self, environ, start_response, method, pattern_text):
         grant = self._admit(environ)
         self._check_capacity()
         pattern = _pattern(pattern_text)
@@ -344,7 +321,7 @@ class EdgeApp:
         connection = SSEConnection(self.edge, grant, environ.get("meshnode.socket"), environ.get("meshnode.handler"),
                                    client_address(environ))
         self.edge.connections.add(connection)
-        self.edge.node.events.connection_event("connect", connection)
+        self.edge.events.connection_event("connect", connection)
         try:
             connection.subscribe(pattern, recover=position)  # raises forbidden before any byte is sent
         except EdgeError:

@@ -40,7 +40,7 @@ class _MalformedRequests:
         self.edge = edge
 
     def write(self, message):
-        self.edge.stats["bad_requests"] += 1
+        self.edge.counts["bad_requests"] += 1
         text = message.strip().rsplit(": ", 1)[-1][:200]  # without the socket's repr; the client's text is cut
         self.edge.floodlog.note("bad-request", f"malformed HTTP requests, e.g. {text!r}", logging.WARNING)
 
@@ -98,7 +98,7 @@ class EdgeServer(WSGIServer):
                 del self.per_address[host]
 
     def _refuse(self, sock, cause, message):
-        self.edge.stats["refused_connections"] += 1
+        self.edge.counts["refused_connections"] += 1
         self.edge.floodlog.note(cause, f"refused connections: {message}", logging.WARNING)
         body = json.dumps({"ok": False, "error": "too_many_connections", "message": message}).encode()
         try:
@@ -150,7 +150,7 @@ class EdgeHandler(WSGIHandler):
         except gevent.Timeout as timeout:
             if timeout is not getattr(self, "_header_timer", None):
                 raise
-            edge.stats["header_timeouts"] += 1
+            edge.counts["header_timeouts"] += 1
             edge.floodlog.note("header-timeout", f"closed connections whose headers did not come within "
                                                 f"{edge.config.header_timeout} s")
 

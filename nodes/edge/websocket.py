@@ -17,8 +17,10 @@ import gevent
 from ws4py.server.wsgiutils import WebSocketWSGIApplication
 from ws4py.websocket import WebSocket
 
+from nodes.jsontext import dumps
+
 from .connection import EdgeConnection, client_address
-from .protocol import PONG, EdgeError, dumps, parse_frame, render_error, render_ok
+from .protocol import PONG, EdgeError, parse_frame, render_error, render_ok
 from .recovery import replay_to_websocket
 from .fanout import encode_frame
 
@@ -146,7 +148,7 @@ class MeshWebSocket(WebSocket):
         self.edge_connection = WebSocketConnection(self, edge, self.environ["meshnode.grant"])
         self._open_requests = 0
         edge.connections.add(self.edge_connection)
-        edge.node.events.connection_event("connect", self.edge_connection)
+        edge.events.connection_event("connect", self.edge_connection)
         pattern = self.environ.get("meshnode.pattern")
         if pattern is not None:  # /ws/<pattern>: subscribe-only
             self._serve(lambda: self.edge_connection.subscribe(pattern))
@@ -162,7 +164,7 @@ class MeshWebSocket(WebSocket):
         limit = self.edge_connection.edge.config.max_payload + FRAME_SLACK
         message = self.stream.message
         if self.reading_buffer_size > limit or (message is not None and len(message.data or b"") > limit):
-            self.edge_connection.edge.stats["errors"] += 1
+            self.edge_connection.edge.counts["errors"] += 1
             reason = f"frame over {limit} bytes"
             self.edge_connection.cut_off(reason, CLOSE_TOO_BIG, render_error(EdgeError("too_large", reason)),
                                          by_reader=True)
@@ -244,7 +246,7 @@ class MeshWebSocket(WebSocket):
                                         request_id if request_id is not None else self._request_id))
 
     def _reply_error(self, error):
-        self.edge_connection.edge.stats["errors"] += 1
+        self.edge_connection.edge.counts["errors"] += 1
         self.edge_connection.send_text(render_error(error))
 
     def terminate(self):
@@ -274,10 +276,10 @@ class MeshWebSocket(WebSocket):
         if connection is not None and connection.cut:
             return  # we cut it off, and closed the socket under the reader
         if isinstance(error, (ConnectionError, TimeoutError)):
-            edge.stats["client_resets"] += 1
+            edge.counts["client_resets"] += 1
             edge.floodlog.note("reset", f"WebSocket clients went away without closing ({error})")
         else:
-            edge.stats["errors"] += 1
+            edge.counts["errors"] += 1
             edge.floodlog.note(type(error).__name__, f"WebSocket receive failed: {error!r}", logging.WARNING)
 
     def closed(self, code, reason=None):

@@ -44,7 +44,7 @@ import urllib3
 
 from mesh.envelope import HOOKS_HEADER
 
-from nodes.edge.protocol import dumps
+from nodes.jsontext import dumps
 from .targets import TargetRefused
 
 log = logging.getLogger("meshnode.hooks")
