@@ -1,4 +1,5 @@
-"""The five scenarios, each run against every peer in the same run.
+"""The scenarios (throughput, sizes, latency, fan-out, WebSocket, convergence and the eleven in
+their own modules; bench/__main__.py lists them), each run against every peer in the same run.
 
 Every scenario returns a list of rows; a row is a dict with ``key``,
 ``label``, ``status`` (``ok``, ``skipped`` with a ``reason``, or ``failed``

@@ -3,8 +3,10 @@
 It owns the HTTP server (gevent WSGI with ws4py's upgrade handler), a mesh
 Client connected to its own node (edges subscribe and publish like any local
 client), the fan-out, the set of live connections and the edge counters.
-Accepting connections is in :mod:`nodes.edge.server`, routing in :mod:`nodes.edge.routes`,
-WebSocket handling in :mod:`nodes.edge.websocket`.
+It is handed what it uses of its node (:class:`NodeParts`), never the node.
+Accepting connections is in :mod:`nodes.edge.server`, routing in
+:mod:`nodes.edge.routes`, WebSocket in :mod:`nodes.edge.websocket`, Server-Sent
+Events in :mod:`nodes.edge.sse`.
 """
 
 import json
