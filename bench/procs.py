@@ -25,12 +25,8 @@ import threading
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TESTS = os.path.join(ROOT, "tests")
-for _path in (ROOT, TESTS):
-    if _path not in sys.path:
-        sys.path.insert(0, _path)
 
-from nodeproc import MESHNODE, NodeProcess  # noqa: E402  (tests/nodeproc.py: real `meshnode run` processes)
+from meshtest.nodeproc import MESHNODE, NodeProcess  # real `meshnode run` processes, stopped by PID
 
 LOOPBACK = "127.0.0.1"
 _PR_SET_PDEATHSIG = 1
@@ -89,7 +85,7 @@ def raise_nofile_limit():
 
 
 class BenchNode(NodeProcess):
-    """tests/nodeproc.py's NodeProcess (control requests, stop/kill by PID), started
+    """meshtest/nodeproc.py's NodeProcess (control requests, stop/kill by PID), started
     with PR_SET_PDEATHSIG so that a node never outlives a killed benchmark."""
 
     def __init__(self, name, *extra, wait=True):
@@ -203,7 +199,7 @@ class Procs:
         return Worker(proc, name, log)
 
     def node(self, name, *extra):
-        """A real ``meshnode run`` process (tests/nodeproc.py), registered for stopping."""
+        """A real ``meshnode run`` process (meshtest/nodeproc.py), registered for stopping."""
         return self.nodes([name], *extra)[0]
 
     def nodes(self, names, *extra, each=None):

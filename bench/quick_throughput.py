@@ -6,7 +6,7 @@ pyzmq. It uses the suite's workers (bench/workers.py) and process handling
 (bench/procs.py); the full suite with NATS, Redis, latency, fan-out,
 WebSocket and convergence is ``python -m bench`` (docs/PERFORMANCE.md).
 
-    .venv/bin/python bench/quick_throughput.py [--messages 200000] [--history]
+    .venv/bin/python -m bench.quick_throughput [--messages 200000] [--history]
 
 ``--history`` adds two cases across 2 nodes: both nodes with a ``--history``
 rule for another subject (what history costs the subjects that do not use
@@ -14,15 +14,10 @@ it), and for the benchmark's own subject (what it costs the ones that do).
 """
 
 import argparse
-import os
-import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-from bench.procs import LOOPBACK, Procs, free_port  # noqa: E402
-from bench.scenarios import SUBJECT, run_case  # noqa: E402
+from bench.procs import LOOPBACK, Procs, free_port
+from bench.scenarios import SUBJECT, run_case
 
 
 def pair(procs, system, pub_endpoint, sub_endpoint, count):

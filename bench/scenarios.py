@@ -1,4 +1,5 @@
-"""The five scenarios, each run against every peer in the same run.
+"""The scenarios (throughput, sizes, latency, fan-out, WebSocket, convergence and the eleven in
+their own modules; bench/__main__.py lists them), each run against every peer in the same run.
 
 Every scenario returns a list of rows; a row is a dict with ``key``,
 ``label``, ``status`` (``ok``, ``skipped`` with a ``reason``, or ``failed``
@@ -474,7 +475,7 @@ class Bench:
     def zookeeper(self, **config):
         """A ZooKeeper server for one scenario (Debian's, installed if missing), started;
         ``config``: extra zoo.cfg keys."""
-        import zkserver
+        from meshtest import zkserver
 
         if not os.path.exists(zkserver.ZK_JAR):
             _, reason = ensure_debian("zookeeper", zkserver.ZK_JAR, install=self.args.install, progress=self.say)

@@ -2,7 +2,7 @@
 file descriptors of every node over time (they must stay flat), plus delivery
 counts and sequence gaps. Not run in CI.
 
-    .venv/bin/python bench/soak.py --minutes 10 [--rate 2000] [--websockets 100]
+    .venv/bin/python -m bench.soak --minutes 10 [--rate 2000] [--websockets 100]
 """
 
 import argparse
@@ -14,9 +14,8 @@ import threading
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
-from mesh import Client  # noqa: E402
+from mesh import Client
 
 
 def start_node(name, *extra):

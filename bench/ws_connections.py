@@ -6,30 +6,29 @@ Starts one `meshnode run --http` process, opens N WebSocket connections to
 the node's RSS before and after, then publishes timestamped broadcasts and
 records, at each client, receive time minus publish time.
 
-    .venv/bin/python bench/ws_connections.py --clients 1000 5000 10000
+    .venv/bin/python -m bench.ws_connections --clients 1000 5000 10000
 """
 
 from gevent import monkey
 
 monkey.patch_all()
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import os  # noqa: E402
-import resource  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
 
-import gevent  # noqa: E402
-import websocket  # noqa: E402
+import gevent
+import websocket
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
-from bench.procs import rss_kib  # noqa: E402
-from bench.workers import percentile as _percentile  # noqa: E402
-from mesh import Client  # noqa: E402
+from bench.procs import rss_kib
+from bench.workers import percentile as _percentile
+from mesh import Client
 
 
 def percentile(values, p):

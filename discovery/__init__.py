@@ -1,6 +1,6 @@
 """Membership backends: who a node's peers are (static list, ZooKeeper)."""
 
-from mesh.zookeeper import DiscoveryError
+from mesh.zkmembers import DiscoveryError
 
 from .base import Discovery
 from .static import StaticDiscovery

@@ -36,7 +36,7 @@ from kazoo.exceptions import KazooException, NoNodeError, ZookeeperError
 from kazoo.recipe.watchers import ChildrenWatch
 
 from mesh.members import validate_endpoint, validate_name
-from mesh.zookeeper import ROOT
+from mesh.zkmembers import ROOT
 
 log = logging.getLogger("meshnode.discovery.gateways")
 

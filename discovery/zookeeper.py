@@ -1,6 +1,6 @@
 """ZooKeeper membership: one ephemeral znode per node, a children watch for peers.
 
-Layout (mesh/zookeeper.py): ``/meshnode/<mesh>/nodes/<node name>``,
+Layout (mesh/zkmembers.py): ``/meshnode/<mesh>/nodes/<node name>``,
 ephemeral, holding the node's member record as JSON (readable with zkCli);
 a node of a group (``--group``) registers under
 ``/meshnode/<mesh>/groups/<group>/nodes`` instead and sees only its group
@@ -36,7 +36,7 @@ from kazoo.exceptions import KazooException, NodeExistsError, NoNodeError, Zooke
 from kazoo.recipe.watchers import ChildrenWatch
 
 from mesh.members import validate_name
-from mesh.zookeeper import ROOT, DiscoveryError, connect, members_path, read_members
+from mesh.zkmembers import ROOT, DiscoveryError, connect, members_path, read_members
 
 from .base import Discovery
 from .gateways import GatewayElection

@@ -125,7 +125,7 @@ class Client:
         return ZooKeeperFailover.connect(cls, hosts, mesh, group, zk_auth, zk_timeout, on_failover, options)
 
     def _hello(self, address):
-        control = ControlChannel(self._context, address, self._wait, self._timeout, self._curve)
+        control = self.control_channel(address)
         try:
             info = control.request("hello")
             if info.get("protocol") != PROTOCOL_VERSION:
@@ -263,7 +263,7 @@ class Client:
         """Give a job ``seconds`` more from now before it goes to another member."""
         self._memberships.settle(message, "job_extend", seconds=seconds)
 
-    # -- webhooks (nodes/hookregistry.py, docs/QUEUES.md) --------------------
+    # -- webhooks (nodes/hooks/registry.py, docs/QUEUES.md) --------------------
 
     def register_hook(self, key, url, secret=None, pattern=None, max_age=None):
         """Have every message on ``pattern`` (default ``hooks.<key>.>``) POSTed
@@ -423,6 +423,17 @@ class Client:
         if callback is not None:
             start_background(functools.partial(_call_back, sub, callback), f"mesh-sub-{pattern}")
         return sub
+
+    @property
+    def control(self):
+        """The control channel to this client's node (a new one when the client moves to another node)."""
+        return self._control
+
+    def control_channel(self, address=None, timeout=None, heartbeat=None):
+        """A new control channel to ``address`` (default: this client's node) with this client's
+        keys, timeout and way of waiting; the caller closes it."""
+        return ControlChannel(self._context, self.address if address is None else address, self._wait,
+                              self._timeout if timeout is None else timeout, self._curve, heartbeat=heartbeat)
 
     def stats(self):
         """The node's counters (see docs/PROTOCOL.md, command ``stats``)."""

@@ -17,7 +17,7 @@ from kazoo.exceptions import KazooException, ZookeeperError
 from kazoo.recipe.watchers import DataWatch
 
 from .control import ControlError
-from .zookeeper import connect, members_path, read_members, some_members
+from .zkmembers import connect, members_path, read_members, some_members
 
 log = logging.getLogger("mesh.failover")
 

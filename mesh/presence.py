@@ -1,13 +1,13 @@
 """Presence and channel statistics across the mesh: every node's part, added up.
 
-Each node knows only its own edge connections (nodes/presence.py); these
-functions ask every node (mesh/meshwide.py) and merge the answers. A node
+Each node knows only its own edge connections (nodes/edge/roster.py); these
+functions ask every node (mesh/everynode.py) and merge the answers. A node
 that does not answer within ``timeout`` is listed in ``unreachable`` and
 its connections are absent: presence is read live, never remembered, so a
 node that died leaves no ghosts.
 """
 
-from .meshwide import ask_every_node
+from .everynode import ask_every_node
 
 DEFAULT_TIMEOUT = 1.0
 

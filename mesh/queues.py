@@ -2,7 +2,7 @@
 
 ``client.subscribe(pattern, queue=GROUP)`` makes this client a member of
 (GROUP, pattern): among all members in the mesh, each message on the
-pattern goes to exactly one (nodes/dispatcher.py picks it, at the node where
+pattern goes to exactly one (nodes/queues/dispatcher.py picks it, at the node where
 the message was published). The member does not subscribe to the pattern
 itself: it subscribes to its own inbox topic ``$Q.<member id>.``, so only
 what the dispatcher chose for it reaches it, in one hop.
@@ -17,7 +17,7 @@ import logging
 import threading
 import uuid
 
-from .control import ControlChannel, ControlError
+from .control import ControlError
 from .waiting import start_background
 
 log = logging.getLogger("mesh.queues")
@@ -80,7 +80,7 @@ class Memberships:
 
     def _send(self, cmd, fields):
         try:
-            self._client._control.request(cmd, **fields)
+            self._client.control.request(cmd, **fields)
         except (TimeoutError, ControlError) as exc:  # the node is away: the next heartbeat tries again
             log.debug("%s for group %s not answered: %s", cmd, fields.get("group"), exc)
 
@@ -107,13 +107,12 @@ class Memberships:
             raise ValueError("the message is not a job of one of this client's job groups")
         client = self._client
         if holder == client.node:
-            client._control.request(cmd, job=job, member=membership.member, **fields)
+            client.control.request(cmd, job=job, member=membership.member, **fields)
             return
         channel = self._holders.get(holder)
         if channel is None:
-            records = {r["name"]: r for r in client._control.request("peers")["peers"]}
+            records = {r["name"]: r for r in client.control.request("peers")["peers"]}
             if holder not in records:
                 raise ControlError("unknown_node", f"node {holder!r}, which holds the job, is not in the mesh now")
-            channel = self._holders[holder] = ControlChannel(client._context, records[holder]["control"],
-                                                             client._wait, client._timeout, client._curve)
+            channel = self._holders[holder] = client.control_channel(records[holder]["control"])
         channel.request(cmd, job=job, member=membership.member, **fields)

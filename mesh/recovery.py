@@ -21,9 +21,8 @@ import json
 import threading
 import time
 
-from .control import ControlError
 from .envelope import Message
-from .meshwide import at_every_node
+from .everynode import at_every_node
 
 SKEW_SECONDS = 5.0
 DEFAULT_MAX_REPLAY = 100_000

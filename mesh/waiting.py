@@ -1,7 +1,8 @@
 """Waiting on a ZeroMQ socket in the caller's own thread or greenlet.
 
 Plain pyzmq blocking calls would freeze a gevent hub, and ``zmq.green`` is slow
-(DESIGN.md), so the library uses plain sockets, reads with NOBLOCK, and waits
+(about 50k msg/s per socket against 155k for a plain socket waited on this
+way: docs/ARCHITECTURE.md), so the library uses plain sockets, reads with NOBLOCK, and waits
 through the function this module picks: ``zmq.Socket.poll`` in a threaded
 program, ``gevent.socket.wait_read`` on the socket's edge-triggered FD in a
 gevent-patched one.

@@ -34,7 +34,7 @@ import weakref
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from .control import ControlChannel, ControlError
+from .control import ControlError
 from .waiting import SocketOrPipe, wake_up_pipe
 
 log = logging.getLogger("mesh.client")
@@ -148,8 +148,7 @@ class NodeWatch:
     def _open_channel(self, client):
         self._close_channel()
         self._address = client.address
-        self._channel = ControlChannel(client._context, client.address, client._wait, HELLO_TIMEOUT,
-                                       client._curve, heartbeat=(PING_SECONDS, PING_TIMEOUT))
+        self._channel = client.control_channel(timeout=HELLO_TIMEOUT, heartbeat=(PING_SECONDS, PING_TIMEOUT))
         self._monitor = self._channel.monitor(_EVENTS)
         self._waiter = SocketOrPipe(self._monitor, self._wake_r)
         self._ask = True

@@ -27,6 +27,8 @@ from mesh.marks import HAND_OVER_MAX_ENTRIES, MARK_SECONDS, MARKS_MAX_BYTES, Mar
 from mesh.publisher import read_interest
 from mesh.subjects import validate_subject
 
+from .control import Feature, RequestError
+
 log = logging.getLogger("meshnode.closedmarks")
 
 MAX_SECONDS = 600.0
@@ -44,7 +46,7 @@ class _Kept:
         self.until = now
 
 
-class ClosedMarks:
+class ClosedMarks(Feature):
     def __init__(self, context, ingress, hwm, max_payload, curve=None):
         self._context = context
         self._ingress = ingress  # the node's own ingress, as the node dials it
@@ -117,6 +119,20 @@ class ClosedMarks:
         finally:
             self._loop = None
             sock.close(linger=0)
+
+    def commands(self):
+        return {"marks": self.cmd_marks}
+
+    def stats(self):
+        return {"marks": self.counters()}
+
+    def cmd_marks(self, request):
+        """A closing publisher's last marks, repeated on its behalf."""
+        try:
+            kept = self.keep(request.get("origin"), request.get("streams"), request.get("seconds"))
+        except (ValueError, TypeError) as exc:
+            raise RequestError("bad_request", str(exc)) from None
+        return {"kept": kept}
 
     def counters(self):
         return {"origins": len(self._kept), "streams": self._streams, "handed_over": self.handed_over,

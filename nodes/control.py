@@ -1,9 +1,11 @@
 """The node's ROUTER control socket: answers requests from clients, tools and peers.
 
-Requests and replies are the msgpack maps of :mod:`mesh.control`. Each command
-is a method of a handler object (``cmd_<name>``); anything that is not a
-well-formed request gets an error reply (when it can be addressed) and is
-counted, and never stops the loop.
+Requests and replies are the msgpack maps of :mod:`mesh.control`. The server
+holds a table of commands: each feature of the node (membership, history,
+queues, webhooks, the edge's presence...) is a :class:`Feature` that brings its
+own commands and its own part of the ``stats`` reply, and is added with
+:meth:`ControlServer.add`. Anything that is not a well-formed request gets an
+error reply (when it can be addressed) and is counted, and never stops the loop.
 """
 
 import logging
@@ -45,8 +47,21 @@ def flag(request, name, default):
     return value
 
 
+class Feature:
+    """A part of the node that answers control commands and reports counters."""
+
+    def commands(self):
+        """``{name: handler}``; a handler takes the request map and returns the
+        reply's fields, or raises RequestError."""
+        return {}
+
+    def stats(self):
+        """This feature's fields of the ``stats`` reply (empty when it has none to give)."""
+        return {}
+
+
 class ControlServer:
-    def __init__(self, context, host, port, handler, curve=None):
+    def __init__(self, context, host, port, curve=None):
         self.sock = context.socket(zmq.ROUTER)
         if curve is not None:
             curve.serve(self.sock)
@@ -55,13 +70,34 @@ class ControlServer:
         self.sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
         self.sock.bind(f"tcp://{host}:{port}")
         self.port = int(self.sock.getsockopt_string(zmq.LAST_ENDPOINT).rsplit(":", 1)[1])
-        self.handler = handler
+        self._commands = {}
+        self._features = []
         self.requests = 0
         self.malformed = 0
         self.rejected = 0
         self.unknown_commands = 0
         self._wait = pick_waiter()
         self._loop = None
+
+    def add(self, feature):
+        """Answer ``feature``'s commands and report its stats; a command name is taken once."""
+        commands = feature.commands()
+        taken = set(commands) & set(self._commands)
+        if taken:
+            raise ValueError(f"control commands {sorted(taken)} are already answered")
+        self._commands.update(commands)
+        self._features.append(feature)
+
+    def feature_stats(self):
+        """Every added feature's part of ``stats``, in the order they were added."""
+        merged = {}
+        for feature in self._features:
+            merged.update(feature.stats())
+        return merged
+
+    def counters(self):
+        return {"requests": self.requests, "malformed": self.malformed,
+                "rejected": self.rejected, "unknown_commands": self.unknown_commands}
 
     def start(self):
         self._loop = gevent.spawn(self._serve)
@@ -92,7 +128,7 @@ class ControlServer:
                          message=f"control version {version!r} is not {control.CONTROL_VERSION}")
             return reply
         cmd = request.get("cmd")
-        method = getattr(self.handler, f"cmd_{cmd}", None) if isinstance(cmd, str) else None
+        method = self._commands.get(cmd) if isinstance(cmd, str) else None
         if method is None:
             self.unknown_commands += 1
             reply.update(ok=False, error="unknown_command", message=f"unknown command {cmd!r}")

@@ -25,7 +25,7 @@ its own. Events go out through the node's own client and only when a
 subscription prefix in the mesh names them (``$events.``; the empty prefix
 of ``>`` does not count for system subjects: mesh/publisher.py), so nobody
 listening costs one interest check.
-The last RECENT events are kept for the console (nodes/meshview.py), and
+The last RECENT events are kept for the console (nodes/edge/console.py), and
 so is, for LEFT_KEPT seconds, when each peer that is gone left (the
 latest LEFT_MAX).
 """
@@ -33,6 +33,8 @@ latest LEFT_MAX).
 import collections
 import logging
 import time
+
+from .control import Feature
 
 log = logging.getLogger("meshnode.events")
 
@@ -42,7 +44,7 @@ LEFT_KEPT = 300.0  # seconds a departed peer is remembered (the console shows it
 LEFT_MAX = 1000  # departed peers remembered at most, the latest
 
 
-class Events:
+class Events(Feature):
     def __init__(self, node_name):
         self.node = node_name
         self.client = None  # the node's own mesh Client, once connected
@@ -69,6 +71,9 @@ class Events:
         """name -> Unix time it left, for the peers gone in the last LEFT_KEPT seconds."""
         since = time.time() - LEFT_KEPT
         return {name: ts for name, ts in self.left.items() if ts >= since}
+
+    def stats(self):
+        return {"events": self.counters()}
 
     def counters(self):
         return {"ready": self.client is not None, "published": self.published, "recent": len(self.recent)}

@@ -38,12 +38,13 @@ import logging
 
 import zmq
 
+from .control import Feature
 from .dataplane import MAX_SUBSCRIPTION_FRAME, PeerLinks, data_socket, endpoint_of
 
 log = logging.getLogger("meshnode.gateway")
 
 
-class Gateway:
+class Gateway(Feature):
     """A gateway candidate's sockets and proxies; ``set_role`` makes it active or idle."""
 
     def __init__(self, context, host, group, *, hwm, curve=None):
@@ -92,6 +93,9 @@ class Gateway:
     def _apply(self):
         self._outward.set_endpoints(self._group_outs if self.active else ())
         self._inward.set_endpoints(self._gateways if self.active else ())
+
+    def stats(self):
+        return {"gateway": self.counters()}
 
     def counters(self):
         outward, inward = self._outward.proxy.counters(), self._inward.proxy.counters()

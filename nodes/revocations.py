@@ -7,8 +7,8 @@ applied there at once (its edge closes that subject's connections and
 refuses new ones), and then:
 
 * relayed to every peer the node knows at that moment, one ``revoke`` with
-  ``relay: false`` each over the control plane, each answered within
-  RELAY_TIMEOUT; the reply says which peers confirmed;
+  ``relay: false`` each over the node's channels to its peers (nodes/relay.py),
+  each answered within RELAY_TIMEOUT; the reply says which peers confirmed;
 * with ZooKeeper, also stored under ``/meshnode/<mesh>/revoked/`` (by the
   discovery backend), so a node that starts later, or that was cut off
   during the relay, loads it and hears of new ones through a watch.
@@ -20,11 +20,9 @@ later, does not learn of the revocation (docs/EDGE.md says so).
 import logging
 import time
 
-import gevent
-
 from discovery.base import validate_revocation
-from mesh.control import ControlChannel, ControlError
-from mesh.waiting import pick_waiter
+
+from nodes.control import Feature, RequestError, flag
 
 log = logging.getLogger("meshnode.revocations")
 
@@ -32,11 +30,13 @@ RELAY_TIMEOUT = 2.0
 KIND = "revoked"  # the shared records' kind: /meshnode/<mesh>/revoked/<sub> in ZooKeeper
 
 
-class Revocations:
-    def __init__(self, discovery, context, curve=None):
+class Revocations(Feature):
+    def __init__(self, discovery, relay, default_seconds):
+        """``relay``: the node's Relay to its peers; ``default_seconds``: how
+        long a revocation lasts unless told."""
         self.discovery = discovery
-        self._context = context
-        self._curve = curve
+        self._relay = relay
+        self.default_seconds = default_seconds
         self._until = {}  # subject -> Unix time it lapses
         self.listeners = []  # callables(subject), told of each new revocation (the edge)
 
@@ -81,25 +81,36 @@ class Revocations:
         for listener in self.listeners:
             listener(subject)
 
-    def revoke(self, subject, until, peers):
-        """Apply, store and relay a new revocation; ``peers`` are member
-        records. Returns what the requester is told: which peers confirmed and
+    def revoke(self, subject, until):
+        """Apply, store and relay a new revocation to the peers known now.
+        Returns what the requester is told: which peers confirmed and
         whether ZooKeeper holds it."""
         self.apply(subject, until)
         stored = self.discovery.share(KIND, subject, {"sub": subject, "until": until})
-        jobs = {record["name"]: gevent.spawn(self._relay, record["control"], subject, until) for record in peers}
-        gevent.joinall(list(jobs.values()), timeout=RELAY_TIMEOUT + 1)
-        return {"sub": subject, "until": until, "stored": stored,
-                "peers": {name: job.value if job.ready() else "timeout" for name, job in sorted(jobs.items())}}
+        peers = self._relay.ask("revoke", {"sub": subject, "until": until, "relay": False}, RELAY_TIMEOUT)
+        return {"sub": subject, "until": until, "stored": stored, "peers": peers}
 
-    def _relay(self, address, subject, until):
-        channel = ControlChannel(self._context, address, pick_waiter(), timeout=RELAY_TIMEOUT, curve=self._curve)
+    def commands(self):
+        return {"revoke": self.cmd_revoke}
+
+    def stats(self):
+        return {"revocations": len(self.current())}
+
+    def cmd_revoke(self, request):
+        """Refuse the tokens of ``sub`` on every edge of the mesh until
+        ``until`` (or for ``seconds``); relayed to the peers unless ``relay`` is false."""
+        seconds = request.get("seconds", self.default_seconds)
+        until = request.get("until")
+        relay = flag(request, "relay", True)
         try:
-            channel.request("revoke", sub=subject, until=until, relay=False)
-            return "ok"
-        except TimeoutError:
-            return "timeout"
-        except ControlError as exc:
-            return str(exc)
-        finally:
-            channel.close()
+            if until is None:
+                if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds > 0:
+                    raise ValueError("seconds must be a positive number")
+                until = time.time() + seconds
+            subject, until = validate_revocation(request.get("sub"), until)
+        except ValueError as exc:
+            raise RequestError("bad_request", str(exc)) from None
+        if not relay:
+            self.apply(subject, until)
+            return {"sub": subject, "until": until}
+        return self.revoke(subject, until)

@@ -14,6 +14,8 @@ from zmq.auth.base import Authenticator
 
 from mesh.waiting import pick_waiter, recv_multipart
 
+from .control import Feature
+
 log = logging.getLogger("meshnode.zap")
 
 
@@ -32,7 +34,7 @@ class _CountingAuthenticator(Authenticator):
         super()._send_zap_reply(request_id, status_code, status_text, user_id)
 
 
-class ZapHandler:
+class ZapHandler(Feature):
     def __init__(self, context, key_directory):
         self.auth = _CountingAuthenticator(context)
         self.auth.start()  # binds inproc://zeromq.zap.01
@@ -48,6 +50,9 @@ class ZapHandler:
                 step.send(None)
             except StopIteration:
                 pass
+
+    def stats(self):
+        return {"curve": self.counters()}
 
     def counters(self):
         return {"allowed": self.auth.allowed, "denied": self.auth.denied}

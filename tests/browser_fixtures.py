@@ -261,7 +261,7 @@ def chromium():
 def page_wait_until(page, predicate, timeout=10.0, what="condition"):
     """Poll predicate() until true, letting Playwright deliver the page's events
     (console messages, page errors, handlers) in between; returns its value."""
-    from nodeproc import wait_until
+    from meshtest.nodeproc import wait_until
 
     return wait_until(predicate, timeout, 0.05, what, sleep=lambda seconds: page.wait_for_timeout(seconds * 1000))
 

@@ -1,6 +1,6 @@
 import pytest
 
-from nodeproc import NodeProcess, linked, start_mesh3, wait_until
+from meshtest.nodeproc import NodeProcess, linked, start_mesh3, wait_until
 
 
 @pytest.fixture

@@ -28,9 +28,9 @@ import threading
 import time
 
 from netns import Testbed
-from nodeproc import NodeProcess, wait_until
+from meshtest.nodeproc import NodeProcess, wait_until
 from skewclock import clock_prefix
-from zkserver import ZooKeeperServer
+from meshtest.zkserver import ZooKeeperServer
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)

@@ -7,7 +7,7 @@ import json
 import time
 
 import pytest
-from nodeproc import free_port, linked, wait_until
+from meshtest.nodeproc import free_port, linked, wait_until
 
 from mesh import NoResponders, RemoteError, RequestTimeout
 from mesh.aio import Client
@@ -255,7 +255,7 @@ def test_the_sse_bridge_example_in_the_docs_streams_a_subscription(start_node):
     import sys
     import urllib.request
 
-    from nodeproc import ROOT
+    from meshtest.nodeproc import ROOT
 
     from mesh import Client as ThreadedClient
 

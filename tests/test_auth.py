@@ -15,7 +15,7 @@ import websocket
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from edgehelpers import SSE, WS, http, http_address
-from nodeproc import wait_until
+from meshtest.nodeproc import wait_until
 
 from mesh import Client
 

@@ -6,7 +6,7 @@ import urllib.request
 
 from edgehelpers import http_address
 from mesh import Client
-from nodeproc import free_port, wait_until
+from meshtest.nodeproc import free_port, wait_until
 
 
 def publish_until(page, expression, publish, timeout=15):

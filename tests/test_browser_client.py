@@ -5,7 +5,7 @@ import threading
 import time
 
 import jwt
-from nodeproc import free_port, linked, wait_until
+from meshtest.nodeproc import free_port, linked, wait_until
 
 from mesh import Client
 

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from nodeproc import MESHNODE, wait_until
+from meshtest.nodeproc import MESHNODE, wait_until
 
 
 def meshnode(*args, timeout=30, **kw):

@@ -10,7 +10,7 @@ import pytest
 
 from mesh import Client
 from meshhelpers import warm_up
-from nodeproc import ROOT, wait_until
+from meshtest.nodeproc import ROOT, wait_until
 
 
 def test_get_times_out_with_timeout_error(start_node):

@@ -8,11 +8,11 @@ import sys
 
 import pytest
 from edgehelpers import http, http_address
-from nodeproc import MESHNODE, ROOT, wait_until
+from meshtest.nodeproc import MESHNODE, ROOT, wait_until
 
 from nodes.cli import build_parser
-from nodes.config import ConfigError, read_config, run_parser
-from nodes.recorder import HistoryRule
+from nodes.cli.config import ConfigError, read_config, run_parser
+from nodes.history.recorder import HistoryRule
 
 EXAMPLE = os.path.join(ROOT, "contrib", "meshnode.toml")
 

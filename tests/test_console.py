@@ -1,4 +1,4 @@
-"""The live console at / of an edge (nodes/static/index.html, nodes/meshview.py),
+"""The live console at / of an edge (nodes/edge/static/index.html, nodes/edge/console.py),
 in a real headless Chromium against real nodes: a killed node turns red."""
 
 import base64
@@ -7,7 +7,7 @@ import time
 import urllib.request
 
 from edgehelpers import WS, http, http_address
-from nodeproc import linked, wait_until
+from meshtest.nodeproc import linked, wait_until
 
 from mesh import Client
 

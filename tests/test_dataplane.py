@@ -6,7 +6,7 @@ import subprocess
 import sys
 import textwrap
 
-from nodeproc import ROOT
+from meshtest.nodeproc import ROOT
 
 BURST = textwrap.dedent("""
     from gevent import monkey

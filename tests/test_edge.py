@@ -11,7 +11,7 @@ import websocket
 from edgehelpers import SSE, WS, http, http_address
 from mesh import Client
 from meshhelpers import collect
-from nodeproc import wait_until
+from meshtest.nodeproc import wait_until
 
 
 def until_delivered(publish, receive, timeout=10):

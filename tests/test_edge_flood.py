@@ -11,7 +11,7 @@ import time
 import websocket
 from bench.wsclient import upgrade
 from edgehelpers import WS, http, http_address
-from nodeproc import wait_until
+from meshtest.nodeproc import wait_until
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -8,7 +8,7 @@ import time
 
 from edgehelpers import WS, http, http_address
 from meshhelpers import collect, warm_up
-from nodeproc import wait_until
+from meshtest.nodeproc import wait_until
 
 from mesh import Client
 

@@ -8,7 +8,7 @@ from urllib.parse import quote
 
 import pytest
 from edgehelpers import SSE, WS, http, http_address
-from nodeproc import linked, wait_until
+from meshtest.nodeproc import linked, wait_until
 
 from mesh import Client
 

@@ -5,7 +5,7 @@ import time
 
 import jwt
 from edgehelpers import WS, http_address
-from nodeproc import wait_until
+from meshtest.nodeproc import wait_until
 
 from mesh import Client
 

@@ -16,7 +16,7 @@ from kazoo.client import KazooClient
 
 from mesh import Client
 from meshhelpers import WARM_UP, warm_up
-from nodeproc import linked, wait_until
+from meshtest.nodeproc import linked, wait_until
 
 RATE = 100  # messages per second per publisher
 

@@ -15,7 +15,7 @@ from kazoo.client import KazooClient
 
 from mesh import Client, Position
 from meshhelpers import assert_quiet, collect, drain, warm_up
-from nodeproc import MESHNODE, free_port, linked, wait_until
+from meshtest.nodeproc import MESHNODE, free_port, linked, wait_until
 
 
 def meshnode(*args):
@@ -249,7 +249,7 @@ def test_groups_and_gateways_need_zookeeper_and_a_group():
 
 def test_presence_and_history_are_asked_of_every_group(zk_server, zk_node):
     """Mesh-wide questions walk every group: own group, then a candidate of
-    each other group (control ``groups``, then ``peers``; mesh/meshwide.py)."""
+    each other group (control ``groups``, then ``peers``; mesh/everynode.py)."""
     from edgehelpers import WS, http_address
 
     a1 = zk_node("a1", zk_server.hosts, "--group", "A", "--gateway", "--history", "h.>=1000/600s")

@@ -1,4 +1,4 @@
-"""History at the node that recorded it (nodes/recorder.py, the history control
+"""History at the node that recorded it (nodes/history/recorder.py, the history control
 command): what is kept, what is evicted and said so, paging, bad requests."""
 
 import json
@@ -8,7 +8,7 @@ import time
 
 import pytest
 from meshhelpers import collect
-from nodeproc import MESHNODE, linked, wait_until
+from meshtest.nodeproc import MESHNODE, linked, wait_until
 from skewclock import clock_prefix
 from skewclock import unavailable as clocks_unavailable
 
@@ -106,7 +106,7 @@ def test_a_bad_history_option_is_a_clear_start_up_error():
     import subprocess
     import sys
 
-    from nodeproc import MESHNODE
+    from meshtest.nodeproc import MESHNODE
 
     result = subprocess.run([sys.executable, MESHNODE, "run", "--port", "0", "--history", "chat.>=1000"],
                             capture_output=True, text=True, timeout=30)

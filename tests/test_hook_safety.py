@@ -1,4 +1,4 @@
-"""Webhooks safe to expose (nodes/hooktargets.py, nodes/hookdelivery.py, the edge's /hooks
+"""Webhooks safe to expose (nodes/hooks/targets.py, nodes/hooks/delivery.py, the edge's /hooks
 and /pub): no request forgery into inside addresses or the mesh's own ports, in any
 spelling, at registration and at every delivery; no redirects followed; no loop
 back into the mesh; the registry managed from loopback only when auth is off."""
@@ -14,11 +14,11 @@ import urllib.request
 import pytest
 from edgehelpers import http, http_address
 from hookhelpers import LOOPBACK, Receiver, ready
-from nodeproc import linked, wait_until
+from meshtest.nodeproc import linked, wait_until
 
 from mesh import Client, ControlError
-from nodes.hookdelivery import HookDelivery
-from nodes.hooktargets import TargetPolicy, TargetRefused
+from nodes.hooks.delivery import HookDelivery
+from nodes.hooks.targets import TargetPolicy, TargetRefused
 
 INSIDE = ["http://10.0.0.5/", "http://192.168.1.1/", "http://169.254.169.254/latest/meta-data/",
           "http://172.17.0.1:2375/containers/json", "http://100.64.0.1/", "http://[::1]:8000/",

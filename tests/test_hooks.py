@@ -1,5 +1,5 @@
 """Webhooks across real nodes, POSTed to real HTTP receivers on loopback
-(nodes/hookregistry.py, nodes/hookdelivery.py): once per URL mesh-wide,
+(nodes/hooks/registry.py, nodes/hooks/delivery.py): once per URL mesh-wide,
 signed, retried, unregistered on 410, never held up by another receiver."""
 
 import base64
@@ -8,7 +8,7 @@ import time
 
 import pytest
 from hookhelpers import LOOPBACK, Receiver, ready, verified
-from nodeproc import linked, start_mesh3, wait_until
+from meshtest.nodeproc import linked, start_mesh3, wait_until
 
 from mesh import Client, ControlError
 
@@ -226,8 +226,8 @@ def test_zookeeper_down_for_ten_seconds_loses_no_delivery(zk_server, zk_node):
 
 
 def test_a_rotation_signs_with_every_secret():
-    from nodes.hookdelivery import sign
-    from nodes.hookregistry import new_secret
+    from nodes.hooks.delivery import sign
+    from nodes.hooks.registry import new_secret
 
     old, new = new_secret(), new_secret()
     body = b'{"x": 1}'

@@ -43,8 +43,8 @@ from mesh import Client
 from mesh.envelope import BatchEncoder, MalformedMessage, Message, decode_batch, decode_marks
 from mesh.subjects import MAX_SUBJECT_BYTES, Pattern, subject_from_topic, topic_frame, validate_subject
 from meshhelpers import WARM_UP, collect, warm_up
-from nodeproc import wait_until
-from nodes.edgeproto import OPS, EdgeError, parse_frame, render_message
+from meshtest.nodeproc import wait_until
+from nodes.edge.protocol import OPS, EdgeError, parse_frame, render_message
 
 RSS_BOUND_MIB = 50
 CALM = "calm.>"  # the bystander WebSocket's pattern
@@ -1554,7 +1554,7 @@ def test_parse_frame_deeply_nested_json_is_an_edge_error(text):
 
 @pytest.mark.parametrize("data", [{b"k": 1}, {"outer": {b"\x00": [1]}}, pytest.param("deep", marks=pytest.mark.xfail(
     strict=True, raises=RecursionError, reason="JSON rendering is limited by Python's recursion limit (~1000 "
-    "levels); nodes/fanout.py skips such a message and counts it in the edge's stats as unrenderable"))],
+    "levels); nodes/edge/fanout.py skips such a message and counts it in the edge's stats as unrenderable"))],
     ids=["bytes-key", "nested-bytes-key", "nested-1000"])
 def test_every_decodable_message_renders(data):
     if data == "deep":

@@ -4,7 +4,7 @@ import pytest
 
 from mesh import Client, PayloadTooLarge
 from meshhelpers import assert_quiet, collect, warm_up
-from nodeproc import linked, wait_until
+from meshtest.nodeproc import linked, wait_until
 
 SUBJECTS = ["orders.eu.new", "orders.us.new", "orders.eu.old", "orders", "ordersx.eu.new",
             "orders.eu.new.x", "other.eu.new", "orders.asia.new"]

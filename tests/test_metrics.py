@@ -6,7 +6,7 @@ import urllib.request
 
 from edgehelpers import WS, http_address
 from meshhelpers import collect, warm_up
-from nodeproc import free_port, wait_until
+from meshtest.nodeproc import free_port, wait_until
 from prometheus_client.parser import text_string_to_metric_families
 
 from mesh import Client

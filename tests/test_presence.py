@@ -1,4 +1,4 @@
-"""Presence and channel statistics across the mesh (nodes/presence.py, mesh/presence.py):
+"""Presence and channel statistics across the mesh (nodes/edge/roster.py, mesh/presence.py):
 real edges, real WebSocket clients with tokens, a kill -9 that must leave no ghosts."""
 
 import json
@@ -9,7 +9,7 @@ import time
 import jwt
 import pytest
 from edgehelpers import WS, http, http_address
-from nodeproc import MESHNODE, linked, wait_until
+from meshtest.nodeproc import MESHNODE, linked, wait_until
 
 from mesh import Client
 

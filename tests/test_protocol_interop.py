@@ -12,7 +12,7 @@ import zmq
 import raw_client
 from mesh import Client, PayloadTooLarge
 from meshhelpers import WARM_UP, assert_quiet
-from nodeproc import wait_until
+from meshtest.nodeproc import wait_until
 
 
 @pytest.fixture
@@ -733,7 +733,7 @@ def test_a_recorder_is_announced_but_is_no_reader_to_a_raw_publisher(start_node)
 
 def test_a_raw_client_notices_a_restart_by_the_instance_in_hello(start_node):
     """PROTOCOL.md 7.5: same control address, new instance, new data endpoints to attach to."""
-    from nodeproc import NodeProcess, free_port
+    from meshtest.nodeproc import NodeProcess, free_port
 
     port = free_port()
     node = NodeProcess("R", port=port)

@@ -1,4 +1,4 @@
-"""Queue groups across real nodes (mesh/queues.py, nodes/dispatcher.py): each
+"""Queue groups across real nodes (mesh/queues.py, nodes/queues/dispatcher.py): each
 message to one member of the group in the whole mesh, plain subscribers
 still get everything, busy members get less, bad announcements are refused."""
 
@@ -7,7 +7,7 @@ import time
 
 import pytest
 from meshhelpers import warm_up
-from nodeproc import linked, wait_until
+from meshtest.nodeproc import linked, wait_until
 
 from mesh import Client
 

@@ -12,7 +12,7 @@ import time
 
 from edgehelpers import WS, http_address
 from meshhelpers import collect, warm_up
-from nodeproc import ROOT, wait_until
+from meshtest.nodeproc import ROOT, wait_until
 
 from mesh import Client
 

@@ -7,7 +7,7 @@ import time
 
 import pytest
 from meshhelpers import collect, warm_up
-from nodeproc import free_port, linked, start_mesh3, wait_until
+from meshtest.nodeproc import free_port, linked, start_mesh3, wait_until
 
 from mesh import Client, Position
 
@@ -141,7 +141,7 @@ def test_meshnode_sub_keeps_its_position_in_a_file_and_recovers_from_it(start_no
     import subprocess
     import sys
 
-    from nodeproc import MESHNODE
+    from meshtest.nodeproc import MESHNODE
 
     a = start_node("A", *RULE)
     position_file = str(tmp_path / "position.json")
@@ -252,7 +252,7 @@ def test_evicted_streams_are_named_and_what_they_lost_is_counted_also_by_the_cli
     import subprocess
     import sys
 
-    from nodeproc import MESHNODE
+    from meshtest.nodeproc import MESHNODE
 
     a = start_node("A", "--history", "r.keep.>=1000/300s", "--history", "r.>=10/300s")
     with Client(a.address) as publisher, Client(a.address) as reader:

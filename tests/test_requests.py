@@ -6,7 +6,7 @@ import threading
 import time
 
 import pytest
-from nodeproc import wait_until
+from meshtest.nodeproc import wait_until
 
 from mesh import Client, NoResponders, RemoteError, RequestTimeout
 
@@ -102,7 +102,7 @@ def test_meshnode_request_and_reply(pair):
     import subprocess
     import sys
 
-    from nodeproc import MESHNODE
+    from meshtest.nodeproc import MESHNODE
 
     a, b = pair
     responder = subprocess.Popen([sys.executable, MESHNODE, "reply", "cli.>", "--node", a.address, "--count", "2",

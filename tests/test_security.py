@@ -9,7 +9,7 @@ import pytest
 
 from mesh import Client, CurveKeys
 from meshhelpers import collect, warm_up
-from nodeproc import MESHNODE, wait_until
+from meshtest.nodeproc import MESHNODE, wait_until
 
 
 def meshnode(*args, timeout=30):

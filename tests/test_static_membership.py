@@ -5,10 +5,10 @@ a seed that is down at start is retried."""
 import time
 
 from meshhelpers import collect, warm_up
-from nodeproc import NodeProcess, free_port, linked, wait_until
+from meshtest.nodeproc import NodeProcess, free_port, linked, wait_until
 
 from mesh import Client
-from mesh.meshwide import ask_every_node
+from mesh.everynode import ask_every_node
 
 PER_PAIR = 50
 

@@ -9,7 +9,7 @@ import urllib.request
 
 from edgehelpers import WS, http_address
 from meshhelpers import collect, drain, warm_up
-from nodeproc import ROOT, wait_until
+from meshtest.nodeproc import ROOT, wait_until
 
 from mesh import Client
 

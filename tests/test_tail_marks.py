@@ -11,7 +11,7 @@ import time
 import pytest
 
 from meshhelpers import collect, drain, warm_up
-from nodeproc import ROOT, free_port, wait_until
+from meshtest.nodeproc import ROOT, free_port, wait_until
 
 from mesh import Client
 

@@ -8,7 +8,7 @@ import pytest
 from kazoo.client import KazooClient
 
 from zk_fixtures import zk_ensemble, zk_server  # noqa: F401
-from zkserver import ZooKeeperError, ZooKeeperServer, four_letter_word
+from meshtest.zkserver import ZooKeeperError, ZooKeeperServer, four_letter_word
 
 
 def pid_exists(pid):

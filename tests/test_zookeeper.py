@@ -15,7 +15,7 @@ from kazoo.exceptions import NoAuthError
 
 from mesh import Client
 from meshhelpers import collect, warm_up
-from nodeproc import MESHNODE, free_port, linked, wait_until
+from meshtest.nodeproc import MESHNODE, free_port, linked, wait_until
 
 
 def meshnode(*args, timeout=30):
@@ -371,7 +371,7 @@ def test_from_zookeeper_failover_with_history_recovers_every_message(zk_server, 
 
 def test_member_cache_reads_only_new_members_and_notices_a_replaced_one(zk_server):
     from discovery.zookeeper import MemberCache
-    from mesh.zookeeper import members_path
+    from mesh.zkmembers import members_path
     from mesh.envelope import PROTOCOL_VERSION
 
     def record(name, instance):

@@ -6,7 +6,7 @@ Import them from conftest.py or a test module:
 
 import pytest
 
-from zkserver import ZooKeeperEnsemble, ZooKeeperServer
+from meshtest.zkserver import ZooKeeperEnsemble, ZooKeeperServer
 
 
 @pytest.fixture

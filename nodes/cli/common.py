@@ -1,0 +1,54 @@
+"""What the ``meshnode`` commands share: argument types, the options that
+name a node or a ZooKeeper mesh, and one control request to a node."""
+
+import argparse
+
+EPILOG_ADDRESSES = "Addresses are a node's control address, HOST:PORT (default port 7400)."
+
+
+def positive_int(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
+    return value
+
+
+def positive_float(text):
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive number")
+    return value
+
+
+def node_arguments(parser):
+    parser.add_argument("--node", default="127.0.0.1:7400", metavar="HOST:PORT", help="the node to talk to")
+    parser.add_argument("--curve-keys", metavar="DIR", help="key directory of a mesh that uses CurveZMQ")
+    parser.add_argument("--curve-name", default="mesh", metavar="NAME",
+                        help="use DIR/NAME.key_secret as this client's identity (default: mesh)")
+
+
+def client_curve(args):
+    from mesh.curve import CurveKeys
+
+    return CurveKeys.load(args.curve_keys, args.curve_name) if args.curve_keys else None
+
+
+def zookeeper_arguments(parser, zk_help, required=False):
+    parser.add_argument("--zk", required=required, metavar="HOST:PORT[,HOST:PORT...][/CHROOT]", help=zk_help)
+    parser.add_argument("--mesh", default="default", metavar="NAME",
+                        help="mesh name: nodes register under /meshnode/NAME/nodes (default: default)")
+    parser.add_argument("--zk-auth", metavar="USER:PASSWORD",
+                        help="ZooKeeper digest auth; the mesh's znodes become writable by this user only")
+
+
+def control_request(args, cmd, **fields):
+    import zmq
+
+    from mesh.control import ControlChannel
+    from mesh.waiting import pick_waiter
+
+    channel = ControlChannel(zmq.Context.instance(), args.node, pick_waiter(), curve=client_curve(args))
+    try:
+        return channel.request(cmd, **fields)
+    finally:
+        channel.close()

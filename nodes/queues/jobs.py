@@ -1,0 +1,120 @@
+"""Jobs: at-least-once work on top of queue groups, held by the node where each job was published.
+
+A queue group whose members joined with an acknowledgement deadline is a job
+group (mesh/queues.py). Its messages become jobs: the dispatcher of the node
+where a job was published (nodes/queues/dispatcher.py) gives it to one member, as
+for any queue group, and this book keeps it until that member acknowledges
+it. A job whose deadline passes (the worker may extend it while it works), or
+whose member is gone (its lease ran out: the worker's process or node died),
+goes to another member with its attempt number raised; after the group's
+maximum attempts it is published on the dead-letter subject
+``$dead.<group>.<subject>`` instead, with its id, attempts and the reason in
+its headers.
+
+Each job keeps one id for all its attempts (``<group>:<origin>/<epoch>/<seq>``
+of the publish), so workers can be idempotent. The book is in this node's
+memory: if this node dies, the jobs it held and that were not acknowledged
+are lost (docs/QUEUES.md). At most MAX_JOBS wait per group per node; a job
+beyond that goes straight to the dead-letter subject, reason ``full``.
+"""
+
+import time
+
+DEAD_LETTER_TOPIC = "$dead"
+MAX_JOBS = 10_000
+MAX_EXTEND_SECONDS = 3600.0
+
+
+class Job:
+    __slots__ = ("id", "key", "settings", "subject", "data", "origin", "carried", "attempt", "member", "deadline")
+
+    def __init__(self, key, settings, subject, data, origin, epoch, seq, carried):
+        self.id = f"{key[0]}:{origin}/{epoch}/{seq}"  # a message can be a job of several groups
+        self.key, self.settings, self.subject, self.data, self.origin = key, settings, subject, data, (origin, epoch, seq)
+        self.carried = carried  # the publish's headers every delivery carries on (mesh/envelope.py CARRIED_HEADERS)
+        self.attempt = 0
+        self.member = None
+        self.deadline = 0.0
+
+
+class JobBook:
+    def __init__(self, groups, send, pick, publish_dead, node_name):
+        """``groups``: the dispatcher's (name, pattern) -> Group; ``send(member,
+        group, subject, data, headers)`` delivers to a member's inbox;
+        ``pick(group, exclude)`` chooses a member; ``publish_dead(subject, data,
+        headers)`` publishes a dead letter."""
+        self._groups = groups
+        self._send, self._pick, self._publish_dead = send, pick, publish_dead
+        self.node = node_name
+        self.jobs = {}  # id -> Job
+        self.per_group = {}  # group key -> number of jobs held
+        self.acked = self.redelivered = self.dead = self.refused_acks = 0
+
+    def submit(self, group, subject, data, origin, epoch, seq, carried=None):
+        key = (group.name, group.pattern.text)
+        job = Job(key, dict(group.jobs), subject, data, origin, epoch, seq, carried or {})
+        if self.per_group.get(key, 0) >= MAX_JOBS:
+            self._dead_letter(job, "full")
+            return
+        self.jobs[job.id] = job
+        self.per_group[key] = self.per_group.get(key, 0) + 1
+        self._deliver(job)
+
+    def _deliver(self, job, exclude=None):
+        if job.attempt >= job.settings["attempts"]:
+            self._forget(job)
+            self._dead_letter(job, "attempts")
+            return
+        group = self._groups.get(job.key)
+        member = None if group is None else self._pick(group, exclude)
+        if member is None:  # nobody to take it now: try again at the next tick
+            job.member, job.deadline = None, 0.0
+            return
+        job.attempt += 1
+        job.member = member.member
+        job.deadline = time.monotonic() + job.settings["deadline"]
+        origin, epoch, seq = job.origin
+        self._send(member, group, job.subject, job.data,
+                   {**job.carried, "o": origin, "e": epoch, "n": seq, "j": job.id, "a": job.attempt, "h": self.node})
+
+    def _dead_letter(self, job, reason):
+        self.dead += 1
+        self._publish_dead(f"{DEAD_LETTER_TOPIC}.{job.key[0]}.{job.subject}", job.data,
+                           {"j": job.id, "a": job.attempt, "reason": reason, "s": job.subject})
+
+    def _forget(self, job):
+        if self.jobs.pop(job.id, None) is not None:
+            self.per_group[job.key] -= 1
+
+    def ack(self, job_id, member):
+        """The member finished the job; ValueError if it holds no such job."""
+        job = self._held_by(job_id, member)
+        self._forget(job)
+        self.acked += 1
+
+    def extend(self, job_id, member, seconds):
+        job = self._held_by(job_id, member)
+        job.deadline = time.monotonic() + min(seconds, MAX_EXTEND_SECONDS)
+
+    def _held_by(self, job_id, member):
+        job = self.jobs.get(job_id)
+        if job is None or job.member != member:
+            self.refused_acks += 1
+            raise ValueError(f"job {job_id!r} is not held for member {member!r} here "
+                             f"(unknown, already acknowledged, or given to another member after its deadline)")
+        return job
+
+    def tick(self, now=None):
+        """Redeliver what missed its deadline, lost its member, or found no member."""
+        now = time.monotonic() if now is None else now
+        for job in list(self.jobs.values()):
+            group = self._groups.get(job.key)
+            if job.member is None or group is None or job.member not in group.members or job.deadline < now:
+                previous = job.member
+                if previous is not None:
+                    self.redelivered += 1
+                self._deliver(job, exclude=previous)
+
+    def counters(self):
+        return {"held": len(self.jobs), "acked": self.acked, "redelivered": self.redelivered, "dead": self.dead,
+                "refused_acks": self.refused_acks}
