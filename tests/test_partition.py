@@ -9,7 +9,6 @@ retries (1, 3, 7, 15, 31 s after a connect began), where links that wait on
 them stay down for many seconds. The 60 s flap and the longer schedules are in
 bench/partitions.py."""
 
-
 import pytest
 
 from meshbed import MeshBed, step
