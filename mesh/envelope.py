@@ -54,6 +54,29 @@ class Message:
         self.replayed = replayed
         self.headers = headers  # a dict for a request or a reply (PROTOCOL.md 4.2), else None
 
+    @classmethod
+    def numbered(cls, subject, payloads, origin, seq, ts, epoch):
+        """The messages of one batch: ``payloads`` numbered from ``seq``, as
+        ``Message(subject, data, origin, seq + i, ts, epoch)`` for each but
+        without an ``__init__`` call per message (the receive path's hot
+        loop: this halves the cost of making them)."""
+        new = object.__new__
+        messages = []
+        append = messages.append
+        for data in payloads:
+            message = new(cls)
+            message.subject = subject
+            message.data = data
+            message.origin = origin
+            message.seq = seq
+            message.ts = ts
+            message.epoch = epoch
+            message.replayed = False
+            message.headers = None
+            append(message)
+            seq += 1
+        return messages
+
     @property
     def reply(self):
         """The subject a request's answer goes to (None for a plain message)."""

@@ -13,7 +13,18 @@ travel as one batch (docs/PROTOCOL.md 4.2). The flush rule:
   when a publish on another subject comes (order across subjects is kept),
   when a publish comes after a pause (it joins, and the burst is over), when
   a publish finds it ``BATCH_MAX_AGE`` old, on ``flush()`` and ``close()``,
-  and otherwise from the housekeeper ``BATCH_MAX_AGE`` after it opened.
+  and otherwise from the housekeeper ``BATCH_MAX_AGE`` after it opened;
+* a pause shorter than ``BURST_RESUME`` (the publishing thread was descheduled,
+  or gave the interpreter to another thread) ends the batch but not the
+  burst: the next quick publish opens a batch at once. Without this, every
+  such hiccup of a tight loop on a busy machine sent ``BURST_STREAK`` lone
+  messages and a cut batch, and the batches of one run averaged 23 or 46
+  messages depending on how often the loop was interrupted.
+
+The housekeeper is woken only when it would sleep past the deadline of a
+newly opened batch, and it never waits for the publisher's lock (a publisher
+holding it is publishing, and sends an aged batch itself): a tight loop
+does not hand the interpreter to it once per batch.
 
 Once a second, for every stream it remembers, the client sends *marks*
 (each stream's epoch and last sequence number) so that loss at the end of a
@@ -39,11 +50,13 @@ import time
 
 import zmq
 
+from .generations import Generations
 from .marks import MARK_SECONDS, MARKS_MAX_BYTES, MarkSet
 from .subjects import is_reader_prefix, validate_subject
 
 IDLE_GAP = 0.00002  # publishes closer than this are a burst
 BURST_STREAK = 2  # a batch opens on the third publish of a burst
+BURST_RESUME = 0.001  # a pause shorter than this ends a batch, not the burst
 BATCH_MAX_AGE = 0.0005
 BATCH_MAX_MESSAGES = 256
 BATCH_MAX_BYTES = 64 * 1024
@@ -91,15 +104,10 @@ class Publisher:
     def __init__(self, sock, encoder, stream_idle, kick, maybe_yield, backlog_bytes=DEFAULT_BACKLOG_BYTES):
         self._sock = sock
         self._encoder = encoder
-        self.stream_idle = stream_idle
         self._kick = kick  # an Event that wakes the client's housekeeper
         self._yield = maybe_yield  # fair yielding under gevent, else None
         self._lock = threading.Lock()
-        # Two generations (no per-publish bookkeeping, no dict churn): streams
-        # published since the last rotation, and those published only before it.
-        # A rotation every stream_idle forgets the older generation.
-        self._streams = {}  # subject -> _Stream
-        self._idle_streams = {}
+        self._streams = Generations(stream_idle, 0.0)  # subject -> _Stream, forgotten when idle
         self._unmarked = set()  # subjects published since the last marks
         self._marks = MarkSet()  # every remembered stream's last (epoch, seq), repeated each round
         self._epoch = 0  # grows each time idle streams are forgotten
@@ -108,9 +116,9 @@ class Publisher:
         self._batch = None  # [stream, first seq, ts, parts, bytes, opened] of the open batch
         self._batch_room = min(BATCH_MAX_BYTES, encoder.payload_room)  # payload bytes a batch may hold
         self._last_publish = float("-inf")
-        self._streak = 0  # publishes in a row that came within IDLE_GAP of the one before
+        self._streak = 0  # publishes of this burst that came within IDLE_GAP of the one before
+        self._house_due = float("inf")  # when the housekeeper looks next (inf: not before a kick)
         self._next_marks = 0.0
-        self._next_rotation = 0.0
         self.published = 0
         self.batches = 0
         self.mark_messages = 0
@@ -129,13 +137,17 @@ class Publisher:
             if self.closed:
                 raise RuntimeError("client is closed")
             now = time.monotonic()
-            stream = self._streams.get(subject) or self._stream(subject, now)
+            stream = self._streams.recent.get(subject) or self._stream(subject, now)
             packed = self._encoder.pack(data)
             if self._backlog is not None:  # unreachable, or just back: keep order behind the backlog
                 return self._hold(subject, stream, packed)
-            quick = now - self._last_publish < IDLE_GAP
+            gap = now - self._last_publish
             self._last_publish = now
-            self._streak = self._streak + 1 if quick else 0
+            quick = gap < IDLE_GAP
+            if quick:
+                self._streak += 1
+            elif gap >= BURST_RESUME:
+                self._streak = 0
             batch = self._batch
             if batch is not None:
                 if (batch[0] is stream and len(batch[3]) <= BATCH_MAX_MESSAGES
@@ -149,11 +161,13 @@ class Publisher:
                     return seq
                 self._send_batch()
             seq = stream.seq = stream.seq + 1
-            if self._streak < BURST_STREAK:
+            if not quick or self._streak < BURST_STREAK:
                 self._send(stream, seq, time.time(), [None, packed])
             else:
                 self._batch = [stream, seq, time.time(), [None, packed], len(packed), now]
-                self._kick.set()
+                if self._house_due > now + BATCH_MAX_AGE:
+                    self._house_due = now
+                    self._kick.set()
             self._unmarked.add(subject)
             self.published += 1
         if self._yield is not None:
@@ -162,14 +176,15 @@ class Publisher:
 
     def _stream(self, subject, now):
         """The stream of a subject not published on in this generation (lock held)."""
-        stream = self._idle_streams.pop(subject, None)
+        streams = self._streams
+        stream = streams.revive(subject)
         if stream is None:
             stream = _Stream(validate_subject(subject), self._epoch)
-            if not self._streams and not self._idle_streams:  # the first generation begins
-                self._next_rotation = now + self.stream_idle
+            if not streams:  # the first generation begins
+                streams.rotate_at = now + streams.idle
                 self._next_marks = now + MARK_SECONDS
                 self._kick.set()
-        self._streams[subject] = stream
+            streams.recent[subject] = stream
         return stream
 
     def publish_with_headers(self, subject, data, headers):
@@ -182,7 +197,7 @@ class Publisher:
                 raise RuntimeError("client is closed")
             if self._backlog is not None:
                 raise Disconnected("the node is unreachable: a request or reply cannot wait for it")
-            stream = self._streams.get(subject) or self._stream(subject, time.monotonic())
+            stream = self._streams.recent.get(subject) or self._stream(subject, time.monotonic())
             packed = self._encoder.pack(data)
             if self._batch is not None:
                 self._send_batch()
@@ -194,7 +209,7 @@ class Publisher:
 
     def epoch_of(self, subject):
         """The epoch of this publisher's stream on ``subject`` (None if it has none now)."""
-        stream = self._streams.get(subject) or self._idle_streams.get(subject)
+        stream = self._streams.get(subject)
         return None if stream is None else stream.epoch
 
     def _hold(self, subject, stream, packed):
@@ -239,9 +254,9 @@ class Publisher:
             return
         if self._batch is not None:
             self._send_batch()
-        streams, idle, marks = self._streams, self._idle_streams, self._marks
+        streams, marks = self._streams, self._marks
         for subject in self._unmarked:
-            stream = streams.get(subject) or idle.get(subject)
+            stream = streams.get(subject)
             if stream is not None:
                 marks.set(stream.topic, subject, stream.epoch, stream.seq)
         self._unmarked.clear()
@@ -256,53 +271,54 @@ class Publisher:
         self.mark_messages += 1
 
     def _rotate(self, now):
-        """Forget the streams not published for a whole generation (lock held):
-        a stream is forgotten between stream_idle and twice that after its
-        last message."""
-        forgotten = [self._idle_streams]
-        if now >= self._next_rotation + self.stream_idle:  # late by a generation: both are idle
-            forgotten.append(self._streams)
-            self._idle_streams = {}
-        else:
-            self._idle_streams = self._streams
+        """Forget the streams not published for a whole generation (lock held)."""
         gone = 0
-        for streams in forgotten:
+        for streams in self._streams.rotate(now):
             gone += len(streams)
             for subject in streams:
                 self._marks.discard(subject)
                 self._unmarked.discard(subject)
-        self._streams = {}
         if gone:
             self._epoch += 1
             self.forgotten += gone
-        self._next_rotation = now + self.stream_idle
 
     def housekeep(self):
         """Do what is due: send an aged batch, marks, forget idle streams.
-        Returns the seconds until the next duty, or None if none is pending."""
-        with self._lock:
-            if self.closed:
-                return None
-            now = time.monotonic()
-            waits = []
-            if self._batch is not None:
-                age = now - self._batch[5]
-                if age >= BATCH_MAX_AGE:
-                    self._send_batch()
-                else:
-                    waits.append(BATCH_MAX_AGE - age)
-            if self._streams or self._idle_streams:
-                if now >= self._next_marks:
-                    self._send_marks(now)
-                if now >= self._next_rotation:
-                    self._rotate(now)
-            if self._streams or self._idle_streams:
-                waits.append(max(0.0, min(self._next_marks, self._next_rotation) - now))
-            return min(waits) if waits else None
+        Returns the seconds until the next duty, or None if none is pending.
+        A publisher holding the lock is publishing: look again a little later."""
+        if not self._lock.acquire(blocking=False):
+            return BATCH_MAX_AGE
+        try:
+            delay = self._housekeep()
+            self._house_due = float("inf") if delay is None else time.monotonic() + delay
+            return delay
+        finally:
+            self._lock.release()
+
+    def _housekeep(self):
+        if self.closed:
+            return None
+        now = time.monotonic()
+        waits = []
+        if self._batch is not None:
+            age = now - self._batch[5]
+            if age >= BATCH_MAX_AGE:
+                self._send_batch()
+            else:
+                waits.append(BATCH_MAX_AGE - age)
+        streams = self._streams
+        if streams:
+            if now >= self._next_marks:
+                self._send_marks(now)
+            if now >= streams.rotate_at:
+                self._rotate(now)
+        if streams:
+            waits.append(max(0.0, min(self._next_marks, streams.rotate_at) - now))
+        return min(waits) if waits else None
 
     @property
     def streams(self):
-        return len(self._streams) + len(self._idle_streams)
+        return len(self._streams)
 
     # -- interest ---------------------------------------------------------
 

@@ -264,7 +264,7 @@ class Receiver:
                     sub.malformed += 1
                 return 1
             if headers is None:
-                messages = [Message(subject, data, origin, seq + i, ts, epoch) for i, data in enumerate(payloads)]
+                messages = Message.numbered(subject, payloads, origin, seq, ts, epoch)
             elif "q" in headers:  # a queue-group delivery: the message as its publisher sent it
                 messages = [Message(headers.get("s"), payloads[0], headers.get("o"), headers.get("n"), ts,
                                     headers.get("e", 0), headers=headers)]
