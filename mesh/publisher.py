@@ -16,10 +16,13 @@ travel as one batch (docs/PROTOCOL.md 4.2). The flush rule:
   and otherwise from the housekeeper ``BATCH_MAX_AGE`` after it opened;
 * a pause shorter than ``BURST_RESUME`` (the publishing thread was descheduled,
   or gave the interpreter to another thread) ends the batch but not the
-  burst: the next quick publish opens a batch at once. Without this, every
-  such hiccup of a tight loop on a busy machine sent ``BURST_STREAK`` lone
-  messages and a cut batch, and the batches of one run averaged 23 or 46
-  messages depending on how often the loop was interrupted.
+  burst: the next quick publish opens a batch at once;
+* the pause before a publish is counted from the end of the publish before
+  it (after its sends), so that it is the caller's own pace. Counted from
+  its start, a send slower than ``IDLE_GAP`` (a busy machine) made the next
+  publish look like the end of a burst, so it went out alone, slowly, and so
+  did the next: a tight loop fell into sending about one message in three
+  alone, and stayed there.
 
 The housekeeper is woken only when it would sleep past the deadline of a
 newly opened batch, and it never waits for the publisher's lock (a publisher
@@ -47,6 +50,7 @@ import collections
 
 import threading
 import time
+from time import monotonic as _monotonic
 
 import zmq
 
@@ -113,7 +117,7 @@ class Publisher:
         self._epoch = 0  # grows each time idle streams are forgotten
         self._interest = set()  # readers' subscription prefixes wanted somewhere in the mesh
         self._recorded = set()  # other prefixes: the node's history recorder's (PROTOCOL.md 6)
-        self._batch = None  # [stream, first seq, ts, parts, bytes, opened] of the open batch
+        self._batch = None  # [stream, first seq, ts, parts, bytes, deadline] of the open batch
         self._batch_room = min(BATCH_MAX_BYTES, encoder.payload_room)  # payload bytes a batch may hold
         self._last_publish = float("-inf")
         self._streak = 0  # publishes of this burst that came within IDLE_GAP of the one before
@@ -134,44 +138,61 @@ class Publisher:
 
     def publish(self, subject, data):
         with self._lock:
-            if self.closed:
-                raise RuntimeError("client is closed")
-            now = time.monotonic()
-            stream = self._streams.recent.get(subject) or self._stream(subject, now)
-            packed = self._encoder.pack(data)
-            if self._backlog is not None:  # unreachable, or just back: keep order behind the backlog
-                return self._hold(subject, stream, packed)
-            gap = now - self._last_publish
-            self._last_publish = now
-            quick = gap < IDLE_GAP
-            if quick:
-                self._streak += 1
-            elif gap >= BURST_RESUME:
-                self._streak = 0
+            now = _monotonic()
             batch = self._batch
-            if batch is not None:
-                if (batch[0] is stream and len(batch[3]) <= BATCH_MAX_MESSAGES
-                        and batch[4] + len(packed) <= self._batch_room and now - batch[5] < BATCH_MAX_AGE):
-                    batch[3].append(packed)
+            if batch is not None and batch[0] is self._streams.recent.get(subject) and now < batch[5]:
+                # Joining the open batch: the hot path, kept short.
+                packed = self._encoder.pack(data)
+                parts = batch[3]
+                if len(parts) <= BATCH_MAX_MESSAGES and batch[4] + len(packed) <= self._batch_room:
+                    parts.append(packed)
                     batch[4] += len(packed)
+                    stream = batch[0]
                     seq = stream.seq = stream.seq + 1
                     self.published += 1
-                    if not quick:  # the burst is over: nothing more will join
+                    if now - self._last_publish < IDLE_GAP:
+                        self._last_publish = now
+                    else:  # after a pause: nothing more will join
                         self._send_batch()
+                        self._last_publish = _monotonic()
                     return seq
-                self._send_batch()
-            seq = stream.seq = stream.seq + 1
-            if not quick or self._streak < BURST_STREAK:
-                self._send(stream, seq, time.time(), [None, packed])
             else:
-                self._batch = [stream, seq, time.time(), [None, packed], len(packed), now]
-                if self._house_due > now + BATCH_MAX_AGE:
-                    self._house_due = now
-                    self._kick.set()
-            self._unmarked.add(subject)
-            self.published += 1
+                packed = None
+            seq = self._publish(subject, data, now, packed)
         if self._yield is not None:
             self._yield()
+        return seq
+
+    def _publish(self, subject, data, now, packed):
+        """A publish that does not join the open batch (lock held): it sends
+        the open batch, then goes out alone or opens a batch (the flush rule)."""
+        if self.closed:
+            raise RuntimeError("client is closed")
+        stream = self._streams.recent.get(subject) or self._stream(subject, now)
+        if packed is None:
+            packed = self._encoder.pack(data)
+        if self._backlog is not None:  # unreachable, or just back: keep order behind the backlog
+            return self._hold(subject, stream, packed)
+        gap = now - self._last_publish
+        quick = gap < IDLE_GAP
+        if quick:
+            self._streak += 1
+        elif gap >= BURST_RESUME:
+            self._streak = 0
+        if self._batch is not None:
+            self._send_batch()
+        seq = stream.seq = stream.seq + 1
+        if not quick or self._streak < BURST_STREAK:
+            self._send(stream, seq, time.time(), [None, packed])
+        else:
+            deadline = now + BATCH_MAX_AGE
+            self._batch = [stream, seq, time.time(), [None, packed], len(packed), deadline]
+            if self._house_due > deadline:
+                self._house_due = now
+                self._kick.set()
+        self._unmarked.add(subject)
+        self.published += 1
+        self._last_publish = _monotonic()  # after the sends: the next gap is the caller's own
         return seq
 
     def _stream(self, subject, now):
@@ -301,11 +322,10 @@ class Publisher:
         now = time.monotonic()
         waits = []
         if self._batch is not None:
-            age = now - self._batch[5]
-            if age >= BATCH_MAX_AGE:
+            if now >= self._batch[5]:
                 self._send_batch()
             else:
-                waits.append(BATCH_MAX_AGE - age)
+                waits.append(self._batch[5] - now)
         streams = self._streams
         if streams:
             if now >= self._next_marks:

@@ -62,7 +62,7 @@ class Subscription:
         queue = self._queue
         if queue:  # the hot path: _pop written out (a call less per message)
             self.received = count = self.received + 1
-            if not count & 1023 and self._yield is not None:
+            if self._yield is not None and not count & 1023:
                 self._yield()
             return queue.popleft()
         return self._receiver.wait(self, timeout)
