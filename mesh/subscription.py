@@ -73,13 +73,22 @@ class Subscription:
             self._yield()
         return self._queue.popleft()
 
+    def poll(self):
+        """The next message if one is waiting, else None; never waits or reads
+        (for a reader that waits elsewhere: mesh/aio.py)."""
+        return self._pop() if self._queue else None
+
     def take(self, limit=1024, timeout=None):
         """Every message waiting (at most ``limit``), at least one: waits like ``get``."""
         batch = [self.get(timeout)]
+        batch.extend(self.take_waiting(limit - 1))
+        return batch
+
+    def take_waiting(self, limit):
+        """The messages waiting (at most ``limit``, maybe none); never waits or reads."""
         queue = self._queue
-        while queue and len(batch) < limit:
-            batch.append(queue.popleft())
-        self.received += len(batch) - 1
+        batch = [queue.popleft() for _ in range(min(limit, len(queue)))]
+        self.received += len(batch)
         return batch
 
     def __iter__(self):
