@@ -14,15 +14,12 @@ travel as one batch (docs/PROTOCOL.md 4.2). The flush rule:
   when a publish comes after a pause (it joins, and the burst is over), when
   a publish finds it ``BATCH_MAX_AGE`` old, on ``flush()`` and ``close()``,
   and otherwise from the housekeeper ``BATCH_MAX_AGE`` after it opened;
-* a pause shorter than ``BURST_RESUME`` (the publishing thread was descheduled,
-  or gave the interpreter to another thread) ends the batch but not the
-  burst: the next quick publish opens a batch at once;
 * the pause before a publish is counted from the end of the publish before
-  it (after its sends), so that it is the caller's own pace. Counted from
-  its start, a send slower than ``IDLE_GAP`` (a busy machine) made the next
-  publish look like the end of a burst, so it went out alone, slowly, and so
-  did the next: a tight loop fell into sending about one message in three
-  alone, and stayed there.
+  it (after its sends), so that it is the caller's own pace: counted from
+  its start, a send slower than ``IDLE_GAP`` (a busy machine) would make the
+  next publish look like the end of a burst, so it would go out alone,
+  slowly, and so would the next, and a tight loop would stay in sending
+  every few messages alone.
 
 The housekeeper is woken only when it would sleep past the deadline of a
 newly opened batch, and it never waits for the publisher's lock (a publisher
@@ -60,7 +57,6 @@ from .subjects import is_reader_prefix, validate_subject
 
 IDLE_GAP = 0.00002  # publishes closer than this are a burst
 BURST_STREAK = 2  # a batch opens on the third publish of a burst
-BURST_RESUME = 0.001  # a pause shorter than this ends a batch, not the burst
 BATCH_MAX_AGE = 0.0005
 BATCH_MAX_MESSAGES = 256
 BATCH_MAX_BYTES = 64 * 1024
@@ -120,7 +116,7 @@ class Publisher:
         self._batch = None  # [stream, first seq, ts, parts, bytes, deadline] of the open batch
         self._batch_room = min(BATCH_MAX_BYTES, encoder.payload_room)  # payload bytes a batch may hold
         self._last_publish = float("-inf")
-        self._streak = 0  # publishes of this burst that came within IDLE_GAP of the one before
+        self._streak = 0  # publishes in a row that came within IDLE_GAP of the one before
         self._house_due = float("inf")  # when the housekeeper looks next (inf: not before a kick)
         self._next_marks = 0.0
         self.published = 0
@@ -175,14 +171,11 @@ class Publisher:
             return self._hold(subject, stream, packed)
         gap = now - self._last_publish
         quick = gap < IDLE_GAP
-        if quick:
-            self._streak += 1
-        elif gap >= BURST_RESUME:
-            self._streak = 0
+        self._streak = self._streak + 1 if quick else 0
         if self._batch is not None:
             self._send_batch()
         seq = stream.seq = stream.seq + 1
-        if not quick or self._streak < BURST_STREAK:
+        if self._streak < BURST_STREAK:
             self._send(stream, seq, time.time(), [None, packed])
         else:
             deadline = now + BATCH_MAX_AGE
