@@ -149,9 +149,11 @@ def steps(args, data):
     out.append(("receive", "msgpack: decode the batch (per message)",
                 timed(repeat, batches, lambda: decode_batch(body, with_headers=True)) / per_batch))
     payloads = decode_batch(body)[4]
-    out.append(("receive", "one Message per payload",
+    out.append(("receive", "one Message per payload, Message(...) each",
                 timed(repeat, batches, lambda: [Message(SUBJECT, d, "o", 1 + i, 0.0, 0)
                                                 for i, d in enumerate(payloads)]) / per_batch))
+    out.append(("receive", "one Message per payload, Message.numbered",
+                timed(repeat, batches, lambda: Message.numbered(SUBJECT, payloads, "o", 1, 0.0, 0)) / per_batch))
     return out
 
 
