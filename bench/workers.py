@@ -441,8 +441,9 @@ def pub_mesh(cfg):
         for _ in range(count):
             publish(subject, CONSTANT)
 
-    run_publisher(cfg, lambda: publish(subject, payload(WARM)), burst,
-                  lambda data: publish(subject, data), client.flush)
+    # cfg "flush": false leaves a paced publisher to the flush rule (mesh/publisher.py)
+    flush = client.flush if cfg.get("flush", True) else (lambda: None)
+    run_publisher(cfg, lambda: publish(subject, payload(WARM)), burst, lambda data: publish(subject, data), flush)
     client.close()
 
 

@@ -24,7 +24,6 @@ from one loop, and close it (its reader task runs until then).
 import asyncio
 import itertools
 import logging
-import os
 
 import zmq
 
@@ -53,12 +52,13 @@ class Subscription:
 
     async def get(self, timeout=None):
         sub = self.sync
-        if sub._queue:
-            return sub._pop()
+        message = sub.poll()
+        if message is not None:
+            return message
         event = self._client._reader.waiting_for(sub)
         try:
             async with asyncio.timeout(timeout):
-                while not sub._queue:
+                while not sub.pending:
                     if sub.closed:
                         raise RuntimeError("subscription is closed")
                     event.clear()
@@ -67,15 +67,12 @@ class Subscription:
             raise TimeoutError(f"no message on {sub.pattern.text!r} within {timeout} s") from None
         finally:
             self._client._reader.done_waiting(sub)
-        return sub._pop()
+        return sub.poll()
 
     async def take(self, limit=1024, timeout=None):
         """Every message waiting (at most ``limit``), at least one."""
         batch = [await self.get(timeout)]
-        queue = self.sync._queue
-        while queue and len(batch) < limit:
-            batch.append(queue.popleft())
-        self.sync.received += len(batch) - 1
+        batch.extend(self.sync.take_waiting(limit - 1))
         return batch
 
     def __aiter__(self):
@@ -134,48 +131,38 @@ class _Reader:
 
     def _ready(self):
         for sub, (event, _) in list(self._waiting.items()):
-            if sub._queue or sub.closed:
+            if sub.pending or sub.closed:
                 event.set()
 
     def _hungry(self):
         """Some coroutine waits on a subscription with nothing queued: read for it.
         Nobody waiting, nothing is read: messages wait in the socket (and its
         high-water mark) as in the threaded client, not in unbounded queues."""
-        return any(not sub._queue and not sub.closed for sub in self._waiting)
+        return any(not sub.pending and not sub.closed for sub in self._waiting)
 
     async def _run(self):
         receiver, loop = self.receiver, asyncio.get_running_loop()
-        loop.add_reader(receiver._wake_r, self._signal.set)  # changes queued by other threads
+        loop.add_reader(receiver.wake_fd, self._signal.set)  # changes queued by other threads
         watched = None  # (socket, fd) whose readability wakes us, while someone is hungry
         try:
             while not receiver.closed:
                 self._signal.clear()
-                try:  # before looking at the queued changes: a wake-up after this is not lost
-                    os.read(receiver._wake_r, 4096)
-                except BlockingIOError:
-                    pass
+                receiver.clear_wake()  # before looking at the queued changes: a wake-up after this is not lost
                 hungry, drained, more = self._hungry(), 0, False
-                if receiver._lead.acquire(blocking=False):
-                    try:  # the socket is touched only with the lead: another thread may move or close it
-                        if receiver._ops:
-                            receiver._apply_ops()
-                        sock = receiver._sock if hungry and not receiver.closed else None
+                try:  # the receiver touches the socket only with the lead: another thread may move or close it
+                    visit = receiver.visit(hungry)
+                    if visit is not None:
+                        sock, drained, more = visit
                         if (watched[0] if watched else None) is not sock:  # made, moved, or nobody waits
                             if watched is not None:
                                 loop.remove_reader(watched[1])
                             watched = (sock, sock.getsockopt(zmq.FD)) if sock is not None else None
                             if watched is not None:
                                 loop.add_reader(watched[1], self._signal.set)
-                        if sock is not None:
-                            drained = receiver._drain()
-                            # The descriptor is edge-triggered: what is already there will not signal again.
-                            more = not drained and bool(sock.getsockopt(zmq.EVENTS) & zmq.POLLIN)
-                    except zmq.ZMQError as exc:
-                        if not receiver.closed:
-                            log.debug("the socket changed under the reader (%s); reading again", exc)
-                        more = not receiver.closed
-                    finally:
-                        receiver._lead.release()
+                except zmq.ZMQError as exc:
+                    if not receiver.closed:
+                        log.debug("the socket changed under the reader (%s); reading again", exc)
+                    drained, more = 0, not receiver.closed
                 self._ready()
                 if drained:
                     await asyncio.sleep(0)  # let the readers run before the next slice
@@ -191,7 +178,7 @@ class _Reader:
             if not receiver.closed:
                 log.warning("the reader of a client stopped: %s", exc)
         finally:
-            for fd in (receiver._wake_r, *(() if watched is None else (watched[1],))):
+            for fd in (receiver.wake_fd, *(() if watched is None else (watched[1],))):
                 try:
                     loop.remove_reader(fd)
                 except (ValueError, OSError):
@@ -213,7 +200,7 @@ class Client:
 
     def __init__(self, sync):
         self.sync = sync
-        self._reader = _Reader(sync._receiver)
+        self._reader = _Reader(sync.receiver)
         self._ids = itertools.count(1)
         self._pending = {}  # n -> Future of a reply
         self._inbox = None
@@ -313,7 +300,7 @@ class Client:
         n = next(self._ids)
         future = self._pending[n] = asyncio.get_running_loop().create_future()
         try:
-            self.sync._publisher.publish_with_headers(subject, data, {"reply": f"{self.prefix}.{n}"})
+            self.sync.publish(subject, data, {"reply": f"{self.prefix}.{n}"})
             async with asyncio.timeout(timeout):
                 reply = await future
         except TimeoutError:
@@ -327,8 +314,8 @@ class Client:
             self._inbox = self.sync.subscribe(f"{self.prefix}.>")
             self._reader.wake()
             self._inbox_task = self._spawn(self._replies(Subscription(self, self._inbox)))
-            deadline = asyncio.get_running_loop().time() + self.sync._timeout
-            while not self.sync._publisher.has_prefix(self._inbox.pattern.prefix):
+            deadline = asyncio.get_running_loop().time() + self.sync.timeout
+            while not self.sync.has_subscription(self._inbox.pattern.text):
                 if asyncio.get_running_loop().time() > deadline:
                     break
                 await asyncio.sleep(0.001)
@@ -343,7 +330,7 @@ class Client:
         """Answer a request (``message.reply``) with ``data``, or an ``error`` text."""
         reply, payload, headers = response(message, data, error)
         await self.wait_for_interest(reply, REPLY_INTEREST_SECONDS)
-        self.sync._publisher.publish_with_headers(reply, payload, headers)
+        self.sync.publish(reply, payload, headers)
 
     async def serve(self, pattern, handler, queue=None):
         """Answer every request on ``pattern`` with ``await handler(message)``

@@ -124,6 +124,17 @@ class Client:
 
         return ZooKeeperFailover.connect(cls, hosts, mesh, group, zk_auth, zk_timeout, on_failover, options)
 
+    @property
+    def timeout(self):
+        """Seconds a request to the node may take (the ``timeout`` option)."""
+        return self._timeout
+
+    @property
+    def receiver(self):
+        """The receive side shared by this client's subscriptions (mesh/receiver.py),
+        for a reader that waits elsewhere (mesh/aio.py)."""
+        return self._receiver
+
     def _hello(self, address):
         control = self.control_channel(address)
         try:
@@ -336,14 +347,18 @@ class Client:
             time.sleep(0.005)
         return True
 
+    def has_subscription(self, pattern):
+        """True once a subscription to ``pattern`` (this client's, or anyone's)
+        has reached this client's node (``wait_for_subscription`` without waiting)."""
+        return self._publisher.has_prefix(Pattern(pattern).prefix)
+
     def wait_for_subscription(self, pattern, timeout=5.0):
         """Wait until a subscription to ``pattern`` (this client's, or anyone's)
         has reached this client's node: from then on a message published
         through this node that matches it is delivered to it. Returns False on
         timeout. (Publishers on other nodes get it once it crossed their link.)"""
-        prefix = Pattern(pattern).prefix
         deadline = time.monotonic() + timeout
-        while not self._publisher.has_prefix(prefix):
+        while not self.has_subscription(pattern):
             if time.monotonic() >= deadline:
                 return False
             time.sleep(0.001)

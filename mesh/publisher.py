@@ -13,7 +13,18 @@ travel as one batch (docs/PROTOCOL.md 4.2). The flush rule:
   when a publish on another subject comes (order across subjects is kept),
   when a publish comes after a pause (it joins, and the burst is over), when
   a publish finds it ``BATCH_MAX_AGE`` old, on ``flush()`` and ``close()``,
-  and otherwise from the housekeeper ``BATCH_MAX_AGE`` after it opened.
+  and otherwise from the housekeeper ``BATCH_MAX_AGE`` after it opened;
+* the pause before a publish is counted from the end of the publish before
+  it (after its sends), so that it is the caller's own pace: counted from
+  its start, a send slower than ``IDLE_GAP`` (a busy machine) would make the
+  next publish look like the end of a burst, so it would go out alone,
+  slowly, and so would the next, and a tight loop would stay in sending
+  every few messages alone.
+
+The housekeeper is woken only when it would sleep past the deadline of a
+newly opened batch, and it never waits for the publisher's lock (a publisher
+holding it is publishing, and sends an aged batch itself): a tight loop
+does not hand the interpreter to it once per batch.
 
 Once a second, for every stream it remembers, the client sends *marks*
 (each stream's epoch and last sequence number) so that loss at the end of a
@@ -36,9 +47,11 @@ import collections
 
 import threading
 import time
+from time import monotonic as _monotonic
 
 import zmq
 
+from .generations import Generations
 from .marks import MARK_SECONDS, MARKS_MAX_BYTES, MarkSet
 from .subjects import is_reader_prefix, validate_subject
 
@@ -91,26 +104,21 @@ class Publisher:
     def __init__(self, sock, encoder, stream_idle, kick, maybe_yield, backlog_bytes=DEFAULT_BACKLOG_BYTES):
         self._sock = sock
         self._encoder = encoder
-        self.stream_idle = stream_idle
         self._kick = kick  # an Event that wakes the client's housekeeper
         self._yield = maybe_yield  # fair yielding under gevent, else None
         self._lock = threading.Lock()
-        # Two generations (no per-publish bookkeeping, no dict churn): streams
-        # published since the last rotation, and those published only before it.
-        # A rotation every stream_idle forgets the older generation.
-        self._streams = {}  # subject -> _Stream
-        self._idle_streams = {}
+        self._streams = Generations(stream_idle, 0.0)  # subject -> _Stream, forgotten when idle
         self._unmarked = set()  # subjects published since the last marks
         self._marks = MarkSet()  # every remembered stream's last (epoch, seq), repeated each round
         self._epoch = 0  # grows each time idle streams are forgotten
         self._interest = set()  # readers' subscription prefixes wanted somewhere in the mesh
         self._recorded = set()  # other prefixes: the node's history recorder's (PROTOCOL.md 6)
-        self._batch = None  # [stream, first seq, ts, parts, bytes, opened] of the open batch
+        self._batch = None  # [stream, first seq, ts, parts, bytes, deadline] of the open batch
         self._batch_room = min(BATCH_MAX_BYTES, encoder.payload_room)  # payload bytes a batch may hold
         self._last_publish = float("-inf")
         self._streak = 0  # publishes in a row that came within IDLE_GAP of the one before
+        self._house_due = float("inf")  # when the housekeeper looks next (inf: not before a kick)
         self._next_marks = 0.0
-        self._next_rotation = 0.0
         self.published = 0
         self.batches = 0
         self.mark_messages = 0
@@ -126,50 +134,71 @@ class Publisher:
 
     def publish(self, subject, data):
         with self._lock:
-            if self.closed:
-                raise RuntimeError("client is closed")
-            now = time.monotonic()
-            stream = self._streams.get(subject) or self._stream(subject, now)
-            packed = self._encoder.pack(data)
-            if self._backlog is not None:  # unreachable, or just back: keep order behind the backlog
-                return self._hold(subject, stream, packed)
-            quick = now - self._last_publish < IDLE_GAP
-            self._last_publish = now
-            self._streak = self._streak + 1 if quick else 0
+            now = _monotonic()
             batch = self._batch
-            if batch is not None:
-                if (batch[0] is stream and len(batch[3]) <= BATCH_MAX_MESSAGES
-                        and batch[4] + len(packed) <= self._batch_room and now - batch[5] < BATCH_MAX_AGE):
-                    batch[3].append(packed)
+            if batch is not None and batch[0] is self._streams.recent.get(subject) and now < batch[5]:
+                # Joining the open batch: the hot path, kept short.
+                packed = self._encoder.pack(data)
+                parts = batch[3]
+                if len(parts) <= BATCH_MAX_MESSAGES and batch[4] + len(packed) <= self._batch_room:
+                    parts.append(packed)
                     batch[4] += len(packed)
+                    stream = batch[0]
                     seq = stream.seq = stream.seq + 1
                     self.published += 1
-                    if not quick:  # the burst is over: nothing more will join
+                    if now - self._last_publish < IDLE_GAP:
+                        self._last_publish = now
+                    else:  # after a pause: nothing more will join
                         self._send_batch()
+                        self._last_publish = _monotonic()
                     return seq
-                self._send_batch()
-            seq = stream.seq = stream.seq + 1
-            if self._streak < BURST_STREAK:
-                self._send(stream, seq, time.time(), [None, packed])
             else:
-                self._batch = [stream, seq, time.time(), [None, packed], len(packed), now]
-                self._kick.set()
-            self._unmarked.add(subject)
-            self.published += 1
+                packed = None
+            seq = self._publish(subject, data, now, packed)
         if self._yield is not None:
             self._yield()
         return seq
 
+    def _publish(self, subject, data, now, packed):
+        """A publish that does not join the open batch (lock held): it sends
+        the open batch, then goes out alone or opens a batch (the flush rule)."""
+        if self.closed:
+            raise RuntimeError("client is closed")
+        stream = self._streams.recent.get(subject) or self._stream(subject, now)
+        if packed is None:
+            packed = self._encoder.pack(data)
+        if self._backlog is not None:  # unreachable, or just back: keep order behind the backlog
+            return self._hold(subject, stream, packed)
+        gap = now - self._last_publish
+        quick = gap < IDLE_GAP
+        self._streak = self._streak + 1 if quick else 0
+        if self._batch is not None:
+            self._send_batch()
+        seq = stream.seq = stream.seq + 1
+        if self._streak < BURST_STREAK:
+            self._send(stream, seq, time.time(), [None, packed])
+        else:
+            deadline = now + BATCH_MAX_AGE
+            self._batch = [stream, seq, time.time(), [None, packed], len(packed), deadline]
+            if self._house_due > deadline:
+                self._house_due = now
+                self._kick.set()
+        self._unmarked.add(subject)
+        self.published += 1
+        self._last_publish = _monotonic()  # after the sends: the next gap is the caller's own
+        return seq
+
     def _stream(self, subject, now):
         """The stream of a subject not published on in this generation (lock held)."""
-        stream = self._idle_streams.pop(subject, None)
+        streams = self._streams
+        stream = streams.revive(subject)
         if stream is None:
             stream = _Stream(validate_subject(subject), self._epoch)
-            if not self._streams and not self._idle_streams:  # the first generation begins
-                self._next_rotation = now + self.stream_idle
+            if not streams:  # the first generation begins
+                streams.rotate_at = now + streams.idle
                 self._next_marks = now + MARK_SECONDS
                 self._kick.set()
-        self._streams[subject] = stream
+            streams.recent[subject] = stream
         return stream
 
     def publish_with_headers(self, subject, data, headers):
@@ -182,7 +211,7 @@ class Publisher:
                 raise RuntimeError("client is closed")
             if self._backlog is not None:
                 raise Disconnected("the node is unreachable: a request or reply cannot wait for it")
-            stream = self._streams.get(subject) or self._stream(subject, time.monotonic())
+            stream = self._streams.recent.get(subject) or self._stream(subject, time.monotonic())
             packed = self._encoder.pack(data)
             if self._batch is not None:
                 self._send_batch()
@@ -194,7 +223,7 @@ class Publisher:
 
     def epoch_of(self, subject):
         """The epoch of this publisher's stream on ``subject`` (None if it has none now)."""
-        stream = self._streams.get(subject) or self._idle_streams.get(subject)
+        stream = self._streams.get(subject)
         return None if stream is None else stream.epoch
 
     def _hold(self, subject, stream, packed):
@@ -239,9 +268,9 @@ class Publisher:
             return
         if self._batch is not None:
             self._send_batch()
-        streams, idle, marks = self._streams, self._idle_streams, self._marks
+        streams, marks = self._streams, self._marks
         for subject in self._unmarked:
-            stream = streams.get(subject) or idle.get(subject)
+            stream = streams.get(subject)
             if stream is not None:
                 marks.set(stream.topic, subject, stream.epoch, stream.seq)
         self._unmarked.clear()
@@ -256,53 +285,53 @@ class Publisher:
         self.mark_messages += 1
 
     def _rotate(self, now):
-        """Forget the streams not published for a whole generation (lock held):
-        a stream is forgotten between stream_idle and twice that after its
-        last message."""
-        forgotten = [self._idle_streams]
-        if now >= self._next_rotation + self.stream_idle:  # late by a generation: both are idle
-            forgotten.append(self._streams)
-            self._idle_streams = {}
-        else:
-            self._idle_streams = self._streams
+        """Forget the streams not published for a whole generation (lock held)."""
         gone = 0
-        for streams in forgotten:
+        for streams in self._streams.rotate(now):
             gone += len(streams)
             for subject in streams:
                 self._marks.discard(subject)
                 self._unmarked.discard(subject)
-        self._streams = {}
         if gone:
             self._epoch += 1
             self.forgotten += gone
-        self._next_rotation = now + self.stream_idle
 
     def housekeep(self):
         """Do what is due: send an aged batch, marks, forget idle streams.
-        Returns the seconds until the next duty, or None if none is pending."""
-        with self._lock:
-            if self.closed:
-                return None
-            now = time.monotonic()
-            waits = []
-            if self._batch is not None:
-                age = now - self._batch[5]
-                if age >= BATCH_MAX_AGE:
-                    self._send_batch()
-                else:
-                    waits.append(BATCH_MAX_AGE - age)
-            if self._streams or self._idle_streams:
-                if now >= self._next_marks:
-                    self._send_marks(now)
-                if now >= self._next_rotation:
-                    self._rotate(now)
-            if self._streams or self._idle_streams:
-                waits.append(max(0.0, min(self._next_marks, self._next_rotation) - now))
-            return min(waits) if waits else None
+        Returns the seconds until the next duty, or None if none is pending.
+        A publisher holding the lock is publishing: look again a little later."""
+        if not self._lock.acquire(blocking=False):
+            return BATCH_MAX_AGE
+        try:
+            delay = self._housekeep()
+            self._house_due = float("inf") if delay is None else time.monotonic() + delay
+            return delay
+        finally:
+            self._lock.release()
+
+    def _housekeep(self):
+        if self.closed:
+            return None
+        now = time.monotonic()
+        waits = []
+        if self._batch is not None:
+            if now >= self._batch[5]:
+                self._send_batch()
+            else:
+                waits.append(self._batch[5] - now)
+        streams = self._streams
+        if streams:
+            if now >= self._next_marks:
+                self._send_marks(now)
+            if now >= streams.rotate_at:
+                self._rotate(now)
+        if streams:
+            waits.append(max(0.0, min(self._next_marks, streams.rotate_at) - now))
+        return min(waits) if waits else None
 
     @property
     def streams(self):
-        return len(self._streams) + len(self._idle_streams)
+        return len(self._streams)
 
     # -- interest ---------------------------------------------------------
 

@@ -55,6 +55,18 @@ class Receiver:
     def subscriptions(self):
         return self._sublist.count
 
+    @property
+    def wake_fd(self):
+        """A descriptor that becomes readable when socket changes are queued
+        for the leader (``clear_wake`` after waking on it)."""
+        return self._wake_r
+
+    def clear_wake(self):
+        try:
+            os.read(self._wake_r, 4096)
+        except BlockingIOError:
+            pass
+
     # -- subscriptions ----------------------------------------------------
 
     def add(self, sub):
@@ -210,6 +222,28 @@ class Receiver:
                 return
             self._waiter.wait(remaining)
 
+    def visit(self, reading):
+        """One pass without waiting, for a reader that sleeps elsewhere (an
+        event loop, mesh/aio.py): unless another caller leads, take the lead,
+        apply the queued socket changes and, when ``reading``, dispatch what
+        the socket holds (about READ_BUDGET messages). Returns None if
+        another leads, else ``(socket, read, more)``: the socket to watch for
+        readability (None when not reading or closed), the ZeroMQ messages
+        read, and whether nothing was read though the socket holds more,
+        which its edge-triggered descriptor will not signal again."""
+        if not self._lead.acquire(blocking=False):
+            return None
+        try:
+            if self._ops:
+                self._apply_ops()
+            sock = self._sock if reading and not self.closed else None
+            if sock is None:
+                return None, 0, False
+            read = self._drain()
+            return sock, read, not read and bool(sock.getsockopt(zmq.EVENTS) & zmq.POLLIN)
+        finally:
+            self._lead.release()
+
     def _wake_leader(self):
         if self._wake_w < 0:
             return  # closed
@@ -264,7 +298,7 @@ class Receiver:
                     sub.malformed += 1
                 return 1
             if headers is None:
-                messages = [Message(subject, data, origin, seq + i, ts, epoch) for i, data in enumerate(payloads)]
+                messages = Message.numbered(subject, payloads, origin, seq, ts, epoch)
             elif "q" in headers:  # a queue-group delivery: the message as its publisher sent it
                 messages = [Message(headers.get("s"), payloads[0], headers.get("o"), headers.get("n"), ts,
                                     headers.get("e", 0), headers=headers)]

@@ -18,6 +18,7 @@ import collections
 import threading
 import time
 
+from .generations import Generations
 from .recovery import Position
 
 DEFAULT_PENDING_LIMIT = 100_000
@@ -36,7 +37,6 @@ class Subscription:
     def __init__(self, receiver, pattern, pending_limit, stream_idle, maybe_yield):
         self.pattern = pattern
         self.pending_limit = pending_limit
-        self.stream_idle = stream_idle
         self.received = 0
         self.gaps = 0
         self.dropped = 0
@@ -45,11 +45,7 @@ class Subscription:
         self._receiver = receiver
         self._yield = maybe_yield
         self._queue = collections.deque()
-        # (origin, subject) -> [epoch, last seq], in two generations: heard since
-        # the last rotation, and heard only before it (forgotten at the next).
-        self._streams = {}
-        self._idle_streams = {}
-        self._rotate_at = time.monotonic() + stream_idle
+        self._streams = Generations(stream_idle, time.monotonic())  # (origin, subject) -> [epoch, last seq]
         self._event = None  # made the first time a reader has to wait
         self._waiter = None  # the Event, while a reader waits for the receiver
         self._held = None  # live messages held back while a recovery replays (a list), else None
@@ -63,8 +59,12 @@ class Subscription:
     def get(self, timeout=None):
         """The next message; raises TimeoutError if none came within ``timeout``
         seconds, RuntimeError if the subscription is closed."""
-        if self._queue:
-            return self._pop()
+        queue = self._queue
+        if queue:  # the hot path: _pop written out (a call less per message)
+            self.received = count = self.received + 1
+            if self._yield is not None and not count & 1023:
+                self._yield()
+            return queue.popleft()
         return self._receiver.wait(self, timeout)
 
     def _pop(self):
@@ -73,13 +73,22 @@ class Subscription:
             self._yield()
         return self._queue.popleft()
 
+    def poll(self):
+        """The next message if one is waiting, else None; never waits or reads
+        (for a reader that waits elsewhere: mesh/aio.py)."""
+        return self._pop() if self._queue else None
+
     def take(self, limit=1024, timeout=None):
         """Every message waiting (at most ``limit``), at least one: waits like ``get``."""
         batch = [self.get(timeout)]
+        batch.extend(self.take_waiting(limit - 1))
+        return batch
+
+    def take_waiting(self, limit):
+        """The messages waiting (at most ``limit``, maybe none); never waits or reads."""
         queue = self._queue
-        while queue and len(batch) < limit:
-            batch.append(queue.popleft())
-        self.received += len(batch) - 1
+        batch = [queue.popleft() for _ in range(min(limit, len(queue)))]
+        self.received += len(batch)
         return batch
 
     def __iter__(self):
@@ -109,7 +118,7 @@ class Subscription:
         """The position; ``queued_count``: queued messages count as had (a
         recovery into this same subscription, which keeps its queue)."""
         now = time.time()
-        delivered = {key: (epoch, seq) for key, (epoch, seq) in {**self._idle_streams, **self._streams}.items()}
+        delivered = {key: (epoch, seq) for key, (epoch, seq) in self._streams.merged().items()}
         if not queued_count:
             rolled_back = set()
             for message in list(self._queue) + list(self._held or ()):
@@ -122,7 +131,7 @@ class Subscription:
     @property
     def streams(self):
         """Streams (publisher, subject) whose position this subscription remembers."""
-        return len(self._streams) + len(self._idle_streams)
+        return len(self._streams)
 
     # -- filled by the receiver ------------------------------------------
 
@@ -134,8 +143,8 @@ class Subscription:
             if self._held is not None:
                 self._held.extend(messages)
                 return
-            if now >= self._rotate_at:
-                self._rotate(now)
+            if now >= self._streams.rotate_at:
+                self._streams.rotate(now)
             end = seq + len(messages) - 1
             self._advance(key, epoch, seq, end)
             if self._replayed_to:  # live copies of what a recovery replayed may still come: never twice
@@ -159,12 +168,12 @@ class Subscription:
 
     def _advance(self, key, epoch, seq, end):
         """Stream ``key`` got ``seq`` to ``end`` of ``epoch``: count what was skipped."""
-        position = self._streams.get(key)
+        streams = self._streams
+        position = streams.recent.get(key)
         if position is None:
-            position = self._idle_streams.pop(key, None)
+            position = streams.revive(key)
             if position is None:
-                position = [epoch, seq - 1]  # a stream we never saw: its first batch sets the baseline
-            self._streams[key] = position
+                position = streams.recent[key] = [epoch, seq - 1]  # a stream we never saw: its first batch sets the baseline
         if position[0] != epoch:  # the publisher forgot the stream and began it again
             self.gaps += seq - 1
             position[0], position[1] = epoch, end
@@ -212,8 +221,8 @@ class Subscription:
         with self._lock:
             gaps = self.gaps
             for key, (epoch, seq) in (start or {}).items():
-                if key not in self._streams and key not in self._idle_streams:
-                    self._streams[key] = [epoch, seq]
+                if key not in self._streams:
+                    self._streams.recent[key] = [epoch, seq]
             queued = list(replayed)
             queued.extend(message for message in self._held or () if keep_live(message))
             settled = {}
@@ -242,7 +251,7 @@ class Subscription:
 
     def _count_to(self, key, epoch, seq):
         """Stream ``key`` was sent up to (``epoch``, ``seq``): count what never came."""
-        position = self._streams.get(key) or self._idle_streams.get(key)
+        position = self._streams.get(key)
         if position is None:
             return  # a stream we never saw: nothing to count
         if position[0] != epoch:
@@ -251,16 +260,6 @@ class Subscription:
         elif seq > position[1]:
             self.gaps += seq - position[1]
             position[1] = seq
-
-    def _rotate(self, now):
-        """Forget streams not heard from for a whole generation (between
-        stream_idle and twice that after their last message)."""
-        if now >= self._rotate_at + self.stream_idle:  # nothing arrived for a generation
-            self._idle_streams = {}
-        else:
-            self._idle_streams = self._streams
-        self._streams = {}
-        self._rotate_at = now + self.stream_idle
 
     def _wake(self):
         if self._waiter is not None:

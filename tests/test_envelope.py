@@ -6,8 +6,8 @@ import msgpack
 import pytest
 from hypothesis import example, given, settings, strategies as st
 
-from mesh.envelope import (DEFAULT_MAX_PAYLOAD, MARKS_TOPIC_END, PROTOCOL_VERSION, BatchEncoder, MalformedMessage,
-                           Message, PayloadTooLarge, decode_batch, decode_marks)
+from mesh.envelope import (DEFAULT_MAX_PAYLOAD, MARKS_TOPIC_END, PROTOCOL_VERSION, RAW_BYTES_MIN, BatchEncoder,
+                           MalformedMessage, Message, PayloadTooLarge, decode_batch, decode_marks)
 from mesh.subjects import topic_frame, validate_subject
 
 payloads = st.recursive(
@@ -137,6 +137,17 @@ def test_an_accepted_payload_always_fits_a_batch_of_one_and_a_refused_one_never_
     assert len(packed) <= encoder.payload_room
 
 
+@pytest.mark.parametrize("size", [RAW_BYTES_MIN - 1, RAW_BYTES_MIN, 0xFFFF, 0x10000, 300_000])
+def test_large_bytes_framed_by_hand_are_what_msgpack_makes_and_keep_the_limit(size):
+    data = bytes(range(256)) * (size // 256) + b"x" * (size % 256)
+    encoder = BatchEncoder("o")
+    assert encoder.pack(data) == msgpack.packb(data)
+    assert decode_batch(batch_body(encoder, 0, 1, 0.0, [data, b"small", data]))[4] == [data, b"small", data]
+    tight = BatchEncoder("o", max_payload=size)
+    with pytest.raises(PayloadTooLarge):
+        tight.pack(data)
+
+
 def test_raising_the_limit_raises_the_room():
     encoder = BatchEncoder("o", max_payload=1000)
     with pytest.raises(PayloadTooLarge):
@@ -152,6 +163,13 @@ def test_unencodable_data_is_a_type_error_and_the_encoder_still_works():
     with pytest.raises(TypeError):
         encoder.pack(2**64)  # too big an int for msgpack
     assert decode_batch(batch_body(encoder, 0, 2, 0.0, ["fine"]))[4] == ["fine"]
+
+
+def test_the_messages_of_a_batch_are_the_messages_one_by_one():
+    many = Message.numbered("a.b", [b"x", {"k": 1}], "o", 7, 1.5, 3)
+    one_by_one = [Message("a.b", b"x", "o", 7, 1.5, 3), Message("a.b", {"k": 1}, "o", 8, 1.5, 3)]
+    fields = Message.__slots__
+    assert [[getattr(m, f) for f in fields] for m in many] == [[getattr(m, f) for f in fields] for m in one_by_one]
 
 
 def test_message_objects():

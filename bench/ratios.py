@@ -1,0 +1,126 @@
+"""The library's targets as same-run ratios to raw pyzmq, each the worst of N rounds.
+
+    .venv/bin/python -m bench.ratios [--rounds 5] [--parts throughput latency sizes aio]
+
+One 2-node mesh (A and B, a static link, ``--max-payload`` 2 MiB) for the whole run; every round
+measures each case beside its raw pyzmq PUB->SUB counterpart, minutes apart
+at most, on the suite's workers (bench/workers.py), so that the load of a
+shared machine weighs on both sides of each ratio:
+
+* ``throughput``: 400,000 x 100 B as fast as the publisher can, mesh (pub A,
+  sub B) / raw; target >= 3.5x.
+* ``aio``: the same through ``mesh.aio`` / the threaded client; target >= 0.9x.
+* ``latency``: one-way p99 and p99.9 at 1k, 5k, 20k and 50k msg/s (at least
+  10,000 messages each), mesh / raw; the mesh publisher relies on the flush
+  rule (mesh/publisher.py) and never calls ``flush``; target at 5k: p99 <= 2x.
+* ``sizes``: throughput at 1 KiB, 16 KiB, 256 KiB and 1 MiB payloads, mesh /
+  raw; targets 1 KiB >= 1.5x, 16 KiB >= 1.0x.
+
+Prints every round and, per ratio, the worst and the median over the rounds.
+"""
+
+import argparse
+import statistics
+import time
+
+from .procs import LOOPBACK, Procs, free_port
+from .scenarios import SUBJECT, run_case
+
+RATES = (1000, 5000, 20000, 50000)
+SIZES = (1024, 16384, 262144, 1048576)
+# ratio name -> (target, True when higher is better)
+TARGETS = {"throughput 100 B": (3.5, True), "aio / threaded": (0.9, True), "p99 at 5,000/s": (2.0, False),
+           "1 KiB": (1.5, True), "16 KiB": (1.0, True)}
+
+
+def measure(procs, system, pub_ep, sub_ep, count, **extra):
+    cfg = {"system": system, "subject": SUBJECT, "count": count, **extra}
+    sub_cfg = {k: v for k, v in cfg.items() if k not in ("rate", "flush")}
+    if "rate" in extra:
+        sub_cfg["mode"] = "latency"
+    pub, (sub,) = run_case(procs, dict(cfg, endpoint=pub_ep), [dict(sub_cfg, endpoint=sub_ep)],
+                           timeout=120 + count / 1000)
+    if sub["delivered"] < count:
+        raise RuntimeError(f"{system}: {sub['delivered']} of {count} delivered")
+    return sub
+
+
+def raw_endpoints():
+    endpoint = f"tcp://{LOOPBACK}:{free_port()}"
+    return endpoint, endpoint
+
+
+def one_round(procs, a, b, parts, messages):
+    """{ratio name: value} and the raw numbers behind them, for one round."""
+    ratios, raw = {}, {}
+
+    def pair(name, count, mesh_system="mesh", base_system="zmq", **extra):
+        base_eps = raw_endpoints() if base_system == "zmq" else (a.address, b.address)
+        base = measure(procs, base_system, *base_eps, count, **extra)
+        mesh = measure(procs, mesh_system, a.address, b.address, count, **extra)
+        raw[name] = (base, mesh)
+        return base, mesh
+
+    if "throughput" in parts:
+        base, mesh = pair("throughput 100 B", messages)
+        ratios["throughput 100 B"] = mesh["rate"] / base["rate"]
+    if "aio" in parts:
+        base, mesh = pair("aio / threaded", messages, mesh_system="mesh_aio", base_system="mesh")
+        ratios["aio / threaded"] = mesh["rate"] / base["rate"]
+    if "latency" in parts:
+        for rate in RATES:
+            count = max(10_000, rate * 4)
+            base, mesh = pair(f"latency {rate}", count, rate=rate, flush=False)
+            for p in ("p99", "p99_9"):
+                ratios[f"{p.replace('_', '.')} at {rate:,}/s"] = mesh["latency_ms"][p] / base["latency_ms"][p]
+    if "sizes" in parts:
+        for size in SIZES:
+            count = max(500, min(messages, 40_000_000 // size))
+            base, mesh = pair(f"size {size}", count, size=size)
+            label = f"{size // 1024} KiB" if size < 1048576 else "1 MiB"
+            ratios[label] = mesh["rate"] / base["rate"]
+    return ratios, raw
+
+
+def describe(name, base, mesh):
+    if "latency_ms" in mesh:
+        b, m = base["latency_ms"], mesh["latency_ms"]
+        return (f"{name}: p99 {m['p99']} vs {b['p99']} ms, p99.9 {m['p99_9']} vs {b['p99_9']} ms "
+                f"(p50 {m['p50']} vs {b['p50']})")
+    return f"{name}: {mesh['rate']:,.0f} vs {base['rate']:,.0f} msg/s"
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--messages", type=int, default=400_000)
+    parser.add_argument("--parts", nargs="+", default=["throughput", "aio", "latency", "sizes"],
+                        choices=["throughput", "aio", "latency", "sizes"])
+    args = parser.parse_args(argv)
+    procs = Procs()
+    rounds = []
+    try:
+        big = ("--max-payload", str(2 * max(SIZES)))  # a 1 MiB payload and its batch header
+        a = procs.node("bench-a", *big)
+        b = procs.node("bench-b", "--peer", a.address, *big)
+        time.sleep(2)  # the static link forms within one introduction interval
+        for r in range(args.rounds):
+            ratios, raw = one_round(procs, a, b, args.parts, args.messages)
+            rounds.append(ratios)
+            print(f"round {r + 1} (load {open('/proc/loadavg').read().split()[0]}):", flush=True)
+            for name, (base, mesh) in raw.items():
+                print(f"  {describe(name, base, mesh)}", flush=True)
+    finally:
+        procs.close()
+    print(f"\n{'ratio (mesh / raw)':<24}{'worst':>8}{'median':>8}  target")
+    for name in rounds[0] if rounds else ():
+        values = [r[name] for r in rounds]
+        target, higher = TARGETS.get(name, (None, not name.startswith("p99")))
+        worst = min(values) if higher else max(values)
+        verdict = "" if target is None else (f"{'>=' if higher else '<='} {target}: "
+                                             f"{'met' if (worst >= target if higher else worst <= target) else 'missed'}")
+        print(f"{name:<24}{worst:>8.2f}{statistics.median(values):>8.2f}  {verdict}")
+
+
+if __name__ == "__main__":
+    main()
