@@ -114,9 +114,8 @@ def main(argv=None):
         left = procs.alive()
         if left:
             say(f"WARNING: still running after stop: {left}")
-    nats_binary, _ = bench._peer.get("nats", (None, None))
-    redis_binary, _ = bench._peer.get("redis", (None, None))
-    result["versions"] = report.versions(nats_binary, redis_binary)
+    found = bench.binaries()
+    result["versions"] = report.versions(found.get("nats"), found.get("redis"))
     result["machine"]["loadavg_end"] = open("/proc/loadavg").read().split()[:3]
     result["machine"]["loadavg_1min_during_run"] = load.stop()
     result["seconds"] = round(time.monotonic() - began, 1)

@@ -12,7 +12,7 @@ import socket
 import statistics
 import time
 
-from .base import Column, Scenario, Skip, measure, ms, option, skipped
+from .base import Column, Scenario, measure, ms, option, skipped
 from .peers import NatsServer
 from .procs import LOOPBACK, free_port, wait_port
 from .scenarios import RawNats
@@ -107,9 +107,7 @@ def _mesh(bench, trials, subjects):
 
 
 def _nats(bench, trials, subjects):
-    binary, reason = bench.peer("nats")
-    if binary is None:
-        raise Skip(reason)
+    binary = bench.binary("nats")
     servers = bench.nats()
     with _Stream(bench, "nats", servers[0].address, subjects):
         joins, after_ready = [], []

@@ -12,7 +12,7 @@ import asyncio
 import threading
 import time
 
-from .base import Column, Scenario, Skip, measure, num
+from .base import Column, Scenario, measure, num
 from .procs import LOOPBACK
 
 SUBJECT = "bench.queue"
@@ -59,6 +59,17 @@ class _Tally:
                 "seconds": seconds, "rate": delivered / seconds if seconds else 0.0, "per_member": self.counts}
 
 
+def _count(bench, tally, count, system, endpoint):
+    """A publisher process of ``count`` messages once the group is warm; what the group got."""
+    publisher = bench.procs.worker("pub", {"system": system, "endpoint": endpoint, "subject": SUBJECT,
+                                           "count": count})
+    try:
+        _wait(tally, count, publisher)
+    finally:
+        bench.procs.stop(publisher.proc)
+    return tally.result(count)
+
+
 def _wait(tally, count, publisher):
     deadline = time.monotonic() + 30
     while not tally.warm:
@@ -92,13 +103,7 @@ def _mesh(bench, count):
             if time.monotonic() > deadline:
                 raise RuntimeError("the nodes did not reach every member")
             time.sleep(0.1)
-        publisher = bench.procs.worker("pub", {"system": "mesh", "endpoint": nodes[0].address, "subject": SUBJECT,
-                                               "count": count})
-        try:
-            _wait(tally, count, publisher)
-        finally:
-            bench.procs.stop(publisher.proc)
-        return tally.result(count)
+        return _count(bench, tally, count, "mesh", nodes[0].address)
     finally:
         for client in clients:
             client.close()
@@ -107,9 +112,7 @@ def _mesh(bench, count):
 def _nats(bench, count):
     from .peers import nats_cluster, wait_nats_routes
 
-    binary, reason = bench.peer("nats")
-    if binary is None:
-        raise Skip(reason)
+    binary = bench.binary("nats")
     import nats as nats_client
 
     servers = nats_cluster(bench.procs, binary, 3)
@@ -135,13 +138,7 @@ def _nats(bench, count):
 
         asyncio.run_coroutine_threadsafe(join(), loop).result(30)
         time.sleep(0.5)  # the queue subscriptions cross the routes
-        publisher = bench.procs.worker("pub", {"system": "nats", "endpoint": f"{LOOPBACK}:{servers[0].port}",
-                                               "subject": SUBJECT, "count": count})
-        try:
-            _wait(tally, count, publisher)
-        finally:
-            bench.procs.stop(publisher.proc)
-        return tally.result(count)
+        return _count(bench, tally, count, "nats", f"{LOOPBACK}:{servers[0].port}")
     finally:
         async def leave():
             for nc in connections:

@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 
-from .base import Column, Scenario, Skip, measure, num
+from .base import Column, Scenario, measure, num
 from .procs import LOOPBACK, ROOT
 from .workers import percentile
 
@@ -70,9 +70,7 @@ def _nats(bench, count):
 
     from .peers import nats_cluster, wait_nats_routes
 
-    binary, reason = bench.peer("nats")
-    if binary is None:
-        raise Skip(reason)
+    binary = bench.binary("nats")
     servers = nats_cluster(bench.procs, binary, 2)
     try:
         if not wait_nats_routes(servers):

@@ -66,6 +66,17 @@ class Bench:
                                                  progress=self.say)
         return self._peer[name]
 
+    def binary(self, name):
+        """The peer's binary; Skip (with the reason) when it cannot be had."""
+        binary, reason = self.peer(name)
+        if binary is None:
+            raise Skip(reason)
+        return binary
+
+    def binaries(self):
+        """{peer name: binary} of the peers this run found."""
+        return {name: binary for name, (binary, _) in self._peer.items() if binary}
+
     def mesh(self):
         """Nodes A, B, C linked by static peers."""
         if self._mesh is None:
@@ -85,9 +96,7 @@ class Bench:
 
     def nats(self):
         """Three routed nats-servers, or raises with the reason they are skipped."""
-        binary, reason = self.peer("nats")
-        if binary is None:
-            raise Skip(reason)
+        binary = self.binary("nats")
         if self._nats is None:
             self.say("  starting a 3-server NATS cluster ...")
             servers = nats_cluster(self.procs, binary, 3)
@@ -97,9 +106,7 @@ class Bench:
         return self._nats
 
     def redis(self):
-        binary, reason = self.peer("redis")
-        if binary is None:
-            raise Skip(reason)
+        binary = self.binary("redis")
         if self._redis is None:
             self.say("  starting redis-server ...")
             self._redis = RedisServer(self.procs, binary).wait_ready()

@@ -10,7 +10,7 @@ import json
 import time
 from functools import partial
 
-from .base import Column, Scenario, Skip, measure, ms, num, of, option, skipped, target
+from .base import Column, Scenario, measure, ms, num, of, option, skipped, target
 from .peers import NatsServer
 from .procs import LOOPBACK, rss_kib
 from .scenarios import BENCH_SECRET, MeshPublisher, RawNats
@@ -49,9 +49,7 @@ def _server(bench, kind, count):
         node = bench.procs.node(f"bench-edge-{count}", "--http", "0", "--max-connections", str(count + 100), *auth)
         host, port = node.fields["http"].rsplit(":", 1)
         return host, port, node.pid, path, lambda: bench.procs.stop_node(node), lambda: MeshPublisher(node.address)
-    binary, reason = bench.peer("nats")
-    if binary is None:
-        raise Skip(reason)
+    binary = bench.binary("nats")
     server = NatsServer(bench.procs, binary, name=f"nats-ws-{count}", websocket=True).wait_ready()
     return LOOPBACK, server.ws_port, server.pid, "/", server.stop, lambda: RawNats(f"{LOOPBACK}:{server.port}")
 
