@@ -10,23 +10,17 @@ its client sees it.
 import select
 import time
 
+from .base import Column, Scenario, measure
 from .scenarios import BENCH_SECRET
 from .wsclient import parse_frames, upgrade
 
 
 def revocation(bench, rows):
-    from .scenarios import failed, row
-
     count = max(30, bench.args.ws_clients[0] if bench.args.ws_clients else 30)
     label = f"revoke one sub held by {count:,} WebSocket connections over 3 nodes"
     bench.say(f"[10 revocation] {label}")
-    try:
-        rows.append(row("revoke-3-nodes", label, **_revoke(bench, count)))
-        r = rows[-1]
-        bench.say(f"    reply after {r['reply_ms']:.0f} ms; all {r['closed']:,} closed after {r['last_close_ms']:.0f} ms")
-    except Exception as exc:
-        rows.append(failed("revoke-3-nodes", label, exc))
-        bench.say(f"    FAILED: {exc}")
+    measure(bench, rows, "revoke-3-nodes", label, lambda: _revoke(bench, count),
+            lambda r: f"reply after {r['reply_ms']:.0f} ms; all {r['closed']:,} closed after {r['last_close_ms']:.0f} ms")
     return rows
 
 
@@ -83,3 +77,9 @@ def _revoke(bench, count):
     finally:
         for node in nodes:
             bench.procs.stop_node(node)
+
+
+SCENARIOS = [Scenario("revocation", "10", "Revoking a token subject across 3 nodes", revocation, [
+    Column("peers confirmed", lambda r: ", ".join(f"{k}: {v}" for k, v in r["peers"].items())),
+    Column("revoke answered", lambda r: f"{r['reply_ms']:.0f} ms"),
+    Column("last connection closed", lambda r: f"{r['last_close_ms']:.0f} ms")])]

@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 
+from .base import Column, Scenario, measure, num
 from .procs import ROOT, rss_kib
 from .wsclient import masked_frame, upgrade
 
@@ -24,31 +25,19 @@ CHURN_ROUND = 500
 
 
 def edge_memory(bench, rows):
-    from .scenarios import failed, row
-
     count = max(2000, bench.args.messages // 4)
     label = f"WebSocket flood of {count:,} x 1 KiB, 3 fast readers and 1 stalled"
     bench.say(f"[9 edge-memory] {label}")
-    try:
-        rows.append(row("flood", label, **_flood(bench, count)))
-        r = rows[-1]
-        bench.say(f"    readers {r['delivered']} of {count:,}, cut {r['fast_cut']}, slow consumers "
-                  f"{r['slow_consumers']}, dropped {r['dropped']}; "
-                  f"RSS {r['rss_before_mib']:.0f} -> peak {r['rss_peak_mib']:.0f} -> {r['rss_after_mib']:.0f} MiB")
-    except Exception as exc:
-        rows.append(failed("flood", label, exc))
-        bench.say(f"    FAILED: {exc}")
+    measure(bench, rows, "flood", label, lambda: _flood(bench, count),
+            lambda r: f"readers {r['delivered']} of {count:,}, cut {r['fast_cut']}, slow consumers "
+                      f"{r['slow_consumers']}, dropped {r['dropped']}; RSS {r['rss_before_mib']:.0f} -> peak "
+                      f"{r['rss_peak_mib']:.0f} -> {r['rss_after_mib']:.0f} MiB")
     connections = max(CHURN_ROUND, bench.args.ws_clients[-1] if bench.args.ws_clients else CHURN_ROUND)
     label = f"churn: {connections:,} WebSocket connections, {CHURN_ROUND} at a time, each its own pattern"
     bench.say(f"[9 edge-memory] {label}")
-    try:
-        rows.append(row("churn", label, **_churn(bench, connections)))
-        r = rows[-1]
-        bench.say(f"    RSS {r['rss_before_mib']:.0f} -> {r['rss_after_mib']:.0f} -> "
-                  f"{r['rss_later_mib']:.0f} MiB five seconds later")
-    except Exception as exc:
-        rows.append(failed("churn", label, exc))
-        bench.say(f"    FAILED: {exc}")
+    measure(bench, rows, "churn", label, lambda: _churn(bench, connections),
+            lambda r: f"RSS {r['rss_before_mib']:.0f} -> {r['rss_after_mib']:.0f} -> {r['rss_later_mib']:.0f} MiB "
+                      "five seconds later")
     return rows
 
 
@@ -142,3 +131,20 @@ def _stats(host, port):
 
     with urllib.request.urlopen(f"http://{host}:{port}/stats", timeout=10) as response:
         return json.loads(response.read())
+
+
+def _result(r):
+    if r["key"] == "flood":
+        return (f"{num(r['rate'])} msg/s published; fast readers got {', '.join(num(n) for n in r['delivered'])}, "
+                f"{r['fast_cut']} cut; slow consumers {r['slow_consumers']}, dropped {r['dropped']}")
+    return "all closed"
+
+
+def _rss(r):
+    if r["key"] == "flood":
+        return f"{r['rss_before_mib']:.0f} -> peak {r['rss_peak_mib']:.0f} -> {r['rss_after_mib']:.0f} after"
+    return f"{r['rss_before_mib']:.0f} -> {r['rss_after_mib']:.0f} -> {r['rss_later_mib']:.0f} five seconds later"
+
+
+SCENARIOS = [Scenario("edge_memory", "9", "An edge under a WebSocket publish flood and connection churn",
+                      edge_memory, [Column("result", _result), Column("edge RSS MiB", _rss)])]

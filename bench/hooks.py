@@ -14,26 +14,21 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from .base import Column, Scenario, measure, num
 from .workers import percentile
 
 RATE = 500
 
 
 def hooks(bench, rows):
-    from .scenarios import failed, row
-
     count = max(500, bench.args.messages // 40)
     label = f"{count:,} messages at {RATE}/s, then {count:,} at once; one hook, a fast receiver"
     bench.say(f"[14 hooks] {label}")
-    try:
-        rows.append(row("webhook", label, **_run(bench, count)))
-        r = rows[-1]
-        bench.say(f"    {r['delivered']:,} delivered once ({r['duplicates']} twice); webhook p50 {r['hook_p50']:.1f} "
-                  f"ms p99 {r['hook_p99']:.1f} ms; subscription p50 {r['sub_p50']:.2f} ms p99 {r['sub_p99']:.2f} ms")
-    except Exception as exc:
-        rows.append(failed("webhook", label, exc))
-        bench.say(f"    FAILED: {exc}")
+    measure(bench, rows, "webhook", label, lambda: _run(bench, count),
+            lambda r: f"{r['delivered']:,} delivered once ({r['duplicates']} twice); webhook p50 {r['hook_p50']:.1f} "
+                      f"ms p99 {r['hook_p99']:.1f} ms; subscription p50 {r['sub_p50']:.2f} ms p99 {r['sub_p99']:.2f} ms")
     return rows
+
 
 
 def _run(bench, count):
@@ -113,3 +108,11 @@ def _wait_for(arrivals, total, timeout=60):
     deadline = time.monotonic() + timeout
     while len(arrivals) < total and time.monotonic() < deadline:
         time.sleep(0.05)
+
+
+SCENARIOS = [Scenario("hooks", "14", "Webhook deliveries to a fast local receiver, beside a direct subscription",
+                      hooks, [Column("delivered once / sent", lambda r: f"{num(r['delivered'])} / {num(r['messages'])}"),
+                              Column("burst deliveries/s", lambda r: num(r["rate"])),
+                              Column("webhook p50 / p99 ms", lambda r: f"{r['hook_p50']:.1f} / {r['hook_p99']:.1f}"),
+                              Column("subscription p50 / p99 ms",
+                                     lambda r: f"{r['sub_p50']:.2f} / {r['sub_p99']:.2f}")])]

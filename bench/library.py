@@ -24,6 +24,9 @@ import socket
 import sys
 import time
 
+from .base import Column, Scenario, measure, ms, num, option
+from .scenarios import SUBJECT, run_case
+
 STREAM_IDLE = 10.0  # entities: both ends forget a subject this long after its last message
 
 
@@ -162,97 +165,99 @@ ROLES = {"subscriptions": subscriptions, "entities_pub": entities_pub, "entities
 # -- scenarios --------------------------------------------------------------------
 
 def receive(bench, rows):
-    from .scenarios import SUBJECT, failed, row, run_case
-
     count = min(200_000, max(2_000, bench.args.messages * 10))
     label = f"gevent: 5 ms greenlet beside a {count:,}-message drain"
     bench.say(f"[6 receive] {label}")
-    try:
-        a, b, _ = bench.mesh()
-        _, (result,) = run_case(bench.procs, {"system": "mesh", "endpoint": a.address, "subject": SUBJECT,
-                                              "count": count},
-                                [{"system": "mesh_green", "endpoint": b.address, "subject": SUBJECT,
-                                  "count": count}], timeout=300)
-        rows.append(row("green", label, **result))
-        late = result["drain_max_late_ms"]
-        bench.say(f"    worst lateness {'n/a' if late is None else f'{late:.1f}'} ms during the drain "
-                  f"({result['idle_max_late_ms']:.1f} ms with no traffic)")
-    except Exception as exc:
-        rows.append(failed("green", label, exc))
-        bench.say(f"    FAILED: {exc}")
+    measure(bench, rows, "green", label, lambda: _green(bench, count), _lateness)
     for count in bench.args.subscriptions:
         label = f"{count:,} subscriptions in one process"
         bench.say(f"[6 receive] {label}")
-        try:
-            a, _, _ = bench.mesh()
-            worker = bench.procs.worker("subscriptions", {"endpoint": a.address, "count": count,
-                                                          "idle_seconds": 5.0},
-                                        name=f"subscriptions-{count}", module="bench.library")
-            result = worker.result(300)
-            rows.append(row(f"subscriptions-{count}", label, **result))
-            bench.say(f"    idle {result['idle_core_fraction'] * 100:.2f}% of a core, "
-                      f"{result['fds_after'] - result['fds_before']} descriptors, "
-                      f"{result['delivered']:,}/{count:,} delivered")
-        except Exception as exc:
-            rows.append(failed(f"subscriptions-{count}", label, exc))
-            bench.say(f"    FAILED: {exc}")
+        measure(bench, rows, f"subscriptions-{count}", label, lambda count=count: _subscriptions(bench, count),
+                lambda r: f"idle {r['idle_core_fraction'] * 100:.2f}% of a core, "
+                          f"{r['fds_after'] - r['fds_before']} descriptors, {r['delivered']:,}/{r['subscriptions']:,} "
+                          "delivered")
     return rows
 
 
-def entities(bench, rows):
-    from .scenarios import failed, row
+def _lateness(r):
+    late = r["drain_max_late_ms"]
+    return (f"worst lateness {'n/a' if late is None else f'{late:.1f}'} ms during the drain "
+            f"({r['idle_max_late_ms']:.1f} ms with no traffic)")
 
+
+def _green(bench, count):
+    a, b, _ = bench.mesh()
+    _, (result,) = run_case(bench.procs, {"system": "mesh", "endpoint": a.address, "subject": SUBJECT,
+                                          "count": count},
+                            [{"system": "mesh_green", "endpoint": b.address, "subject": SUBJECT, "count": count}],
+                            timeout=300)
+    return result
+
+
+def _subscriptions(bench, count):
+    a, _, _ = bench.mesh()
+    worker = bench.procs.worker("subscriptions", {"endpoint": a.address, "count": count, "idle_seconds": 5.0},
+                                name=f"subscriptions-{count}", module="bench.library")
+    return worker.result(300)
+
+
+def entities(bench, rows):
     count, seconds = bench.args.entities, bench.args.entity_seconds
     period = max(1.0, count / 30_000)  # about 30,000 msg/s: one message per subject per period
     label = f"{count:,} subjects, one message each every {period:g} s, for {seconds:g} s"
     bench.say(f"[7 entities] {label}")
-    try:
-        a = bench.procs.node("ent-a", "--stream-idle", str(STREAM_IDLE))
-        b = bench.procs.node("ent-b", "--peer", a.address)
-        edge = bench.procs.node("ent-edge", "--peer", a.address, "--http", "0", "--stream-idle", str(STREAM_IDLE))
-        deadline = time.monotonic() + 20
-        while not (len(a.peer_names()) == 2 and b.peer_names() and edge.peer_names()):
-            if time.monotonic() > deadline:
-                raise RuntimeError("the entity mesh did not link")
-            time.sleep(0.1)
-        ws, edge_samples = _edge_reader(edge)
-        sub = bench.procs.worker("entities_sub", {"endpoint": b.address, "stream_idle": STREAM_IDLE},
-                                 name="entities-sub", module="bench.library")
-        sub.expect('"ready"', 60)
-        pub = bench.procs.worker("entities_pub", {"endpoint": a.address, "subjects": count, "period": period,
-                                                  "seconds": seconds, "stream_idle": STREAM_IDLE},
-                                 name="entities-pub", module="bench.library")
-        pub.expect('"ready"', 60)
-        before = a.stats()["messages"]["published_here"]
-        pub.send("go")
-        start = time.monotonic()
-        pub_result = None
-        while pub_result is None:
-            try:
-                pub_result = pub.result(5)
-            except RuntimeError as exc:
-                if "said nothing" not in str(exc):
-                    raise
-            edge_samples.append((round(time.monotonic() - start, 1), round(rss_mib(edge.pid), 1),
-                                 _edge_stats(edge).get("streams")))
-        time.sleep(2.0)  # the last marks
-        wire = a.stats()["messages"]["published_here"] - before
-        pub.send("exit")
-        sub.send("stop")
-        sub_result = sub.result(30)
-        ws.close()
-        rows.append(row("entities", label, published=pub_result["published"], wire_messages=wire,
-                        wire_per_published=wire / pub_result["published"], batches=pub_result["batches"],
-                        mark_messages=pub_result["mark_messages"], received=sub_result["received"],
-                        gaps=sub_result["gaps"], dropped=sub_result["dropped"], stream_idle=STREAM_IDLE,
-                        publisher_rss=pub_result["rss"], subscriber_rss=sub_result["rss"],
-                        edge_rss=edge_samples))
-        bench.say(f"    {wire / pub_result['published']:.3f} wire messages per published message; "
-                  f"received {sub_result['received']:,}/{pub_result['published']:,}")
-    except Exception as exc:
-        rows.append(failed("entities", label, exc))
-        bench.say(f"    FAILED: {exc}")
+    measure(bench, rows, "entities", label, lambda: _entities(bench, count, period, seconds),
+            lambda r: f"{r['wire_per_published']:.3f} wire messages per published message; "
+                      f"received {r['received']:,}/{r['published']:,}")
     return rows
+
+
+def _entity_mesh(bench):
+    """Nodes A, B (linked to A) and an edge (linked to A), every link up."""
+    a = bench.procs.node("ent-a", "--stream-idle", str(STREAM_IDLE))
+    b = bench.procs.node("ent-b", "--peer", a.address)
+    edge = bench.procs.node("ent-edge", "--peer", a.address, "--http", "0", "--stream-idle", str(STREAM_IDLE))
+    deadline = time.monotonic() + 20
+    while not (len(a.peer_names()) == 2 and b.peer_names() and edge.peer_names()):
+        if time.monotonic() > deadline:
+            raise RuntimeError("the entity mesh did not link")
+        time.sleep(0.1)
+    return a, b, edge
+
+
+def _entities(bench, count, period, seconds):
+    a, b, edge = _entity_mesh(bench)
+    ws, edge_samples = _edge_reader(edge)
+    sub = bench.procs.worker("entities_sub", {"endpoint": b.address, "stream_idle": STREAM_IDLE},
+                             name="entities-sub", module="bench.library")
+    sub.expect('"ready"', 60)
+    pub = bench.procs.worker("entities_pub", {"endpoint": a.address, "subjects": count, "period": period,
+                                              "seconds": seconds, "stream_idle": STREAM_IDLE},
+                             name="entities-pub", module="bench.library")
+    pub.expect('"ready"', 60)
+    before = a.stats()["messages"]["published_here"]
+    pub.send("go")
+    start = time.monotonic()
+    pub_result = None
+    while pub_result is None:
+        try:
+            pub_result = pub.result(5)
+        except RuntimeError as exc:
+            if "said nothing" not in str(exc):
+                raise
+        edge_samples.append((round(time.monotonic() - start, 1), round(rss_mib(edge.pid), 1),
+                             _edge_stats(edge).get("streams")))
+    time.sleep(2.0)  # the last marks
+    wire = a.stats()["messages"]["published_here"] - before
+    pub.send("exit")
+    sub.send("stop")
+    sub_result = sub.result(30)
+    ws.close()
+    return {"published": pub_result["published"], "wire_messages": wire,
+            "wire_per_published": wire / pub_result["published"], "batches": pub_result["batches"],
+            "mark_messages": pub_result["mark_messages"], "received": sub_result["received"],
+            "gaps": sub_result["gaps"], "dropped": sub_result["dropped"], "stream_idle": STREAM_IDLE,
+            "publisher_rss": pub_result["rss"], "subscriber_rss": sub_result["rss"], "edge_rss": edge_samples}
 
 
 def _edge_stats(edge):
@@ -281,6 +286,35 @@ def _edge_reader(edge):
 
     threading.Thread(target=drain, daemon=True).start()
     return sock, []
+
+def _receive_result(r):
+    if r["key"] == "green":
+        return (f"worst lateness {ms(r['drain_max_late_ms'])} ms during the drain ({num(r['delivered'])} delivered, "
+                f"{r['ticks_during_drain']} ticks), {ms(r['idle_max_late_ms'])} ms with no traffic")
+    return (f"subscribe {r['subscribe_seconds']:.2f} s; idle {r['idle_core_fraction'] * 100:.2f}% of a core; "
+            f"descriptors {r['fds_before']} -> {r['fds_after']}; RSS {r['rss_before_mib']:.1f} -> "
+            f"{r['rss_after_mib']:.1f} MiB; one message to each: {num(r['delivered'])} delivered in "
+            f"{r['deliver_seconds']:.2f} s")
+
+
+def _series(field):
+    return lambda r: " ".join(f"{s[1]:.0f}" for s in r[field])
+
+
+SCENARIOS = [
+    Scenario("receive", "6", "The client's receive path: gevent fairness and many subscriptions", receive,
+             [Column("result", _receive_result)],
+             options=[option("--subscriptions", [1000, 10000], [1000], type=int, nargs="+",
+                             help="receive: subscription counts for idle cost and scale")]),
+    Scenario("entities", "7", "Per-entity subjects: wire overhead and memory over time", entities, [
+        Column("published", lambda r: num(r["published"])),
+        Column("wire msgs / published", lambda r: f"{r['wire_per_published']:.3f}"),
+        Column("received (gaps, dropped)", lambda r: f"{num(r['received'])} ({r['gaps']}, {r['dropped']})"),
+        Column("publisher RSS MiB over time", _series("publisher_rss")),
+        Column("subscriber RSS MiB", _series("subscriber_rss")), Column("edge RSS MiB", _series("edge_rss"))],
+        options=[option("--entities", 100_000, 10_000, type=int, help="entities: distinct subjects"),
+                 option("--entity-seconds", 60.0, 8.0, type=float, help="entities: seconds of the workload")]),
+]
 
 
 if __name__ == "__main__":

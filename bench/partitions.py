@@ -13,6 +13,8 @@ Needs root (network namespaces); skipped otherwise. Not in the default run:
 
 import random
 
+from .base import Column, Scenario, measure, option, skipped
+
 ZK_TIMEOUT = 4
 
 
@@ -57,8 +59,6 @@ def shapes(cut, flap_seconds):
 
 
 def partitions(bench, rows):
-    from .scenarios import failed, row, skipped
-    from meshbed import MeshBed
     from netns import unavailable
 
     why_not = unavailable()
@@ -67,23 +67,36 @@ def partitions(bench, rows):
         if why_not:
             rows.append(skipped(key, label, why_not))
             continue
-        mesh = None
-        try:
-            mesh = MeshBed(3, zk_timeout=ZK_TIMEOUT)
-            result = mesh.run(make(mesh), **options)
-            subscribers = result["subscribers"].values()
-            resumed = result["resumed"]
-            rows.append(row(key, label, sent=result["sent"], heals=len(resumed),
-                            resumed_s=None if None in resumed else max(resumed),
-                            received=[s["received"] for s in subscribers], gaps=[s["gaps"] for s in subscribers],
-                            accounted=all(s["received"] + s["gaps"] == result["sent"] for s in subscribers)))
-            r = rows[-1]
-            bench.say(f"    resumed {r['resumed_s']} s after the heal; received {r['received']} + gaps {r['gaps']} "
-                      f"of {r['sent']} each: {'accounted' if r['accounted'] else 'NOT ACCOUNTED'}")
-        except Exception as exc:
-            rows.append(failed(key, label, exc))
-            bench.say(f"    FAILED: {exc}")
-        finally:
-            if mesh is not None:
-                mesh.close()
+        measure(bench, rows, key, label, lambda make=make, options=options: _play(make, options),
+                lambda r: f"resumed {r['resumed_s']} s after the heal; received {r['received']} + gaps {r['gaps']} "
+                          f"of {r['sent']} each: {'accounted' if r['accounted'] else 'NOT ACCOUNTED'}")
     return rows
+
+
+def _play(make, options):
+    """A fresh bed of three hosts, ``make``'s schedule played under traffic."""
+    from meshbed import MeshBed
+
+    mesh = MeshBed(3, zk_timeout=ZK_TIMEOUT)
+    try:
+        result = mesh.run(make(mesh), **options)
+    finally:
+        mesh.close()
+    subscribers = result["subscribers"].values()
+    resumed = result["resumed"]
+    return {"sent": result["sent"], "heals": len(resumed), "resumed_s": None if None in resumed else max(resumed),
+            "received": [s["received"] for s in subscribers], "gaps": [s["gaps"] for s in subscribers],
+            "accounted": all(s["received"] + s["gaps"] == result["sent"] for s in subscribers)}
+
+
+SCENARIOS = [Scenario(
+    "partitions", "17", "Partitions between hosts (namespaces): delivery after the heal, loss counted", partitions, [
+        Column("resumed s after the heal (slowest pair)",
+               lambda r: "**never**" if r["resumed_s"] is None else f"{r['resumed_s']:.2f}"),
+        Column("received per subscriber", lambda r: " / ".join(map(str, r["received"]))),
+        Column("gaps per subscriber", lambda r: " / ".join(map(str, r["gaps"]))),
+        Column("sent", lambda r: str(r["sent"])),
+        Column("received + gaps = sent", lambda r: "yes" if r["accounted"] else "**no**")],
+    default=False,  # it needs root and takes minutes
+    options=[option("--partition-cut", 25.0, 12.0, type=float, help="partitions: seconds each cut lasts"),
+             option("--flap-seconds", 60.0, 20.0, type=float, help="partitions: seconds of the flapping link")])]

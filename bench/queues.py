@@ -12,6 +12,7 @@ import asyncio
 import threading
 import time
 
+from .base import Column, Scenario, measure, num
 from .procs import LOOPBACK
 
 SUBJECT = "bench.queue"
@@ -19,24 +20,15 @@ MEMBERS_PER_NODE = 2
 
 
 def queues(bench, rows):
-    from .scenarios import Skip, failed, row, skipped
-
     count = max(2000, bench.args.messages // 4)
-    for key, label in (("mesh", "meshnode, 6 members over 3 nodes, publisher at A"),
-                       ("nats", "NATS + nats-py, 6 queue subscribers over 3 servers")):
+    for key, label, run in (("mesh", "meshnode, 6 members over 3 nodes, publisher at A", _mesh),
+                            ("nats", "NATS + nats-py, 6 queue subscribers over 3 servers", _nats)):
         bench.say(f"[13 queues] {label}: {count:,} messages")
-        try:
-            result = _mesh(bench, count) if key == "mesh" else _nats(bench, count)
-            rows.append(row(key, label, **result))
-            bench.say(f"    {result['delivered']:,} delivered once ({result['duplicates']} twice) at "
-                      f"{result['rate']:,.0f} msg/s; per member {result['per_member']}")
-        except Skip as exc:
-            rows.append(skipped(key, label, str(exc)))
-            bench.say(f"    skipped: {exc}")
-        except Exception as exc:
-            rows.append(failed(key, label, exc))
-            bench.say(f"    FAILED: {exc}")
+        measure(bench, rows, key, label, lambda run=run: run(bench, count),
+                lambda r: f"{r['delivered']:,} delivered once ({r['duplicates']} twice) at {r['rate']:,.0f} msg/s; "
+                          f"per member {r['per_member']}")
     return rows
+
 
 
 class _Tally:
@@ -65,6 +57,17 @@ class _Tally:
         seconds = (self.last - self.first) if delivered > 1 else 0.0
         return {"messages": count, "delivered": delivered, "duplicates": max(0, delivered - count),
                 "seconds": seconds, "rate": delivered / seconds if seconds else 0.0, "per_member": self.counts}
+
+
+def _count(bench, tally, count, system, endpoint):
+    """A publisher process of ``count`` messages once the group is warm; what the group got."""
+    publisher = bench.procs.worker("pub", {"system": system, "endpoint": endpoint, "subject": SUBJECT,
+                                           "count": count})
+    try:
+        _wait(tally, count, publisher)
+    finally:
+        bench.procs.stop(publisher.proc)
+    return tally.result(count)
 
 
 def _wait(tally, count, publisher):
@@ -100,13 +103,7 @@ def _mesh(bench, count):
             if time.monotonic() > deadline:
                 raise RuntimeError("the nodes did not reach every member")
             time.sleep(0.1)
-        publisher = bench.procs.worker("pub", {"system": "mesh", "endpoint": nodes[0].address, "subject": SUBJECT,
-                                               "count": count})
-        try:
-            _wait(tally, count, publisher)
-        finally:
-            bench.procs.stop(publisher.proc)
-        return tally.result(count)
+        return _count(bench, tally, count, "mesh", nodes[0].address)
     finally:
         for client in clients:
             client.close()
@@ -114,11 +111,8 @@ def _mesh(bench, count):
 
 def _nats(bench, count):
     from .peers import nats_cluster, wait_nats_routes
-    from .scenarios import Skip
 
-    binary, reason = bench.peer("nats")
-    if binary is None:
-        raise Skip(reason)
+    binary = bench.binary("nats")
     import nats as nats_client
 
     servers = nats_cluster(bench.procs, binary, 3)
@@ -144,13 +138,7 @@ def _nats(bench, count):
 
         asyncio.run_coroutine_threadsafe(join(), loop).result(30)
         time.sleep(0.5)  # the queue subscriptions cross the routes
-        publisher = bench.procs.worker("pub", {"system": "nats", "endpoint": f"{LOOPBACK}:{servers[0].port}",
-                                               "subject": SUBJECT, "count": count})
-        try:
-            _wait(tally, count, publisher)
-        finally:
-            bench.procs.stop(publisher.proc)
-        return tally.result(count)
+        return _count(bench, tally, count, "nats", f"{LOOPBACK}:{servers[0].port}")
     finally:
         async def leave():
             for nc in connections:
@@ -160,3 +148,9 @@ def _nats(bench, count):
         loop.call_soon_threadsafe(loop.stop)
         for server in servers:
             server.stop()
+
+
+SCENARIOS = [Scenario("queues", "13", "Queue-group throughput: 6 members over 3 nodes", queues, [
+    Column("delivered once / sent", lambda r: f"{num(r['delivered'])} / {num(r['messages'])}"),
+    Column("twice", lambda r: str(r["duplicates"])), Column("msg/s", lambda r: num(r["rate"])),
+    Column("per member", lambda r: " ".join(num(n) for n in r["per_member"]))])]

@@ -8,23 +8,19 @@ subscriber at C subscribes with that position. Reported: the time from
 
 import time
 
+from .base import Column, Scenario, measure, num
+
 
 def recovery(bench, rows):
-    from .scenarios import failed, row
-
     counts = [10_000, 100_000] if bench.args.messages >= 100_000 else [max(1000, bench.args.messages // 10)]
     for count in counts:
         key, label = f"recover-{count}", f"{count:,} missed messages recovered at another node"
         bench.say(f"[11 recovery] {label}")
-        try:
-            rows.append(row(key, label, **_recover(bench, count)))
-            r = rows[-1]
-            bench.say(f"    {r['recovered']:,} in {r['seconds']:.2f} s ({r['rate']:,.0f} msg/s); complete: "
-                      f"{r['complete']}")
-        except Exception as exc:
-            rows.append(failed(key, label, exc))
-            bench.say(f"    FAILED: {exc}")
+        measure(bench, rows, key, label, lambda count=count: _recover(bench, count),
+                lambda r: f"{r['recovered']:,} in {r['seconds']:.2f} s ({r['rate']:,.0f} msg/s); complete: "
+                          f"{r['complete']}")
     return rows
+
 
 
 def _recover(bench, count):
@@ -69,3 +65,9 @@ def _recover(bench, count):
     finally:
         for node in nodes:
             bench.procs.stop_node(node)
+
+
+SCENARIOS = [Scenario("recovery", "11", "Recovering missed messages from history at another node", recovery, [
+    Column("recovered", lambda r: f"{num(r['recovered'])} / {num(r['messages'])}"),
+    Column("seconds", lambda r: f"{r['seconds']:.2f}"), Column("msg/s", lambda r: num(r["rate"])),
+    Column("every stream complete", lambda r: "yes" if r["complete"] else "**no**")])]

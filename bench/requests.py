@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 
+from .base import Column, Scenario, measure, num
 from .procs import LOOPBACK, ROOT
 from .workers import percentile
 
@@ -18,23 +19,14 @@ SUBJECT = "bench.req"
 
 
 def requests(bench, rows):
-    from .scenarios import Skip, failed, row, skipped
-
     count = max(300, bench.args.messages // 40)
-    for key, label in (("mesh", "meshnode, responder at A, requester at B"),
-                       ("nats", "NATS + nats-py, responder on server 1, requester on server 2")):
+    for key, label, run in (("mesh", "meshnode, responder at A, requester at B", _mesh),
+                            ("nats", "NATS + nats-py, responder on server 1, requester on server 2", _nats)):
         bench.say(f"[12 requests] {label}: {count:,} requests, one at a time")
-        try:
-            result = _mesh(bench, count) if key == "mesh" else _nats(bench, count)
-            rows.append(row(key, label, **result))
-            bench.say(f"    {result['rate']:,.0f} round trips/s; p50 {result['p50']:.3f} ms, p99 {result['p99']:.3f} ms")
-        except Skip as exc:
-            rows.append(skipped(key, label, str(exc)))
-            bench.say(f"    skipped: {exc}")
-        except Exception as exc:
-            rows.append(failed(key, label, exc))
-            bench.say(f"    FAILED: {exc}")
+        measure(bench, rows, key, label, lambda run=run: run(bench, count),
+                lambda r: f"{r['rate']:,.0f} round trips/s; p50 {r['p50']:.3f} ms, p99 {r['p99']:.3f} ms")
     return rows
+
 
 
 def _responder(bench, config):
@@ -77,11 +69,8 @@ def _nats(bench, count):
     import asyncio
 
     from .peers import nats_cluster, wait_nats_routes
-    from .scenarios import Skip
 
-    binary, reason = bench.peer("nats")
-    if binary is None:
-        raise Skip(reason)
+    binary = bench.binary("nats")
     servers = nats_cluster(bench.procs, binary, 2)
     try:
         if not wait_nats_routes(servers):
@@ -112,3 +101,10 @@ def _nats(bench, count):
     finally:
         for server in servers:
             server.stop()
+
+
+SCENARIOS = [Scenario("requests", "12", "Request/reply round trips across two nodes, one request at a time",
+                      requests, [Column("requests", lambda r: num(r["requests"])),
+                                 Column("round trips/s", lambda r: num(r["rate"])),
+                                 Column("p50 ms", lambda r: f"{r['p50']:.3f}"),
+                                 Column("p99 ms", lambda r: f"{r['p99']:.3f}")])]

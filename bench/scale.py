@@ -23,35 +23,23 @@ import os
 import statistics
 import time
 
+from .base import Column, Scenario, measure, ok_row, option, target
+
 SUBJECT = "scale.x"
 
 
 def scale(bench, rows):
-    from .scenarios import Skip, failed, row, skipped
-
     n = bench.args.scale_nodes
     label = f"{n} nodes through one ZooKeeper, started at once"
     bench.say(f"[15 scale] {label}")
-    try:
-        rows.append(row("mesh", label, nodes=n, **_run(bench, n)))
-        r = rows[-1]
-        bench.say(f"    started in {r['start_s']:.1f} s, converged {r['converge_s']:.2f} s after the last; idle "
-                  f"CPU per node median {r['idle_cpu_median'] * 100:.2f} %; RSS median {r['rss_mib_median']:.0f} MiB; "
-                  f"one more join linked everywhere in {r['join_s']:.2f} s")
-    except Skip as exc:
-        rows.append(skipped("mesh", label, str(exc)))
-        bench.say(f"    skipped: {exc}")
-    except Exception as exc:
-        rows.append(failed("mesh", label, exc))
-        bench.say(f"    FAILED: {exc}")
-    finally:
-        bench.end_case()
+    measure(bench, rows, "mesh", label, lambda: _run(bench, n),
+            lambda r: f"started in {r['start_s']:.1f} s, converged {r['converge_s']:.2f} s after the last; idle CPU "
+                      f"per node median {r['idle_cpu_median'] * 100:.2f} %; RSS median {r['rss_mib_median']:.0f} MiB; "
+                      f"one more join linked everywhere in {r['join_s']:.2f} s", nodes=n)
     return rows
 
 
 def _run(bench, n):
-    from mesh import Client
-
     zk = bench.zookeeper(maxClientCnxns=0)
     zk_args = ("--zk", zk.hosts, "--mesh", "scale", "--zk-timeout", "10")  # 128 starting at once load 2 cores
     started = time.monotonic()
@@ -59,6 +47,25 @@ def _run(bench, n):
     last_ready = time.monotonic()
     converge_s = _until_linked(nodes, n - 1, timeout=120) - last_ready
     restarts = [node.stats()["links"]["proxy_restarts"] for node in nodes]
+    delivered = _delivered(nodes)
+    cpu, rss, fds = zip(*idle_costs(nodes, bench.args.scale_idle_seconds).values())
+    joined_at = time.monotonic()
+    extra = bench.procs.node("s-extra", *zk_args)
+    _until_linked(nodes + [extra], n, timeout=60)
+    join_s = time.monotonic() - joined_at
+    join_restarts = [node.stats()["links"]["proxy_restarts"] - r for node, r in zip(nodes, restarts)]
+    return {"start_s": last_ready - started, "converge_s": converge_s,
+            "restarts_median": statistics.median(restarts), "restarts_max": max(restarts),
+            "delivered_min": min(delivered), "delivered_of": 100,
+            "idle_cpu_median": statistics.median(cpu), "idle_cpu_max": max(cpu),
+            "rss_mib_median": statistics.median(rss), "rss_mib_max": max(rss),
+            "fds_median": statistics.median(fds), "fds_max": max(fds),
+            "join_s": join_s, "join_restarts_max": max(join_restarts)}
+
+
+def _delivered(nodes):
+    """A subscriber at every node, 100 messages published at the first: what each got."""
+    from mesh import Client
 
     clients = [Client(node.address) for node in nodes]
     try:
@@ -78,29 +85,18 @@ def _run(bench, n):
             except TimeoutError:
                 pass
             delivered.append(got)
+        return delivered
     finally:
         for client in clients:
             client.close()
 
-    idle_seconds = bench.args.scale_idle_seconds
-    before = {node.pid: _cpu_seconds(node.pid) for node in nodes}
-    time.sleep(idle_seconds)
-    cpu = [(_cpu_seconds(node.pid) - before[node.pid]) / idle_seconds for node in nodes]
-    rss = [_rss_mib(node.pid) for node in nodes]
-    fds = [len(os.listdir(f"/proc/{node.pid}/fd")) for node in nodes]
 
-    joined_at = time.monotonic()
-    extra = bench.procs.node("s-extra", *zk_args)
-    _until_linked(nodes + [extra], n, timeout=60)
-    join_s = time.monotonic() - joined_at
-    join_restarts = [node.stats()["links"]["proxy_restarts"] - r for node, r in zip(nodes, restarts)]
-    return {"start_s": last_ready - started, "converge_s": converge_s,
-            "restarts_median": statistics.median(restarts), "restarts_max": max(restarts),
-            "delivered_min": min(delivered), "delivered_of": 100,
-            "idle_cpu_median": statistics.median(cpu), "idle_cpu_max": max(cpu),
-            "rss_mib_median": statistics.median(rss), "rss_mib_max": max(rss),
-            "fds_median": statistics.median(fds), "fds_max": max(fds),
-            "join_s": join_s, "join_restarts_max": max(join_restarts)}
+def idle_costs(nodes, seconds):
+    """{node name: (CPU over ``seconds`` of quiet as a fraction of a core, RSS MiB, open descriptors)}."""
+    before = {node.pid: _cpu_seconds(node.pid) for node in nodes}
+    time.sleep(seconds)
+    return {node.name: ((_cpu_seconds(node.pid) - before[node.pid]) / seconds, _rss_mib(node.pid),
+                        len(os.listdir(f"/proc/{node.pid}/fd"))) for node in nodes}
 
 
 def warm_up(publisher, subject, subs, timeout=60):
@@ -150,3 +146,32 @@ def _cpu_seconds(pid):
 def _rss_mib(pid):
     with open(f"/proc/{pid}/status") as status:
         return next(int(line.split()[1]) for line in status if line.startswith("VmRSS")) / 1024
+
+
+def targets(rows):
+    many = ok_row(rows, "mesh")
+    name = f"{many['nodes']} nodes" if many else "128 nodes"
+    if not many:
+        return [target(f"{name}: converge after the last is ready", "< 5 s"),
+                target(f"{name}: idle CPU per node (max)", "< 1 %")]
+    return [target(f"{name}: converge after the last is ready", "< 5 s", f"{many['converge_s']:.2f} s",
+                   many["converge_s"] / 5, many["converge_s"] < 5),
+            target(f"{name}: idle CPU per node (max)", "< 1 %",
+                   f"{many['idle_cpu_max'] * 100:.2f} % (median {many['idle_cpu_median'] * 100:.2f} %)",
+                   many["idle_cpu_max"] / 0.01, many["idle_cpu_max"] < 0.01)]
+
+
+SCENARIOS = [Scenario("scale", "15", "Many nodes on one machine through one ZooKeeper, and one more joining", scale, [
+    Column("start s", lambda r: f"{r['start_s']:.1f}"),
+    Column("converge s after last ready", lambda r: f"{r['converge_s']:.2f}"),
+    Column("proxy restarts per node (median / max)", lambda r: f"{r['restarts_median']:g} / {r['restarts_max']}"),
+    Column("delivered (fewest of 100)", lambda r: str(r["delivered_min"])),
+    Column("idle CPU per node (median / max)",
+           lambda r: f"{r['idle_cpu_median'] * 100:.2f} % / {r['idle_cpu_max'] * 100:.2f} %"),
+    Column("RSS MiB (median)", lambda r: f"{r['rss_mib_median']:.0f}"),
+    Column("fds (median)", lambda r: f"{r['fds_median']:g}"),
+    Column("one more join: linked s / restarts", lambda r: f"{r['join_s']:.2f} / {r['join_restarts_max']}")],
+    targets=targets, options=[
+        option("--scale-nodes", 128, 32, type=int, help="scale: nodes started at once through ZooKeeper"),
+        option("--scale-idle-seconds", 10.0, 5.0, type=float,
+               help="scale: quiet period over which idle CPU is measured")])]

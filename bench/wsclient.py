@@ -107,6 +107,15 @@ class Conn:
         self.chunks = []  # (arrival time, bytes) after the handshake
         self.state = "handshake"
 
+    def read(self, size):
+        """What the socket has (b"" at its end or on an error); None when nothing is waiting."""
+        try:
+            return self.sock.recv(size)
+        except BlockingIOError:
+            return None
+        except OSError:
+            return b""
+
 
 def connect_all(cfg):
     host, port, path, kind = cfg["host"], cfg["port"], cfg["path"], cfg["kind"]
@@ -136,12 +145,9 @@ def connect_all(cfg):
         while pending and time.monotonic() < deadline:
             for fd, _ in ep.poll(1.0):
                 conn = by_fd[fd]
-                try:
-                    data = conn.sock.recv(65536)
-                except BlockingIOError:
+                data = conn.read(65536)
+                if data is None:
                     continue
-                except OSError:
-                    data = b""
                 if not data:
                     conn.state = "dead"
                     pending.discard(fd)
@@ -190,12 +196,9 @@ def listen(ep, conns):
                 return
             conn = by_fd[fd]
             while True:
-                try:
-                    data = conn.sock.recv(262144)
-                except BlockingIOError:
+                data = conn.read(262144)
+                if data is None:
                     break
-                except OSError:
-                    data = b""
                 if not data:
                     ep.unregister(fd)
                     break

@@ -80,7 +80,7 @@ class Client:
         self.address = self._control.address
         self._adopt(info)
         self._name = name
-        self._failover = None
+        self.failover = None  # the ZooKeeperFailover that moves this client (mesh/failover.py), closed with it
         self.failovers = 0
         self.reconnects = 0
         self.disconnects = 0
@@ -134,6 +134,11 @@ class Client:
         """The receive side shared by this client's subscriptions (mesh/receiver.py),
         for a reader that waits elsewhere (mesh/aio.py)."""
         return self._receiver
+
+    @property
+    def publisher(self):
+        """The publish side (mesh/publisher.py), for the node watch's held publishes."""
+        return self._publisher
 
     def _hello(self, address):
         control = self.control_channel(address)
@@ -197,16 +202,16 @@ class Client:
         sock.connect(self.endpoints["remote"])
         return sock
 
-    def _move_to(self, address):
-        """Attach to the node at ``address`` (ZooKeeper failover)."""
+    def move_to(self, address):
+        """Attach to the node at ``address`` (ZooKeeper failover, mesh/failover.py)."""
         control, info = self._hello(address)
         old_control, self._control = self._control, control
         self.address = control.address
         old_control.close()
-        self._attach(info)
+        self.attach(info)
         self._watch.wake()  # it follows us to the new address
 
-    def _attach(self, info):
+    def attach(self, info):
         """Attach to the node that answered ``info`` (after a restart or a move):
         new data sockets, every subscription re-created, publishes held until
         the interest is back (mesh/watch.py)."""
@@ -230,8 +235,8 @@ class Client:
                 sub.end_hold_if_held()
         self._call(self.on_reconnect)
 
-    def _lost(self):
-        """The node stopped answering: hold publishes until it is back."""
+    def lost_node(self):
+        """The node stopped answering: hold publishes until it is back (mesh/watch.py)."""
         with self._attach_lock:
             if not self.connected:
                 return
@@ -494,8 +499,8 @@ class Client:
             time.sleep(0.01)  # just attached: the watch sends the backlog once the interest is back
         self._memberships.stop()  # leave every queue group while the node still hears us
         self.closed = True
-        if self._failover is not None:
-            self._failover.close()
+        if self.failover is not None:
+            self.failover.close()
         final_marks = self._publisher.close()
         if final_marks:  # the node repeats them, as this client would have, until the streams are forgotten
             hand_over(self._control, self.origin, final_marks, self.stream_idle)

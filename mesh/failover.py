@@ -48,7 +48,7 @@ class ZooKeeperFailover:
             zk.stop()
             zk.close()
             raise
-        client._failover = failover
+        client.failover = failover
         failover.client = client
         failover._watch(client.node, members[client.node].get("group"))
         return client
@@ -81,7 +81,7 @@ class ZooKeeperFailover:
             random.shuffle(candidates)
             for record in candidates:
                 try:
-                    self.client._move_to(record["control"])
+                    self.client.move_to(record["control"])
                 except (TimeoutError, ControlError, RuntimeError) as exc:
                     log.warning("node %s did not take us: %s", record["name"], exc)
                     continue

@@ -80,7 +80,7 @@ class Requests:
         with self._lock:
             if self._inbox is None:
                 self._inbox = self._client.subscribe(f"{self.prefix}.>", self._on_reply)
-                self._client.wait_for_subscription(f"{self.prefix}.>", self._client._timeout)
+                self._client.wait_for_subscription(f"{self.prefix}.>", self._client.timeout)
 
     def _on_reply(self, message):
         slot = self._pending.get(reply_number(message.subject))
@@ -98,7 +98,7 @@ class Requests:
         n = next(self._ids)
         slot = self._pending[n] = [threading.Event(), None]
         try:
-            client._publisher.publish_with_headers(subject, data, {"reply": f"{self.prefix}.{n}"})
+            client.publish(subject, data, {"reply": f"{self.prefix}.{n}"})
             if not slot[0].wait(timeout):
                 raise RequestTimeout(f"no reply on {subject!r} within {timeout} s")
         finally:
@@ -109,7 +109,7 @@ class Requests:
         reply, payload, headers = response(message, data, error)
         client = self._client
         client.wait_for_interest(reply, REPLY_INTEREST_SECONDS)
-        client._publisher.publish_with_headers(reply, payload, headers)
+        client.publish(reply, payload, headers)
 
     def serve(self, pattern, handler, queue=None):
         def answer(message):

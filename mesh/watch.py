@@ -104,11 +104,11 @@ class NodeWatch:
                 if client.connected:
                     log.warning("lost node %s at %s: holding publishes until it is back",
                                 client.node, client.address)
-                    client._lost()
+                    client.lost_node()
             else:
                 self._ask = True
         if self._flush_by is not None:
-            publisher = client._publisher
+            publisher = client.publisher
             if publisher.backlog_ready() or time.monotonic() >= self._flush_by:
                 self._flush_by = None
                 publisher.release_backlog()
@@ -122,7 +122,7 @@ class NodeWatch:
             if client.connected:
                 log.warning("node %s at %s does not answer (%s): holding publishes", client.node,
                             client.address, exc)
-                client._lost()
+                client.lost_node()
             self._failures += 1
             self._open_channel(client)  # a fresh connection: no stale requests queue up
             delay = min(RECONNECT_MAX, RECONNECT_FIRST * 2 ** (self._failures - 1))
@@ -132,7 +132,7 @@ class NodeWatch:
         if not client.connected or info["member"]["instance"] != client.instance:
             log.warning("node %s is back at %s (instance %s): attaching again",
                         info["name"], client.address, info["member"]["instance"])
-            client._attach(info)
+            client.attach(info)
             return 0.0
         return None
 

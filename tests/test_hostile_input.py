@@ -1,8 +1,10 @@
 """Hostile input at every entry point of a running node, and property tests of the parsers.
 
-Each barrage test starts a plain node A and an edge node E (``edge_pair``), keeps a
-"bystander" WebSocket subscribed on E, throws garbage at one kind of entry point,
-and then proves that:
+One test, parametrised over the entry points (``BARRAGES``: control, ingress, out and
+remote, raw TCP at every port, HTTP, WebSocket frames, WebSocket JSON), starts a plain
+node A and an edge node E (``edge_pair``), keeps a "bystander" WebSocket subscribed on
+E, throws that entry point's garbage at it (``barrage_<entry>``, which checks what the
+node answered and counted), and then proves that:
 
 * both processes are alive and answer ``ping`` and ``stats``;
 * bad input was counted where the node counts it (``stats.control`` for the control
@@ -14,7 +16,7 @@ and then proves that:
   than ``RSS_BOUND_MIB``.
 
 Garbage is generated from fixed seeds, so a failure reproduces. ZeroMQ peers that
-misbehave on the wire are written by hand over plain TCP (ZMTP 3.0, RFC 23): a
+misbehave on the wire are written by hand over plain TCP (tests/rawwire.py): a
 libzmq socket in this process would hold the same subscription tries as the node
 and could crash the test process itself (see the xfail tests below).
 
@@ -22,9 +24,7 @@ Tests marked ``xfail(strict=True)`` pin product bugs; their reasons say what is
 wrong and where.
 """
 
-import base64
 import json
-import os
 import random
 import socket
 import struct
@@ -34,15 +34,39 @@ import msgpack
 import pytest
 import websocket
 import zmq
+from edgehelpers import WS, http, http_address
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-
-from mesh.members import validate_member, validate_name
-from edgehelpers import WS, http, http_address
-from mesh import Client
-from mesh.envelope import BatchEncoder, MalformedMessage, Message, decode_batch, decode_marks
-from mesh.subjects import MAX_SUBJECT_BYTES, Pattern, subject_from_topic, topic_frame, validate_subject
 from meshhelpers import WARM_UP, collect, warm_up
+from rawwire import (
+    RawWebSocket,
+    closed_by_peer,
+    endpoint_host_port,
+    exchange_all,
+    node_address,
+    ws_frame,
+    ws_upgrade,
+    zmtp_connect,
+    zmtp_frame,
+    zmtp_greeting,
+)
+
+from mesh import Client
+from mesh.envelope import (
+    BatchEncoder,
+    MalformedMessage,
+    Message,
+    decode_batch,
+    decode_marks,
+)
+from mesh.members import validate_member, validate_name
+from mesh.subjects import (
+    MAX_SUBJECT_BYTES,
+    Pattern,
+    subject_from_topic,
+    topic_frame,
+    validate_subject,
+)
 from meshtest.nodeproc import wait_until
 from nodes.edge.protocol import OPS, EdgeError, parse_frame, render_message
 
@@ -128,68 +152,6 @@ def assert_serving(a, e, watcher, tag):
     watcher.send({"op": "ping"})
     while watcher.recv().get("op") != "pong":
         pass
-
-
-# -- raw ZMTP 3.0 over plain TCP (RFC 23/ZMTP) -------------------------------------
-
-def zmtp_greeting(mechanism=b"NULL", major=3, minor=0):
-    return (b"\xff" + b"\x00" * 8 + b"\x7f" + bytes([major, minor]) + mechanism.ljust(20, b"\x00")
-            + b"\x00" + b"\x00" * 31)
-
-
-def zmtp_frame(body, more=False, command=False, declared=None):
-    """One ZMTP 3.0 frame; ``declared`` lies about the size (the body is sent as given)."""
-    flags = (1 if more else 0) | (4 if command else 0)
-    size = len(body) if declared is None else declared
-    if size > 255:
-        return bytes([flags | 2]) + struct.pack(">Q", size) + body
-    return bytes([flags, size]) + body
-
-
-def zmtp_ready(socket_type):
-    prop = bytes([11]) + b"Socket-Type" + struct.pack(">I", len(socket_type)) + socket_type
-    return zmtp_frame(b"\x05READY" + prop, command=True)
-
-
-def endpoint_host_port(endpoint):
-    host, port = endpoint.replace("tcp://", "").rsplit(":", 1)
-    return host, int(port)
-
-
-def zmtp_connect(endpoint, socket_type=b"SUB", timeout=5):
-    """A TCP connection that has done the NULL handshake as ``socket_type``."""
-    sock = socket.create_connection(endpoint_host_port(endpoint), timeout=timeout)
-    sock.sendall(zmtp_greeting())
-    greeting = b""
-    while len(greeting) < 64:
-        chunk = sock.recv(64 - len(greeting))
-        if not chunk:
-            raise EOFError(f"{endpoint} closed during the greeting")
-        greeting += chunk
-    assert greeting[0] == 0xFF and greeting[10] == 3, greeting
-    sock.sendall(zmtp_ready(socket_type))
-    return sock
-
-
-def closed_by_peer(sock, timeout):
-    """True if the other side closed (EOF or reset) within ``timeout`` s; reads and discards."""
-    deadline = time.monotonic() + timeout
-    while True:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            return False
-        sock.settimeout(remaining)
-        try:
-            if not sock.recv(65536):
-                return True
-        except socket.timeout:
-            return False
-        except OSError:  # reset
-            return True
-
-
-def node_address(address):
-    return address if "://" in address else f"tcp://{address}"
 
 
 # -- the data-message rules of PROTOCOL.md 5, written again here ----------------
@@ -422,11 +384,8 @@ def control_bodies(rng, good_member):
     return bodies
 
 
-def test_control_socket_survives_garbage_and_counts_it(edge_pair):
-    a, e = edge_pair
-    watcher = bystander(e)
-    memory = Memory(a, e)
-    rng = random.Random(1001)
+def barrage_control(a, e, rng):
+    """Every request answered as PROTOCOL.md 7.4 says and counted in ``stats.control``; oversized and odd peers dropped."""
     before = e.stats()["control"]
     bodies = control_bodies(rng, e.request("hello")["member"])
     expected = {"malformed": 0, "rejected": 0, "unknown_command": 0}
@@ -493,9 +452,6 @@ def test_control_socket_survives_garbage_and_counts_it(edge_pair):
     assert counted["rejected"] == expected["rejected"] > 10
     assert counted["unknown_commands"] == expected["unknown_command"] > 5
     assert counted["requests"] >= len(bodies) + 1
-    memory.check()
-    assert_serving(a, e, watcher, "control")
-    watcher.close()
 
 
 # -- 2. ingress (XSUB) as a publisher -----------------------------------------------
@@ -503,11 +459,8 @@ def test_control_socket_survives_garbage_and_counts_it(edge_pair):
 BARRAGE_PATTERNS = ("fz.>", ">")  # ">" (prefix b"") admits every message the node forwards
 
 
-def test_ingress_survives_garbage_publishers_and_subscribers_count_it(edge_pair):
-    a, e = edge_pair
-    watcher = bystander(e)
-    memory = Memory(a, e)
-    rng = random.Random(2002)
+def barrage_ingress(a, e, rng):
+    """Garbage publishers among valid ones: every valid message delivered in order, the malformed counted at each subscriber as PROTOCOL.md 5 says; oversized and odd peers refused."""
     info = e.request("hello")
     ingress, max_payload = info["endpoints"]["ingress"], info["max_payload"]
     ctx = zmq.Context.instance()
@@ -610,9 +563,6 @@ def test_ingress_survives_garbage_publishers_and_subscribers_count_it(edge_pair)
               f"{ {p: v['malformed'] for p, v in expected.items()} }: counted {here.malformed} (fz.>) and "
               f"{everything.malformed} (>) at E, {there.malformed} (fz.>) at A; {seq} valid ones delivered in "
               f"order; oversized and odd peers refused")
-    memory.check()
-    assert_serving(a, e, watcher, "ingress")
-    watcher.close()
 
 
 def test_one_socket_many_subscriptions_count_malformed_messages_as_the_spec_says(start_node):
@@ -719,11 +669,8 @@ def subscription_garbage(rng, count, longest):
     return frames
 
 
-def test_out_and_remote_survive_garbage_subscribers(edge_pair):
-    a, e = edge_pair
-    watcher = bystander(e)
-    memory = Memory(a, e)
-    rng = random.Random(3003)
+def barrage_xpub(a, e, rng):
+    """Garbage subscribers at ``out`` and ``remote``: the frames reach the proxies, bad handshakes and odd socket types are refused."""
     endpoints = e.request("hello")["endpoints"]
     ctx = zmq.Context.instance()
     before = e.stats()["proxies"]
@@ -781,9 +728,6 @@ def test_out_and_remote_survive_garbage_subscribers(edge_pair):
     for sock in keep:
         sock.close()
     time.sleep(1.0)
-    memory.check()
-    assert_serving(a, e, watcher, "xpub")
-    watcher.close()
 
 
 # -- 4. raw TCP bytes that are not ZMTP at every port -----------------------------------
@@ -819,11 +763,8 @@ ZMTP_REFUSED = ("mechanism BOGUS", "mechanism CURVE", "mechanism PLAIN", "signat
 HTTP_REFUSED = ("random 64 KiB", "random line")
 
 
-def test_raw_tcp_garbage_at_every_port(edge_pair):
-    a, e = edge_pair
-    watcher = bystander(e)
-    memory = Memory(a, e)
-    rng = random.Random(4004)
+def barrage_tcp(a, e, rng):
+    """Bytes that are not ZMTP (or not HTTP) at every port: the handshakes that cannot succeed are closed."""
     endpoints = e.request("hello")["endpoints"]
     ports = {"control": f"tcp://{e.address}", **endpoints, "http": f"tcp://{http_address(e)}"}
     payloads = tcp_garbage(rng)
@@ -855,47 +796,9 @@ def test_raw_tcp_garbage_at_every_port(edge_pair):
     for port_name, names in must_close.items():
         for name in names:
             assert name in closed.get(port_name, []), f"{port_name} kept a connection that sent {name!r}"
-    memory.check()
-    assert_serving(a, e, watcher, "tcp")
-    watcher.close()
 
 
 # -- 5. the HTTP port ------------------------------------------------------------------
-
-def exchange_all(address, payloads, wait=3.0):
-    """Send every payload on its own connection at once; after ``wait`` s, what each got back."""
-    host, port = address.rsplit(":", 1)
-    socks = {}
-    for name, data in payloads.items():
-        sock = socket.create_connection((host, int(port)), timeout=5)
-        try:
-            sock.sendall(data)
-        except OSError:
-            pass  # the server closed on us mid-send (a huge header): its answer may still be readable
-        socks[name] = sock
-    time.sleep(wait)
-    replies = {}
-    for name, sock in socks.items():
-        out = b""
-        sock.settimeout(0.05)
-        while True:
-            try:
-                chunk = sock.recv(65536)
-            except (socket.timeout, OSError):
-                break
-            if not chunk:
-                break
-            out += chunk
-        sock.close()
-        replies[name] = out
-    return replies
-
-
-def ws_upgrade(address, path="/ws", key=None, version="13", extra="", method="GET"):
-    key = key if key is not None else base64.b64encode(os.urandom(16)).decode()
-    return (f"{method} {path} HTTP/1.1\r\nHost: {address}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: {version}\r\n{extra}\r\n").encode()
-
 
 def http_garbage(address, rng):
     post = f"POST /pub/fuzz.http HTTP/1.1\r\nHost: {address}\r\nContent-Type: text/plain\r\n"
@@ -938,13 +841,10 @@ def http_garbage(address, rng):
     }
 
 
-def test_http_port_survives_garbage_and_counts_errors(edge_pair):
-    a, e = edge_pair
-    watcher = bystander(e)
-    memory = Memory(a, e)
+def barrage_http(a, e, rng):
+    """Malformed HTTP: the status each gets, every JSON error counted in the edge's ``errors``."""
     address = http_address(e)
     before = http("GET", f"http://{address}/stats")[1]
-    rng = random.Random(5005)
     statuses = {}
     json_errors = 0
     for name, reply in exchange_all(address, http_garbage(address, rng)).items():
@@ -976,90 +876,9 @@ def test_http_port_survives_garbage_and_counts_errors(edge_pair):
     assert counted == json_errors > 15
     wait_until(lambda: http("GET", f"http://{address}/stats")[1]["connections"]["total"] == 1,
                timeout=10, what="only the bystander connected")
-    memory.check()
-    assert_serving(a, e, watcher, "http")
-    watcher.close()
 
 
 # -- 6. WebSocket frames after a good handshake ------------------------------------------
-
-def ws_frame(opcode, payload, fin=True, mask=True, rsv=0, declared=None):
-    """A client frame; ``declared`` lies about the length."""
-    first = (0x80 if fin else 0) | (rsv << 4) | opcode
-    size = len(payload) if declared is None else declared
-    mask_bit = 0x80 if mask else 0
-    if size < 126:
-        head = bytes([first, mask_bit | size])
-    elif size < 65536:
-        head = bytes([first, mask_bit | 126]) + struct.pack(">H", size)
-    else:
-        head = bytes([first, mask_bit | 127]) + struct.pack(">Q", size)
-    if mask:
-        key = os.urandom(4)
-        payload = bytes(b ^ key[i % 4] for i, b in enumerate(payload))
-        head += key
-    return head + payload
-
-
-class RawWebSocket:
-    def __init__(self, address, path="/ws"):
-        host, port = address.rsplit(":", 1)
-        self.sock = socket.create_connection((host, int(port)), timeout=5)
-        self.sock.sendall(ws_upgrade(address, path))
-        self.buffer = b""
-        while b"\r\n\r\n" not in self.buffer:
-            chunk = self.sock.recv(4096)
-            assert chunk, "closed during the handshake"
-            self.buffer += chunk
-        head, self.buffer = self.buffer.split(b"\r\n\r\n", 1)
-        assert head.startswith(b"HTTP/1.1 101"), head
-
-    def _need(self, count, deadline):
-        while len(self.buffer) < count:
-            self.sock.settimeout(max(0.01, deadline - time.monotonic()))
-            try:
-                chunk = self.sock.recv(65536)
-            except socket.timeout:
-                raise TimeoutError from None
-            except OSError:
-                chunk = b""
-            if not chunk:
-                raise EOFError
-            self.buffer += chunk
-
-    def frame(self, timeout=5):
-        """The next server frame (opcode, payload); EOFError at end of stream, TimeoutError."""
-        deadline = time.monotonic() + timeout
-        self._need(2, deadline)
-        first, second = self.buffer[0], self.buffer[1]
-        assert second & 0x80 == 0, "server frames must not be masked"
-        size, offset = second & 0x7F, 2
-        if size == 126:
-            self._need(4, deadline)
-            size, offset = struct.unpack(">H", self.buffer[2:4])[0], 4
-        elif size == 127:
-            self._need(10, deadline)
-            size, offset = struct.unpack(">Q", self.buffer[2:10])[0], 10
-        self._need(offset + size, deadline)
-        payload = self.buffer[offset:offset + size]
-        self.buffer = self.buffer[offset + size:]
-        return first & 0x0F, payload
-
-    def close_code(self, timeout=5):
-        """Read until a close frame: its code, or None if the stream just ended."""
-        frames = []
-        while True:
-            try:
-                opcode, payload = self.frame(timeout)
-            except EOFError:
-                return None, frames
-            if opcode == 8:
-                return (struct.unpack(">H", payload[:2])[0] if len(payload) >= 2 else None), frames
-            frames.append((opcode, payload))
-
-    def close(self):
-        self.sock.close()
-
 
 BAD_WS_FRAMES = {
     "opcode 3": (ws_frame(3, b"hi"), {1002}),
@@ -1083,10 +902,8 @@ BAD_WS_FRAMES = {
 }
 
 
-def test_websocket_frames_that_break_rfc6455_close_only_that_connection(edge_pair):
-    a, e = edge_pair
-    watcher = bystander(e)
-    memory = Memory(a, e)
+def barrage_wsframes(a, e, rng):
+    """WebSocket frames that break RFC 6455 close only their own connection, with the right code."""
     address = http_address(e)
     before = http("GET", f"http://{address}/stats")[1]
     codes = {}
@@ -1112,9 +929,6 @@ def test_websocket_frames_that_break_rfc6455_close_only_that_connection(edge_pai
     assert after["errors"] - before["errors"] == too_large >= 2
     wait_until(lambda: http("GET", f"http://{address}/stats")[1]["connections"]["total"] == 1,
                timeout=15, what="every broken WebSocket to be released (only the bystander left)")
-    memory.check()
-    assert_serving(a, e, watcher, "wsframes")
-    watcher.close()
 
 
 def json_garbage(rng):
@@ -1139,14 +953,12 @@ def json_garbage(rng):
     return texts
 
 
-def test_websocket_json_garbage_gets_one_reply_per_frame_and_is_counted(edge_pair):
-    a, e = edge_pair
-    watcher = bystander(e)
-    memory = Memory(a, e)
+def barrage_wsjson(a, e, rng):
+    """WebSocket JSON garbage: one reply per frame, every error counted."""
     address = http_address(e)
     before = http("GET", f"http://{address}/stats")[1]
     ws = RawWebSocket(address)
-    texts = json_garbage(random.Random(7007))
+    texts = json_garbage(rng)
     replies = {"error": 0, "ok": 0, "pong": 0}
     codes = set()
     for text in texts:
@@ -1182,8 +994,26 @@ def test_websocket_json_garbage_gets_one_reply_per_frame_and_is_counted(edge_pai
     ws.sock.sendall(ws_frame(8, struct.pack(">H", 1000)))
     assert ws.close_code()[0] == 1000
     ws.close()
+
+
+# -- one test: each entry point under its barrage ----------------------------------------
+
+BARRAGES = {"control": (1001, barrage_control), "ingress": (2002, barrage_ingress), "xpub": (3003, barrage_xpub),
+            "tcp": (4004, barrage_tcp), "http": (5005, barrage_http), "wsframes": (6006, barrage_wsframes),
+            "wsjson": (7007, barrage_wsjson)}
+
+
+@pytest.mark.parametrize("entry", list(BARRAGES))
+def test_an_entry_point_survives_garbage_and_counts_it(edge_pair, entry):
+    """The barrage of ``entry`` thrown at E (with a bystander WebSocket there), then both
+    nodes alive, serving, and grown by less than RSS_BOUND_MIB."""
+    a, e = edge_pair
+    seed, barrage = BARRAGES[entry]
+    watcher = bystander(e)
+    memory = Memory(a, e)
+    barrage(a, e, random.Random(seed))
     memory.check()
-    assert_serving(a, e, watcher, "wsjson")
+    assert_serving(a, e, watcher, entry)
     watcher.close()
 
 

@@ -7,7 +7,7 @@ are, from the bottom: the node's core (control, tap, relay, events...), the
 features (history, queues, hooks), the edge, the node that wires them
 (node.py), and the CLI; no module imports from a layer above its own. No
 group of modules imports itself round a circle, function-level imports
-included."""
+included. No function in product code is longer than a screen (80 lines)."""
 
 import ast
 import os
@@ -105,5 +105,17 @@ def test_no_import_circle():
     for module in sorted(graph):
         if module not in state:
             visit(module, [module])
-    circles = [c for c in circles if not c.startswith("bench")]  # bench: see docs (issue 31, not yet untangled)
     assert circles == []
+
+
+LONGEST = 80  # lines, decorators excluded, docstring included
+
+
+def test_no_function_is_over_80_lines():
+    long = []
+    for module, path in _modules().items():
+        for node in ast.walk(ast.parse(open(path).read(), path)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and \
+                    node.end_lineno - node.lineno + 1 > LONGEST:
+                long.append(f"{module}.{node.name} (line {node.lineno}): {node.end_lineno - node.lineno + 1} lines")
+    assert long == []

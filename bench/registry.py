@@ -1,0 +1,25 @@
+"""Every scenario of ``python -m bench``, in number order: the declarations (``SCENARIOS``)
+of the modules listed here. A new scenario is a module with its declaration and one line
+in ``MODULES``."""
+
+from . import (
+           convergence,
+           edge_auth,
+           edge_http,
+           edge_memory,
+           groups,
+           hooks,
+           library,
+           pairs,
+           partitions,
+           queues,
+           recovery,
+           requests,
+           scale,
+           websocket,
+)
+
+MODULES = (pairs, websocket, convergence, library, edge_http, edge_memory, edge_auth, recovery, requests, queues,
+           hooks, scale, groups, partitions)
+SCENARIOS = sorted((scenario for module in MODULES for scenario in module.SCENARIOS), key=lambda s: s.order())
+BY_NAME = {scenario.name: scenario for scenario in SCENARIOS}
