@@ -61,7 +61,8 @@ class Group:
 
 
 class Dispatcher:
-    def __init__(self, context, out_endpoint, node_name, curve=None):
+    def __init__(self, context, out_endpoint, node_name, curve=None, store=None):
+        """``store``: a JobStore keeping the held jobs on disk (nodes/queues/jobstore.py), or None."""
         self.client = None  # a mesh Client of this node, set once connected: it publishes to the inboxes
         self.groups = {}  # (name, pattern text) -> Group
         self.dispatched = 0
@@ -75,15 +76,19 @@ class Dispatcher:
         apply_client(curve, self._sock)
         self._sock.connect(out_endpoint)
         self._loop = None
-        self.jobs = JobBook(self.groups, self._send, self._pick, self._publish, node_name)
+        self.jobs = JobBook(self.groups, self._send, self._pick, self._publish, node_name, store)
 
     def start(self):
         self._loop = gevent.spawn(self._run)
+        if self.jobs.store is not None:
+            self.jobs.store.start()
 
     def stop(self):
         if self._loop is not None:
             self._loop.kill()
         self._sock.close(linger=0)
+        if self.jobs.store is not None:
+            self.jobs.store.stop()
 
     # -- membership ------------------------------------------------------
 

@@ -33,6 +33,7 @@ from .closedmarks import ClosedMarks
 from .control import ControlServer, RequestError, bounded_int, flag
 from .dataplane import DataPlane
 from .dispatcher import Dispatcher
+from .history.store import HistoryStore
 from . import presence
 from .events import Events
 from .gateway import Gateway
@@ -41,6 +42,7 @@ from .hookregistry import HookRegistry
 from .hooktargets import TargetPolicy
 from .jobs import MAX_EXTEND_SECONDS
 from .metrics import Metrics
+from .queues.jobstore import JobStore
 from .recorder import DEFAULT_HISTORY_BYTES, MAX_ASKED_STREAMS, MAX_PAGE_MESSAGES, Recorder
 from .revocations import Revocations
 from .zap import ZapHandler
@@ -71,6 +73,8 @@ class NodeConfig:
     group: str = ""  # the node's group: it links only to the nodes of its group (docs/SCALING.md)
     gateway: bool = False  # stand as the gateway of its group (nodes/gateway.py)
     hooks_allow: list = field(default_factory=list)  # CIDRs webhooks may reach though inside (nodes/hooktargets.py)
+    data_dir: str = ""  # history and held jobs on disk there (nodes/disk.py); "": in memory only
+    fsync: str = "batch"  # nodes/disk.py FSYNC_POLICIES
 
     def __post_init__(self):
         if self.host in ("0.0.0.0", "::", "*") and not self.advertise:
@@ -152,8 +156,9 @@ class Node:
     def start(self):
         self.dataplane.start()
         if self.config.history:
+            store = HistoryStore(self.config.data_dir, self.config.fsync) if self.config.data_dir else None
             self.recorder = Recorder(self.context, self._own_endpoint(self.member["out"]),
-                                     self.config.history, self.config.history_bytes, self.curve)
+                                     self.config.history, self.config.history_bytes, self.curve, store)
             self.recorder.start()
         self.control.start()
         self._want_own_client()  # it publishes events, dispatches queue groups, delivers hooks
@@ -393,7 +398,9 @@ class Node:
     def _dispatcher(self):
         """The dispatcher, made at the first queue-group member; its client comes later."""
         if self.dispatcher is None:
-            self.dispatcher = Dispatcher(self.context, self._own_endpoint(self.member["out"]), self.name, self.curve)
+            store = JobStore(self.config.data_dir, self.config.fsync) if self.config.data_dir else None
+            self.dispatcher = Dispatcher(self.context, self._own_endpoint(self.member["out"]), self.name, self.curve,
+                                         store)
             self.dispatcher.client = self.own_client
             self.dispatcher.start()
             self._want_own_client()

@@ -82,8 +82,10 @@ class _Entry:
 
 
 class Recorder:
-    def __init__(self, context, out_endpoint, rules, budget=DEFAULT_HISTORY_BYTES, curve=None):
+    def __init__(self, context, out_endpoint, rules, budget=DEFAULT_HISTORY_BYTES, curve=None, store=None):
+        """``store``: a HistoryStore (nodes/history/store.py) to keep history on disk, or None."""
         self.rules = list(rules)
+        self.store = store
         self.budget = budget
         self.bytes = 0
         self.recorded = 0
@@ -102,14 +104,38 @@ class Recorder:
             self._sock.setsockopt(zmq.SUBSCRIBE, prefix)
         self._sock.connect(out_endpoint)
         self._loop = None
+        if store is not None:
+            self._restore(store)
+
+    def _restore(self, store):
+        """Hold again what the store kept (a restart), then apply the rules to it."""
+        for key_origin, key_subject, epoch, seq, ts in store.evictions():
+            self._evicted_to[(key_origin, key_subject)] = (epoch, seq, ts)
+        for n, subject, origin, epoch, seq, ts, packed in store.messages():
+            entry = _Entry(subject, origin, epoch, seq, ts, packed, n)
+            self._subjects.setdefault(subject, collections.deque()).append(entry)
+            self._arrivals.append(entry)
+            self.bytes += len(packed) + ENTRY_OVERHEAD
+            self.recorded = n + 1
+        for subject, entries in list(self._subjects.items()):
+            rule = self._rule(subject)
+            while entries and (not rule or len(entries) > rule.count):  # the rules may have changed
+                self._evict(entries.popleft())
+            if not entries:
+                del self._subjects[subject]
+        self._trim()
 
     def start(self):
         self._loop = gevent.spawn(self._run)
+        if self.store is not None:
+            self.store.start()
 
     def stop(self):
         if self._loop is not None:
             self._loop.kill()
         self._sock.close(linger=0)
+        if self.store is not None:
+            self.store.stop()
 
     # -- recording -------------------------------------------------------
 
@@ -150,6 +176,8 @@ class Recorder:
             self._arrivals.append(entry)
             self.bytes += len(entry.packed) + ENTRY_OVERHEAD
             self.recorded += 1
+            if self.store is not None:
+                self.store.recorded(entry)
         while len(entries) > rule.count:
             self._evict(entries.popleft())
         self._trim()
@@ -161,8 +189,13 @@ class Recorder:
         key = (entry.origin, entry.subject)
         newest = self._evicted_to.pop(key, None)  # re-inserted: the dict's order is the eviction order
         self._evicted_to[key] = max(newest or (0, 0, 0.0), (entry.epoch, entry.seq, entry.ts))
+        if self.store is not None:
+            self.store.evicted(entry, self._evicted_to[key])
         if len(self._evicted_to) > MAX_EVICTED_STREAMS:
-            del self._evicted_to[next(iter(self._evicted_to))]
+            forgotten = next(iter(self._evicted_to))
+            del self._evicted_to[forgotten]
+            if self.store is not None:
+                self.store.forgot(*forgotten)
 
     def _trim(self, now=None):
         """Evict what is past its age, then the oldest while over the byte budget."""
@@ -245,4 +278,4 @@ class Recorder:
     def counters(self):
         return {"rules": [rule.text for rule in self.rules], "subjects": len(self._subjects), "bytes": self.bytes,
                 "budget": self.budget, "recorded": self.recorded, "evicted": self.evicted,
-                "malformed": self.malformed}
+                "malformed": self.malformed, **({"disk": self.store.counters()} if self.store is not None else {})}

@@ -1,0 +1,1 @@
+"""History: what a node records of its own publishers, in memory and on disk."""

@@ -1,0 +1,1 @@
+"""Queue groups and jobs: dispatching, holding and keeping jobs."""
