@@ -17,7 +17,8 @@ from .procs import ROOT, Procs, raise_nofile_limit
 from .scenarios import Bench
 
 SCENARIOS = ("throughput", "sizes", "latency", "fanout", "websocket", "convergence", "receive", "entities",
-             "http", "edge_memory", "revocation", "recovery", "requests", "queues", "hooks", "scale", "groups", "partitions")
+             "http", "edge_memory", "revocation", "recovery", "requests", "queues", "hooks", "scale", "groups", "partitions",
+             "durable")
 DEFAULT = [name for name in SCENARIOS if name != "partitions"]  # it needs root and takes minutes
 
 FULL = {"messages": 200_000, "repeat": 3, "latency_seconds": 10.0, "fanout_messages": 50_000,

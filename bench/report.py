@@ -30,6 +30,7 @@ TITLES = {
     "scale": "15. Many nodes on one machine through one ZooKeeper, and one more joining",
     "groups": "16. Groups of nodes joined by gateways",
     "partitions": "17. Partitions between hosts (namespaces): delivery after the heal, loss counted",
+    "durable": "History in memory and on disk (--data-dir): rate, bytes per message, recovery after kill -9",
 }
 
 
@@ -226,6 +227,15 @@ def table(name, rows):
                 continue
             body.append([r["label"], f"{_n(r['recovered'])} / {_n(r['messages'])}", f"{r['seconds']:.2f}",
                          _n(r["rate"]), "yes" if r["complete"] else "**no**"])
+    elif name == "durable":
+        head = ["case", "msg/s", "x memory", "disk B/msg", "restart s", "recovered", "ready to all read s"]
+        body = []
+        for r in rows:
+            if r["status"] != "ok":
+                body.append([r["label"]] + _not_ok(r, len(head) - 1))
+                continue
+            body.append([r["label"], _n(r["rate"]), _n(r.get("of_memory"), 2), _n(r.get("disk_bytes_per_message")),
+                         _n(r.get("restart_seconds"), 2), _n(r.get("recovered")), _n(r.get("recovered_seconds"), 2)])
     elif name == "requests":
         head = ["case", "requests", "round trips/s", "p50 ms", "p99 ms"]
         body = []

@@ -667,6 +667,11 @@ class Bench:
 
         return recovery(self, [] if rows is None else rows)
 
+    def durable(self, rows=None):
+        from .durable import durable
+
+        return durable(self, [] if rows is None else rows)
+
     def partitions(self, rows=None):
         from .partitions import partitions
 

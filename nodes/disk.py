@@ -37,14 +37,14 @@ class DiskFile:
         if fsync not in FSYNC_POLICIES:
             raise ValueError(f"--fsync {fsync!r}: one of {', '.join(FSYNC_POLICIES)}")
         self.path, self.fsync = path, fsync
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         try:
+            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute(f"PRAGMA synchronous={FSYNC_POLICIES[fsync]}")
             self._db.executescript(schema)
-        except sqlite3.DatabaseError as exc:
-            raise ValueError(f"cannot use {path} as a data file: {exc}") from None
+        except (OSError, sqlite3.DatabaseError) as exc:
+            raise ValueError(f"--data-dir: cannot use {path}: {exc}") from None
         self._ops = []  # [sql, [rows]] in the order queued; one statement's run of rows kept together
         self.queued = self.written = self.transactions = self.failed = 0
         self._loop = None

@@ -33,10 +33,10 @@ from .closedmarks import ClosedMarks
 from .control import ControlServer, RequestError, bounded_int, flag
 from .dataplane import DataPlane
 from .dispatcher import Dispatcher
-from .history.store import HistoryStore
 from . import presence
 from .events import Events
 from .gateway import Gateway
+from .history.store import HistoryStore
 from .hookdelivery import HookDelivery
 from .hookregistry import HookRegistry
 from .hooktargets import TargetPolicy
@@ -154,6 +154,8 @@ class Node:
         return endpoint
 
     def start(self):
+        # opened now, so that a bad --data-dir stops the start; the dispatcher takes it at the first member
+        self._job_store = JobStore(self.config.data_dir, self.config.fsync) if self.config.data_dir else None
         self.dataplane.start()
         if self.config.history:
             store = HistoryStore(self.config.data_dir, self.config.fsync) if self.config.data_dir else None
@@ -398,9 +400,8 @@ class Node:
     def _dispatcher(self):
         """The dispatcher, made at the first queue-group member; its client comes later."""
         if self.dispatcher is None:
-            store = JobStore(self.config.data_dir, self.config.fsync) if self.config.data_dir else None
             self.dispatcher = Dispatcher(self.context, self._own_endpoint(self.member["out"]), self.name, self.curve,
-                                         store)
+                                         self._job_store)
             self.dispatcher.client = self.own_client
             self.dispatcher.start()
             self._want_own_client()

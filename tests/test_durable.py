@@ -6,7 +6,7 @@ import time
 from collections import Counter
 
 from jobworker import Workers
-from meshhelpers import warm_up
+from meshhelpers import drain, warm_up
 from nodeproc import free_port, linked, wait_until
 
 from mesh import Client, Position
@@ -17,16 +17,6 @@ def disk_written(node, part):
     stats = node.stats()
     section = stats.get("history") if part == "history" else stats.get("queues", {}).get("jobs")
     return bool(section) and section["disk"]["pending"] == 0 and section["disk"]["written"] > 0
-
-
-def read_all(sub, count, timeout=20.0):
-    got, deadline = [], time.monotonic() + timeout
-    while len(got) < count and time.monotonic() < deadline:
-        try:
-            got.append(sub.get(timeout=1.0))
-        except TimeoutError:
-            pass
-    return got
 
 
 def test_history_outlives_a_kill_9_of_the_publishers_node(start_node, tmp_path):
@@ -57,7 +47,7 @@ def test_history_outlives_a_kill_9_of_the_publishers_node(start_node, tmp_path):
     assert a.stats()["history"]["recorded"] >= 4050  # read back from the disk
     with Client(b.address) as reader:
         sub = reader.subscribe("d.>", since=Position({}, began))
-        got = read_all(sub, 4000)
+        got = drain(sub)  # also the warm-up messages on d.warm
         evicted = reader.subscribe("e.>", since=Position({}, began)).recovery
     by_subject = {subject: [m.data["i"] for m in got if m.subject == subject and m.origin == origin]
                   for subject in ("d.x", "d.y")}
@@ -98,3 +88,16 @@ def test_held_jobs_outlive_a_kill_9_of_their_holder(start_node, tmp_path):
     print(f"done before the kill: {done_before}; restored: {restored}; duplicates: {duplicates}")
     assert 0 < restored <= 300 - 20 + duplicates
     assert set(times) == set(range(300))
+
+
+def test_a_data_dir_that_cannot_be_used_is_a_clear_start_up_error(tmp_path):
+    import subprocess
+    import sys
+
+    from nodeproc import MESHNODE
+
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("")
+    result = subprocess.run([sys.executable, MESHNODE, "run", "--name", "X", "--port", "0", "--data-dir",
+                             str(not_a_dir)], capture_output=True, text=True, timeout=30)
+    assert result.returncode != 0 and "--data-dir: cannot use" in result.stderr and "Traceback" not in result.stderr
