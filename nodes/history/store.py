@@ -25,33 +25,24 @@ _NEWEST_EVICTED = "INSERT OR REPLACE INTO evicted VALUES (?, ?, ?, ?, ?)"  # re-
 _FORGET = "DELETE FROM evicted WHERE origin = ? AND subject = ?"
 
 
-class HistoryStore:
+class HistoryStore(DiskFile):
     def __init__(self, directory, fsync="batch"):
-        self.disk = DiskFile(os.path.join(directory, "history.sqlite"), SCHEMA, fsync)
+        super().__init__(os.path.join(directory, "history.sqlite"), SCHEMA, fsync)
 
     def messages(self):
         """(n, subject, origin, epoch, seq, ts, packed data) of every message held, in arrival order."""
-        return self.disk.query("SELECT n, subject, origin, epoch, seq, ts, data FROM messages ORDER BY n")
+        return self.query("SELECT n, subject, origin, epoch, seq, ts, data FROM messages ORDER BY n")
 
     def evictions(self):
         """(origin, subject, epoch, seq, ts) of each stream's newest eviction, oldest first."""
-        return self.disk.query("SELECT origin, subject, epoch, seq, ts FROM evicted ORDER BY rowid")
+        return self.query("SELECT origin, subject, epoch, seq, ts FROM evicted ORDER BY rowid")
 
     def recorded(self, entry):
-        self.disk.queue(_RECORD, (entry.n, entry.subject, entry.origin, entry.epoch, entry.seq, entry.ts, entry.packed))
+        self.queue(_RECORD, (entry.n, entry.subject, entry.origin, entry.epoch, entry.seq, entry.ts, entry.packed))
 
     def evicted(self, entry, newest):
-        self.disk.queue(_EVICT, (entry.n,))
-        self.disk.queue(_NEWEST_EVICTED, (entry.origin, entry.subject, *newest))
+        self.queue(_EVICT, (entry.n,))
+        self.queue(_NEWEST_EVICTED, (entry.origin, entry.subject, *newest))
 
     def forgot(self, origin, subject):
-        self.disk.queue(_FORGET, (origin, subject))
-
-    def start(self):
-        self.disk.start()
-
-    def stop(self):
-        self.disk.stop()
-
-    def counters(self):
-        return self.disk.counters()
+        self.queue(_FORGET, (origin, subject))

@@ -26,34 +26,25 @@ _ATTEMPT = "UPDATE jobs SET attempt = ? WHERE id = ?"
 _RELEASE = "DELETE FROM jobs WHERE id = ?"
 
 
-class JobStore:
+class JobStore(DiskFile):
     def __init__(self, directory, fsync="batch"):
-        self.disk = DiskFile(os.path.join(directory, "jobs.sqlite"), SCHEMA, fsync)
+        super().__init__(os.path.join(directory, "jobs.sqlite"), SCHEMA, fsync)
 
     def jobs(self):
         """((group, pattern), settings, subject, data, origin, epoch, seq, carried, attempt) of every job kept."""
-        rows = self.disk.query("SELECT grp, pattern, settings, subject, data, origin, epoch, seq, carried, attempt "
-                               "FROM jobs ORDER BY rowid")
+        rows = self.query("SELECT grp, pattern, settings, subject, data, origin, epoch, seq, carried, attempt "
+                          "FROM jobs ORDER BY rowid")
         return [((grp, pattern), msgpack.unpackb(settings), subject, msgpack.unpackb(data, raw=False), origin,
                  epoch, seq, msgpack.unpackb(carried), attempt)
                 for grp, pattern, settings, subject, data, origin, epoch, seq, carried, attempt in rows]
 
     def held(self, job):
         origin, epoch, seq = job.origin
-        self.disk.queue(_HOLD, (job.id, job.key[0], job.key[1], msgpack.packb(job.settings), job.subject,
-                                msgpack.packb(job.data), origin, epoch, seq, msgpack.packb(job.carried), job.attempt))
+        self.queue(_HOLD, (job.id, job.key[0], job.key[1], msgpack.packb(job.settings), job.subject,
+                           msgpack.packb(job.data), origin, epoch, seq, msgpack.packb(job.carried), job.attempt))
 
     def attempted(self, job):
-        self.disk.queue(_ATTEMPT, (job.attempt, job.id))
+        self.queue(_ATTEMPT, (job.attempt, job.id))
 
     def released(self, job):
-        self.disk.queue(_RELEASE, (job.id,))
-
-    def start(self):
-        self.disk.start()
-
-    def stop(self):
-        self.disk.stop()
-
-    def counters(self):
-        return self.disk.counters()
+        self.queue(_RELEASE, (job.id,))
