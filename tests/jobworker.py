@@ -12,7 +12,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from mesh import Client  # noqa: E402
+from mesh import Client
 
 
 def main():

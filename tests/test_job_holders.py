@@ -25,7 +25,8 @@ def test_a_dead_holder_does_not_stall_the_workers(mesh3):
         for node in (b, b, c):
             workers.start(node.address, 0.1)
         for node in (a, b):
-            wait_until(lambda: node.stats()["queues"].get("reachable") == 3, timeout=15, what="3 workers reachable")
+            wait_until(lambda node=node: node.stats()["queues"].get("reachable") == 3, timeout=15,
+                       what="3 workers reachable")
         with Client(a.address) as publisher:
             for i in range(90):
                 publisher.publish("job.a", i)
