@@ -4,6 +4,7 @@ in ``MODULES``."""
 
 from . import (
            convergence,
+           durable,
            edge_auth,
            edge_http,
            edge_memory,
@@ -20,6 +21,6 @@ from . import (
 )
 
 MODULES = (pairs, websocket, convergence, library, edge_http, edge_memory, edge_auth, recovery, requests, queues,
-           hooks, scale, groups, partitions)
+           hooks, scale, groups, partitions, durable)
 SCENARIOS = sorted((scenario for module in MODULES for scenario in module.SCENARIOS), key=lambda s: s.order())
 BY_NAME = {scenario.name: scenario for scenario in SCENARIOS}

@@ -284,10 +284,11 @@ class Client:
         return task
 
     async def ack(self, message):
-        await asyncio.to_thread(self.sync.ack, message)
+        """Acknowledge a job without waiting for its holder: a Settlement (mesh/settle.py)."""
+        return self.sync.ack(message)
 
     async def extend(self, message, seconds=None):
-        await asyncio.to_thread(self.sync.extend, message, seconds)
+        return self.sync.extend(message, seconds)
 
     # -- request/reply (mesh/requests.py) ----------------------------------
 

@@ -272,12 +272,15 @@ class Client:
         return self._publisher.publish(subject, data)
 
     def ack(self, message):
-        """Acknowledge a job (``message.job``): it is done and will not come again."""
-        self._memberships.settle(message, "job_ack")
+        """Acknowledge a job (``message.job``): it is done and will not come
+        again. Returns at once, before the holding node answers, with a
+        Settlement: ``.result(timeout)`` for the answer (mesh/settle.py)."""
+        return self._memberships.settle(message, "job_ack")
 
     def extend(self, message, seconds):
-        """Give a job ``seconds`` more from now before it goes to another member."""
-        self._memberships.settle(message, "job_extend", seconds=seconds)
+        """Give a job ``seconds`` more from now before it goes to another
+        member. Returns at once with a Settlement, as ``ack`` does."""
+        return self._memberships.settle(message, "job_extend", seconds=seconds)
 
     # -- webhooks (nodes/hooks/registry.py, docs/QUEUES.md) --------------------
 
@@ -484,7 +487,7 @@ class Client:
                 "backlog": publisher.backlog, "published": publisher.published, "batches": publisher.batches,
                 "mark_messages": publisher.mark_messages, "streams": publisher.streams,
                 "streams_forgotten": publisher.forgotten, "subscriptions": self._receiver.subscriptions,
-                "malformed": self._receiver.malformed}
+                "malformed": self._receiver.malformed, "settled": self._memberships.settler.counters()}
 
     def close(self):
         """Send what is pending (batch, marks), hand the last marks to the

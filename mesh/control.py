@@ -65,6 +65,15 @@ def normalize_address(address):
     return f"tcp://{address}"
 
 
+def outcome(reply):
+    """A reply map's fields (without ``ok``/``id``), or its error raised as ControlError."""
+    if not reply.get("ok"):
+        raise ControlError(reply.get("error", "error"), reply.get("message", ""))
+    reply.pop("ok", None)
+    reply.pop("id", None)
+    return reply
+
+
 class ControlChannel:
     """A DEALER connection to one node's control socket; thread-safe."""
 
@@ -95,11 +104,7 @@ class ControlChannel:
         """Send one command and return the reply map (without ``ok``/``id``)."""
         timeout = self.timeout if timeout is None else timeout
         with self._lock:
-            req_id = next(self._ids)
-            try:
-                self._sock.send(encode({"v": CONTROL_VERSION, "cmd": cmd, "id": req_id, **fields}), zmq.NOBLOCK)
-            except zmq.Again:
-                raise TimeoutError(f"node at {self.address} is not accepting requests") from None
+            req_id = self._send(cmd, fields)
             while True:
                 try:
                     frames = recv_multipart(self._sock, self._wait, timeout)
@@ -112,11 +117,36 @@ class ControlChannel:
                     continue
                 if reply.get("id") == req_id:
                     break
-        if not reply.get("ok"):
-            raise ControlError(reply.get("error", "error"), reply.get("message", ""))
-        reply.pop("ok", None)
-        reply.pop("id", None)
-        return reply
+        return outcome(reply)
+
+    def _send(self, cmd, fields):
+        req_id = next(self._ids)
+        try:
+            self._sock.send(encode({"v": CONTROL_VERSION, "cmd": cmd, "id": req_id, **fields}), zmq.NOBLOCK)
+        except zmq.Again:
+            raise TimeoutError(f"node at {self.address} is not accepting requests") from None
+        return req_id
+
+    def send(self, cmd, **fields):
+        """Send one command without waiting for its reply; returns its ``id``
+        (the replies come from :meth:`replies`). TimeoutError when the
+        connection holds too many unsent requests already."""
+        with self._lock:
+            return self._send(cmd, fields)
+
+    def replies(self):
+        """The reply maps that have arrived, without waiting."""
+        found = []
+        with self._lock:
+            while True:
+                try:
+                    frames = self._sock.recv_multipart(zmq.NOBLOCK)
+                except zmq.Again:
+                    return found
+                try:
+                    found.append(decode(frames[-1]))
+                except ValueError:
+                    continue
 
     def close(self):
         try:

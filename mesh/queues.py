@@ -18,6 +18,7 @@ import threading
 import uuid
 
 from .control import ControlError
+from .settle import Settler
 from .waiting import start_background
 
 log = logging.getLogger("mesh.queues")
@@ -60,7 +61,7 @@ class Memberships:
     def __init__(self, client):
         self._client = client
         self._members = {}  # member id -> Membership
-        self._holders = {}  # node name -> ControlChannel, for acknowledging jobs held elsewhere
+        self.settler = Settler(client)  # acknowledgements, sent without waiting
         self._wake = threading.Event()
         self._started = False
 
@@ -94,25 +95,17 @@ class Memberships:
                     self._send("queue_join", membership.record())
 
     def stop(self):
+        self.settler.stop()  # the last acknowledgements reach their holders before the member leaves
         for membership in list(self._members.values()):
             self.leave(membership)
         self._wake.set()
 
     def settle(self, message, cmd, **fields):
-        """Acknowledge (``job_ack``) or extend (``job_extend``) a job at the node that holds it."""
+        """Acknowledge (``job_ack``) or extend (``job_extend``) a job at the
+        node that holds it, without waiting: a Settlement (mesh/settle.py)."""
         holder, job = (message.headers or {}).get("h"), message.job
         group = (message.headers or {}).get("q")
         membership = next((m for m in self._members.values() if m.group == group and m.jobs), None)
         if job is None or holder is None or membership is None:
             raise ValueError("the message is not a job of one of this client's job groups")
-        client = self._client
-        if holder == client.node:
-            client.control.request(cmd, job=job, member=membership.member, **fields)
-            return
-        channel = self._holders.get(holder)
-        if channel is None:
-            records = {r["name"]: r for r in client.control.request("peers")["peers"]}
-            if holder not in records:
-                raise ControlError("unknown_node", f"node {holder!r}, which holds the job, is not in the mesh now")
-            channel = self._holders[holder] = client.control_channel(records[holder]["control"])
-        channel.request(cmd, job=job, member=membership.member, **fields)
+        return self.settler.submit(holder, cmd, {"job": job, "member": membership.member, **fields})

@@ -38,11 +38,13 @@ from nodes.edge.roster import Roster
 from nodes.events import Events
 from nodes.gateway import Gateway
 from nodes.history.commands import History
+from nodes.history.store import HistoryStore
 from nodes.history.recorder import DEFAULT_HISTORY_BYTES
 from nodes.hooks.commands import Webhooks
 from nodes.hooks.targets import TargetPolicy
 from nodes.metrics import Metrics
 from nodes.queues.commands import QueueGroups
+from nodes.queues.jobstore import JobStore
 from nodes.relay import Relay
 from nodes.revocations import Revocations
 from nodes.zap import ZapHandler
@@ -72,6 +74,8 @@ class NodeConfig:
     group: str = ""  # the node's group: it links only to the nodes of its group (docs/SCALING.md)
     gateway: bool = False  # stand as the gateway of its group (nodes/gateway.py)
     hooks_allow: list = field(default_factory=list)  # CIDRs webhooks may reach though inside (nodes/hooks/targets.py)
+    data_dir: str = ""  # history and held jobs on disk there (nodes/disk.py); "": in memory only
+    fsync: str = "batch"  # nodes/disk.py FSYNC_POLICIES
 
     def __post_init__(self):
         if self.host in ("0.0.0.0", "::", "*") and not self.advertise:
@@ -155,9 +159,12 @@ class Node(Feature):
         return endpoint
 
     def start(self):
+        data_dir, fsync = self.config.data_dir, self.config.fsync
+        # opened now, so that a bad --data-dir stops the start; the dispatcher takes it at the first member
+        self.queues.job_store = JobStore(data_dir, fsync) if data_dir else None
         self.dataplane.start()
         self.history.start(self.context, self._own_endpoint(self.member["out"]), self.config.history_bytes,
-                           self.curve)
+                           self.curve, HistoryStore(data_dir, fsync) if data_dir and self.config.history else None)
         self.control.start()
         self._want_own_client()  # it publishes events, dispatches queue groups, delivers hooks
         if self.gateway is not None:

@@ -42,6 +42,7 @@ EXPECTED = {
     "hooks": ["webhook"],
     "scale": ["mesh"],
     "groups": ["groups"],
+    "durable": ["history-memory", "history-batch", "history-never"],
 }
 ALWAYS_MEASURED = {("throughput", k) for k in ("zmq", "mesh1", "mesh2", "mesh3", "aio2")} | \
     {("latency", k) for k in ("zmq", "mesh1", "mesh2", "mesh3")} | \
@@ -50,7 +51,8 @@ ALWAYS_MEASURED = {("throughput", k) for k in ("zmq", "mesh1", "mesh2", "mesh3",
      ("receive", "subscriptions-200"), ("entities", "entities"), ("http", "keepalive"),
      ("http", "new-connection"), ("edge_memory", "flood"), ("edge_memory", "churn"),
      ("revocation", "revoke-3-nodes"), ("recovery", "recover-1000"), ("requests", "mesh"), ("queues", "mesh"), ("hooks", "webhook"),
-     ("scale", "mesh"), ("groups", "groups")}
+     ("scale", "mesh"), ("groups", "groups"),
+     ("durable", "history-memory"), ("durable", "history-batch"), ("durable", "history-never")}
 
 
 def _processes_with(marker):

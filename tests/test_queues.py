@@ -213,9 +213,10 @@ def test_acknowledging_twice_or_a_job_that_is_not_held_is_refused_and_counted(st
         publisher.publish("once.x", "job")
         message = jobs.get(timeout=10)
         assert message.job and message.attempt == 1
-        worker.ack(message)
+        worker.ack(message).result(timeout=5)  # confirmed: no error
         with pytest.raises(ControlError, match="unknown_job"):
-            worker.ack(message)  # twice
+            worker.ack(message).result(timeout=5)  # twice
+        assert worker.counters()["settled"]["refused"] == 1
         with pytest.raises(ValueError, match="not a job"):
             worker.ack(Message("x", 1, "o", 1, 0.0))  # a plain message
     assert a.request("job_ack", job="nobody/0/1", member="m1")["error"] == "unknown_job"

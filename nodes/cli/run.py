@@ -68,6 +68,12 @@ def run_parser(commands):
                           "read with the history control command (docs/HISTORY.md)")
     run.add_argument("--history-bytes", type=positive_int, default=64 * 1024 * 1024, metavar="BYTES",
                      help="all history together; the oldest messages go first (default: 67108864)")
+    run.add_argument("--data-dir", metavar="DIR",
+                     help="keep history and held jobs on disk in DIR, across restarts and kill -9 "
+                          "(default: in memory only; docs/HISTORY.md)")
+    run.add_argument("--fsync", choices=["batch", "never"], default="batch",
+                     help="with --data-dir: fsync every write batch (at most 50 ms of changes), or leave "
+                          "it to the operating system (default: %(default)s)")
     run.add_argument("--metrics", metavar="HOST:PORT",
                      help="serve Prometheus metrics at http://HOST:PORT/metrics (an edge also serves them "
                           "at /metrics on its --http port; docs/OPERATIONS.md)")
@@ -167,7 +173,7 @@ def cmd_run(args):
                         curve_keys=args.curve_keys or "", revocation_seconds=args.auth_max_lifetime,
                         history=[HistoryRule(text) for text in args.history], history_bytes=args.history_bytes,
                         metrics=args.metrics or "", group=args.group, gateway=args.gateway,
-                        hooks_allow=args.hooks_allow)
+                        hooks_allow=args.hooks_allow, data_dir=args.data_dir or "", fsync=args.fsync)
     import zmq
 
     if args.zk and args.peer:

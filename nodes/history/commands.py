@@ -19,10 +19,11 @@ class History(Feature):
         self.rules = rules
         self.recorder = None
 
-    def start(self, context, out_endpoint, budget, curve=None):
-        """Record from now on, if there are rules (once the node's data plane is up)."""
+    def start(self, context, out_endpoint, budget, curve=None, store=None):
+        """Record from now on, if there are rules (once the node's data plane is up);
+        ``store``: a HistoryStore (nodes/history/store.py) keeping it on disk, or None."""
         if self.rules:
-            self.recorder = Recorder(context, out_endpoint, self.rules, budget, curve)
+            self.recorder = Recorder(context, out_endpoint, self.rules, budget, curve, store)
             self.recorder.start()
 
     def stop(self):

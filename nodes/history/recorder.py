@@ -87,8 +87,10 @@ class _Entry:
 class Recorder(Tap):
     """A tap (nodes/tap.py) that records what its rules admit."""
 
-    def __init__(self, context, out_endpoint, rules, budget=DEFAULT_HISTORY_BYTES, curve=None):
+    def __init__(self, context, out_endpoint, rules, budget=DEFAULT_HISTORY_BYTES, curve=None, store=None):
+        """``store``: a HistoryStore (nodes/history/store.py) to keep history on disk, or None."""
         self.rules = list(rules)
+        self.store = store
         self.budget = budget
         self.bytes = 0
         self.recorded = 0
@@ -99,6 +101,38 @@ class Recorder(Tap):
         self._rule_of = {}  # subject -> HistoryRule (first matching rule wins)
         super().__init__(context, out_endpoint, curve,
                          set().union(*(recording_prefixes(rule.pattern) for rule in self.rules)))
+        if store is not None:
+            self._restore(store)
+
+    def _restore(self, store):
+        """Hold again what the store kept (a restart), then apply the rules to it. A restored
+        message's age counts from its publish time (the node's own clock did not survive)."""
+        for key_origin, key_subject, epoch, seq, ts in store.evictions():
+            self._evicted_to[(key_origin, key_subject)] = (epoch, seq, ts)
+        now, wall = time.monotonic(), time.time()
+        for n, subject, origin, epoch, seq, ts, packed in store.messages():
+            entry = _Entry(subject, origin, epoch, seq, ts, packed, n, now - max(0.0, wall - ts))
+            self._subjects.setdefault(subject, collections.deque()).append(entry)
+            self._arrivals.append(entry)
+            self.bytes += len(packed) + ENTRY_OVERHEAD
+            self.recorded = n + 1
+        for subject, entries in list(self._subjects.items()):
+            rule = self._rule(subject)
+            while entries and (not rule or len(entries) > rule.count):  # the rules may have changed
+                self._evict(entries.popleft())
+            if not entries:
+                del self._subjects[subject]
+        self._trim()
+
+    def start(self):
+        super().start()
+        if self.store is not None:
+            self.store.start()
+
+    def stop(self):
+        super().stop()
+        if self.store is not None:
+            self.store.stop()
 
     # -- recording -------------------------------------------------------
 
@@ -125,6 +159,8 @@ class Recorder(Tap):
             self._arrivals.append(entry)
             self.bytes += len(entry.packed) + ENTRY_OVERHEAD
             self.recorded += 1
+            if self.store is not None:
+                self.store.recorded(entry)
         while len(entries) > rule.count:
             self._evict(entries.popleft())
         self._trim()
@@ -136,8 +172,13 @@ class Recorder(Tap):
         key = (entry.origin, entry.subject)
         newest = self._evicted_to.pop(key, None)  # re-inserted: the dict's order is the eviction order
         self._evicted_to[key] = max(newest or (0, 0, 0.0), (entry.epoch, entry.seq, entry.ts))
+        if self.store is not None:
+            self.store.evicted(entry, self._evicted_to[key])
         if len(self._evicted_to) > MAX_EVICTED_STREAMS:
-            del self._evicted_to[next(iter(self._evicted_to))]
+            forgotten = next(iter(self._evicted_to))
+            del self._evicted_to[forgotten]
+            if self.store is not None:
+                self.store.forgot(*forgotten)
 
     def _trim(self):
         """Evict what is past its age, then the oldest while over the byte budget."""
@@ -220,4 +261,4 @@ class Recorder(Tap):
     def counters(self):
         return {"rules": [rule.text for rule in self.rules], "subjects": len(self._subjects), "bytes": self.bytes,
                 "budget": self.budget, "recorded": self.recorded, "evicted": self.evicted,
-                "malformed": self.malformed}
+                "malformed": self.malformed, **({"disk": self.store.counters()} if self.store is not None else {})}

@@ -22,6 +22,7 @@ class QueueGroups(Feature):
         self._on_first = on_first
         self.client = None
         self.dispatcher = None
+        self.job_store = None  # a JobStore (nodes/queues/jobstore.py) the dispatcher keeps jobs in, or None
 
     def attach(self, client):
         """This node's own mesh Client, once connected: the dispatcher publishes with it."""
@@ -32,7 +33,7 @@ class QueueGroups(Feature):
     def _dispatcher(self):
         """The dispatcher, made at the first queue-group member; its client may come later."""
         if self.dispatcher is None:
-            self.dispatcher = Dispatcher(self._context, self._out, self.node_name, self._curve)
+            self.dispatcher = Dispatcher(self._context, self._out, self.node_name, self._curve, self.job_store)
             self.dispatcher.client = self.client
             self.dispatcher.start()
             if self._on_first is not None:

@@ -14,7 +14,8 @@ its headers.
 Each job keeps one id for all its attempts (``<group>:<origin>/<epoch>/<seq>``
 of the publish), so workers can be idempotent. The book is in this node's
 memory: if this node dies, the jobs it held and that were not acknowledged
-are lost (docs/QUEUES.md). At most MAX_JOBS wait per group per node; a job
+are lost (docs/QUEUES.md), unless a store keeps them on disk (--data-dir):
+then the restarted node holds them again. At most MAX_JOBS wait per group per node; a job
 beyond that goes straight to the dead-letter subject, reason ``full``.
 """
 
@@ -38,17 +39,27 @@ class Job:
 
 
 class JobBook:
-    def __init__(self, groups, send, pick, publish_dead, node_name):
+    def __init__(self, groups, send, pick, publish_dead, node_name, store=None):
         """``groups``: the dispatcher's (name, pattern) -> Group; ``send(member,
         group, subject, data, headers)`` delivers to a member's inbox;
         ``pick(group, exclude)`` chooses a member; ``publish_dead(subject, data,
-        headers)`` publishes a dead letter."""
+        headers)`` publishes a dead letter; ``store``: a JobStore
+        (nodes/queues/jobstore.py) keeping the jobs on disk, or None."""
+        self.store = store
         self._groups = groups
         self._send, self._pick, self._publish_dead = send, pick, publish_dead
         self.node = node_name
         self.jobs = {}  # id -> Job
         self.per_group = {}  # group key -> number of jobs held
         self.acked = self.redelivered = self.dead = self.refused_acks = 0
+        self.restored = 0
+        if store is not None:
+            for key, settings, subject, data, origin, epoch, seq, carried, attempt in store.jobs():
+                job = Job(key, settings, subject, data, origin, epoch, seq, carried)
+                job.attempt = attempt  # no member: it goes to one at the next tick
+                self.jobs[job.id] = job
+                self.per_group[key] = self.per_group.get(key, 0) + 1
+                self.restored += 1
 
     def submit(self, group, subject, data, origin, epoch, seq, carried=None):
         key = (group.name, group.pattern.text)
@@ -58,6 +69,8 @@ class JobBook:
             return
         self.jobs[job.id] = job
         self.per_group[key] = self.per_group.get(key, 0) + 1
+        if self.store is not None:
+            self.store.held(job)
         self._deliver(job)
 
     def _deliver(self, job, exclude=None):
@@ -71,6 +84,8 @@ class JobBook:
             job.member, job.deadline = None, 0.0
             return
         job.attempt += 1
+        if self.store is not None:
+            self.store.attempted(job)
         job.member = member.member
         job.deadline = time.monotonic() + job.settings["deadline"]
         origin, epoch, seq = job.origin
@@ -85,6 +100,8 @@ class JobBook:
     def _forget(self, job):
         if self.jobs.pop(job.id, None) is not None:
             self.per_group[job.key] -= 1
+            if self.store is not None:
+                self.store.released(job)
 
     def ack(self, job_id, member):
         """The member finished the job; ValueError if it holds no such job."""
@@ -117,4 +134,5 @@ class JobBook:
 
     def counters(self):
         return {"held": len(self.jobs), "acked": self.acked, "redelivered": self.redelivered, "dead": self.dead,
-                "refused_acks": self.refused_acks}
+                "refused_acks": self.refused_acks, "restored": self.restored,
+                **({"disk": self.store.counters()} if self.store is not None else {})}

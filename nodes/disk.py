@@ -1,0 +1,103 @@
+"""A node's durable file (``--data-dir``): one SQLite database in WAL mode, written a batch at a time.
+
+Its owner (history: nodes/history/store.py; jobs: nodes/queues/jobstore.py)
+queues changes, each an SQL statement and its row, in memory. A greenlet
+takes what has queued every FLUSH_SECONDS (or, when a write took longer,
+everything that queued meanwhile) and writes it as one transaction from a
+thread of gevent's pool: the hub, and with it the node's control and edge,
+never waits for the disk. When a change is on disk:
+
+* it is in the file (the operating system's cache) once its transaction
+  commits: at most FLUSH_SECONDS plus one write after it was queued. A
+  ``kill -9`` of the node loses only what had not been written yet (stats:
+  ``pending``);
+* ``--fsync batch`` (the default) fsyncs every transaction before the next
+  one starts (SQLite ``synchronous=FULL``): a power cut loses at most the
+  changes of the last FLUSH_SECONDS and the write under way;
+* ``--fsync never`` leaves it to the operating system (``synchronous=NORMAL``:
+  the write-ahead log is fsynced at checkpoints only): a power cut can lose
+  every change since the last checkpoint (about 4 MB of log), never the
+  file's consistency.
+"""
+
+import logging
+import os
+import sqlite3
+
+import gevent
+
+log = logging.getLogger("meshnode.disk")
+
+FLUSH_SECONDS = 0.05
+FSYNC_POLICIES = {"batch": "FULL", "never": "NORMAL"}
+
+
+class DiskFile:
+    def __init__(self, path, schema, fsync="batch"):
+        if fsync not in FSYNC_POLICIES:
+            raise ValueError(f"--fsync {fsync!r}: one of {', '.join(FSYNC_POLICIES)}")
+        self.path, self.fsync = path, fsync
+        try:
+            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute(f"PRAGMA synchronous={FSYNC_POLICIES[fsync]}")
+            self._db.executescript(schema)
+        except (OSError, sqlite3.DatabaseError) as exc:
+            raise ValueError(f"--data-dir: cannot use {path}: {exc}") from None
+        self._ops = []  # [sql, [rows]] in the order queued; one statement's run of rows kept together
+        self.queued = self.written = self.transactions = self.failed = 0
+        self._loop = None
+
+    def query(self, sql, args=()):
+        """Read at start-up, before :meth:`start`."""
+        return self._db.execute(sql, args).fetchall()
+
+    def queue(self, sql, row):
+        ops = self._ops
+        if ops and ops[-1][0] is sql:
+            ops[-1][1].append(row)
+        else:
+            ops.append([sql, [row]])
+        self.queued += 1
+
+    def start(self):
+        self._loop = gevent.spawn(self._run)
+
+    def _run(self):
+        pool = gevent.get_hub().threadpool
+        while True:
+            gevent.sleep(FLUSH_SECONDS)
+            if self._ops:
+                ops, self._ops = self._ops, []
+                pool.apply(self._write, (ops,))
+
+    def _write(self, ops):
+        """One transaction (in a real thread)."""
+        rows = sum(len(op[1]) for op in ops)
+        try:
+            with self._db:
+                self._db.execute("BEGIN")
+                for sql, batch in ops:
+                    self._db.executemany(sql, batch)
+        except sqlite3.Error as exc:  # a full disk: the changes stay in memory only; counted and said
+            self.failed += rows
+            log.error("could not write %d changes to %s: %s", rows, self.path, exc)
+        else:
+            self.transactions += 1
+        self.written += rows
+
+    def stop(self):
+        """Write what is queued, then close."""
+        if self._loop is not None:
+            self._loop.kill()
+        if self._ops:
+            ops, self._ops = self._ops, []
+            self._write(ops)
+        self._db.close()
+
+    def counters(self):
+        size = sum(os.path.getsize(self.path + suffix) for suffix in ("", "-wal") if os.path.exists(self.path + suffix))
+        return {"path": self.path, "fsync": self.fsync, "pending": self.queued - self.written,
+                "written": self.written, "failed": self.failed, "transactions": self.transactions,
+                "file_bytes": size}

@@ -1,0 +1,103 @@
+"""History and held jobs on disk (--data-dir: nodes/disk.py, nodes/history/store.py,
+nodes/queues/jobstore.py): a node killed with `kill -9` and started again on the
+same directory answers for its history and does the jobs it held."""
+
+import time
+from collections import Counter
+
+from jobworker import Workers
+from meshhelpers import drain, warm_up
+from meshtest.nodeproc import free_port, linked, wait_until
+
+from mesh import Client, Position
+
+
+def disk_written(node, part):
+    """True once ``part`` ("history", or the queues' "jobs") has nothing waiting for the disk."""
+    stats = node.stats()
+    section = stats.get("history") if part == "history" else stats.get("queues", {}).get("jobs")
+    return bool(section) and section["disk"]["pending"] == 0 and section["disk"]["written"] > 0
+
+
+def test_history_outlives_a_kill_9_of_the_publishers_node(start_node, tmp_path):
+    """3,000 + 1,000 messages kept, 50 of which 40 evicted; A killed and started
+    again on the same directory: a recovery at B gets every kept message once,
+    in order, and is told the evicted stream is evicted."""
+    port, data = free_port(), str(tmp_path / "a")
+    rules = ("--history", "d.>=100000/3600s", "--history", "e.>=10/3600s", "--data-dir", data)
+    a = start_node("A", "--port", str(port), *rules)
+    b = start_node("B", peers=[a])
+    wait_until(lambda: linked(a, b), what="A and B linked")
+    began = time.time()
+    with Client(a.address) as publisher, Client(a.address) as watcher:
+        warm_up(publisher, "d.warm", [watcher.subscribe("d.warm")])
+        for i in range(3000):
+            publisher.publish("d.x", {"i": i})
+            if i < 1000:
+                publisher.publish("d.y", {"i": i})
+            if i < 50:
+                publisher.publish("e.x", i)
+        publisher.flush()
+        origin = publisher.origin
+        wait_until(lambda: a.stats()["history"]["recorded"] >= 4050 and disk_written(a, "history"),
+                   what="A to write its history")
+    a.kill()
+    a = start_node("A", "--port", str(port), *rules)
+    wait_until(lambda: linked(a, b), timeout=15, what="A back")
+    assert a.stats()["history"]["recorded"] >= 4050  # read back from the disk
+    with Client(b.address) as reader:
+        sub = reader.subscribe("d.>", since=Position({}, began))
+        got = drain(sub)  # also the warm-up messages on d.warm
+        evicted = reader.subscribe("e.>", since=Position({}, began)).recovery
+    by_subject = {subject: [m.data["i"] for m in got if m.subject == subject and m.origin == origin]
+                  for subject in ("d.x", "d.y")}
+    assert by_subject == {"d.x": list(range(3000)), "d.y": list(range(1000))}  # every one once, in order
+    assert sub.recovery.recovered and sub.gaps == 0
+    assert evicted.streams == {(origin, "e.x"): "evicted"}  # what it had evicted is still said
+
+
+def test_held_jobs_outlive_a_kill_9_of_their_holder(start_node, tmp_path):
+    """300 jobs held at A, being worked on by 2 workers at B; A killed with
+    `kill -9` and started again on the same directory: every job is done at
+    least once, the duplicates counted."""
+    port, data = free_port(), str(tmp_path / "a")
+    a = start_node("A", "--port", str(port), "--data-dir", data)
+    b = start_node("B", peers=[a])
+    wait_until(lambda: linked(a, b), what="A and B linked")
+    workers = Workers()
+    try:
+        for _ in range(2):
+            workers.start(b.address, 0.05)
+        wait_until(lambda: a.stats().get("queues", {}).get("reachable") == 2, timeout=15, what="the workers")
+        with Client(a.address) as publisher:
+            for i in range(300):
+                publisher.publish("job.x", i)
+            publisher.flush()
+            wait_until(lambda: len(workers.done) >= 20 and disk_written(a, "jobs"), what="work under way")
+        a.kill()
+        done_before = len(workers.done)
+        a = start_node("A", "--port", str(port), "--data-dir", data)
+        wait_until(lambda: {line["data"] for line in workers.done} == set(range(300)), timeout=60,
+                   what="every job done")
+        restored = a.stats()["queues"]["jobs"]["restored"]
+        wait_until(lambda: a.stats()["queues"]["jobs"]["held"] == 0, timeout=30, what="A to hold nothing")
+    finally:
+        workers.stop()
+    times = Counter(line["data"] for line in workers.done)
+    duplicates = sum(n - 1 for n in times.values())
+    print(f"done before the kill: {done_before}; restored: {restored}; duplicates: {duplicates}")
+    assert 0 < restored <= 300 - 20 + duplicates
+    assert set(times) == set(range(300))
+
+
+def test_a_data_dir_that_cannot_be_used_is_a_clear_start_up_error(tmp_path):
+    import subprocess
+    import sys
+
+    from meshtest.nodeproc import MESHNODE
+
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("")
+    result = subprocess.run([sys.executable, MESHNODE, "run", "--name", "X", "--port", "0", "--data-dir",
+                             str(not_a_dir)], capture_output=True, text=True, timeout=30, check=False)
+    assert result.returncode != 0 and "--data-dir: cannot use" in result.stderr and "Traceback" not in result.stderr
