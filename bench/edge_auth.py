@@ -29,7 +29,7 @@ def _revoke(bench, count):
     import zmq
 
     from mesh.control import ControlChannel
-    from mesh.waiting import pick_waiter
+    from mesh.concurrency import pick_waiter
 
     nodes = bench.procs.linked_nodes(("rv-a", "rv-b", "rv-c"), "--http", "0", "--auth-secret", BENCH_SECRET,
                                      "--max-connections", str(count + 100))

@@ -16,7 +16,7 @@ import socket
 
 from mesh.control import ControlChannel, ControlError
 from mesh.members import validate_endpoint
-from mesh.waiting import pick_waiter
+from mesh.concurrency import pick_waiter
 
 PROBE_SECONDS = 1.0
 

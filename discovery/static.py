@@ -28,7 +28,7 @@ import gevent
 
 from mesh.control import ControlChannel, ControlError, normalize_address
 from mesh.members import validate_member, validate_name
-from mesh.waiting import pick_waiter
+from mesh.concurrency import pick_waiter
 
 from .base import Discovery
 

@@ -37,7 +37,7 @@ from .queues import Membership, Memberships
 from .requests import Requests
 from .subjects import Pattern
 from .subscription import DEFAULT_PENDING_LIMIT, Subscription
-from .waiting import fair_yielder, pick_waiter, start_background
+from .concurrency import fair_yielder, pick_waiter, start_background
 from .watch import BACKLOG_GRACE, NodeWatch
 
 log = logging.getLogger("mesh.client")

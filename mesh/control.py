@@ -15,7 +15,7 @@ import zmq
 
 from .curve import apply_client
 from .liveness import CONNECT_TIMEOUT
-from .waiting import recv_multipart
+from .concurrency import recv_multipart
 
 CONTROL_VERSION = 1
 

@@ -22,7 +22,7 @@ import threading
 from contextlib import contextmanager
 
 from .control import ControlError
-from .waiting import start_background
+from .concurrency import start_background
 
 MAX_AT_ONCE = 32  # nodes asked at the same time
 

@@ -19,7 +19,7 @@ import uuid
 
 from .control import ControlError
 from .settle import Settler
-from .waiting import start_background
+from .concurrency import start_background
 
 log = logging.getLogger("mesh.queues")
 

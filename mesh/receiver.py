@@ -16,7 +16,7 @@ applied by whoever holds the lead, since a ZeroMQ socket must not be used by
 two threads at once. Before a subscription is added, what the socket already
 holds goes to the subscriptions that were there: a new one gets only what
 arrived after it. Under gevent the leader yields to the hub every
-``FAIR_SLICE_SECONDS`` (mesh/waiting.py).
+``FAIR_SLICE_SECONDS`` (mesh/concurrency.py).
 """
 
 import collections
@@ -28,7 +28,7 @@ import zmq
 
 from .envelope import MARKS_TOPIC_END, MalformedMessage, Message, decode_batch, decode_marks
 from .sublist import Sublist
-from .waiting import SocketOrPipe, wake_up_pipe
+from .concurrency import SocketOrPipe, wake_up_pipe
 
 READ_BUDGET = 1024  # messages (not batches) decoded per visit before checking on the caller
 

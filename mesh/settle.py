@@ -25,7 +25,7 @@ import threading
 import time
 
 from .control import ControlError, outcome
-from .waiting import start_background
+from .concurrency import start_background
 
 log = logging.getLogger("mesh.settle")
 

@@ -35,7 +35,7 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from .control import ControlError
-from .waiting import SocketOrPipe, wake_up_pipe
+from .concurrency import SocketOrPipe, wake_up_pipe
 
 log = logging.getLogger("mesh.client")
 

@@ -17,7 +17,7 @@ from kazoo.retry import KazooRetry
 from kazoo.security import OPEN_ACL_UNSAFE, make_acl, make_digest_acl
 
 from .members import validate_member, validate_name
-from .waiting import running_under_gevent
+from .concurrency import running_under_gevent
 
 log = logging.getLogger("mesh.zkmembers")
 

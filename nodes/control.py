@@ -14,7 +14,7 @@ import gevent
 import zmq
 
 from mesh import control
-from mesh.waiting import pick_waiter, recv_multipart
+from mesh.concurrency import pick_waiter, recv_multipart
 
 log = logging.getLogger("meshnode.control")
 

@@ -33,7 +33,7 @@ from zmq.utils.monitor import recv_monitor_message
 from mesh.curve import apply_client
 from mesh.liveness import watch_link
 from mesh.subjects import MAX_SUBJECT_BYTES
-from mesh.waiting import pick_waiter, recv_multipart
+from mesh.concurrency import pick_waiter, recv_multipart
 
 log = logging.getLogger("meshnode.dataplane")
 

@@ -15,7 +15,7 @@ import gevent
 import zmq
 
 from mesh.control import ControlChannel, ControlError
-from mesh.waiting import pick_waiter
+from mesh.concurrency import pick_waiter
 
 log = logging.getLogger("meshnode.relay")
 

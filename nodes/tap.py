@@ -18,7 +18,7 @@ import zmq
 from mesh.curve import apply_client
 from mesh.envelope import MalformedMessage
 from mesh.subjects import subject_from_topic
-from mesh.waiting import pick_waiter, recv_multipart
+from mesh.concurrency import pick_waiter, recv_multipart
 
 
 class Tap:

@@ -12,7 +12,7 @@ import logging
 import gevent
 from zmq.auth.base import Authenticator
 
-from mesh.waiting import pick_waiter, recv_multipart
+from mesh.concurrency import pick_waiter, recv_multipart
 
 from .control import Feature
 

@@ -45,7 +45,7 @@ def control_request(args, cmd, **fields):
     import zmq
 
     from mesh.control import ControlChannel
-    from mesh.waiting import pick_waiter
+    from mesh.concurrency import pick_waiter
 
     channel = ControlChannel(zmq.Context.instance(), args.node, pick_waiter(), curve=client_curve(args))
     try:

@@ -12,7 +12,7 @@ import time
 import gevent
 from ws4py.messaging import TextMessage
 
-from mesh.waiting import yield_to_hub
+from mesh.concurrency import yield_to_hub
 
 from .protocol import event_id, render_message
 

@@ -1,4 +1,4 @@
-"""Waiting on a ZeroMQ socket in the caller's own thread or greenlet.
+"""Waiting on a ZeroMQ socket, and background work, in the caller's own thread or greenlet.
 
 Plain pyzmq blocking calls would freeze a gevent hub, and ``zmq.green`` is slow
 (about 50k msg/s per socket against 155k for a plain socket waited on this
