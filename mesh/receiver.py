@@ -38,7 +38,7 @@ class Receiver:
         self._make_socket = make_socket  # () -> a SUB socket connected to the node
         self._yield = maybe_yield
         self._sock = None
-        self._waiter = None  # a SocketOrPipe for the socket and the wake-up pipe
+        self.waiter = None  # a SocketOrPipe for the socket and the wake-up pipe
         self._wake_r, self._wake_w = wake_up_pipe()
         self._sublist = Sublist()
         self._prefixes = collections.Counter()  # ZeroMQ prefix -> subscriptions using it
@@ -74,7 +74,7 @@ class Receiver:
 
     def remove(self, sub):
         self._submit(("remove", sub))
-        sub._wake()
+        sub.wake()
 
     def move(self):
         """The client moved to another node: a new socket, the same subscriptions."""
@@ -141,7 +141,7 @@ class Receiver:
     def _socket(self):
         if self._sock is None:
             self._sock = self._make_socket()
-            self._waiter = SocketOrPipe(self._sock, self._wake_r)
+            self.waiter = SocketOrPipe(self._sock, self._wake_r)
         return self._sock
 
     # -- reading ----------------------------------------------------------
@@ -161,8 +161,8 @@ class Receiver:
     def _wait(self, sub, timeout):
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            if sub._queue:
-                return sub._pop()
+            if sub.inbox:
+                return sub.pop_waiting()
             if sub.closed or self.closed:
                 if self._forked:
                     raise RuntimeError("this subscription was made before os.fork(): ZeroMQ sockets do not "
@@ -171,11 +171,11 @@ class Receiver:
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 raise TimeoutError(f"no message on {sub.pattern.text!r} within {timeout} s")
-            event = sub._event
+            event = sub.wait_event
             if event is None:
-                event = sub._event = threading.Event()
+                event = sub.wait_event = threading.Event()
             event.clear()
-            sub._waiter = event
+            sub.waiter = event
             self._followers.add(sub)  # before trying the lead: a leader leaving wakes us
             try:
                 if self._lead.acquire(blocking=False):
@@ -185,10 +185,10 @@ class Receiver:
                     finally:
                         self._lead.release()
                         self._after_leading()
-                elif not sub._queue and not sub.closed:
+                elif not sub.inbox and not sub.closed:
                     event.wait(remaining)
             finally:
-                sub._waiter = None
+                sub.waiter = None
                 self._followers.discard(sub)
 
     def _after_leading(self):
@@ -202,8 +202,8 @@ class Receiver:
     def _hand_off(self):
         """Wake one follower who has nothing yet: it will take the lead."""
         for follower in list(self._followers):
-            if not follower._queue:
-                follower._wake()
+            if not follower.inbox:
+                follower.wake()
                 return
 
     def _read_for(self, sub, deadline):
@@ -211,7 +211,7 @@ class Receiver:
         while True:
             if self._ops:
                 self._apply_ops()
-            if sub._queue or sub.closed or self.closed or self._sock is None:
+            if sub.inbox or sub.closed or self.closed or self._sock is None:
                 return
             if self._drain():
                 if self._yield is not None:
@@ -220,7 +220,7 @@ class Receiver:
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 return
-            self._waiter.wait(remaining)
+            self.waiter.wait(remaining)
 
     def visit(self, reading):
         """One pass without waiting, for a reader that sleeps elsewhere (an
@@ -306,7 +306,7 @@ class Receiver:
                 messages = [Message(subject, payloads[0], origin, seq, ts, epoch, headers=headers)]
             key = (origin, subject)
             for sub in subs:
-                sub._accept(key, epoch, seq, messages, now)
+                sub.accept(key, epoch, seq, messages, now)
             return len(messages)
         elif last == MARKS_TOPIC_END:
             try:
@@ -317,7 +317,7 @@ class Receiver:
             match = self._sublist.match
             for subject, epoch, seq in entries:
                 for sub in match(subject):
-                    sub._mark((origin, subject), epoch, seq, now)
+                    sub.apply_mark((origin, subject), epoch, seq, now)
             return 1 + len(entries) // 8  # applying marks is cheaper than making messages
         self._count_malformed(topic)
         return 1
@@ -350,7 +350,7 @@ class Receiver:
             if sub is not None:
                 sub.closed = True
         for sub in list(self._followers):
-            sub._wake()
+            sub.wake()
         self._wake_leader()
         with self._lead:
             if self._sock is not None:

@@ -44,10 +44,10 @@ class Subscription:
         self.closed = False
         self._receiver = receiver
         self._yield = maybe_yield
-        self._queue = collections.deque()
+        self.inbox = collections.deque()
         self._streams = Generations(stream_idle, time.monotonic())  # (origin, subject) -> [epoch, last seq]
-        self._event = None  # made the first time a reader has to wait
-        self._waiter = None  # the Event, while a reader waits for the receiver
+        self.wait_event = None  # made the first time a reader has to wait
+        self.waiter = None  # the Event, while a reader waits for the receiver
         self._held = None  # live messages held back while a recovery replays (a list), else None
         self._lock = threading.Lock()  # the receiver's batches and marks against a recovery's hold and hand-over
         self.recovery = None  # mesh.recovery.Recovery, for a subscription made with since=
@@ -59,7 +59,7 @@ class Subscription:
     def get(self, timeout=None):
         """The next message; raises TimeoutError if none came within ``timeout``
         seconds, RuntimeError if the subscription is closed."""
-        queue = self._queue
+        queue = self.inbox
         if queue:  # the hot path: _pop written out (a call less per message)
             self.received = count = self.received + 1
             if self._yield is not None and not count & 1023:
@@ -67,16 +67,16 @@ class Subscription:
             return queue.popleft()
         return self._receiver.wait(self, timeout)
 
-    def _pop(self):
+    def pop_waiting(self):
         self.received = count = self.received + 1
         if self._yield is not None and not count & 1023:
             self._yield()
-        return self._queue.popleft()
+        return self.inbox.popleft()
 
     def poll(self):
         """The next message if one is waiting, else None; never waits or reads
         (for a reader that waits elsewhere: mesh/aio.py)."""
-        return self._pop() if self._queue else None
+        return self.pop_waiting() if self.inbox else None
 
     def take(self, limit=1024, timeout=None):
         """Every message waiting (at most ``limit``), at least one: waits like ``get``."""
@@ -86,7 +86,7 @@ class Subscription:
 
     def take_waiting(self, limit):
         """The messages waiting (at most ``limit``, maybe none); never waits or reads."""
-        queue = self._queue
+        queue = self.inbox
         batch = [queue.popleft() for _ in range(min(limit, len(queue)))]
         self.received += len(batch)
         return batch
@@ -103,7 +103,7 @@ class Subscription:
     @property
     def pending(self):
         """Messages received and not yet taken."""
-        return len(self._queue)
+        return len(self.inbox)
 
     @property
     def position(self):
@@ -121,7 +121,7 @@ class Subscription:
         delivered = {key: (epoch, seq) for key, (epoch, seq) in self._streams.merged().items()}
         if not queued_count:
             rolled_back = set()
-            for message in list(self._queue) + list(self._held or ()):
+            for message in list(self.inbox) + list(self._held or ()):
                 key = (message.origin, message.subject)
                 if key not in rolled_back:
                     rolled_back.add(key)
@@ -135,7 +135,7 @@ class Subscription:
 
     # -- filled by the receiver ------------------------------------------
 
-    def _accept(self, key, epoch, seq, messages, now):
+    def accept(self, key, epoch, seq, messages, now):
         """A batch of ``messages`` (sequence numbers from ``seq``) of stream ``key``."""
         with self._lock:
             if self.closed:
@@ -155,7 +155,7 @@ class Subscription:
                             return
                         messages = messages[reached[1] - seq + 1:]
                     del self._replayed_to[key]  # live delivery has passed the replay
-            queue = self._queue
+            queue = self.inbox
             room = self.pending_limit - len(queue)
             if room >= len(messages):
                 queue.extend(messages)
@@ -163,8 +163,8 @@ class Subscription:
                 if room > 0:
                     queue.extend(messages[:room])
                 self.dropped += len(messages) - max(room, 0)
-        if self._waiter is not None:
-            self._waiter.set()
+        if self.waiter is not None:
+            self.waiter.set()
 
     def _advance(self, key, epoch, seq, end):
         """Stream ``key`` got ``seq`` to ``end`` of ``epoch``: count what was skipped."""
@@ -236,14 +236,14 @@ class Subscription:
                     self._count_to(key, epoch, seq)
                     settled[key] = (epoch, seq)
             self._replayed_to = settled or None
-            self._queue.extend(queued)
+            self.inbox.extend(queued)
             self._held = None  # last: live messages wait on the lock until all of this is done
             counted = self.gaps - gaps
-        if self._waiter is not None:
-            self._waiter.set()
+        if self.waiter is not None:
+            self.waiter.set()
         return counted
 
-    def _mark(self, key, epoch, seq, now):
+    def apply_mark(self, key, epoch, seq, now):
         """The publisher's last sequence number on a stream: count what never came."""
         with self._lock:
             if not self.closed and self._held is None:  # (a stream a recovery fills in is counted by it)
@@ -261,9 +261,9 @@ class Subscription:
             self.gaps += seq - position[1]
             position[1] = seq
 
-    def _wake(self):
-        if self._waiter is not None:
-            self._waiter.set()
+    def wake(self):
+        if self.waiter is not None:
+            self.waiter.set()
 
     # -- ending -----------------------------------------------------------
 
@@ -273,7 +273,7 @@ class Subscription:
         if self.closed:
             return
         self.closed = True
-        self._queue.clear()
+        self.inbox.clear()
         self._receiver.remove(self)
         if self.on_unsubscribe is not None:
             self.on_unsubscribe()

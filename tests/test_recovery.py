@@ -235,12 +235,12 @@ def test_live_copies_of_replayed_messages_are_not_delivered_twice():
 
     sub = fed_subscription(1000)
     key = ("o", "r.x")
-    sub._accept(key, 0, 100, [Message("r.x", 100, "o", 100, 0.0)], 1.0)
+    sub.accept(key, 0, 100, [Message("r.x", 100, "o", 100, 0.0)], 1.0)
     sub.begin_hold()
     sub.end_hold([Message("r.x", s, "o", s, 0.0, 0, True) for s in range(101, 106)], lambda m: True)
     live = [Message("r.x", s, "o", s, 0.0) for s in range(104, 108)]
-    sub._accept(key, 0, 104, live, 2.0)
-    assert [m.seq for m in sub._queue] == [100, 101, 102, 103, 104, 105, 106, 107]
+    sub.accept(key, 0, 104, live, 2.0)
+    assert [m.seq for m in sub.inbox] == [100, 101, 102, 103, 104, 105, 106, 107]
     assert sub.gaps == 0
 
 
@@ -301,22 +301,22 @@ def test_live_messages_never_pass_the_replay_at_the_hand_over():
 
     sub = fed_subscription()
     key = ("o", "r.x")
-    sub._accept(key, 0, 1, [Message("r.x", 1, "o", 1, 0.0)], 1.0)
+    sub.accept(key, 0, 1, [Message("r.x", 1, "o", 1, 0.0)], 1.0)
     assert sub.begin_hold().streams == {key: (0, 1)}
-    sub._accept(key, 0, 8, [Message("r.x", s, "o", s, 0.0) for s in (8, 9)], 1.0)  # held
+    sub.accept(key, 0, 8, [Message("r.x", s, "o", s, 0.0) for s in (8, 9)], 1.0)  # held
     arrivals = []
 
     def keep_live(message):  # runs inside the hand-over: a live batch arrives right now
         if not arrivals:
             arrivals.append(threading.Thread(
-                target=sub._accept, args=(key, 0, 10, [Message("r.x", 10, "o", 10, 0.0)], 1.0)))
+                target=sub.accept, args=(key, 0, 10, [Message("r.x", 10, "o", 10, 0.0)], 1.0)))
             arrivals[0].start()
             arrivals[0].join(0.2)  # it must wait for the hand-over (on the old code it went first)
         return True
 
     sub.end_hold([Message("r.x", s, "o", s, 0.0, 0, True) for s in range(2, 8)], keep_live, {key: (0, 1)})
     arrivals[0].join(10)
-    assert [m.seq for m in sub._queue] == list(range(1, 11))
+    assert [m.seq for m in sub.inbox] == list(range(1, 11))
     assert sub.gaps == 0
 
 
@@ -330,8 +330,8 @@ def test_what_history_evicted_is_counted_once_even_if_a_live_copy_comes_late():
     key = ("o", "r.x")
     sub.begin_hold()
     assert sub.end_hold([], lambda m: True, {key: (0, 5)}, {key: (0, 45)}) == 40
-    sub._accept(key, 0, 44, [Message("r.x", s, "o", s, 0.0) for s in (44, 45, 46, 47)], 1.0)
-    assert [m.seq for m in sub._queue] == [46, 47]
+    sub.accept(key, 0, 44, [Message("r.x", s, "o", s, 0.0) for s in (44, 45, 46, 47)], 1.0)
+    assert [m.seq for m in sub.inbox] == [46, 47]
     assert sub.gaps == 40  # received 2 + gaps 40 = the 42 sent after seq 5
 
 
@@ -350,19 +350,19 @@ def test_the_hand_over_is_atomic_when_raced_200_times():
     try:
         for run in range(200):
             sub = fed_subscription()
-            sub._accept(key, 0, 1, [Message("r.x", 1, "o", 1, 0.0)], 1.0)
+            sub.accept(key, 0, 1, [Message("r.x", 1, "o", 1, 0.0)], 1.0)
             sub.begin_hold()
 
             def live():
                 for seq in range(101, 201):
-                    sub._accept(key, 0, seq, [Message("r.x", seq, "o", seq, 0.0)], 1.0)
+                    sub.accept(key, 0, seq, [Message("r.x", seq, "o", seq, 0.0)], 1.0)
 
             thread = threading.Thread(target=live)
             thread.start()  # history holds 2..100; live begins at 101
             sub.end_hold([Message("r.x", s, "o", s, 0.0, 0, True) for s in range(2, 101)], lambda m: True,
                          {key: (0, 1)})
             thread.join(10)
-            seqs = [m.seq for m in sub._queue]
+            seqs = [m.seq for m in sub.inbox]
             if seqs != list(range(1, 201)) or sub.gaps:
                 failures.append((run, sub.gaps, [s for i, s in enumerate(seqs) if s != i + 1][:5]))
     finally:
