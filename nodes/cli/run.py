@@ -102,7 +102,7 @@ def _edge_arguments(run):
                       help="refuse tokens that expire further ahead than this; also how long a revocation "
                            "lasts unless told (default: %(default)s)")
     edge.add_argument("--allowed-origin", action="append", default=[], metavar="ORIGIN",
-                      help="accept browser requests only from this Origin; repeatable (default: any)")
+                      help="accept browser requests (and answer CORS) only from this Origin; repeatable (default: any)")
     edge.add_argument("--hooks-open", action="store_true",
                       help="without --auth-*, let clients other than loopback ones register, list and remove "
                            "webhooks at /hooks (refused by default; with auth an admin token is needed)")
