@@ -85,6 +85,7 @@ class MemberCache:
 
 
 class ZooKeeperDiscovery(Discovery):
+    keeps_records = True
     def __init__(self, hosts, mesh, session_timeout=10.0, auth=None, group=None, context=None, curve=None):
         """``context``, ``curve``: how to ask a live holder of this node's name (discovery/liveness.py)."""
         self._context = context or zmq.Context.instance()

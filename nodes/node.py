@@ -239,8 +239,11 @@ class Node(Feature):
             self.gateway.set_group([self._own_endpoint(self.member["out"]),
                                     *(record["out"] for record in members.values())])
         self.dataplane.set_peers([*(record["out"] for record in members.values()), *faces])
-        self.events.members_changed(before, members, self.started)  # last: publishing may yield
         self.relay.keep_only({record["control"] for record in members.values()})
+        for name, record in members.items():  # a node that joined, or came back as a new instance
+            if before.get(name, {}).get("instance") != record["instance"]:
+                self.hooks.introduce(lambda cmd, fields, record=record: self.relay.tell_one(record, cmd, fields))
+        self.events.members_changed(before, members, self.started)  # last: publishing may yield
 
     def stop(self):
         self.metrics.stop()
