@@ -184,7 +184,9 @@ class EdgeApp:
         if picture is None:
             raise EdgeError("unavailable", "the mesh's picture could not be gathered (see the node's log)",
                             http_status=503)
-        return self._json(start_response, 200, {"ok": True, **picture})
+        rates = (parse_qs(environ.get("QUERY_STRING", "")).get("rates") or [""])[0] == "1"
+        return self._json(start_response, 200, {"ok": True, **picture,
+                                                **({"rates": self.edge.view.recent_rates()} if rates else {})})
 
     def _channels(self, environ, start_response, method, rest):
         self._admin(environ)
@@ -213,6 +215,7 @@ class EdgeApp:
         environ["meshnode.edge"] = self.edge
         environ["meshnode.grant"] = grant
         environ["meshnode.pattern"] = pattern
+        environ["meshnode.console"] = (parse_qs(environ.get("QUERY_STRING", "")).get("console") or [""])[0] == "1"
         try:
             return self.websockets(environ, start_response)
         except Exception as exc:  # ws4py's HandshakeError for a request that is not an upgrade
