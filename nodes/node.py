@@ -22,11 +22,12 @@ import uuid
 from dataclasses import dataclass, field
 
 import gevent
-import zmq
 
 from discovery.gateways import MAX_LISTED_CANDIDATES, MAX_LISTED_GROUPS
 from mesh.curve import MESH_CERT, CurveKeys
 from mesh import Client
+from mesh.addresses import join_host_port, tcp_endpoint
+from mesh.context import shared_context
 from mesh.control import ControlError
 from mesh.envelope import DEFAULT_MAX_PAYLOAD, PROTOCOL_VERSION
 from mesh.members import member_ports, validate_member, validate_name
@@ -99,7 +100,7 @@ class Node(Feature):
     def __init__(self, config, discovery):
         self.config = config
         self.discovery = discovery
-        self.context = zmq.Context.instance()
+        self.context = shared_context()
         self.started = time.time()
         self.peers = {}
         self.edge = None
@@ -129,7 +130,7 @@ class Node(Feature):
         self.dataplane.on_link = self._link_changed
         self.member = {
             "name": self.name,
-            "control": f"tcp://{config.advertise}:{self.control.port}",
+            "control": tcp_endpoint(config.advertise, self.control.port),
             **self.dataplane.endpoints(config.advertise),
             "instance": uuid.uuid4().hex,
             "started": self.started,
@@ -150,7 +151,7 @@ class Node(Feature):
 
     def _own_endpoint(self, endpoint):
         """One of this node's endpoints as this node itself dials it (loopback when bound everywhere)."""
-        if self.config.host in ("0.0.0.0", "*"):
+        if self.config.host in ("0.0.0.0", "::", "*"):
             return "tcp://127.0.0.1:" + endpoint.rsplit(":", 1)[1]
         return endpoint
 
@@ -180,7 +181,7 @@ class Node(Feature):
             self.hooks.start()
             if self.config.metrics:
                 host, _, port = self.config.metrics.rpartition(":")
-                self.metrics_port = self.metrics.serve(host or self.config.host, int(port))
+                self.metrics_port = self.metrics.serve(host.strip("[]") or self.config.host, int(port))
                 self.hook_targets.own_ports.add(self.metrics_port)
         except BaseException:
             if self.edge is not None:
@@ -204,7 +205,7 @@ class Node(Feature):
         self.edge = Edge(self._own_endpoint(self.member["control"]), self.config.edge, self.curve, parts)
         self.revocations.listeners.append(self.edge.end_grants_of)
         self.hook_targets.own_ports.add(self.edge.port)
-        self.member["http"] = f"http://{self.config.advertise}:{self.edge.port}"
+        self.member["http"] = "http://" + join_host_port(self.config.advertise, self.edge.port)
         self.roster.edge = self.edge
         self.control.add(self.edge)
 

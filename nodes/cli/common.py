@@ -67,12 +67,11 @@ def zookeeper_arguments(parser, zk_help, required=False):
 
 
 def control_request(args, cmd, **fields):
-    import zmq
-
+    from mesh.context import shared_context
     from mesh.control import ControlChannel
     from mesh.waiting import pick_waiter
 
-    channel = ControlChannel(zmq.Context.instance(), args.node, pick_waiter(), curve=client_curve(args))
+    channel = ControlChannel(shared_context(), args.node, pick_waiter(), curve=client_curve(args))
     try:
         return channel.request(cmd, **fields)
     finally:

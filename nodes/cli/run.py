@@ -155,6 +155,8 @@ def cmd_run(args):
     import gevent.event
 
     from discovery import StaticDiscovery, ZooKeeperDiscovery
+    from mesh.addresses import join_host_port
+    from mesh.context import shared_context
     from mesh.control import is_loopback
     from nodes.node import Node, NodeConfig, node_curve_keys
     from nodes.history.recorder import HistoryRule
@@ -186,20 +188,20 @@ def cmd_run(args):
         discovery = ZooKeeperDiscovery(args.zk, args.mesh, session_timeout=args.zk_timeout, auth=args.zk_auth,
                                        group=args.group or None, curve=curve)
     else:
-        discovery = StaticDiscovery(zmq.Context.instance(), config.peers, curve=curve)
+        discovery = StaticDiscovery(shared_context(), config.peers, curve=curve)
     try:
         node = Node(config, discovery)
     except zmq.ZMQError as exc:
-        raise RuntimeError(f"cannot bind on {args.host}:{args.port}: {exc}") from None
+        raise RuntimeError(f"cannot bind on {join_host_port(args.host, args.port)}: {exc}") from None
     node.start()
     stop = gevent.event.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         gevent.signal_handler(signum, stop.set)
     member = node.member
-    http = "" if node.edge is None else (f" http={config.advertise}:{node.edge.port} "
+    http = "" if node.edge is None else (f" http={join_host_port(config.advertise, node.edge.port)} "
                                          f"max_connections={node.edge.config.max_connections}")
     if node.metrics_port is not None:
-        http += f" metrics={config.metrics.rpartition(':')[0] or config.host}:{node.metrics_port}"
+        http += f" metrics={join_host_port(config.metrics.rpartition(':')[0] or config.host, node.metrics_port)}"
     print(f"meshnode ready name={node.name} control={member['control'].removeprefix('tcp://')} "
           f"ingress={member['ingress']} out={member['out']} remote={member['remote']}{http}", flush=True)
     stop.wait()
