@@ -41,6 +41,8 @@ class Discovery:
         """A peer said goodbye on the control socket (``instance``: only that
         process of it, when given)."""
 
+    keeps_records = False  # True when share() keeps records where later nodes find them
+
     def share(self, kind, name, record):
         """Keep a JSON record (a token revocation, a webhook) where every node,
         and nodes that start later, find it; False when this backend has no

@@ -30,11 +30,11 @@ from urllib.parse import quote, unquote
 
 import gevent
 import gevent.event
-import zmq
 from kazoo.client import KazooState
 from kazoo.exceptions import KazooException, NodeExistsError, NoNodeError, ZookeeperError
 from kazoo.recipe.watchers import ChildrenWatch
 
+from mesh.context import shared_context
 from mesh.members import validate_name
 from mesh.zkmembers import ROOT, DiscoveryError, connect, members_path, read_members
 
@@ -85,9 +85,10 @@ class MemberCache:
 
 
 class ZooKeeperDiscovery(Discovery):
+    keeps_records = True
     def __init__(self, hosts, mesh, session_timeout=10.0, auth=None, group=None, context=None, curve=None):
         """``context``, ``curve``: how to ask a live holder of this node's name (discovery/liveness.py)."""
-        self._context = context or zmq.Context.instance()
+        self._context = context or shared_context()
         self._curve = curve
         self.hosts = hosts
         self.mesh = mesh

@@ -13,6 +13,7 @@ import threading
 import msgpack
 import zmq
 
+from .addresses import split_host_port, tcp_endpoint
 from .curve import apply_client
 from .liveness import CONNECT_TIMEOUT
 from .concurrency import recv_multipart
@@ -56,13 +57,10 @@ def is_loopback(host):
 
 
 def normalize_address(address):
-    """``HOST:PORT`` or ``tcp://HOST:PORT`` -> ``tcp://HOST:PORT``."""
+    """``HOST:PORT`` (``[IPV6]:PORT``) or ``tcp://HOST:PORT`` -> ``tcp://HOST:PORT``."""
     if "://" in address:
         return address
-    host, sep, port = address.rpartition(":")
-    if not sep or not host or not port.isdigit():
-        raise ValueError(f"node address {address!r} is not HOST:PORT")
-    return f"tcp://{address}"
+    return tcp_endpoint(*split_host_port(address))
 
 
 def outcome(reply):

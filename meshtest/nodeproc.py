@@ -11,6 +11,8 @@ import time
 import msgpack
 import zmq
 
+from mesh.context import shared_context
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MESHNODE = os.path.join(ROOT, "bin", "meshnode")
 
@@ -37,7 +39,7 @@ class NodeProcess:
 
     def request(self, cmd, **fields):
         """One control request with raw pyzmq (no client library)."""
-        sock = zmq.Context.instance().socket(zmq.DEALER)
+        sock = shared_context().socket(zmq.DEALER)  # IPv6 too: a node may run on ::1
         sock.setsockopt(zmq.LINGER, 0)
         sock.connect(f"tcp://{self.address}")
         try:

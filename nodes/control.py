@@ -14,6 +14,7 @@ import gevent
 import zmq
 
 from mesh import control
+from mesh.addresses import tcp_endpoint
 from mesh.concurrency import pick_waiter, recv_multipart
 
 log = logging.getLogger("meshnode.control")
@@ -68,7 +69,7 @@ class ControlServer:
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.MAXMSGSIZE, MAX_REQUEST_BYTES)
         self.sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
-        self.sock.bind(f"tcp://{host}:{port}")
+        self.sock.bind(tcp_endpoint(host, port))
         self.port = int(self.sock.getsockopt_string(zmq.LAST_ENDPOINT).rsplit(":", 1)[1])
         self._commands = {}
         self._features = []

@@ -30,6 +30,7 @@ import gevent.lock
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
+from mesh.addresses import tcp_endpoint
 from mesh.curve import apply_client
 from mesh.liveness import watch_link
 from mesh.subjects import MAX_SUBJECT_BYTES
@@ -63,7 +64,7 @@ def data_socket(context, kind, host, *, hwm, curve, bind, **options):
     if bind:
         if curve is not None:
             curve.serve(sock)
-        sock.bind(f"tcp://{host}:*")
+        sock.bind(tcp_endpoint(host, "*"))
     else:
         apply_client(curve, sock)
     return sock
@@ -72,7 +73,7 @@ def data_socket(context, kind, host, *, hwm, curve, bind, **options):
 def endpoint_of(sock, advertise_host):
     """Where others connect to a bound socket, with the host they should use."""
     port = sock.getsockopt_string(zmq.LAST_ENDPOINT).rsplit(":", 1)[1]
-    return f"tcp://{advertise_host}:{port}"
+    return tcp_endpoint(advertise_host, port)
 
 
 class Proxy:

@@ -104,9 +104,10 @@ class Events(Feature):
     def connection_event(self, kind, connection, **extra):
         """``client.connect``, ``client.disconnect`` or ``client.slow`` of an edge connection."""
         self.emit(f"client.{kind}", node=self.node, connection=connection.id, transport=connection.kind,
-                  user=connection.grant.subject, address=connection.address, **extra)
+                  user=connection.grant.subject, address=connection.address,
+                  **({"console": True} if connection.console else {}), **extra)
 
     def presence_event(self, kind, connection, pattern_text):
         """``presence.join`` or ``presence.leave``: an edge connection (un)subscribed."""
         self.emit(f"presence.{kind}", node=self.node, connection=connection.id, user=connection.grant.subject,
-                  pattern=pattern_text)
+                  pattern=pattern_text, **({"console": True} if connection.console else {}))

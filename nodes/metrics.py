@@ -5,7 +5,9 @@ counted twice or on the message path). Counters are counters (``_total``),
 levels are gauges, and no label carries a subject, a pattern, a key or a
 connection (cardinality stays fixed). Served at ``/metrics`` on an edge's
 HTTP port, and with ``--metrics HOST:PORT`` on a port of its own.
-docs/OPERATIONS.md lists every metric.
+docs/OPERATIONS.md lists every metric (tests/test_metrics.py checks the list
+against these tables); every number ``stats`` reports is a metric here or
+named in NOT_METRICS with the reason.
 """
 
 from gevent.pywsgi import WSGIServer
@@ -20,10 +22,15 @@ NODE = [
     (("messages", "published_here"), "batches_published", "counter",
      "ZeroMQ data messages (batches of one or more messages, marks) published at this node"),
     (("messages", "from_peers"), "batches_from_peers", "counter", "ZeroMQ data messages received from peers"),
+    (("messages", "sent_out"), "batches_sent_out", "counter",
+     "ZeroMQ data messages published at this node and passed on to its subscribers, local and peers"),
+    (("messages", "delivered_from_peers"), "batches_delivered_from_peers", "counter",
+     "ZeroMQ data messages from peers delivered to this node's local subscribers"),
     (("bytes", "published_here"), "bytes_published", "counter", "bytes published at this node"),
     (("bytes", "from_peers"), "bytes_from_peers", "counter", "bytes received from peers"),
     (("peers",), "peers", "gauge", "peers in this node's membership (their links may be down)"),
     (("links", "failures"), "link_failures", "counter", "peer links seen going down"),
+    (("links", "proxy_restarts"), "proxy_restarts", "counter", "mesh proxy restarts for membership changes (one per burst)"),
     (("control", "requests"), "control_requests", "counter", "control requests answered"),
     (("control", "malformed"), "control_malformed", "counter", "control requests that were not requests"),
     (("control", "rejected"), "control_rejected", "counter", "control requests refused (bad fields, version)"),
@@ -52,12 +59,22 @@ EDGE = [
     ("queued_bytes", "gauge", "bytes queued for edge clients"),
     ("http_connections", "gauge", "open HTTP connections"),
     ("max_connections", "gauge", "the WebSocket and SSE cap in force"),
+    ("subscriptions", "gauge", "subscriptions of edge clients"),
+    ("patterns", "gauge", "distinct patterns the edge subscribes to for its clients"),
+    ("streams", "gauge", "publisher streams the edge's subscriptions follow"),
+    ("buffer_bytes", "gauge", "the cap on bytes queued for all edge clients (--buffer-bytes)"),
+    ("not_live", "counter", "subscriptions not confirmed by the node within 2 s"),
+    ("unrenderable", "counter", "messages no edge client could be sent (not JSON-renderable)"),
 ]
 HISTORY = [("recorded", "counter", "messages recorded in history"), ("evicted", "counter", "messages evicted"),
-           ("bytes", "gauge", "bytes of history held"), ("subjects", "gauge", "subjects with history")]
+           ("bytes", "gauge", "bytes of history held"), ("subjects", "gauge", "subjects with history"),
+           ("malformed", "counter", "messages the history could not decode, not recorded")]
 QUEUES = [("dispatched", "counter", "queue-group messages dispatched from this node"),
           ("no_member", "counter", "queue-group messages that found no member"),
-          ("members", "gauge", "queue-group members known"), ("groups", "gauge", "queue groups known")]
+          ("members", "gauge", "queue-group members known"), ("groups", "gauge", "queue groups known"),
+          ("reachable", "gauge", "queue-group members whose inbox subscription has reached this node"),
+          ("malformed", "counter", "queue-group messages that could not be decoded"),
+          ("failed", "counter", "queue-group messages whose dispatch failed (logged)")]
 JOBS = [("held", "gauge", "jobs held here until acknowledged"), ("acked", "counter", "jobs acknowledged"),
         ("redelivered", "counter", "jobs given to another member"), ("dead", "counter", "jobs dead-lettered"),
         ("refused_acks", "counter", "acknowledgements refused")]
@@ -65,6 +82,40 @@ HOOKS = [("delivered", "counter", "webhook deliveries made from this node"),
          ("retried", "counter", "webhook attempts retried"), ("failed", "counter", "webhook deliveries failed"),
          ("refused", "counter", "webhook deliveries refused by the target policy"),
          ("looped", "counter", "webhook deliveries dropped: the message came from that hook's own delivery")]
+
+
+# stats numbers that are not metrics, each with why (a path names everything under it).
+NOT_METRICS = {
+    ("v",): "the control protocol's version", ("id",): "the request's id",
+    ("links", "up"): "meshnode_links{state}", ("links", "down"): "meshnode_links{state}",
+    ("edge", "connections"): "meshnode_edge_connections{kind}; total is their sum",
+    ("proxies",): "frames and bytes through each libzmq proxy socket: a diagnosis of `meshnode stats`",
+    ("marks",): "tail marks (docs/PROTOCOL.md): a diagnosis of `meshnode stats`",
+    ("events", "recent"): "the events held for the console",
+    ("history", "budget"): "the --history-bytes setting",
+    ("hooks",): "each hook's own counters carry its key and URL (no label does): `meshnode hooks ls`",
+}
+
+
+def metric_paths():
+    """{stats path: metric name} of every number that is a metric (labelled ones by their family)."""
+    paths = {path: name for path, name, _, _ in NODE}
+    paths.update({("edge", key): f"edge_{key}" for key, _, _ in EDGE})
+    paths.update({(section, key): f"{section}_{key}" for section, table in (("history", HISTORY), ("queues", QUEUES))
+                  for key, _, _ in table})
+    paths.update({("queues", "jobs", key): f"jobs_{key}" for key, _, _ in JOBS})
+    paths.update({("hook_totals", key): f"hooks_{key}" for key, _, _ in HOOKS})
+    return paths
+
+
+def metric_names():
+    """Every metric's full name (counters with _total), as Prometheus shows it and docs/OPERATIONS.md lists it."""
+    tables = [(name, kind) for _, name, kind, _ in NODE]
+    tables += [(f"{section}_{key}", kind) for section, table in (("edge", EDGE), ("history", HISTORY),
+                                                                 ("queues", QUEUES), ("jobs", JOBS), ("hooks", HOOKS))
+               for key, kind, _ in table]
+    return {PREFIX + name + ("_total" if kind == "counter" else "") for name, kind in tables} | \
+        {PREFIX + "links", PREFIX + "edge_connections", PREFIX + "hooks"}
 
 
 def _family(name, kind, help_text, value, labels=None):

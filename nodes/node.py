@@ -22,11 +22,12 @@ import uuid
 from dataclasses import dataclass, field
 
 import gevent
-import zmq
 
 from discovery.gateways import MAX_LISTED_CANDIDATES, MAX_LISTED_GROUPS
 from mesh.curve import MESH_CERT, CurveKeys
 from mesh import Client
+from mesh.addresses import join_host_port, tcp_endpoint
+from mesh.context import shared_context
 from mesh.control import ControlError
 from mesh.envelope import DEFAULT_MAX_PAYLOAD, PROTOCOL_VERSION
 from mesh.members import member_ports, validate_member, validate_name
@@ -103,7 +104,7 @@ class Node(Feature):
     def __init__(self, config, discovery):
         self.config = config
         self.discovery = discovery
-        self.context = zmq.Context.instance()
+        self.context = shared_context()
         self.started = time.time()
         self.peers = {}
         self.edge = None
@@ -133,7 +134,7 @@ class Node(Feature):
         self.dataplane.on_link = self._link_changed
         self.member = {
             "name": self.name,
-            "control": f"tcp://{config.advertise}:{self.control.port}",
+            "control": tcp_endpoint(config.advertise, self.control.port),
             **self.dataplane.endpoints(config.advertise),
             "instance": uuid.uuid4().hex,
             "started": self.started,
@@ -154,7 +155,7 @@ class Node(Feature):
 
     def _own_endpoint(self, endpoint):
         """One of this node's endpoints as this node itself dials it (loopback when bound everywhere)."""
-        if self.config.host in ("0.0.0.0", "*"):
+        if self.config.host in ("0.0.0.0", "::", "*"):
             return "tcp://127.0.0.1:" + endpoint.rsplit(":", 1)[1]
         return endpoint
 
@@ -187,7 +188,7 @@ class Node(Feature):
             self.hooks.start()
             if self.config.metrics:
                 host, _, port = self.config.metrics.rpartition(":")
-                self.metrics_port = self.metrics.serve(host or self.config.host, int(port))
+                self.metrics_port = self.metrics.serve(host.strip("[]") or self.config.host, int(port))
                 self.hook_targets.own_ports.add(self.metrics_port)
         except BaseException:
             if self.edge is not None:
@@ -211,7 +212,7 @@ class Node(Feature):
         self.edge = Edge(self._own_endpoint(self.member["control"]), self.config.edge, self.curve, parts)
         self.revocations.listeners.append(self.edge.end_grants_of)
         self.hook_targets.own_ports.add(self.edge.port)
-        self.member["http"] = f"http://{self.config.advertise}:{self.edge.port}"
+        self.member["http"] = "http://" + join_host_port(self.config.advertise, self.edge.port)
         self.roster.edge = self.edge
         self.control.add(self.edge)
 
@@ -246,8 +247,11 @@ class Node(Feature):
             self.gateway.set_group([self._own_endpoint(self.member["out"]),
                                     *(record["out"] for record in members.values())])
         self.dataplane.set_peers([*(record["out"] for record in members.values()), *faces])
-        self.events.members_changed(before, members, self.started)  # last: publishing may yield
         self.relay.keep_only({record["control"] for record in members.values()})
+        for name, record in members.items():  # a node that joined, or came back as a new instance
+            if before.get(name, {}).get("instance") != record["instance"]:
+                self.hooks.introduce(lambda cmd, fields, record=record: self.relay.tell_one(record, cmd, fields))
+        self.events.members_changed(before, members, self.started)  # last: publishing may yield
 
     def stop(self):
         self.metrics.stop()

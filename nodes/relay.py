@@ -43,9 +43,13 @@ class Relay:
     def tell(self, cmd, fields):
         """Send a request to every peer without waiting for the answers."""
         for record in list(self._members()):
-            channel = self.channel(record)
-            if channel.relaying < MAX_RELAYS_WAITING:  # a slow peer gets the next announcement instead
-                gevent.spawn(_tell_one, channel, cmd, fields)
+            self.tell_one(record, cmd, fields)
+
+    def tell_one(self, record, cmd, fields):
+        """Send a request to one peer without waiting for the answer."""
+        channel = self.channel(record)
+        if channel.relaying < MAX_RELAYS_WAITING:  # a slow peer gets the next announcement instead
+            gevent.spawn(_tell_one, channel, cmd, fields)
 
     def ask(self, cmd, fields, timeout):
         """Send a request to every peer at once: ``{name: "ok" | "timeout" | its error}``."""

@@ -14,7 +14,9 @@ so its data links and its ZooKeeper session can be cut apart:
   from one peer only; the bridge's own address is unaffected).
 
 This namespace reaches the data bridge at 10.77.S.126 (the tests' control
-requests), so a host whose data port is cut cannot be asked anything.
+requests), so a host whose data port is cut cannot be asked anything. The
+data bridge carries IPv6 too: host N is also fd77:S::N (``ip6``), this
+namespace fd77:S::7e.
 
 Only this machine is touched and only what is made here: the namespaces,
 veths and bridges are deleted by :meth:`Testbed.close`, also when making them
@@ -73,6 +75,7 @@ class Host:
         self.netns = f"{bed.tag}{self.name}"
         self.ip = f"10.77.{bed.subnet}.{index + 1}"
         self.zk_ip = f"10.77.{bed.subnet}.{129 + index}"
+        self.ip6 = f"fd77:{bed.subnet:x}::{index + 1:x}"
         self.data_port = f"{bed.tag}{self.name}d"  # the bridge side of each veth, in this namespace
         self.zk_port = f"{bed.tag}{self.name}z"
 
@@ -86,6 +89,7 @@ class Host:
             _ip("link", "set", port, "master", bridge, "up")
             self.run_ip("addr", "add", f"{address}/{DATA_PREFIX}", "dev", inside)
             self.run_ip("link", "set", inside, "up")
+        self.run_ip("-6", "addr", "add", f"{self.ip6}/64", "dev", "data0", "nodad")
         self.run_ip("link", "set", "lo", "up")
 
     @property
@@ -150,6 +154,7 @@ class Testbed:
                 self.made_links.append(bridge)
                 _ip("addr", "add", f"{address}/{DATA_PREFIX}", "dev", bridge)
                 _ip("link", "set", bridge, "up")
+            _ip("-6", "addr", "add", f"fd77:{self.subnet:x}::{ROOT_DATA_HOST:x}/64", "dev", self.data_bridge, "nodad")
             for host in self.hosts:
                 host._make()
         except BaseException:

@@ -16,8 +16,8 @@ SETUP = """async ([urls, pattern, options]) => {
     if (made.tokenFrom) made.getToken = () => window.mintToken();
     window.mesh = connect(urls.length === 1 ? urls[0] : urls, made);
     window.got = [];
-    window.seen = {connect: 0, disconnect: 0, error: [], recovery: []};
-    mesh.addEventListener("connect", () => seen.connect++);
+    window.seen = {connect: 0, disconnect: 0, error: [], recovery: [], attempts: null};
+    mesh.addEventListener("connect", e => { seen.connect++; seen.attempts = e.detail.attempts; });
     mesh.addEventListener("disconnect", () => seen.disconnect++);
     mesh.addEventListener("error", e => seen.error.push(String(e.detail.error && e.detail.error.message)));
     mesh.addEventListener("recovery", e => seen.recovery.push({recovered: e.detail.recovered,
@@ -84,6 +84,9 @@ def test_a_subscription_resumes_across_an_edge_restart_with_every_message_once_i
     assert got == list(range(total))  # every message, once, in order
     assert page.evaluate("seen.recovery")[0]["recovered"] is True and page.evaluate("sub.recovered") is True
     assert page.evaluate("sub.gaps") == 0
+    assert page.evaluate("sub.received") == total  # what reached the callback, replayed ones included
+    # one disconnect for the outage, however many reconnects failed during it (counted at the connect)
+    assert page.evaluate("seen.disconnect") == 1 and page.evaluate("seen.attempts") >= 1
 
 
 def test_it_moves_to_another_edge_and_recovers_there(page, start_node):

@@ -106,7 +106,16 @@ def test_run_stops_cleanly_on_sigterm_and_sigint(popen):
 
 def test_run_refuses_a_short_auth_secret():
     result = meshnode("run", "--port", "0", "--http", "0", "--auth-secret", "short", timeout=20)
-    assert result.returncode == 1 and "at least 32 bytes" in result.stderr
+    assert result.returncode == 2 and "argument --auth-secret: must be at least 32 bytes" in result.stderr
+
+
+@pytest.mark.parametrize("flag", ["--auth-public-key", "--auth-jwks"])
+def test_run_refuses_a_missing_key_file_in_one_line_naming_the_flag_and_path(tmp_path, flag):
+    path = str(tmp_path / "absent")
+    result = meshnode("run", "--port", "0", "--http", "0", flag, path, timeout=20)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == \
+        f"meshnode run: error: argument {flag}: cannot read {path}: No such file or directory"
 
 
 def test_run_refuses_a_taken_port(start_node):

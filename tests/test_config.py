@@ -101,7 +101,11 @@ def test_unknown_key_is_refused_with_the_closest_flag(config_file, key, suggesti
     ('insecure = "yes"', "insecure: expected true or false"),
     ("hwm = [1, 2]", "hwm: takes one value, not an array"),
     ('http = true', "http: expected a string or a number, not a boolean"),
-    ("peer = [1.5, {x = 1}]", "peer: expected a string or a number, not a table"),
+    ("peer = [\"127.0.0.1:1\", {x = 1}]", "peer: expected a string or a number, not a table"),
+    ("peer = 5", "peer: node address '5' is not HOST:PORT"),
+    ('auth-public-key = "/nonexistent/k.pem"', "auth-public-key: cannot read /nonexistent/k.pem: No such file"),
+    ('auth-jwks = ["/nonexistent/k.json"]', "auth-jwks: cannot read /nonexistent/k.json: No such file"),
+    ('auth-secret = "short"', "auth-secret: must be at least 32 bytes"),
 ])
 def test_bad_value_is_refused_naming_the_file_and_key(config_file, line, message):
     path = config_file(f"port = 0\n{line}\n")
@@ -115,6 +119,14 @@ def test_a_bad_value_is_refused_even_when_a_flag_overrides_it(config_file):
     # The file is checked as a whole: a typo must not hide behind today's command line.
     code, stderr = run_expecting_failure("--config", config_file("port = 0\nhwm = 0\n"), "--hwm", "5")
     assert code == 2 and "hwm: 0 is not a positive integer" in stderr
+
+
+def test_an_error_found_at_start_names_the_file_too(config_file):
+    path = config_file('port = 0\nzk = "127.0.0.1:1"\npeer = ["127.0.0.1:9"]\n')
+    code, stderr = run_expecting_failure("--config", path)
+    assert code == 1
+    assert stderr.strip() == f"meshnode run: use either --zk or --peer, not both (settings from {path} and the " \
+                             f"command line)"
 
 
 def test_toml_syntax_error_names_the_file_and_line(config_file):
@@ -144,6 +156,9 @@ def test_example_config_is_valid_with_its_commented_keys_too(tmp_path):
     # Every "# key = value" line, uncommented, must be a valid key and value as well.
     uncommented, count = re.subn(r"(?m)^# ([a-z][a-z-]* = )", r"\1", text)
     assert count >= 10
+    for name in set(re.findall(r'"/etc/meshnode/([^"]+)"', uncommented)):  # key files are read at parsing
+        (tmp_path / name).write_text("")
+    uncommented = uncommented.replace("/etc/meshnode/", f"{tmp_path}/")
     path = tmp_path / "uncommented.toml"
     path.write_text(uncommented)
     everything = read_config(str(path), run)
@@ -153,7 +168,8 @@ def test_example_config_is_valid_with_its_commented_keys_too(tmp_path):
 
 def test_read_config_checks_without_starting_a_node(config_file):
     run = run_parser(build_parser())
-    assert read_config(config_file('peer = "h:1"\nauth-secret = ["s1", "s2"]\ninsecure = true\n'), run) == {
-        "peer": ["h:1"], "auth_secret": ["s1", "s2"], "insecure": True}
+    secrets = ["s1" * 16, "s2" * 16]
+    assert read_config(config_file(f'peer = "h:1"\nauth-secret = {secrets}\ninsecure = true\n'), run) == {
+        "peer": ["h:1"], "auth_secret": secrets, "insecure": True}
     with pytest.raises(ConfigError, match="'config' is a command-line flag only"):
         read_config(config_file('config = "other.toml"\n'), run)

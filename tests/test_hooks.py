@@ -169,6 +169,23 @@ def test_hooks_live_in_zookeeper_across_restarts(zk_server, zk_node):
         receiver.close()
 
 
+def test_without_zookeeper_a_restarted_or_new_node_learns_the_hooks_from_its_peers(start_node):
+    a = start_node("A", *LOOPBACK)
+    b = start_node("B", *LOOPBACK, peers=[a])
+    wait_until(lambda: linked(a, b), what="link")
+    url = "http://127.0.0.1:9/hook"
+    with Client(a.address) as client:
+        record = client.register_hook("km", url)
+    wait_until(lambda: ready([a, b], 1), what="both nodes to know the hook")
+    b.kill()
+    b = start_node("B", *LOOPBACK, peers=[a])  # a new instance: it knew nothing
+    c = start_node("C", *LOOPBACK, peers=[a])  # started after the registration
+    for node in (b, c):
+        with Client(node.address) as client:
+            listed = wait_until(lambda client=client: client.hooks("km"), what=f"{node.name} to learn the hook")
+        assert [h["url"] for h in listed] == [url] and listed[0]["created"] == record["created"]
+
+
 def test_hooks_over_http_at_an_edge_need_an_admin_token(start_node):
     import jwt
     from edgehelpers import http, http_address

@@ -2,11 +2,14 @@
 with prometheus-client's own parser: right types, counts that move, no
 subject in any label."""
 
+import os
+import re
 import urllib.request
 
 from edgehelpers import WS, http_address
+from hookhelpers import LOOPBACK
 from meshhelpers import collect, warm_up
-from meshtest.nodeproc import free_port, wait_until
+from meshtest.nodeproc import ROOT, free_port, wait_until
 from prometheus_client.parser import text_string_to_metric_families
 
 from mesh import Client
@@ -133,3 +136,38 @@ def test_counters_never_go_down_as_subscribers_and_hooks_come_and_go(start_node)
     finally:
         publisher.close()
         receiver.close()
+
+
+def _numbers(stats, path=()):
+    """(path, value) of every number in a stats map (booleans and text are not numbers)."""
+    for key, item in stats.items():
+        if isinstance(item, dict):
+            yield from _numbers(item, (*path, key))
+        elif isinstance(item, list):
+            yield from ((path + (key,), element) for element in item if isinstance(element, dict))
+        elif isinstance(item, (int, float)) and not isinstance(item, bool):
+            yield (*path, key), item
+
+
+def test_every_stats_number_is_a_metric_or_listed_as_not_one_and_the_docs_list_every_metric(start_node):
+    from nodes.metrics import NOT_METRICS, metric_names, metric_paths
+
+    e = start_node("E", "--http", "0", "--history", "m.>=100/60s", *LOOPBACK)
+    with Client(e.address) as client:
+        client.register_hook("k", "http://127.0.0.1:9/hook")
+        client.serve("svc.q", lambda message: None, queue="workers")
+        wait_until(lambda: "queues" in e.stats() and "hook_totals" in e.stats(), what="every section")
+        stats = e.stats()
+    families = scrape(f"http://{http_address(e)}/metrics")
+    paths = metric_paths()
+    loose = [path for path, _ in _numbers(stats)
+             if path not in paths and not any(path[:len(prefix)] == prefix for prefix in NOT_METRICS)]
+    assert loose == [], "stats numbers with no metric and not in NOT_METRICS"
+    scraped = {sample.name for family in families.values() for sample in family.samples}
+    for path, name in paths.items():
+        if path[0] in stats and (len(path) < 3 or path[1] in stats[path[0]]):
+            assert any(s in scraped for s in ("meshnode_" + name, f"meshnode_{name}_total")), name
+    with open(os.path.join(ROOT, "docs", "OPERATIONS.md")) as f:
+        documented = set(re.findall(r"^\| `(meshnode_[a-z_]+)(?:\{[a-z]+\})?` \|", f.read(), re.M))
+    assert documented == metric_names()
+    assert {s for s in scraped if s.startswith("meshnode_")} <= metric_names()

@@ -41,7 +41,8 @@ def main(argv=None):
     except KeyboardInterrupt:
         return 130
     except (TimeoutError, ValueError, RuntimeError) as exc:
-        print(f"meshnode {args.command}: {exc}", file=sys.stderr)
+        where = f" (settings from {args.config} and the command line)" if getattr(args, "config", None) else ""
+        print(f"meshnode {args.command}: {exc}{where}", file=sys.stderr)
         return 1
 
 

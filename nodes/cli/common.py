@@ -2,6 +2,9 @@
 name a node or a ZooKeeper mesh, and one control request to a node."""
 
 import argparse
+import os
+
+from mesh.addresses import split_host_port  # pure text: no sockets before gevent's patching
 
 EPILOG_ADDRESSES = "Addresses are a node's control address, HOST:PORT (default port 7400)."
 
@@ -20,8 +23,30 @@ def positive_float(text):
     return value
 
 
+def node_address(text):
+    """A ``--peer``/``--node`` value: HOST:PORT, an IPv6 host in brackets."""
+    try:
+        split_host_port(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def readable_file(text):
+    """A file the node reads at start (a key, a JWKS document): refused now if it cannot be read."""
+    try:
+        with open(text, "rb"):
+            pass
+    except OSError as exc:
+        raise argparse.ArgumentTypeError(f"cannot read {text}: {exc.strerror or exc}") from None
+    if os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"cannot read {text}: it is a directory")
+    return text
+
+
 def node_arguments(parser):
-    parser.add_argument("--node", default="127.0.0.1:7400", metavar="HOST:PORT", help="the node to talk to")
+    parser.add_argument("--node", default="127.0.0.1:7400", type=node_address, metavar="HOST:PORT",
+                        help="the node to talk to")
     parser.add_argument("--curve-keys", metavar="DIR", help="key directory of a mesh that uses CurveZMQ")
     parser.add_argument("--curve-name", default="mesh", metavar="NAME",
                         help="use DIR/NAME.key_secret as this client's identity (default: mesh)")
@@ -42,12 +67,11 @@ def zookeeper_arguments(parser, zk_help, required=False):
 
 
 def control_request(args, cmd, **fields):
-    import zmq
-
+    from mesh.context import shared_context
     from mesh.control import ControlChannel
     from mesh.concurrency import pick_waiter
 
-    channel = ControlChannel(zmq.Context.instance(), args.node, pick_waiter(), curve=client_curve(args))
+    channel = ControlChannel(shared_context(), args.node, pick_waiter(), curve=client_curve(args))
     try:
         return channel.request(cmd, **fields)
     finally:

@@ -6,7 +6,7 @@ import sys
 
 from mesh.publisher import DEFAULT_STREAM_IDLE  # imports no sockets: patching later is fine
 
-from .common import EPILOG_ADDRESSES, positive_float, positive_int, zookeeper_arguments
+from .common import EPILOG_ADDRESSES, node_address, positive_float, positive_int, readable_file, zookeeper_arguments
 
 DEFAULT_AUTH_MAX_LIFETIME = 24 * 3600.0  # nodes/edge/auth.py imports PyJWT, which must come after patching
 
@@ -16,6 +16,12 @@ def _network(text):
         return str(ipaddress.ip_network(text, strict=False))
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not an address or a network (CIDR, e.g. 10.1.0.0/16)") from None
+
+
+def _hs256_secret(text):
+    if len(text.encode()) < 32:
+        raise argparse.ArgumentTypeError("must be at least 32 bytes for HS256 (RFC 7518, section 3.2)")
+    return text
 
 
 def run_parser(commands):
@@ -37,7 +43,7 @@ def run_parser(commands):
                           "by the system and announced on the control port")
     run.add_argument("--advertise", default="",
                      help="host name peers and clients should dial (default: --host)")
-    run.add_argument("--peer", action="append", default=[], metavar="HOST:PORT",
+    run.add_argument("--peer", action="append", default=[], type=node_address, metavar="HOST:PORT",
                      help="a seed: another node's control address; repeatable. One that answers is enough "
                           "to join the whole mesh; one that does not is retried")
     zookeeper_arguments(run, "find peers through ZooKeeper instead of --peer: register there and "
@@ -91,14 +97,14 @@ def _edge_arguments(run):
     edge.add_argument("--http", type=int, metavar="PORT",
                       help="serve WebSocket (/ws), HTTP publish (/pub), SSE (/sub), /stats and a page at / "
                            "on this port (0 picks one)")
-    edge.add_argument("--auth-secret", action="append", default=[], metavar="SECRET",
+    edge.add_argument("--auth-secret", action="append", default=[], type=_hs256_secret, metavar="SECRET",
                       help="require JWTs; accept HS256 ones signed with this secret (at least 32 bytes); "
                            "repeatable, to rotate secrets (claims: exp, sub, subscribe, publish, admin; "
                            "docs/EDGE.md)")
-    edge.add_argument("--auth-public-key", action="append", default=[], metavar="FILE",
+    edge.add_argument("--auth-public-key", action="append", default=[], type=readable_file, metavar="FILE",
                       help="require JWTs; accept ones signed by the private half of this PEM public key "
                            "(RSA: RS256..PS512, EC: ES256/384/512, Ed25519: EdDSA); repeatable")
-    edge.add_argument("--auth-jwks", action="append", default=[], metavar="FILE",
+    edge.add_argument("--auth-jwks", action="append", default=[], type=readable_file, metavar="FILE",
                       help="require JWTs; accept ones signed by a key of this JWKS document, picked by the "
                            "token's kid; repeatable")
     edge.add_argument("--auth-audience", metavar="AUD", help="accept only tokens whose aud names this")
@@ -108,7 +114,7 @@ def _edge_arguments(run):
                       help="refuse tokens that expire further ahead than this; also how long a revocation "
                            "lasts unless told (default: %(default)s)")
     edge.add_argument("--allowed-origin", action="append", default=[], metavar="ORIGIN",
-                      help="accept browser requests only from this Origin; repeatable (default: any)")
+                      help="accept browser requests (and answer CORS) only from this Origin; repeatable (default: any)")
     edge.add_argument("--hooks-open", action="store_true",
                       help="without --auth-*, let clients other than loopback ones register, list and remove "
                            "webhooks at /hooks (refused by default; with auth an admin token is needed)")
@@ -155,6 +161,8 @@ def cmd_run(args):
     import gevent.event
 
     from discovery import StaticDiscovery, ZooKeeperDiscovery
+    from mesh.addresses import join_host_port
+    from mesh.context import shared_context
     from mesh.control import is_loopback
     from nodes.node import Node, NodeConfig, node_curve_keys
     from nodes.history.recorder import HistoryRule
@@ -164,8 +172,6 @@ def cmd_run(args):
     logging.getLogger("ws4py").setLevel(max(logging.WARNING, logging.getLevelName(args.log_level)))
     open_files = _raise_open_file_limit()
     edge = None
-    if any(len(secret.encode()) < 32 for secret in args.auth_secret):
-        raise ValueError("--auth-secret must be at least 32 bytes for HS256 (RFC 7518, section 3.2)")
     if args.http is not None:
         edge = _edge_config(args, open_files)
     config = NodeConfig(name=args.name, host=args.host, port=args.port, advertise=args.advertise,
@@ -188,20 +194,20 @@ def cmd_run(args):
         discovery = ZooKeeperDiscovery(args.zk, args.mesh, session_timeout=args.zk_timeout, auth=args.zk_auth,
                                        group=args.group or None, curve=curve)
     else:
-        discovery = StaticDiscovery(zmq.Context.instance(), config.peers, curve=curve)
+        discovery = StaticDiscovery(shared_context(), config.peers, curve=curve)
     try:
         node = Node(config, discovery)
     except zmq.ZMQError as exc:
-        raise RuntimeError(f"cannot bind on {args.host}:{args.port}: {exc}") from None
+        raise RuntimeError(f"cannot bind on {join_host_port(args.host, args.port)}: {exc}") from None
     node.start()
     stop = gevent.event.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         gevent.signal_handler(signum, stop.set)
     member = node.member
-    http = "" if node.edge is None else (f" http={config.advertise}:{node.edge.port} "
+    http = "" if node.edge is None else (f" http={join_host_port(config.advertise, node.edge.port)} "
                                          f"max_connections={node.edge.config.max_connections}")
     if node.metrics_port is not None:
-        http += f" metrics={config.metrics.rpartition(':')[0] or config.host}:{node.metrics_port}"
+        http += f" metrics={join_host_port(config.metrics.rpartition(':')[0] or config.host, node.metrics_port)}"
     print(f"meshnode ready name={node.name} control={member['control'].removeprefix('tcp://')} "
           f"ingress={member['ingress']} out={member['out']} remote={member['remote']}{http}", flush=True)
     stop.wait()

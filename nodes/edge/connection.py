@@ -45,6 +45,7 @@ class EdgeConnection:
     def __init__(self, edge, grant, queue_limit, max_subscriptions, address=None):
         self.id = uuid.uuid4().hex[:12]  # names it in presence and events
         self.address = address  # the client's "host:port", when known
+        self.console = False  # the console page's own connection (/ws?console=1): its events say so
         self.edge = edge
         self.grant = grant
         self.queue_limit = queue_limit

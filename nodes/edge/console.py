@@ -8,9 +8,16 @@ events (nodes/events.py). A node that does not answer is ``down``; so is,
 for a while (nodes/events.py, LEFT_KEPT), a peer that left the membership,
 with ``left``: when it left. A link is ``up`` only when both ends say so.
 The picture is gathered at most once per REFRESH_SECONDS whatever the
-number of viewers, and holds at most MAX_NODES nodes. The page
-(nodes/edge/static/index.html) turns successive counters into message rates.
+number of viewers, and every SAMPLE_SECONDS without one, and holds at most
+MAX_NODES nodes. Each gathering turns successive counters into each node's
+rate (``rate``: data messages per second, published here or from peers),
+kept for RATE_SECONDS so that the page's chart is full when it opens
+(``GET /mesh?rates=1`` adds ``rates``: node -> [[time, rate], ...]). A node
+that is down carries ``since`` (when it was first seen down) and
+``last_rate``, its rate before (stale).
 """
+
+import collections
 
 import logging
 import time
@@ -27,6 +34,8 @@ REFRESH_SECONDS = 1.0
 MAX_NODES = 64
 MAX_CHANNELS = 20
 MAX_EVENTS = 30
+SAMPLE_SECONDS = 2.0
+RATE_SECONDS = 300.0
 
 
 class Console:
@@ -36,6 +45,27 @@ class Console:
         self._picture = None
         self._taken = 0.0
         self._gathering = None
+        self._sampler = None
+        self._totals = {}  # node -> (time, messages) of the last gathering that reached it
+        self.rates = {}  # node -> deque of (time, rate), RATE_SECONDS of them
+        self._down_since = {}  # node -> when a gathering first found it down
+
+    def start(self):
+        """Gather every SAMPLE_SECONDS: the rates are there before anyone looks."""
+        self._sampler = gevent.spawn(self._sample)
+
+    def stop(self):
+        if self._sampler is not None:
+            self._sampler.kill(block=False)
+
+    def _sample(self):
+        while True:
+            self.picture()
+            gevent.sleep(SAMPLE_SECONDS)
+
+    def recent_rates(self):
+        """node -> [[time, rate], ...] of the last RATE_SECONDS."""
+        return {name: [list(point) for point in points] for name, points in self.rates.items()}
 
     def picture(self):
         """The latest picture, gathered again if older than REFRESH_SECONDS
@@ -73,9 +103,10 @@ class Console:
         for name in sorted(left)[:max(0, MAX_NODES - len(answers))]:
             answers[name] = (None, None, "left the mesh")
         nodes, links = [], {}
+        now = time.time()
         for name in sorted(answers):
             stats, peers, why = answers[name]
-            nodes.append(_node_row(name, stats, why, left.get(name)))
+            nodes.append(self._rated(_node_row(name, stats, why, left.get(name)), now))
             for peer in peers or ():
                 pair = tuple(sorted((name, peer["name"])))
                 links.setdefault(pair, []).append(peer.get("link", "down"))
@@ -83,12 +114,37 @@ class Console:
             for pair, states in links.items():
                 if name in pair and len(states) < 2:
                     states.append("down")  # its end did not answer
-        return {"node": node.name, "time": time.time(), "nodes": nodes,
+        for name in {*self._totals, *self._down_since} - set(answers):  # gone from the picture: forgotten
+            for kept in (self.rates, self._totals, self._down_since):
+                kept.pop(name, None)
+        return {"node": node.name, "time": now, "nodes": nodes,
                 "links": [{"a": a, "b": b, "state": "up" if states == ["up", "up"] else "down"}
                           for (a, b), states in sorted(links.items()) if a in answers and b in answers],
                 "truncated": len(records) > len(shown),
                 "channels": channels.value["channels"] if channels.successful() else {},
                 "events": list(node.events.recent)[-MAX_EVENTS:]}
+
+
+    def _rated(self, row, now):
+        """The row with its rate (or, down, ``since`` and its stale ``last_rate``); keeps the rates."""
+        name, points = row["name"], self.rates.get(row["name"])
+        if row["state"] != "up":
+            row["since"] = self._down_since.setdefault(name, now)
+            if points:
+                row["last_rate"] = points[-1][1]
+            return row
+        self._down_since.pop(name, None)
+        total = row["messages"]["published_here"] + row["messages"]["from_peers"]
+        last = self._totals.get(name)
+        self._totals[name] = (now, total)
+        if last is not None and now > last[0]:
+            if points is None:
+                points = self.rates[name] = collections.deque()
+            points.append((round(now, 3), round(max(0, total - last[1]) / (now - last[0]), 2)))
+            while points and points[0][0] < now - RATE_SECONDS:
+                points.popleft()
+            row["rate"] = points[-1][1]
+        return row
 
 
 def _ask(channel):

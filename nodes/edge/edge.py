@@ -90,6 +90,7 @@ class Edge(Feature):
 
     def start(self):
         self.server.start()
+        self.view.start()
 
     def wait_live(self, pattern):
         """Until the node has the subscription for ``pattern``: then a message
@@ -189,5 +190,6 @@ class Edge(Feature):
                 connection.cut_off("server is shutting down", CLOSE_GOING_AWAY)
             else:
                 connection.release()
+        self.view.stop()
         self.server.stop(timeout=2)
         self.client.close()

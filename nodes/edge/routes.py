@@ -14,6 +14,7 @@ the built-in page.
                            auth, loopback clients only unless --hooks-open)
     GET  /healthz, /stats  JSON
     GET  /metrics          Prometheus
+    OPTIONS <any route>    a browser's CORS preflight (nodes/edge/cors.py)
 """
 
 import json
@@ -34,6 +35,7 @@ from nodes.jsontext import dumps
 
 from .auth import token_from
 from .connection import client_address
+from .cors import CrossOrigin
 from .protocol import DEFAULT_INTEREST_TIMEOUT, DEFAULT_REQUEST_TIMEOUT, MAX_REQUEST_TIMEOUT, EdgeError, parse_position
 from .sse import SSEConnection
 from .websocket import MeshWebSocketApplication
@@ -42,7 +44,8 @@ log = logging.getLogger("meshnode.edge")
 
 PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static", "index.html")
 BROWSER_CLIENT = os.path.join(os.path.dirname(PAGE), "meshnode.js")  # docs/BROWSER.md
-STATUS = {200: "200 OK", 400: "400 Bad Request", 401: "401 Unauthorized", 403: "403 Forbidden",
+FAVICON = os.path.join(os.path.dirname(PAGE), "favicon.svg")
+STATUS = {200: "200 OK", 204: "204 No Content", 400: "400 Bad Request", 401: "401 Unauthorized", 403: "403 Forbidden",
           404: "404 Not Found", 405: "405 Method Not Allowed", 408: "408 Request Timeout",
           411: "411 Length Required",
           409: "409 Conflict", 413: "413 Payload Too Large", 429: "429 Too Many Requests", 503: "503 Service Unavailable",
@@ -51,10 +54,10 @@ STATUS = {200: "200 OK", 400: "400 Bad Request", 401: "401 Unauthorized", 403: "
 
 class Route:
     """``path`` exactly, or (``prefix``) every path under it, the rest handed to the handler;
-    ``methods`` None takes any; a path that matches with another method is refused
-    (405, ``refusal``) when ``refusal`` is given, else the next routes are tried."""
+    a path that matches with another of its ``methods`` is refused (405, ``refusal``) when
+    ``refusal`` is given, else the next routes are tried. A preflight names ``methods``."""
 
-    def __init__(self, path, handler, methods=None, prefix=False, refusal=None):
+    def __init__(self, path, handler, methods, prefix=False, refusal=None):
         self.path, self.handler, self.methods, self.prefix, self.refusal = path, handler, methods, prefix, refusal
 
     def match(self, path):
@@ -68,26 +71,32 @@ class EdgeApp:
     def __init__(self, edge):
         self.edge = edge
         self.websockets = MeshWebSocketApplication()
+        self.cross_origin = CrossOrigin(edge.config.allowed_origins)
         self.routes = [
-            Route("/healthz", self._healthz),
-            Route("/metrics", self._metrics),
-            Route("/stats", self._stats),
+            Route("/healthz", self._healthz, {"GET"}),
+            Route("/metrics", self._metrics, {"GET"}),
+            Route("/stats", self._stats, {"GET"}),
             Route("/", self._page, {"GET"}),
             Route("/meshnode.js", self._browser_client, {"GET"}),
-            Route("/ws", self._websocket),
-            Route("/ws/", self._subscribe_websocket, prefix=True),
+            Route("/favicon.ico", self._favicon, {"GET"}),
+            Route("/ws", self._websocket, {"GET"}),
+            Route("/ws/", self._subscribe_websocket, {"GET"}, prefix=True),
             Route("/pub/", self._publish, {"POST"}, prefix=True, refusal="pub with POST"),
             Route("/req/", self._request, {"POST"}, prefix=True, refusal="req with POST"),
             Route("/sub/", self._events, {"GET"}, prefix=True),
             Route("/interest/", self._interest, {"GET"}, prefix=True),
             Route("/revoke/", self._revoke, {"POST"}, prefix=True, refusal="revoke with POST"),
-            Route("/hooks/", self._hooks, prefix=True),
+            Route("/hooks/", self._hooks, {"GET", "POST", "DELETE"}, prefix=True,
+                  refusal="hooks take GET, POST or DELETE"),
             Route("/presence/", self._presence, {"GET"}, prefix=True),
             Route("/mesh", self._mesh, {"GET"}),
             Route("/channels", self._channels, {"GET"}),
         ]
 
     def __call__(self, environ, start_response):
+        cors = self.cross_origin.headers(environ.get("HTTP_ORIGIN"))
+        if cors:
+            start_response = _with_headers(start_response, cors)
         try:
             return self._route(environ, start_response)
         except EdgeError as exc:
@@ -105,8 +114,7 @@ class EdgeApp:
     def _admit(self, environ):
         """Origin, connection limit and token checks; returns the client's Grant."""
         origin = environ.get("HTTP_ORIGIN")
-        allowed = self.edge.config.allowed_origins
-        if allowed and origin is not None and origin not in allowed:
+        if origin is not None and not self.cross_origin.permits(origin):
             self.edge.counts["rejected_connections"] += 1
             raise EdgeError("forbidden_origin", f"origin {origin!r} is not allowed", http_status=403)
         try:
@@ -132,11 +140,21 @@ class EdgeApp:
             rest = route.match(path)
             if rest is None:
                 continue
-            if route.methods is None or method in route.methods:
+            if method == "OPTIONS":
+                return self._preflight(environ, start_response, route)
+            if method in route.methods:
                 return route.handler(environ, start_response, method, rest)
             if route.refusal is not None:
                 raise EdgeError("method_not_allowed", route.refusal, http_status=405)
         raise EdgeError("not_found", f"no route for {method} {path}", http_status=404)
+
+    def _preflight(self, environ, start_response, route):
+        """A browser asks whether a page of its origin may send this method and these headers."""
+        origin = environ.get("HTTP_ORIGIN")
+        if origin is None or not self.cross_origin.permits(origin):
+            raise EdgeError("forbidden_origin", f"origin {origin!r} is not allowed", http_status=403)
+        start_response(STATUS[204], self.cross_origin.preflight_headers(route.methods))
+        return []
 
     def _healthz(self, environ, start_response, method, rest):
         return self._json(start_response, 200, {"ok": True, "name": self.edge.client.node})
@@ -154,6 +172,9 @@ class EdgeApp:
     def _page(self, environ, start_response, method, rest):
         return self._static(start_response, PAGE, "text/html; charset=utf-8")
 
+    def _favicon(self, environ, start_response, method, rest):
+        return self._static(start_response, FAVICON, "image/svg+xml")
+
     def _browser_client(self, environ, start_response, method, rest):
         return self._static(start_response, BROWSER_CLIENT, "text/javascript; charset=utf-8")
 
@@ -163,7 +184,9 @@ class EdgeApp:
         if picture is None:
             raise EdgeError("unavailable", "the mesh's picture could not be gathered (see the node's log)",
                             http_status=503)
-        return self._json(start_response, 200, {"ok": True, **picture})
+        rates = (parse_qs(environ.get("QUERY_STRING", "")).get("rates") or [""])[0] == "1"
+        return self._json(start_response, 200, {"ok": True, **picture,
+                                                **({"rates": self.edge.view.recent_rates()} if rates else {})})
 
     def _channels(self, environ, start_response, method, rest):
         self._admin(environ)
@@ -192,6 +215,7 @@ class EdgeApp:
         environ["meshnode.edge"] = self.edge
         environ["meshnode.grant"] = grant
         environ["meshnode.pattern"] = pattern
+        environ["meshnode.console"] = (parse_qs(environ.get("QUERY_STRING", "")).get("console") or [""])[0] == "1"
         try:
             return self.websockets(environ, start_response)
         except Exception as exc:  # ws4py's HandshakeError for a request that is not an upgrade
@@ -270,10 +294,14 @@ class EdgeApp:
         GET /hooks/<key>: the webhook registry (docs/WEBHOOKS.md); an admin token when auth is on,
         a loopback client (or --hooks-open) when it is off."""
         self._admin(environ)
-        if not self.edge.auth.enabled and not self.edge.config.hooks_open \
-                and not _loopback_client(environ):
-            raise EdgeError("forbidden", "without auth, webhooks are managed from loopback only "
-                                         "(start the node with --hooks-open, or with --auth-*)", http_status=403)
+        if not self.edge.auth.enabled and not self.edge.config.hooks_open:
+            if not _loopback_client(environ):
+                raise EdgeError("forbidden", "without auth, webhooks are managed from loopback only "
+                                             "(start the node with --hooks-open, or with --auth-*)", http_status=403)
+            origin = environ.get("HTTP_ORIGIN")
+            if origin is not None and not self.cross_origin.listed(origin) and not _same_origin(environ, origin):
+                raise EdgeError("forbidden", f"without auth, a page of another origin ({origin}) may manage "
+                                             "webhooks only when --allowed-origin names it", http_status=403)
         hooks = self.edge.hooks
         if method == "GET":
             return self._json(start_response, 200, {"ok": True, "hooks": hooks.listing(key)})
@@ -282,8 +310,6 @@ class EdgeApp:
             if not url or not hooks.remove(key, url):
                 raise EdgeError("unknown_hook", f"no hook for {url!r} under key {key!r}", http_status=404)
             return self._json(start_response, 200, {"ok": True})
-        if method != "POST":
-            raise EdgeError("method_not_allowed", "hooks take GET, POST or DELETE", http_status=405)
         try:
             length = int(environ.get("CONTENT_LENGTH") or 0)
         except ValueError:
@@ -380,6 +406,16 @@ def _limit(environ):
     if not 1 <= limit <= 10_000:
         raise EdgeError("bad_request", "limit must be an integer from 1 to 10000")
     return limit
+
+
+def _with_headers(start_response, extra):
+    def start(status, headers, exc_info=None):
+        return start_response(status, [*headers, *extra], exc_info)
+    return start
+
+
+def _same_origin(environ, origin):
+    return origin.split("://", 1)[-1] == environ.get("HTTP_HOST")
 
 
 def _loopback_client(environ):

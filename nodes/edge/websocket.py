@@ -146,6 +146,7 @@ class MeshWebSocket(WebSocket):
     def opened(self):
         edge = self.environ["meshnode.edge"]
         self.edge_connection = WebSocketConnection(self, edge, self.environ["meshnode.grant"])
+        self.edge_connection.console = bool(self.environ.get("meshnode.console"))
         self._open_requests = 0
         edge.connections.add(self.edge_connection)
         edge.events.connection_event("connect", self.edge_connection)
@@ -294,6 +295,6 @@ class MeshWebSocketApplication(WebSocketWSGIApplication):
 
     def make_websocket(self, sock, protocols, extensions, environ):
         keep = {key: environ.get(key) for key in ("meshnode.edge", "meshnode.grant", "meshnode.pattern",
-                                                  "REMOTE_ADDR", "REMOTE_PORT")}
+                                                  "meshnode.console", "REMOTE_ADDR", "REMOTE_PORT")}
         environ["ws4py.websocket"] = websocket = MeshWebSocket(sock, protocols, extensions, keep)
         return websocket

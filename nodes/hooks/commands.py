@@ -31,6 +31,9 @@ class Webhooks(Feature):
     def remove(self, key, url, relay=True):
         return self.registry.remove(key, url, relay=relay)
 
+    def introduce(self, tell):
+        self.registry.introduce(tell)
+
     def listing(self, key=None):
         return self.delivery.listing(key)
 

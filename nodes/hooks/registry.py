@@ -9,8 +9,10 @@ With ZooKeeper the hooks are persistent znodes ``/meshnode/<mesh>/hooks/<id>``
 (JSON, readable with zkCli), watched by every node: they survive every
 restart, and a node keeps delivering from what it knows while ZooKeeper is
 down. Without ZooKeeper a registration is relayed to the peers known at that
-moment and kept in memory: a node that starts later, or restarts, does not
-know it (docs/QUEUES.md says so). nodes/hooks/delivery.py delivers.
+moment and kept in memory; a node that joins the membership (one that
+starts later, or restarts) is told every hook by each peer that knows it
+(:meth:`HookRegistry.introduce`), so ``hooks ls`` on any node lists what the
+mesh delivers. nodes/hooks/delivery.py delivers.
 """
 
 import base64
@@ -122,6 +124,14 @@ class HookRegistry:
         if relay and not self.discovery.unshare(KIND, hook_id(key, url)):
             self._relay("hook_rm", {"key": key, "url": url, "relay": False})
         return known
+
+    def introduce(self, tell):
+        """Tell a peer that just joined every hook this node knows (``tell(cmd, fields)``),
+        when no shared store (ZooKeeper) keeps them for it."""
+        if self.discovery.keeps_records:
+            return
+        for record in list(self.hooks.values()):
+            tell("hook_add", {**record, "relay": False})
 
     def _learn(self, record):
         if self.hooks.get(record["id"]) == record:

@@ -71,12 +71,15 @@ export class Subscription {
     this.recover = recover;
     this.streams = new Map();  // "origin\0subject" -> {stream: [origin, subject, epoch, seq], seen: s}
     this.newest = 0;  // the newest message's ts
-    this.received = 0;
+    this.received = 0;  // messages handed to onMessage (duplicates dropped before it, not counted)
     this.gaps = 0;  // messages a publisher sent that never arrived
     this.live = false;  // the edge said ok once
     this.recovered = null;  // after a reconnect with recover: true or false
     this.lastRecovery = null;  // the edge's answer: {recovered, replayed, incomplete, unreachable}
     this.closed = false;
+    // the edge's first ok (or error) for this subscription, whenever the connection comes up
+    this.ready = new Promise((resolve, reject) => { this._settle = {resolve, reject}; });
+    this.ready.catch(() => {});  // an error is also an "error" event: not an unhandled rejection
   }
 
   // How far this subscription got: what a recovery starts from (docs/HISTORY.md).
@@ -133,6 +136,8 @@ export class Connection extends EventTarget {
     this.connected = false;
     this.closed = false;
     this.reconnects = 0;
+    this.attempts = 0;  // failed attempts in the current outage
+    this._down = false;  // a disconnect was announced and no connection came up since
     this._ws = null;
     this._pending = new Map();  // id -> {resolve, reject, timer}
     this._nextId = 1;
@@ -177,7 +182,9 @@ export class Connection extends EventTarget {
     clearTimeout(this._stableTimer);  // the backoff starts over only once a connection has lasted
     this._stableTimer = setTimeout(() => { if (ws === this._ws) this._attempt = 0; }, STABLE_MS);
     this._scheduleRefresh();
-    this._emit("connect", {reconnect: again});
+    this._emit("connect", {reconnect: again, attempts: this.attempts});
+    this._down = false;
+    this.attempts = 0;
     for (const sub of this.subscriptions.values()) this._subscribeOnWire(sub, again);
   }
 
@@ -190,6 +197,7 @@ export class Connection extends EventTarget {
         sub.live = true;
         sub.newest = Math.max(sub.newest, Date.now() / 1000);
       }
+      sub._settle.resolve(ok);
       if (withHistory) {
         sub.recovered = ok.recovered === true;
         sub.lastRecovery = ok;
@@ -201,6 +209,7 @@ export class Connection extends EventTarget {
         sub.closed = true;  // it would fail again on every reconnect
         this.subscriptions.delete(sub.pattern);
       }
+      sub._settle.reject(error);
       this._emit("error", {error, subscription: sub});
       throw error;
     });
@@ -215,7 +224,12 @@ export class Connection extends EventTarget {
       waiter.reject(new MeshError("disconnected", "the connection closed before the answer"));
     }
     this._pending.clear();
-    this._emit("disconnect", {code: event.code, reason: event.reason});
+    if (this._down) {
+      this.attempts++;  // a reconnect that failed: the outage goes on
+    } else {
+      this._down = true;
+      this._emit("disconnect", {code: event.code, reason: event.reason});
+    }
     if (!this.closed) this._retry();
   }
 
@@ -288,7 +302,7 @@ export class Connection extends EventTarget {
     if (this.subscriptions.has(pattern)) throw new MeshError("duplicate", `already subscribed to ${pattern}`);
     const sub = new Subscription(this, pattern, onMessage, recover);
     this.subscriptions.set(pattern, sub);
-    sub.ready = this.connected ? this._subscribeOnWire(sub, false) : Promise.resolve(null);
+    if (this.connected) this._subscribeOnWire(sub, false).catch(() => {});  // else on connect
     return sub;
   }
 
