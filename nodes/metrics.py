@@ -77,7 +77,8 @@ QUEUES = [("dispatched", "counter", "queue-group messages dispatched from this n
           ("failed", "counter", "queue-group messages whose dispatch failed (logged)")]
 JOBS = [("held", "gauge", "jobs held here until acknowledged"), ("acked", "counter", "jobs acknowledged"),
         ("redelivered", "counter", "jobs given to another member"), ("dead", "counter", "jobs dead-lettered"),
-        ("refused_acks", "counter", "acknowledgements refused")]
+        ("refused_acks", "counter", "acknowledgements refused"),
+        ("restored", "counter", "jobs read back from --data-dir when the node started")]
 HOOKS = [("delivered", "counter", "webhook deliveries made from this node"),
          ("retried", "counter", "webhook attempts retried"), ("failed", "counter", "webhook deliveries failed"),
          ("refused", "counter", "webhook deliveries refused by the target policy"),
@@ -93,6 +94,8 @@ NOT_METRICS = {
     ("marks",): "tail marks (docs/PROTOCOL.md): a diagnosis of `meshnode stats`",
     ("events", "recent"): "the events held for the console",
     ("history", "budget"): "the --history-bytes setting",
+    ("history", "disk"): "the history file's writer (--data-dir): a diagnosis of `meshnode stats`",
+    ("queues", "jobs", "disk"): "the jobs file's writer (--data-dir): a diagnosis of `meshnode stats`",
     ("hooks",): "each hook's own counters carry its key and URL (no label does): `meshnode hooks ls`",
 }
 
