@@ -24,6 +24,7 @@ import statistics
 import time
 
 from .base import Column, Scenario, measure, ok_row, option, target
+from .procs import cpu_seconds
 
 SUBJECT = "scale.x"
 
@@ -93,9 +94,9 @@ def _delivered(nodes):
 
 def idle_costs(nodes, seconds):
     """{node name: (CPU over ``seconds`` of quiet as a fraction of a core, RSS MiB, open descriptors)}."""
-    before = {node.pid: _cpu_seconds(node.pid) for node in nodes}
+    before = {node.pid: cpu_seconds(node.pid) for node in nodes}
     time.sleep(seconds)
-    return {node.name: ((_cpu_seconds(node.pid) - before[node.pid]) / seconds, _rss_mib(node.pid),
+    return {node.name: ((cpu_seconds(node.pid) - before[node.pid]) / seconds, _rss_mib(node.pid),
                         len(os.listdir(f"/proc/{node.pid}/fd"))) for node in nodes}
 
 
@@ -136,11 +137,6 @@ def _until_linked(nodes, peers, timeout):
             raise RuntimeError(f"{len(waiting)} nodes did not link to {peers} peers within {timeout} s")
         time.sleep(0.1)
     return time.monotonic()
-
-
-def _cpu_seconds(pid):
-    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _rss_mib(pid):

@@ -73,42 +73,43 @@ def frozen_seen(monitor, proc, at_once=False):
     return at - frozen
 
 
-def test_the_bound_end_drops_a_frozen_connecting_end(far_end):
-    """The connecting end sends no PINGs: the bound end's PINGs go unanswered."""
+@pytest.fixture
+def this_end():
+    """A watched socket of this process and its monitor: ``this_end(kind, binds)``."""
     from mesh.liveness import watch_link
 
     ctx = zmq.Context()
-    sock = watch_link(ctx.socket(zmq.XPUB), binds=True)
-    monitor = sock.get_monitor_socket()
-    try:
-        sock.bind("tcp://127.0.0.1:*")
-        proc = far_end("connect")
-        proc.stdin.write(sock.getsockopt_string(zmq.LAST_ENDPOINT) + "\n")
-        proc.stdin.flush()
-        assert proc.stdout.readline().strip() == "connecting"
-        print(f"[measure] bound end dropped a frozen connecting end after "
-              f"{frozen_seen(monitor, proc):.2f} s")
-    finally:
-        monitor.close(linger=0)
+    made = []
+
+    def make(kind, binds):
+        sock = watch_link(ctx.socket(kind), binds=binds)
+        made.append(sock)
+        made.append(sock.get_monitor_socket())
+        return made[-2], made[-1]
+
+    yield make
+    for sock in reversed(made):
         sock.close(linger=0)
-        ctx.term()
+    ctx.term()
+
+
+def test_the_bound_end_drops_a_frozen_connecting_end(far_end, this_end):
+    """The connecting end pings only every 3 s: the bound end's PINGs go unanswered."""
+    sock, monitor = this_end(zmq.XPUB, binds=True)
+    sock.bind("tcp://127.0.0.1:*")
+    proc = far_end("connect")
+    proc.stdin.write(sock.getsockopt_string(zmq.LAST_ENDPOINT) + "\n")
+    proc.stdin.flush()
+    assert proc.stdout.readline().strip() == "connecting"
+    print(f"[measure] bound end dropped a frozen connecting end after {frozen_seen(monitor, proc):.2f} s")
 
 
 @pytest.mark.parametrize("at_once", [False, True], ids=["after-pings", "before-its-first-ping"])
-def test_the_connecting_end_drops_a_frozen_bound_end(far_end, at_once):
+def test_the_connecting_end_drops_a_frozen_bound_end(far_end, this_end, at_once):
     """The TTL in the bound end's PINGs closes it; a bound end frozen before its
     first PING armed no TTL, and the connecting end's own slow PINGs find it."""
-    from mesh.liveness import watch_link
-
-    ctx = zmq.Context()
-    sock = watch_link(ctx.socket(zmq.XSUB), binds=False)
-    monitor = sock.get_monitor_socket()
-    try:
-        proc = far_end("bind")
-        sock.connect(proc.stdout.readline().strip())
-        print(f"[measure] connecting end dropped a bound end frozen {'at once' if at_once else 'later'} "
-              f"after {frozen_seen(monitor, proc, at_once):.2f} s")
-    finally:
-        monitor.close(linger=0)
-        sock.close(linger=0)
-        ctx.term()
+    sock, monitor = this_end(zmq.XSUB, binds=False)
+    proc = far_end("bind")
+    sock.connect(proc.stdout.readline().strip())
+    print(f"[measure] connecting end dropped a bound end frozen {'at once' if at_once else 'later'} "
+          f"after {frozen_seen(monitor, proc, at_once):.2f} s")
