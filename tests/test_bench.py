@@ -144,7 +144,11 @@ def test_quick_run_produces_every_scenario(tmp_path):
             assert r["delivered"] == r["messages"] and r["duplicates"] == 0, r
     hook = result["scenarios"]["hooks"][0]
     assert hook["delivered"] == hook["messages"] and hook["duplicates"] == 0, hook
-    assert len(result["targets"]) == 12
+    assert len(result["targets"]) == 13
+    for r in result["scenarios"]["edge_fanout"]:
+        if r["status"] == "ok":
+            assert r["burst_deliveries"] == r["burst_expected"] == 50 * r["connected"], r
+            assert r["paced_deliveries"] == 10 * r["connected"], r
     scaled = result["scenarios"]["scale"][0]
     assert scaled["delivered_min"] == scaled["delivered_of"] and scaled["join_restarts_max"] >= 1, scaled
     grouped = result["scenarios"]["groups"][0]

@@ -4,8 +4,9 @@ connection that wants it.
 Each message is rendered once (JSON, then once as a WebSocket frame and once
 as a Server-Sent Event, as needed). Messages are taken from the subscription
 in batches (up to DELIVER_BATCH, as many as are waiting), and a connection is
-offered the whole batch's frames as one piece of bytes: the cost per extra
-client is one write (or queue append) per batch, not per message. A write is
+offered the batch's frames joined into pieces of up to PIECE_BYTES: the
+cost per extra client is one write (or queue append) per piece, not per
+message. A write is
 a system call, and one per message per client was 82 % of an edge's time
 fanning out to 1,000 clients (docs/PERFORMANCE.md). A connection whose
 pattern a recovery holds, or has replayed, gets the batch frame by frame.
@@ -24,6 +25,10 @@ from .protocol import event_id, render_message
 log = logging.getLogger("meshnode.edge")
 
 DELIVER_BATCH = 64  # messages fanned out between yields to the connections' writers
+# A batch goes to a connection in pieces of at most this many bytes (or one frame).
+# What a write leaves unsent waits outside the connection's queue and its byte
+# limit (nodes/edge/websocket.py), so a piece is kept about as small as a frame.
+PIECE_BYTES = 64 * 1024
 
 
 class Route:
@@ -80,7 +85,7 @@ class Fanout:
         if not rendered:
             return
         frames = {}  # kind -> [each message's frame]
-        joined = {}  # kind -> all of them as one piece
+        pieces = {}  # kind -> [(frames joined, how many)]
         pattern = route.subscription.pattern.text
         for connection in list(route.connections):
             kind = connection.kind
@@ -90,11 +95,12 @@ class Fanout:
             if (connection.holding and pattern in connection.holding) or connection.replayed_to:
                 self._one_by_one(route, connection, pattern, rendered, frames[kind])
                 continue
-            if kind not in joined:
-                joined[kind] = b"".join(frames[kind])
-            connection.offer(joined[kind])
-            route.delivered += len(rendered)
-            self.counts["messages_out"] += len(rendered)
+            if kind not in pieces:
+                pieces[kind] = join_frames(frames[kind])
+            for piece, count in pieces[kind]:
+                connection.offer(piece)
+                route.delivered += count
+                self.counts["messages_out"] += count
 
     def _render(self, message):
         """The message as JSON text (bytes), or None (counted) if JSON cannot express its data."""
@@ -136,6 +142,21 @@ class Fanout:
     def dropped(self):
         """Messages every route this fan-out has had had no room for (a lifetime total)."""
         return self._ended["dropped"] + sum(route.subscription.dropped for route in self.routes.values())
+
+
+def join_frames(frames):
+    """Consecutive frames joined into pieces of at most PIECE_BYTES (a larger frame
+    is a piece of its own): [(bytes, frames in it)]."""
+    pieces, run, size = [], [], 0
+    for frame in frames:
+        if run and size + len(frame) > PIECE_BYTES:
+            pieces.append((b"".join(run), len(run)))
+            run, size = [], 0
+        run.append(frame)
+        size += len(frame)
+    if run:
+        pieces.append((b"".join(run), len(run)))
+    return pieces
 
 
 def encode_frame(kind, text, event_id=None):
