@@ -74,6 +74,13 @@ def rss_kib(pid):
     return 0
 
 
+def cpu_seconds(pid):
+    """CPU time of a process so far (utime + stime from /proc/PID/stat, 10 ms ticks), in seconds."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def raise_nofile_limit():
     """Soft open-file limit up to the hard limit (10k WebSocket clients need it); returns it."""
     import resource

@@ -5,6 +5,7 @@ in ``MODULES``."""
 from . import (
            convergence,
            durable,
+           edge_fanout,
            edge_auth,
            edge_http,
            edge_memory,
@@ -20,7 +21,7 @@ from . import (
            websocket,
 )
 
-MODULES = (pairs, websocket, convergence, library, edge_http, edge_memory, edge_auth, recovery, requests, queues,
+MODULES = (pairs, websocket, edge_fanout, convergence, library, edge_http, edge_memory, edge_auth, recovery, requests, queues,
            hooks, scale, groups, partitions, durable)
 SCENARIOS = sorted((scenario for module in MODULES for scenario in module.SCENARIOS), key=lambda s: s.order())
 BY_NAME = {scenario.name: scenario for scenario in SCENARIOS}

@@ -10,8 +10,9 @@ per-address connection limit, 60 by default, is lifted with
   docs/ARCHITECTURE.md), median and max;
 * delivery: a subscriber client on every node, 100 messages published at
   the first: the fewest any subscriber got;
-* idle: CPU per node (fraction of one core, over a quiet period), RSS and
-  open descriptors, median and max;
+* idle: CPU per node (fraction of one core, over a quiet period; and the part
+  of it in libzmq's I/O thread, which sends and answers the links'
+  heartbeats), RSS and open descriptors, median and max;
 * one more join: a node started into the formed mesh: time until every
   node has it linked, and the proxy restarts it cost each node.
 
@@ -48,7 +49,7 @@ def _run(bench, n):
     converge_s = _until_linked(nodes, n - 1, timeout=120) - last_ready
     restarts = [node.stats()["links"]["proxy_restarts"] for node in nodes]
     delivered = _delivered(nodes)
-    cpu, rss, fds = zip(*idle_costs(nodes, bench.args.scale_idle_seconds).values())
+    cpu, rss, fds, io = zip(*idle_costs(nodes, bench.args.scale_idle_seconds).values())
     joined_at = time.monotonic()
     extra = bench.procs.node("s-extra", *zk_args)
     _until_linked(nodes + [extra], n, timeout=60)
@@ -58,6 +59,7 @@ def _run(bench, n):
             "restarts_median": statistics.median(restarts), "restarts_max": max(restarts),
             "delivered_min": min(delivered), "delivered_of": 100,
             "idle_cpu_median": statistics.median(cpu), "idle_cpu_max": max(cpu),
+            "idle_io_thread_median": statistics.median(io),
             "rss_mib_median": statistics.median(rss), "rss_mib_max": max(rss),
             "fds_median": statistics.median(fds), "fds_max": max(fds),
             "join_s": join_s, "join_restarts_max": max(join_restarts)}
@@ -92,11 +94,31 @@ def _delivered(nodes):
 
 
 def idle_costs(nodes, seconds):
-    """{node name: (CPU over ``seconds`` of quiet as a fraction of a core, RSS MiB, open descriptors)}."""
-    before = {node.pid: _cpu_seconds(node.pid) for node in nodes}
+    """{node name: (CPU over ``seconds`` of quiet as a fraction of a core, RSS MiB, open
+    descriptors, the part of that CPU in libzmq's I/O threads)}. CPU is each thread's
+    time on a CPU (/proc/PID/task/TID/schedstat, nanoseconds), summed."""
+    before = {node.pid: _thread_cpu(node.pid) for node in nodes}
     time.sleep(seconds)
-    return {node.name: ((_cpu_seconds(node.pid) - before[node.pid]) / seconds, _rss_mib(node.pid),
-                        len(os.listdir(f"/proc/{node.pid}/fd"))) for node in nodes}
+    costs = {}
+    for node in nodes:
+        after = _thread_cpu(node.pid)
+        spent = {tid: ns - before[node.pid].get(tid, (name, 0))[1] for tid, (name, ns) in after.items()}
+        io = sum(ns for tid, ns in spent.items() if after[tid][0].startswith("ZMQbg/IO"))
+        costs[node.name] = (sum(spent.values()) / 1e9 / seconds, _rss_mib(node.pid),
+                            len(os.listdir(f"/proc/{node.pid}/fd")), io / 1e9 / seconds)
+    return costs
+
+
+def _thread_cpu(pid):
+    """{thread id: (its name, nanoseconds it has run)} of a process."""
+    threads = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/comm") as comm, open(f"/proc/{pid}/task/{tid}/schedstat") as stat:
+                threads[tid] = (comm.read().strip(), int(stat.read().split()[0]))
+        except OSError:  # the thread ended meanwhile
+            pass
+    return threads
 
 
 def warm_up(publisher, subject, subs, timeout=60):
@@ -138,11 +160,6 @@ def _until_linked(nodes, peers, timeout):
     return time.monotonic()
 
 
-def _cpu_seconds(pid):
-    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def _rss_mib(pid):
     with open(f"/proc/{pid}/status") as status:
         return next(int(line.split()[1]) for line in status if line.startswith("VmRSS")) / 1024
@@ -168,6 +185,7 @@ SCENARIOS = [Scenario("scale", "15", "Many nodes on one machine through one ZooK
     Column("delivered (fewest of 100)", lambda r: str(r["delivered_min"])),
     Column("idle CPU per node (median / max)",
            lambda r: f"{r['idle_cpu_median'] * 100:.2f} % / {r['idle_cpu_max'] * 100:.2f} %"),
+    Column("of which libzmq's I/O thread (median)", lambda r: f"{r['idle_io_thread_median'] * 100:.2f} %"),
     Column("RSS MiB (median)", lambda r: f"{r['rss_mib_median']:.0f}"),
     Column("fds (median)", lambda r: f"{r['fds_median']:g}"),
     Column("one more join: linked s / restarts", lambda r: f"{r['join_s']:.2f} / {r['join_restarts_max']}")],

@@ -10,7 +10,7 @@ mesh and for groups of ``--group`` nodes joined by gateways (nodes/gateway.py,
 10,000: links per node (members and active gateways), descriptors, RSS,
 idle CPU, heartbeat packets per second, who is disturbed by one join, and
 hops. A model, not a measurement: it extrapolates straight lines
-(heartbeats are ZMTP PING/PONG, one each way per link per second).
+(heartbeats: ZMTP PINGs and PONGs a node sends or gets, mesh/liveness.py).
 
 Links as built: a member links to its group's other members and to each
 candidate's group face; the active gateway also links its collector to
@@ -22,7 +22,9 @@ import argparse
 import json
 import math
 
-HEARTBEAT_PACKETS_PER_LINK = 4  # PING and PONG each way, per second (heartbeat_ivl_ms=1000 on both ends)
+# A link is two connections (each end's mesh_in to the other's out); on each, the
+# bound end's PING and its PONG every second, the connecting end's every 3 s.
+HEARTBEAT_PACKETS_PER_LINK = 2 * (2 + 2 / 3)
 SIZES = (128, 1000, 10000)
 
 
@@ -84,7 +86,7 @@ def main(argv=None):
             links = str(layout["member_links"]) + (f" ({layout['gateway_links']})" if gateway else "")
             print(f"| {n:,} | {name} | {links} | {both('fds', '{:,.0f}')} | {both('rss_mib', '{:,.0f}')} | "
                   f"{both('cpu_core', '{:.2f} %', 100)} | "
-                  f"{HEARTBEAT_PACKETS_PER_LINK * layout['member_links']:,} | {layout['join_disturbs']:,} | "
+                  f"{HEARTBEAT_PACKETS_PER_LINK * layout['member_links']:,.0f} | {layout['join_disturbs']:,} | "
                   f"{layout['hops']} |")
 
 

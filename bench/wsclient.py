@@ -16,7 +16,9 @@ Two server kinds:
 
 Protocol: prints ``ready {"connected": N, "failed": F}`` once every client is
 connected (and, for NATS, subscribed); then reads until it gets ``stop`` on
-stdin and prints one JSON result with every delivery's latency summary.
+stdin (or, with ``quiet`` in the config, until nothing came for that many
+seconds after something did) and prints one JSON result with every
+delivery's latency summary and the first and last arrival (monotonic).
 """
 
 import base64
@@ -181,19 +183,25 @@ def connect_all(cfg):
     return ep, conns, failed
 
 
-def listen(ep, conns):
-    """Read until ``stop`` arrives on stdin; arrival time per epoll wake-up."""
+def listen(ep, conns, quiet=None):
+    """Read until ``stop`` arrives on stdin, or ``quiet`` seconds pass with nothing
+    after something came; arrival time per epoll wake-up. Returns (first, last) arrival."""
     by_fd = {c.fd: c for c in conns}
     stdin = sys.stdin.fileno()
     ep.register(stdin, select.EPOLLIN)
     monotonic = time.monotonic
     maxevents = len(conns) + 1
+    first = last = None
     while True:
-        events = ep.poll(1.0, maxevents)
+        events = ep.poll(1.0 if quiet is None else min(1.0, quiet), maxevents)
         now = monotonic()
+        if events:
+            first, last = first or now, now
+        elif quiet is not None and last is not None and now - last > quiet:
+            return first, last
         for fd, _ in events:
             if fd == stdin:
-                return
+                return first, last
             conn = by_fd[fd]
             while True:
                 data = conn.read(262144)
@@ -246,11 +254,12 @@ def main():
     raise_nofile_limit()
     ep, conns, failed = connect_all(cfg)
     print("ready " + json.dumps({"connected": len(conns), "failed": failed}), flush=True)
-    listen(ep, conns)
+    first, last = listen(ep, conns, cfg.get("quiet"))
     values, bad = latencies(conns, cfg["kind"])
     summary = latency_summary(values)
     print(json.dumps({"connected": len(conns), "failed": failed, "deliveries": len(values),
-                      "malformed": bad, "latency_ms": summary}), flush=True)
+                      "malformed": bad, "latency_ms": summary, "first_arrival": first,
+                      "last_arrival": last}), flush=True)
     for conn in conns:
         conn.sock.close()
 

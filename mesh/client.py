@@ -160,7 +160,7 @@ class Client:
         self.instance = info["member"]["instance"]
 
     def _publish_socket(self):
-        sock = watch_link(self._context.socket(zmq.XPUB))
+        sock = watch_link(self._context.socket(zmq.XPUB), binds=False)
         sock.setsockopt(zmq.SNDHWM, self._hwm)
         sock.setsockopt(zmq.LINGER, 2000)
         apply_client(self._curve, sock)
@@ -191,7 +191,7 @@ class Client:
             sock.close(linger=0)
 
     def _subscribe_socket(self):
-        sock = watch_link(self._context.socket(zmq.SUB))
+        sock = watch_link(self._context.socket(zmq.SUB), binds=False)
         sock.setsockopt(zmq.RCVHWM, self._hwm)
         # Subscriptions travel out through the send queue, and libzmq drops
         # them silently at its limit (1,000 by default): 5,000 subscriptions

@@ -15,8 +15,8 @@ peers pauses the proxy, reads its counters, stops it, reconnects, restarts it
 (:class:`PeerLinks`, which nodes/gateway.py uses too). Messages wait in the
 socket queues meanwhile; none are lost.
 
-Every data socket watches its links (mesh/liveness.py: ZMTP heartbeats both
-ways, bounded connect attempts), so a link whose path went silent closes
+Every data socket watches its links (mesh/liveness.py: ZMTP heartbeats from
+the bound side with a TTL for the connecting side, bounded connect attempts), so a link whose path went silent closes
 within seconds and is made again within seconds of the path healing, with
 its subscriptions. A monitor on ``mesh_in`` tracks each peer link, so a dead
 link shows long before a membership backend would notice.
@@ -55,7 +55,7 @@ def data_socket(context, kind, host, *, hwm, curve, bind, **options):
     (mesh/liveness.py), ``options`` (zmq option names) set before binding
     (listeners copy options then), bound on a port the system picks when
     ``bind``, CurveZMQ server or client side."""
-    sock = watch_link(context.socket(kind))
+    sock = watch_link(context.socket(kind), binds=bind)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.SNDHWM, hwm)
     sock.setsockopt(zmq.RCVHWM, hwm)
@@ -179,7 +179,9 @@ class PeerLinks:
         self.failures = 0
         self.on_link = None
         # Attach the monitor before the proxy thread owns the socket.
-        self._link_events = xsub.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
+        # Up at ZMTP's handshake, not TCP's: a frozen peer's kernel still accepts
+        # the reconnection that follows a heartbeat's verdict, and it must stay down.
+        self._link_events = xsub.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
         self._link_watcher = None
         self.proxy = Proxy(context, name, xsub, backend)
 
@@ -198,7 +200,7 @@ class PeerLinks:
             endpoint = event["endpoint"].decode()
             if endpoint not in self.links:
                 continue  # one we already let go
-            if event["event"] == zmq.EVENT_CONNECTED:
+            if event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 changed = self.links[endpoint] != "up"
                 self.links[endpoint] = "up"
             else:
@@ -242,7 +244,7 @@ class PeerLinks:
             for endpoint in new:
                 try:
                     self.xsub.connect(endpoint)
-                    self.links[endpoint] = "down"  # until the monitor reports it connected
+                    self.links[endpoint] = "down"  # until the monitor reports its handshake
                 except zmq.ZMQError as exc:
                     log.warning("%s: cannot connect to %r: %s", self.name, endpoint, exc)
                     wanted.discard(endpoint)

@@ -18,6 +18,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--quick", "--no-install", "--skip-peer", "redis", "--messages", "300", "--repeat", "1",
         "--rate", "1000", "--latency-seconds", "0.2", "--fanout-messages", "200", "--fanout-subscribers", "3",
         "--ws-clients", "20", "--broadcasts", "2", "--broadcast-interval", "0.2",
+        "--edge-clients", "20", "--edge-burst", "50", "--edge-paced", "10",
         "--convergence-trials", "1", "--sizes", "1024", "--subscriptions", "200", "--entities", "2000",
         "--entity-seconds", "3", "--scale-nodes", "4", "--scale-idle-seconds", "1",
         "--group-count", "2", "--group-size", "4"]
@@ -29,6 +30,7 @@ EXPECTED = {
     "latency": PAIR_KEYS,
     "fanout": ["zmq", "mesh", "nats", "redis", "redis_pipe"],
     "websocket": ["mesh-20", "mesh-auth-20", "nats-20", "redis-20"],
+    "edge_fanout": ["mesh", "nats"],
     "convergence": ["mesh-join", "mesh-sub", "nats-join", "nats-sub", "zmq-join", "zmq-sub", "redis-sub",
                     "redis-join"],
     "receive": ["green", "subscriptions-200"],
@@ -46,7 +48,8 @@ EXPECTED = {
 }
 ALWAYS_MEASURED = {("throughput", k) for k in ("zmq", "mesh1", "mesh2", "mesh3", "aio2")} | \
     {("latency", k) for k in ("zmq", "mesh1", "mesh2", "mesh3")} | \
-    {("fanout", "zmq"), ("fanout", "mesh"), ("websocket", "mesh-20"), ("websocket", "mesh-auth-20"), ("convergence", "mesh-sub"),
+    {("fanout", "zmq"), ("fanout", "mesh"), ("websocket", "mesh-20"), ("websocket", "mesh-auth-20"), ("edge_fanout", "mesh"),
+     ("convergence", "mesh-sub"),
      ("convergence", "zmq-sub"), ("sizes", "zmq@1024"), ("sizes", "mesh2@1024"), ("receive", "green"),
      ("receive", "subscriptions-200"), ("entities", "entities"), ("http", "keepalive"),
      ("http", "new-connection"), ("edge_memory", "flood"), ("edge_memory", "churn"),
@@ -87,6 +90,7 @@ def test_quick_run_produces_every_scenario(tmp_path):
         assert f"[{number} " in err
     # One table per scenario and the targets.
     for title in ("1. Throughput", "1b. Throughput at larger", "2. One-way latency", "3. Fan-out", "4. WebSocket",
+                  "4b. The edge against nats-server",
                   "5. Convergence", "6. The client's receive path", "7. Per-entity", "8. HTTP publish",
                   "9. An edge under a WebSocket publish flood", "10. Revoking a token subject", "11. Recovering missed messages", "12. Request/reply", "13. Queue-group throughput", "14. Webhook deliveries",
                   "### Targets"):
@@ -140,7 +144,11 @@ def test_quick_run_produces_every_scenario(tmp_path):
             assert r["delivered"] == r["messages"] and r["duplicates"] == 0, r
     hook = result["scenarios"]["hooks"][0]
     assert hook["delivered"] == hook["messages"] and hook["duplicates"] == 0, hook
-    assert len(result["targets"]) == 12
+    assert len(result["targets"]) == 13
+    for r in result["scenarios"]["edge_fanout"]:
+        if r["status"] == "ok":
+            assert r["burst_deliveries"] == r["burst_expected"] == 50 * r["connected"], r
+            assert r["paced_deliveries"] == 10 * r["connected"], r
     scaled = result["scenarios"]["scale"][0]
     assert scaled["delivered_min"] == scaled["delivered_of"] and scaled["join_restarts_max"] >= 1, scaled
     grouped = result["scenarios"]["groups"][0]

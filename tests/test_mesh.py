@@ -189,7 +189,10 @@ def peer_links(node):
 
 def test_link_state_shows_a_frozen_peer_within_the_heartbeat_timeout(start_node):
     """A peer that stops answering (no TCP reset) is seen down by ZMTP heartbeats
-    (1 s interval, 3 s timeout), long before membership would drop it."""
+    (the TTL of its PINGs, 3 s), long before membership would drop it (5 s
+    here); and stays down while its kernel accepts our reconnection (up is
+    ZMTP's handshake, not TCP's). A peer frozen before its link's first PING:
+    tests/test_liveness.py."""
     import os
     import signal
     import time
@@ -197,11 +200,14 @@ def test_link_state_shows_a_frozen_peer_within_the_heartbeat_timeout(start_node)
     a = start_node("A")
     b = start_node("B", peers=[a])
     wait_until(lambda: peer_links(a) == {"B": "up"}, what="link up")
+    time.sleep(2)  # the link has had its first PINGs
     os.kill(b.pid, signal.SIGSTOP)
     try:
         started = time.monotonic()
         wait_until(lambda: peer_links(a).get("B") == "down", timeout=8, what="heartbeat to notice")
         print(f"[measure] frozen peer seen down after {time.monotonic() - started:.2f} s")
+        time.sleep(0.5)  # a reconnection's TCP handshake has long succeeded by now
+        assert peer_links(a).get("B") != "up"
         assert a.stats()["links"]["failures"] == 1
     finally:
         os.kill(b.pid, signal.SIGCONT)

@@ -2,8 +2,14 @@
 connection that wants it.
 
 Each message is rendered once (JSON, then once as a WebSocket frame and once
-as a Server-Sent Event, as needed) and the same bytes are queued to every
-connection: the cost per extra client is one queue append.
+as a Server-Sent Event, as needed). Messages are taken from the subscription
+in batches (up to DELIVER_BATCH, as many as are waiting), and a connection is
+offered the batch's frames joined into pieces of up to PIECE_BYTES: the
+cost per extra client is one write (or queue append) per piece, not per
+message. A write is
+a system call, and one per message per client was 82 % of an edge's time
+fanning out to 1,000 clients (docs/PERFORMANCE.md). A connection whose
+pattern a recovery holds, or has replayed, gets the batch frame by frame.
 """
 
 import logging
@@ -19,6 +25,10 @@ from .protocol import event_id, render_message
 log = logging.getLogger("meshnode.edge")
 
 DELIVER_BATCH = 64  # messages fanned out between yields to the connections' writers
+# A batch goes to a connection in pieces of at most this many bytes (or one frame).
+# What a write leaves unsent waits outside the connection's queue and its byte
+# limit (nodes/edge/websocket.py), so a piece is kept about as small as a frame.
+PIECE_BYTES = 64 * 1024
 
 
 class Route:
@@ -65,26 +75,46 @@ class Fanout:
                 break
             route.received += len(batch)  # per batch, not per message (nodes/edge/roster.py)
             route.last_message = time.time()
-            for message in batch:
-                self._fan_out(route, message)
+            self._fan_out(route, batch)
             yield_to_hub()  # let the writers write: a burst must not fill every queue first
         log.debug("route %s closed", subscription.pattern.text)
 
-    def _fan_out(self, route, message):
-        """Render one message once per transport and queue it to every connection."""
-        try:
-            text = render_message(message).encode("utf-8")
-        except (ValueError, TypeError, RecursionError) as exc:  # data JSON cannot express
-            self.counts["unrenderable"] += 1
-            log.warning("cannot render a message on %s for edge clients: %s", message.subject, exc)
+    def _fan_out(self, route, batch):
+        """Render each message once per transport and offer every connection the batch."""
+        rendered = [(message, text) for message in batch if (text := self._render(message)) is not None]
+        if not rendered:
             return
-        frames = {}
+        frames = {}  # kind -> [each message's frame]
+        pieces = {}  # kind -> [(frames joined, how many)]
         pattern = route.subscription.pattern.text
         for connection in list(route.connections):
-            frame = frames.get(connection.kind)
-            if frame is None:
-                frame = frames[connection.kind] = encode_frame(
-                    connection.kind, text, event_id(message) if connection.kind == "sse" else None)
+            kind = connection.kind
+            if kind not in frames:
+                frames[kind] = [encode_frame(kind, text, event_id(message) if kind == "sse" else None)
+                                for message, text in rendered]
+            if (connection.holding and pattern in connection.holding) or connection.replayed_to:
+                self._one_by_one(route, connection, pattern, rendered, frames[kind])
+                continue
+            if kind not in pieces:
+                pieces[kind] = join_frames(frames[kind])
+            for piece, count in pieces[kind]:
+                connection.offer(piece)
+                route.delivered += count
+                self.counts["messages_out"] += count
+
+    def _render(self, message):
+        """The message as JSON text (bytes), or None (counted) if JSON cannot express its data."""
+        try:
+            return render_message(message).encode("utf-8")
+        except (ValueError, TypeError, RecursionError) as exc:
+            self.counts["unrenderable"] += 1
+            log.warning("cannot render a message on %s for edge clients: %s", message.subject, exc)
+            return None
+
+    def _one_by_one(self, route, connection, pattern, rendered, frames):
+        """The batch to a connection a recovery holds (kept for after the replay) or
+        has replayed to (what the replay had is skipped)."""
+        for (message, _), frame in zip(rendered, frames):
             if connection.holding and pattern in connection.holding:  # a recovery is replaying first
                 connection.holding[pattern].append((message, frame))
                 continue
@@ -112,6 +142,21 @@ class Fanout:
     def dropped(self):
         """Messages every route this fan-out has had had no room for (a lifetime total)."""
         return self._ended["dropped"] + sum(route.subscription.dropped for route in self.routes.values())
+
+
+def join_frames(frames):
+    """Consecutive frames joined into pieces of at most PIECE_BYTES (a larger frame
+    is a piece of its own): [(bytes, frames in it)]."""
+    pieces, run, size = [], [], 0
+    for frame in frames:
+        if run and size + len(frame) > PIECE_BYTES:
+            pieces.append((b"".join(run), len(run)))
+            run, size = [], 0
+        run.append(frame)
+        size += len(frame)
+    if run:
+        pieces.append((b"".join(run), len(run)))
+    return pieces
 
 
 def encode_frame(kind, text, event_id=None):
