@@ -67,7 +67,7 @@ class Client:
                  backlog_bytes=DEFAULT_BACKLOG_BYTES, on_disconnect=None, on_reconnect=None):
         if not stream_idle > 0:
             raise ValueError("stream_idle must be a positive number of seconds")
-        self._context = shared_context()
+        self._context = shared_context(address)
         self._wait = pick_waiter()
         self._hwm = hwm
         self._timeout = timeout
@@ -534,7 +534,7 @@ class Client:
             if self._pid == _pid[0]:
                 return
             self._attach_lock = threading.Lock()  # the parent's may have been held at the fork
-            self._context = shared_context()  # pyzmq gives a forked child a new one
+            self._context = shared_context(self.address)  # pyzmq gives a forked child a new one
             self._control, info = self._hello(self.address)
             self._adopt(info)
             self._receiver.forked()

@@ -39,7 +39,7 @@ class NodeProcess:
 
     def request(self, cmd, **fields):
         """One control request with raw pyzmq (no client library)."""
-        sock = shared_context().socket(zmq.DEALER)  # IPv6 too: a node may run on ::1
+        sock = shared_context(self.address).socket(zmq.DEALER)  # IPv6 too: a node may run on ::1
         sock.setsockopt(zmq.LINGER, 0)
         sock.connect(f"tcp://{self.address}")
         try:

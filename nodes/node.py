@@ -104,7 +104,7 @@ class Node(Feature):
     def __init__(self, config, discovery):
         self.config = config
         self.discovery = discovery
-        self.context = shared_context()
+        self.context = shared_context(config.host, config.advertise, *config.peers)
         self.started = time.time()
         self.peers = {}
         self.edge = None

@@ -71,7 +71,7 @@ def control_request(args, cmd, **fields):
     from mesh.control import ControlChannel
     from mesh.concurrency import pick_waiter
 
-    channel = ControlChannel(shared_context(), args.node, pick_waiter(), curve=client_curve(args))
+    channel = ControlChannel(shared_context(args.node), args.node, pick_waiter(), curve=client_curve(args))
     try:
         return channel.request(cmd, **fields)
     finally:

@@ -194,7 +194,8 @@ def cmd_run(args):
         discovery = ZooKeeperDiscovery(args.zk, args.mesh, session_timeout=args.zk_timeout, auth=args.zk_auth,
                                        group=args.group or None, curve=curve)
     else:
-        discovery = StaticDiscovery(shared_context(), config.peers, curve=curve)
+        discovery = StaticDiscovery(shared_context(config.host, config.advertise, *config.peers), config.peers,
+                                    curve=curve)
     try:
         node = Node(config, discovery)
     except zmq.ZMQError as exc:
