@@ -862,8 +862,9 @@ def barrage_http(a, e, rng):
     for name in ("invalid subject", "NUL in subject", "wildcard subject", "bad JSON body",
                  "text that is not UTF-8", "SSE, bad pattern", "WebSocket without a key", "WebSocket version 99",
                  "WebSocket key too short", "WebSocket without Connection", "WebSocket upgrade to foo",
-                 "WebSocket by POST", "WebSocket, bad pattern", "WebSocket, empty pattern"):
+                 "WebSocket, bad pattern", "WebSocket, empty pattern"):
         assert statuses[name] == 400, (name, statuses[name])
+    assert statuses["WebSocket by POST"] == 405
     assert statuses["GET on /pub"] == 405 and statuses["no route"] == 404
     assert statuses["bad chunk size"] in (400, 411) and statuses["chunk size 2^64"] in (400, 411)
     # A client that announces a body and goes away mid-body.

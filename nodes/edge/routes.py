@@ -55,7 +55,8 @@ STATUS = {200: "200 OK", 204: "204 No Content", 400: "400 Bad Request", 401: "40
 class Route:
     """``path`` exactly, or (``prefix``) every path under it, the rest handed to the handler;
     a path that matches with another of its ``methods`` is refused (405, ``refusal``) when
-    ``refusal`` is given, else the next routes are tried. A preflight names ``methods``."""
+    ``refusal`` is given, else the next routes are tried, and 405 names the methods of every
+    route that matched if none takes the method. A preflight names ``methods``."""
 
     def __init__(self, path, handler, methods, prefix=False, refusal=None):
         self.path, self.handler, self.methods, self.prefix, self.refusal = path, handler, methods, prefix, refusal
@@ -136,6 +137,7 @@ class EdgeApp:
             path = environ.get("PATH_INFO", "/").encode("latin-1").decode("utf-8")
         except (UnicodeEncodeError, UnicodeDecodeError):
             raise EdgeError("bad_path", "the path is not UTF-8") from None
+        allowed = set()  # the methods of routes that match the path but not the method
         for route in self.routes:
             rest = route.match(path)
             if rest is None:
@@ -146,6 +148,10 @@ class EdgeApp:
                 return route.handler(environ, start_response, method, rest)
             if route.refusal is not None:
                 raise EdgeError("method_not_allowed", route.refusal, http_status=405)
+            allowed |= route.methods
+        if allowed:
+            raise EdgeError("method_not_allowed", f"{path} takes {' or '.join(sorted(allowed))}, not {method}",
+                            http_status=405)
         raise EdgeError("not_found", f"no route for {method} {path}", http_status=404)
 
     def _preflight(self, environ, start_response, route):
