@@ -36,6 +36,13 @@ class Tap:
         self._sock.connect(out_endpoint)
         self._loop = None
 
+    def connect(self, endpoint):
+        """Also read what is published at another node (its ``out``): a replica (nodes/placement.py)."""
+        self._sock.connect(endpoint)
+
+    def disconnect(self, endpoint):
+        self._sock.disconnect(endpoint)
+
     def subscribe(self, prefix):
         self._sock.setsockopt(zmq.SUBSCRIBE, prefix)
 
