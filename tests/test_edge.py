@@ -176,6 +176,15 @@ def test_bad_input_gets_errors_and_leaves_others_unaffected(start_node):
     assert e.alive() and http("GET", f"{base}/stats")[1]["errors"] >= 12
 
 
+def test_a_close_frame_without_a_code_is_answered_with_1000_never_1005(start_node):
+    e = start_node("E", "--http", "0")
+    ws = websocket.create_connection(f"ws://{http_address(e)}/ws", timeout=10)
+    ws.send(b"", opcode=websocket.ABNF.OPCODE_CLOSE)  # a close frame with no body: "no status" (1005)
+    assert close_code(ws) == (1000, "")
+    ws.close()
+    assert e.alive()
+
+
 def close_code(ws, timeout=10):
     """Read frames until the close frame; return its (code, reason)."""
     ws.settimeout(timeout)

@@ -140,6 +140,9 @@ class WebSocketConnection(EdgeConnection):
                 self._finisher.join()
 
 
+REPORT_ONLY_CLOSE_CODES = (1005, 1006, 1015)
+
+
 class MeshWebSocket(WebSocket):
     """ws4py handler; the edge passes itself and the client's grant in environ."""
 
@@ -282,6 +285,12 @@ class MeshWebSocket(WebSocket):
         else:
             edge.counts["errors"] += 1
             edge.floodlog.note(type(error).__name__, f"WebSocket receive failed: {error!r}", logging.WARNING)
+
+    def close(self, code=1000, reason=""):
+        """ws4py answers a close frame by echoing its code; the codes that only
+        report what a peer sent (1005 no code, 1006, 1015) are never sent in a
+        close frame (RFC 6455 7.4.1), so those are answered with 1000."""
+        super().close(1000 if code in REPORT_ONLY_CLOSE_CODES else code, reason)
 
     def closed(self, code, reason=None):
         connection = getattr(self, "edge_connection", None)
