@@ -122,3 +122,16 @@ def test_without_replicas_a_holder_killed_with_kill_9_takes_its_history_along(zk
     run = kill_the_holder_and_recover(zk_server, zk_node, tmp_path, 1)
     assert run.after == [] and run.since == []
     assert run.by_position.streams[(run.origin, "d.x")] == "unknown" and not run.by_position.recovered
+
+
+def test_a_replica_count_that_cannot_be_used_is_a_clear_start_up_error():
+    import subprocess
+    import sys
+
+    from meshtest.nodeproc import MESHNODE
+
+    for extra, said in ((["--history", "d.>=10/60s", "--history-replicas", "0"], "not a positive integer"),
+                        (["--history-replicas", "2"], "--history-replicas needs --history rules")):
+        result = subprocess.run([sys.executable, MESHNODE, "run", "--name", "X", "--port", "0", *extra],
+                                capture_output=True, text=True, timeout=30, check=False)
+        assert result.returncode != 0 and said in result.stderr and "Traceback" not in result.stderr, result.stderr
