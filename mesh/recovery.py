@@ -15,6 +15,11 @@ its position up to where live delivery takes over) or not at all, and the
 name (new publishers, or ones forgotten while idle) are replayed from the
 position's time minus SKEW_SECONDS, to allow for clocks that differ between
 hosts.
+
+A stream may be kept by several nodes (``--history-replicas``), each copy
+whole or with its oldest messages evicted. The copies are merged by (epoch,
+seq): a stream is complete when their union is (:func:`_complete`), whatever
+one node evicted.
 """
 
 import json
@@ -85,7 +90,17 @@ class Recovery:
         self.replayed = 0
         self.problems = []
         self.lost = 0
-        self.evicted_to = {}  # (origin, subject) -> (epoch, seq): the newest message a node evicted
+        self.evicted_at = {}  # (origin, subject) -> {(epoch, seq)}: the newest message each node evicted
+
+    @property
+    def evicted_to(self):
+        """{(origin, subject): (epoch, seq)}: the newest message any node evicted."""
+        newest = {}
+        for key, points in self.evicted_at.items():
+            numbered = [at for at in points if at is not None]
+            if numbered:
+                newest[key] = max(numbered)
+        return newest
 
     @property
     def recovered(self):
@@ -154,7 +169,7 @@ def fetch(client, pattern, position, max_replay, held, history_timeout=HISTORY_T
 
 
 def _collect(client, pattern, after, since, found, states, recovery, max_replay, history_timeout):
-    fetched = [0]  # messages fetched by this pass from every node (each message is on one node)
+    fetched = set()  # the messages fetched by this pass, each once however many nodes hold a copy
     lock = threading.Lock()
 
     def read(channel):
@@ -162,8 +177,8 @@ def _collect(client, pattern, after, since, found, states, recovery, max_replay,
         for reply in _pages(channel, pattern, after, since, history_timeout):
             pages.append(reply)
             with lock:
-                fetched[0] += len(reply["messages"])
-                if fetched[0] > max_replay:
+                fetched.update((origin, subject, epoch, seq) for subject, origin, epoch, seq, *_ in reply["messages"])
+                if len(fetched) > max_replay:
                     raise _TooMany()
         return pages
 
@@ -173,17 +188,29 @@ def _collect(client, pattern, after, since, found, states, recovery, max_replay,
             recovery.unreachable.append(f"{name}: {why}")  # a node that failed a first pass stays unreachable
     for name, pages in sorted(answers.items()):
         for reply in pages:
-            for origin, subject, state in reply["streams"]:
-                if states.get((origin, subject)) != "evicted":
-                    states[(origin, subject)] = state
-            for origin, subject, epoch, seq in reply.get("evicted", ()):
-                key = (origin, subject)
-                recovery.evicted_to[key] = max(recovery.evicted_to.get(key, (epoch, seq)), (epoch, seq))
-            for subject, origin, epoch, seq, ts, data in reply["messages"]:
-                found.setdefault((origin, subject), {})[(epoch, seq)] = Message(
-                    subject, data, origin, seq, ts, epoch, replayed=True)
+            _merge(reply, found, states, recovery)
     if sum(len(m) for m in found.values()) > max_replay:
         raise _TooMany()
+
+
+def _merge(reply, found, states, recovery):
+    """Add one ``history`` page (from any node) to ``found`` ({stream: {(epoch,
+    seq): Message}}: a message held by several nodes is kept once), ``states``
+    ({stream: the worst state a node told}) and ``recovery.evicted_at``."""
+    numbered = set()
+    for origin, subject, epoch, seq in reply.get("evicted", ()):
+        key = (origin, subject)
+        numbered.add(key)
+        recovery.evicted_at.setdefault(key, set()).add((epoch, seq))
+    for origin, subject, state in reply["streams"]:
+        key = (origin, subject)
+        if states.get(key) != "evicted":
+            states[key] = state
+        if state == "evicted" and key not in numbered:  # a node that does not say up to where
+            recovery.evicted_at.setdefault(key, set()).add(None)
+    for subject, origin, epoch, seq, ts, data in reply["messages"]:
+        found.setdefault((origin, subject), {})[(epoch, seq)] = Message(
+            subject, data, origin, seq, ts, epoch, replayed=True)
 
 
 class _TooMany(Exception):
@@ -194,7 +221,7 @@ def _pages(channel, pattern, after, since, timeout):
     cursor = None
     while True:
         reply = channel.request("history", timeout=timeout, pattern=pattern, after=after, since=since,
-                                **({} if cursor is None else {"cursor": cursor}))
+                                partial=True, **({} if cursor is None else {"cursor": cursor}))
         yield reply
         cursor = reply["next"]
         if cursor is None:
@@ -216,13 +243,26 @@ def _check_streams(pattern, named, found, states, held, recovery):
         if key in named and state is None:
             state = "unreachable" if recovery.unreachable else "unknown"
         messages = [found[key][position] for position in sorted(found.get(key, {}))]
-        if state not in ("evicted", "unknown", "unreachable"):
-            state = "complete" if _continuous(named.get(key), messages, live.get(key)) else "gap"
+        if state not in ("unknown", "unreachable"):
+            if _complete(named.get(key), messages, live.get(key), recovery.evicted_at.get(key, ())):
+                state = "complete"
+            elif state != "evicted":
+                state = "gap"
         recovery.streams[key] = state
         if state == "complete" and messages:
             replayed.extend(messages)
             delivered_to[key] = (messages[-1].epoch, messages[-1].seq)
     return replayed, delivered_to
+
+
+def _complete(start, messages, live, evicted_at):
+    """True if the union of the copies, ``messages``, is the whole stream:
+    continuous from ``start`` (the position's, or None) to the first ``live``
+    message, and holding the newest message each node that evicted some
+    evicted (``evicted_at``; None for a node that did not say which): what
+    one copy lost, another kept."""
+    positions = {(m.epoch, m.seq) for m in messages}
+    return _continuous(start, messages, live) and all(at in positions for at in evicted_at)
 
 
 def _continuous(start, messages, live):

@@ -71,6 +71,7 @@ class NodeConfig:
     revocation_seconds: float = DEFAULT_REVOCATION_SECONDS  # how long a revocation lasts unless told
     history: list = field(default_factory=list)  # HistoryRules (nodes/history/recorder.py)
     history_bytes: int = DEFAULT_HISTORY_BYTES
+    history_replicas: int = 1  # nodes that keep each node's history, itself included (nodes/placement.py)
     metrics: str = ""  # HOST:PORT for /metrics on a port of its own (nodes/metrics.py)
     group: str = ""  # the node's group: it links only to the nodes of its group (docs/SCALING.md)
     gateway: bool = False  # stand as the gateway of its group (nodes/gateway.py)
@@ -84,6 +85,11 @@ class NodeConfig:
         self.advertise = self.advertise or self.host
         if self.max_payload < 1:
             raise ValueError("max payload must be at least 1 byte")
+        if self.history_replicas < 1:
+            raise ValueError("--history-replicas must be 1 (the node alone) or more")
+        if self.history_replicas > 1 and not self.history:
+            raise ValueError("--history-replicas needs --history rules: a node without them keeps no history, "
+                             "its own or a copy")
         if self.gateway and not self.group:
             raise ValueError("a gateway joins its group to the others: give the node a --group")
         if self.group:
@@ -145,7 +151,7 @@ class Node(Feature):
         }
         self.closed_marks = ClosedMarks(self.context, self._own_endpoint(self.member["ingress"]), config.hwm,
                                         config.max_payload, self.curve)
-        self.history = History(config.history)
+        self.history = History(config.history, self.name, config.history_replicas)
         self.queues = QueueGroups(self.context, self._own_endpoint(self.member["out"]), self.name, self.relay,
                                   self.curve, on_first=self._want_own_client)
         self.roster = Roster(self.name)
@@ -248,6 +254,7 @@ class Node(Feature):
                                     *(record["out"] for record in members.values())])
         self.dataplane.set_peers([*(record["out"] for record in members.values()), *faces])
         self.relay.keep_only({record["control"] for record in members.values()})
+        self.history.members_changed(members)
         for name, record in members.items():  # a node that joined, or came back as a new instance
             if before.get(name, {}).get("instance") != record["instance"]:
                 self.hooks.introduce(lambda cmd, fields, record=record: self.relay.tell_one(record, cmd, fields))

@@ -44,7 +44,7 @@ EXPECTED = {
     "hooks": ["webhook"],
     "scale": ["mesh"],
     "groups": ["groups"],
-    "durable": ["history-memory", "history-batch", "history-never"],
+    "durable": ["plain", "history-memory", "history-batch", "history-never", "history-replicated"],
 }
 ALWAYS_MEASURED = {("throughput", k) for k in ("zmq", "mesh1", "mesh2", "mesh3", "aio2")} | \
     {("latency", k) for k in ("zmq", "mesh1", "mesh2", "mesh3")} | \
@@ -55,7 +55,8 @@ ALWAYS_MEASURED = {("throughput", k) for k in ("zmq", "mesh1", "mesh2", "mesh3",
      ("http", "new-connection"), ("edge_memory", "flood"), ("edge_memory", "churn"),
      ("revocation", "revoke-3-nodes"), ("recovery", "recover-1000"), ("requests", "mesh"), ("queues", "mesh"), ("hooks", "webhook"),
      ("scale", "mesh"), ("groups", "groups"),
-     ("durable", "history-memory"), ("durable", "history-batch"), ("durable", "history-never")}
+     ("durable", "plain"), ("durable", "history-memory"), ("durable", "history-batch"), ("durable", "history-never"),
+     ("durable", "history-replicated")}
 
 
 def _processes_with(marker):

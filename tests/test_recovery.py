@@ -198,6 +198,42 @@ def test_a_replay_that_does_not_meet_live_delivery_is_a_gap():
     assert recovery.streams == {key: "gap"}  # seq 1 is missing
 
 
+def test_copies_on_several_nodes_merge_into_one_stream():
+    """The merge of copies (--history-replicas) on its own: pages of one
+    stream from two nodes, as the history command gives them (partial: what is
+    left of an evicted stream too). One node evicted, the other kept it all:
+    complete, each message once. Both evicted, neither kept what the other
+    lost: evicted. For a stream the position does not name (each node sends
+    what was published since its time): complete when a copy holds the newest
+    message the other evicted, else evicted."""
+    from mesh.recovery import Recovery, _check_streams, _merge
+    from mesh.subjects import Pattern
+
+    key = ("o", "r.x")
+
+    def page(seqs, evicted_to=None):
+        return {"messages": [["r.x", "o", 0, s, 0.0, s] for s in seqs], "next": None,
+                "streams": [["o", "r.x", "complete" if evicted_to is None else "evicted"]],
+                "evicted": [] if evicted_to is None else [["o", "r.x", 0, evicted_to]]}
+
+    def recover(named, *pages):
+        found, states, recovery = {}, {}, Recovery()
+        for reply in pages:
+            _merge(reply, found, states, recovery)
+        replayed, _ = _check_streams(Pattern("r.>"), named, found, states, [], recovery)
+        return recovery.streams[key], [m.seq for m in replayed]
+
+    position = {key: (0, 5)}
+    whole = list(range(6, 101))
+    assert recover(position, page(range(46, 101), 45), page(whole)) == ("complete", whole)
+    assert recover(position, page(whole), page(range(46, 101), 45)) == ("complete", whole)  # in either order
+    assert recover(position, page(range(46, 101), 45), page(range(21, 101), 20)) == ("evicted", [])
+    assert recover({}, page(range(21, 101), 20)) == ("evicted", [])  # the position does not name it
+    assert recover({}, page(range(21, 101), 20), page(range(1, 101))) == ("complete", list(range(1, 101)))
+    assert recover({}, page(range(21, 101), 20), page(range(31, 101), 30)) == ("evicted", [])
+    assert recover({}, page(range(31, 101), 30), page(range(21, 101))) == ("complete", list(range(21, 101)))
+
+
 def test_a_subscriber_whose_node_restarts_recovers_what_was_published_meanwhile(start_node):
     """recover=True: after the reconnect, what the publisher's node recorded
     while this node was down is replayed: nothing missed, no gaps."""

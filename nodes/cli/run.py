@@ -74,6 +74,10 @@ def run_parser(commands):
                           "read with the history control command (docs/HISTORY.md)")
     run.add_argument("--history-bytes", type=positive_int, default=64 * 1024 * 1024, metavar="BYTES",
                      help="all history together; the oldest messages go first (default: 67108864)")
+    run.add_argument("--history-replicas", type=positive_int, default=1, metavar="R",
+                     help="keep each node's history on R nodes: the one it was published at and R-1 others "
+                          "chosen from the membership, so a message that reached them outlives that node; every "
+                          "node should run the same --history rules (default: 1; docs/HISTORY.md)")
     run.add_argument("--data-dir", metavar="DIR",
                      help="keep history and held jobs on disk in DIR, across restarts and kill -9 "
                           "(default: in memory only; docs/HISTORY.md)")
@@ -178,6 +182,7 @@ def cmd_run(args):
                         max_payload=args.max_payload, hwm=args.hwm, peers=args.peer, edge=edge,
                         curve_keys=args.curve_keys or "", revocation_seconds=args.auth_max_lifetime,
                         history=[HistoryRule(text) for text in args.history], history_bytes=args.history_bytes,
+                        history_replicas=args.history_replicas,
                         metrics=args.metrics or "", group=args.group, gateway=args.gateway,
                         hooks_allow=args.hooks_allow, data_dir=args.data_dir or "", fsync=args.fsync)
     import zmq

@@ -2,7 +2,9 @@
 then answered with a page of what this node's recorder holds.
 
 A node without ``--history`` rules has no recorder and answers every request
-with an empty page and ``recording: false``.
+with an empty page and ``recording: false``. With ``--history-replicas R``
+(2 or more) the recorder also follows the holders this node is a replica of
+(nodes/placement.py), so a page holds their messages too.
 """
 
 import msgpack
@@ -10,21 +12,34 @@ import msgpack
 from mesh.subjects import Pattern
 
 from nodes.control import Feature, RequestError, bounded_int, flag
+from nodes.placement import Following
 
 from .recorder import MAX_ASKED_STREAMS, MAX_PAGE_MESSAGES, Recorder
 
 
 class History(Feature):
-    def __init__(self, rules):
+    def __init__(self, rules, name, replicas=1):
+        """``name``: this node's; ``replicas``: --history-replicas (1: it keeps only its own history)."""
         self.rules = rules
+        self.name = name
+        self.replicas = replicas
         self.recorder = None
+        self.following = None  # a placement.Following with replicas of 2 or more
 
     def start(self, context, out_endpoint, budget, curve=None, store=None):
         """Record from now on, if there are rules (once the node's data plane is up);
         ``store``: a HistoryStore (nodes/history/store.py) keeping it on disk, or None."""
         if self.rules:
             self.recorder = Recorder(context, out_endpoint, self.rules, budget, curve, store)
+            if self.replicas > 1:
+                self.following = Following(self.name, self.replicas, self.recorder)
             self.recorder.start()
+
+    def members_changed(self, members):
+        """The node's mesh (or group) is now ``members`` (name -> member record, this node not among
+        them): record what is published at each holder whose replicas include this node."""
+        if self.following is not None:
+            self.following.update(members)
 
     def stop(self):
         if self.recorder is not None:
@@ -34,7 +49,10 @@ class History(Feature):
         return {"history": self.cmd_history}
 
     def stats(self):
-        return {"history": self.recorder.counters()} if self.recorder is not None else {}
+        if self.recorder is None:
+            return {}
+        following = {} if self.following is None else {"following": sorted(self.following.holders)}
+        return {"history": {**self.recorder.counters(), **following}}
 
     def cmd_history(self, request):
         """A page of what this node recorded on a pattern."""
