@@ -17,7 +17,8 @@ from meshtest.nodeproc import ROOT
 BELOW = {"mesh": {"nodes", "discovery", "bench"}, "discovery": {"nodes", "bench"}}
 NODE_LAYERS = [  # bottom first
     {"nodes.control", "nodes.tap", "nodes.jsontext", "nodes.relay", "nodes.events", "nodes.metrics",
-     "nodes.revocations", "nodes.closedmarks", "nodes.dataplane", "nodes.gateway", "nodes.zap", "nodes.disk"},
+     "nodes.revocations", "nodes.closedmarks", "nodes.dataplane", "nodes.gateway", "nodes.zap", "nodes.disk",
+     "nodes.placement"},
     {"nodes.history", "nodes.queues", "nodes.hooks"},
     {"nodes.edge"},
     {"nodes.node"},
