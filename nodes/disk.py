@@ -21,9 +21,10 @@ never waits for the disk. When a change is on disk:
 
 A transaction that fails (a full disk) is rolled back: its changes are not
 on disk and are not written again (the owner's :meth:`DiskFile.lost` hook
-is told, to keep what is on disk honest). The node goes on from memory; the
-first failure is logged, and the first write that succeeds again; in
-between each failure is only counted (stats: ``errors``, ``failed``,
+is told, to keep what is on disk honest). The node goes on from memory.
+A failure is logged, and then the first write that succeeds again; at most
+once every FAILURE_LOG_SECONDS (a nearly full disk fails and succeeds by
+turns); every failure is counted (stats: ``errors``, ``failed``,
 ``last_error``, ``failing``). Writes resume by themselves once space comes
 back: every transaction is tried.
 """
@@ -31,12 +32,14 @@ back: every transaction is tried.
 import logging
 import os
 import sqlite3
+import time
 
 import gevent
 
 log = logging.getLogger("meshnode.disk")
 
 FLUSH_SECONDS = 0.05
+FAILURE_LOG_SECONDS = 60.0
 FSYNC_POLICIES = {"batch": "FULL", "never": "NORMAL"}
 
 
@@ -57,6 +60,7 @@ class DiskFile:
         self.queued = self.written = self.failed = self.transactions = self.errors = 0
         self.last_error = None  # the newest failure's text
         self.failing = False  # the newest transaction failed
+        self._logged_failure, self._quiet_until = False, 0.0  # whether this failing spell was logged; when the next may be
         self._loop = None
 
     def query(self, sql, args=()):
@@ -100,17 +104,20 @@ class DiskFile:
         if error is None:
             self.written += taken
             self.transactions += 1
-            if self.failing:
-                self.failing = False
+            if self.failing and self._logged_failure:
                 log.warning("writing to %s again; %d changes before this were not written", self.path, self.failed)
+            self.failing = self._logged_failure = False
             return
         self.failed += taken
         self.errors += 1
         self.last_error = str(error)
-        if not self.failing:  # once per failing spell, not every FLUSH_SECONDS
-            self.failing = True
-            log.error("could not write to %s: %s; what it holds stays in memory, and every write is tried "
-                      "(stats: disk.errors, disk.failed)", self.path, error)
+        now = time.monotonic()
+        if not self.failing and now >= self._quiet_until:  # a nearly full disk fails and succeeds by turns
+            self._logged_failure, self._quiet_until = True, now + FAILURE_LOG_SECONDS
+            log.error("could not write to %s: %s; what it holds stays in memory, every write is tried again, "
+                      "failures are counted (stats: disk.errors, disk.failed) and logged once a minute at most",
+                      self.path, error)
+        self.failing = True
         self.lost()
 
     def _write(self, ops):
