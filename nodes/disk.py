@@ -18,17 +18,28 @@ never waits for the disk. When a change is on disk:
   the write-ahead log is fsynced at checkpoints only): a power cut can lose
   every change since the last checkpoint (about 4 MB of log), never the
   file's consistency.
+
+A transaction that fails (a full disk) is rolled back: its changes are not
+on disk and are not written again (the owner's :meth:`DiskFile.lost` hook
+is told, to keep what is on disk honest). The node goes on from memory.
+A failure is logged, and then the first write that succeeds again; at most
+once every FAILURE_LOG_SECONDS (a nearly full disk fails and succeeds by
+turns); every failure is counted (stats: ``errors``, ``failed``,
+``last_error``, ``failing``). Writes resume by themselves once space comes
+back: every transaction is tried.
 """
 
 import logging
 import os
 import sqlite3
+import time
 
 import gevent
 
 log = logging.getLogger("meshnode.disk")
 
 FLUSH_SECONDS = 0.05
+FAILURE_LOG_SECONDS = 60.0
 FSYNC_POLICIES = {"batch": "FULL", "never": "NORMAL"}
 
 
@@ -46,7 +57,10 @@ class DiskFile:
         except (OSError, sqlite3.DatabaseError) as exc:
             raise ValueError(f"--data-dir: cannot use {path}: {exc}") from None
         self._ops = []  # [sql, [rows]] in the order queued; one statement's run of rows kept together
-        self.queued = self.written = self.transactions = self.failed = 0
+        self.queued = self.written = self.failed = self.transactions = self.errors = 0
+        self.last_error = None  # the newest failure's text
+        self.failing = False  # the newest transaction failed
+        self._logged_failure, self._quiet_until = False, 0.0  # whether this failing spell was logged; when the next may be
         self._loop = None
 
     def query(self, sql, args=()):
@@ -61,6 +75,16 @@ class DiskFile:
             ops.append([sql, [row]])
         self.queued += 1
 
+    def changes(self):
+        """Take what is queued: ``[[sql, [rows]], ...]``, written next as one
+        transaction. An owner that keeps some changes its own way (folded
+        together) extends this and :meth:`lost`."""
+        ops, self._ops = self._ops, []
+        return ops
+
+    def lost(self):
+        """The transaction of the last :meth:`changes` failed: none of it is on disk."""
+
     def start(self):
         self._loop = gevent.spawn(self._run)
 
@@ -68,36 +92,54 @@ class DiskFile:
         pool = gevent.get_hub().threadpool
         while True:
             gevent.sleep(FLUSH_SECONDS)
-            if self._ops:
-                ops, self._ops = self._ops, []
-                pool.apply(self._write, (ops,))
+            self._flush(lambda ops: pool.apply(self._write, (ops,)))
+
+    def _flush(self, write):
+        """Write what is queued with ``write`` and count the outcome (in the hub)."""
+        taken = self.queued - self.written - self.failed  # no write is under way: everything noted so far
+        ops = self.changes()
+        if not ops:
+            return
+        error = write(ops)
+        if error is None:
+            self.written += taken
+            self.transactions += 1
+            if self.failing and self._logged_failure:
+                log.warning("writing to %s again; %d changes before this were not written", self.path, self.failed)
+            self.failing = self._logged_failure = False
+            return
+        self.failed += taken
+        self.errors += 1
+        self.last_error = str(error)
+        now = time.monotonic()
+        if not self.failing and now >= self._quiet_until:  # a nearly full disk fails and succeeds by turns
+            self._logged_failure, self._quiet_until = True, now + FAILURE_LOG_SECONDS
+            log.error("could not write to %s: %s; what it holds stays in memory, every write is tried again, "
+                      "failures are counted (stats: disk.errors, disk.failed) and logged once a minute at most",
+                      self.path, error)
+        self.failing = True
+        self.lost()
 
     def _write(self, ops):
-        """One transaction (in a real thread)."""
-        rows = sum(len(op[1]) for op in ops)
+        """One transaction (in a real thread); the sqlite3.Error if it failed (rolled back)."""
         try:
             with self._db:
                 self._db.execute("BEGIN")
                 for sql, batch in ops:
                     self._db.executemany(sql, batch)
-        except sqlite3.Error as exc:  # a full disk: the changes stay in memory only; counted and said
-            self.failed += rows
-            log.error("could not write %d changes to %s: %s", rows, self.path, exc)
-        else:
-            self.transactions += 1
-        self.written += rows
+        except sqlite3.Error as exc:
+            return exc
+        return None
 
     def stop(self):
         """Write what is queued, then close."""
         if self._loop is not None:
             self._loop.kill()
-        if self._ops:
-            ops, self._ops = self._ops, []
-            self._write(ops)
+        self._flush(self._write)
         self._db.close()
 
     def counters(self):
         size = sum(os.path.getsize(self.path + suffix) for suffix in ("", "-wal") if os.path.exists(self.path + suffix))
-        return {"path": self.path, "fsync": self.fsync, "pending": self.queued - self.written,
+        return {"path": self.path, "fsync": self.fsync, "pending": self.queued - self.written - self.failed,
                 "written": self.written, "failed": self.failed, "transactions": self.transactions,
-                "file_bytes": size}
+                "errors": self.errors, "failing": self.failing, "last_error": self.last_error, "file_bytes": size}

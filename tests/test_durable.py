@@ -101,3 +101,86 @@ def test_a_data_dir_that_cannot_be_used_is_a_clear_start_up_error(tmp_path):
     result = subprocess.run([sys.executable, MESHNODE, "run", "--name", "X", "--port", "0", "--data-dir",
                              str(not_a_dir)], capture_output=True, text=True, timeout=30, check=False)
     assert result.returncode != 0 and "--data-dir: cannot use" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_full_disk_leaves_the_node_serving_from_memory_and_writing_again_once_space_is_back(start_node, tmp_path):
+    """--data-dir on a 1 MB tmpfs: 12,000 messages of 100 B fill it, then a
+    file takes what is left, and 100 jobs and 1,000 more messages come. The
+    node goes on from memory (a recovery gets all 13,000, the jobs are all
+    done); the failures are counted, logged once per file. Space back (the
+    file gone, the tmpfs made bigger): 1,000 more messages are written. After
+    a `kill -9` and a restart, what the disk serves has no gap up to the last
+    message, and the stream is reported `evicted` before it."""
+    import os
+    import subprocess
+
+    import pytest
+
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], check=True)
+    port, data = free_port(), str(disk / "node")
+    args = ("--port", str(port), "--history", "d.>=100000/3600s", "--data-dir", data)
+    a = None
+    workers = Workers()
+
+    def publish(publisher, numbers):
+        for i in numbers:
+            publisher.publish("d.x", {"i": i, "p": "x" * 80})
+        publisher.flush()
+        wait_until(lambda: a.stats()["history"]["recorded"] >= numbers[-1] + 1
+                   and a.stats()["history"]["disk"]["pending"] == 0, what="A to try writing everything")
+
+    try:
+        a = start_node("A", *args)
+        b = start_node("B", peers=[a])
+        wait_until(lambda: linked(a, b), what="A and B linked")
+        workers.start(b.address, 0.0)
+        wait_until(lambda: a.stats().get("queues", {}).get("reachable") == 1, timeout=15, what="the worker")
+        began = time.time()
+        with Client(a.address) as publisher:
+            publish(publisher, range(12000))
+            subprocess.run(["dd", "if=/dev/zero", f"of={disk / 'filler'}", "bs=4k"], capture_output=True,
+                           check=False)  # until the disk is full
+            for i in range(100):
+                publisher.publish("job.x", i)
+            publish(publisher, range(12000, 13000))
+            wait_until(lambda: {line["data"] for line in workers.done} == set(range(100)), timeout=30,
+                       what="every job done")
+            stats = a.stats()
+            for part in (stats["history"]["disk"], stats["queues"]["jobs"]["disk"]):
+                assert part["errors"] >= 1 and part["failed"] > 0 and "full" in part["last_error"], part
+            with Client(b.address) as reader:  # still served, from memory
+                sub = reader.subscribe("d.>", since=Position({}, began))
+                got = drain(sub)
+            assert [m.data["i"] for m in got] == list(range(13000)) and sub.recovery.recovered and sub.gaps == 0
+
+            (disk / "filler").unlink()  # space comes back
+            subprocess.run(["mount", "-o", "remount,size=64m", str(disk)], check=True)
+            publish(publisher, range(13000, 14000))
+            assert not a.stats()["history"]["disk"]["failing"]
+            origin = publisher.origin
+        a.kill()
+        log = a.stderr_text
+        assert log.count("could not write to") == 2, log  # once per file (history, jobs), not per write
+        assert log.count("history.sqlite again") == 1, log
+        a = start_node("A", *args)
+        wait_until(lambda: linked(a, b), timeout=15, what="A back")
+        kept, cursor = [], None
+        while True:
+            page = a.request("history", pattern="d.>", partial=True, cursor=cursor)
+            kept += [message[3] for message in page["messages"] if message[1] == origin]
+            cursor = page["next"]
+            if cursor is None:
+                break
+        assert kept == list(range(kept[0], 14001)) and 1 < kept[0] <= 13001  # no gap; all since space came back
+        with Client(b.address) as reader:
+            sub = reader.subscribe("d.>", since=Position({}, began))
+        assert sub.recovery.streams[(origin, "d.x")] == "evicted"  # what the disk lacks is said
+    finally:
+        workers.stop()
+        if a is not None:
+            a.kill()
+        subprocess.run(["umount", str(disk)], check=True)

@@ -159,8 +159,8 @@ class Recorder(Tap):
             self._arrivals.append(entry)
             self.bytes += len(entry.packed) + ENTRY_OVERHEAD
             self.recorded += 1
-            if self.store is not None:
-                self.store.recorded(entry)
+        if self.store is not None:
+            self.store.recorded(entries[-len(payloads)], len(payloads), frames[1])
         while len(entries) > rule.count:
             self._evict(entries.popleft())
         self._trim()
