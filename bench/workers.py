@@ -101,9 +101,30 @@ class Collector:
 
     def run(self, recv):
         """Drive a blocking ``recv(timeout) -> payload or None`` until done."""
+        steps = self.steps()
+        try:
+            timeout = next(steps)
+            while True:
+                timeout = steps.send(recv(timeout))
+        except StopIteration:
+            pass
+
+    async def run_async(self, recv):
+        """``run`` with an awaitable ``recv``: read on an event loop, in its own idiom."""
+        steps = self.steps()
+        try:
+            timeout = next(steps)
+            while True:
+                timeout = steps.send(await recv(timeout))
+        except StopIteration:
+            pass
+
+    def steps(self):
+        """The collector itself, for ``run`` and ``run_async``: yields how long
+        to wait for the next payload and is sent it (None: none came)."""
         deadline = time.monotonic() + self.first_timeout
         while True:
-            data = recv(max(0.01, min(1.0, deadline - time.monotonic())))
+            data = yield max(0.01, min(1.0, deadline - time.monotonic()))
             if data is None:
                 if time.monotonic() > deadline:
                     return
@@ -115,13 +136,14 @@ class Collector:
         now = time.monotonic()
         self.first = self.last = now
         self.n = 1
+        cpu = time.process_time()
         count, idle, monotonic = self.count, self.idle, time.monotonic
         if self.latency:
             arrivals, payloads = self.arrivals, self.payloads
             arrivals.append(now)
             payloads.append(data)
             while self.n < count:
-                data = recv(idle)
+                data = yield idle
                 if data is None:
                     break
                 if data[0] == _W:
@@ -133,13 +155,14 @@ class Collector:
         else:
             n, last = 1, now
             while n < count:
-                data = recv(idle)
+                data = yield idle
                 if data is None:
                     break
                 if data[0] != _W:
                     n += 1
                     last = monotonic()
             self.n, self.last = n, last
+        self.extra["cpu_s"] = time.process_time() - cpu  # this process's CPU from the first message on
 
     def result(self):
         seconds = (self.last - self.first) if self.first is not None else 0.0
@@ -207,29 +230,30 @@ def _on(loop, coroutine):
 
 
 def sub_mesh_aio(cfg, collector):
-    """sub_mesh with mesh.aio: the subscription is read on the event loop with
-    ``take`` (up to 1,024 at a time, so the collector's one hop to the loop
-    per batch costs little); the collector takes from what came."""
-    import collections
+    """sub_mesh with mesh.aio, in its idiom: the collector runs on the event
+    loop and awaits ``get`` (a reader on another thread would pay a hand-over
+    between threads for every batch: more than the subscriber's own work
+    when the subscriber keeps up with the publisher)."""
+    import asyncio
 
     from mesh.aio import Client
 
-    loop = _loop_in_thread()
-    client = _on(loop, Client.connect(cfg["endpoint"]))
-    sub = _on(loop, client.subscribe(cfg["subject"]))
-    say("ready")
-    got = collections.deque()
+    async def main():
+        client = await Client.connect(cfg["endpoint"])
+        sub = await client.subscribe(cfg["subject"])
+        say("ready")
+        get = sub.get
 
-    def recv(timeout):
-        if not got:
+        async def recv(timeout):
             try:
-                got.extend(_on(loop, sub.take(1024, timeout)))
+                return (await get(timeout)).data
             except TimeoutError:
                 return None
-        return got.popleft().data
-    collector.run(recv)
-    collector.extra["gaps"] = sub.gaps
-    _on(loop, client.close())
+        await collector.run_async(recv)
+        collector.extra["gaps"] = sub.gaps
+        await client.close()
+
+    asyncio.run(main())
 
 
 def sub_redis(cfg, collector):
@@ -383,7 +407,10 @@ def paced(cfg, send, flush):
         flush()
 
 
-def run_publisher(cfg, warm, burst, send, flush):
+def run_publisher(cfg, warm, burst, send, flush, batches=None):
+    """Warm up until told to go, then the measured run; reports its rate, and
+    with ``batches`` (a callable: ZeroMQ messages sent so far) the ZeroMQ
+    messages the run took. ``cpu_s``: this process's CPU seconds in the run."""
     while True:
         warm()
         line = stdin_line(WARM_INTERVAL)
@@ -391,15 +418,19 @@ def run_publisher(cfg, warm, burst, send, flush):
             break
         if line == "":
             raise SystemExit("orchestrator went away")
-    started = time.monotonic()
+    sent_before = batches() if batches else None
+    cpu, started = time.process_time(), time.monotonic()
     if cfg.get("rate"):
         paced(cfg, send, flush)
     else:
         burst(cfg["count"])
     flush()
-    seconds = time.monotonic() - started
-    say(json.dumps({"sent": cfg["count"], "seconds": seconds,
-                    "rate": cfg["count"] / seconds if seconds else 0.0}))
+    seconds, cpu = time.monotonic() - started, time.process_time() - cpu
+    result = {"sent": cfg["count"], "seconds": seconds, "rate": cfg["count"] / seconds if seconds else 0.0,
+              "cpu_s": cpu}
+    if batches:
+        result["zmq_messages"] = batches() - sent_before
+    say(json.dumps(result))
     sys.stdin.readline()  # "exit" or EOF
 
 
@@ -443,7 +474,8 @@ def pub_mesh(cfg):
 
     # cfg "flush": false leaves a paced publisher to the flush rule (mesh/publisher.py)
     flush = client.flush if cfg.get("flush", True) else (lambda: None)
-    run_publisher(cfg, lambda: publish(subject, payload(WARM)), burst, lambda data: publish(subject, data), flush)
+    run_publisher(cfg, lambda: publish(subject, payload(WARM)), burst, lambda data: publish(subject, data), flush,
+                  lambda: client.publisher.batches)
     client.close()
 
 
@@ -464,7 +496,8 @@ def pub_mesh_aio(cfg):
         client.publish(subject, data)
 
     run_publisher(cfg, lambda: _on(loop, one(payload(WARM))), lambda count: _on(loop, burst(count)),
-                  lambda data: _on(loop, one(data)), lambda: _on(loop, client.flush()))
+                  lambda data: _on(loop, one(data)), lambda: _on(loop, client.flush()),
+                  lambda: client.sync.publisher.batches)
     _on(loop, client.close())
 
 

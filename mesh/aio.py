@@ -52,9 +52,13 @@ class Subscription:
 
     async def get(self, timeout=None):
         sub = self.sync
-        message = sub.poll()
-        if message is not None:
-            return message
+        if sub.inbox:  # the hot path: no further coroutine per message
+            return sub.pop_waiting()
+        return await self._wait(timeout)
+
+    async def _wait(self, timeout):
+        """The next message once the reader has queued one."""
+        sub = self.sync
         event = self._client._reader.waiting_for(sub)
         try:
             async with asyncio.timeout(timeout):
@@ -79,8 +83,11 @@ class Subscription:
         return self
 
     async def __anext__(self):
+        sub = self.sync
+        if sub.inbox:  # the hot path: get() written out (a coroutine less per message)
+            return sub.pop_waiting()
         try:
-            return await self.get()
+            return await self._wait(None)
         except RuntimeError:
             if self.sync.closed:
                 raise StopAsyncIteration from None
@@ -200,6 +207,12 @@ class Client:
 
     def __init__(self, sync):
         self.sync = sync
+        # publish(subject, data): returns the sequence number. A plain method, like
+        # ``StreamWriter.write``: it never waits (batches go out from the client's
+        # housekeeper), and a coroutine per message would cost a third of the
+        # throughput (docs/CLIENT.md). ``await flush()`` sends what is pending now.
+        # The threaded client's own method: a call less per message than a wrapper.
+        self.publish = sync.publish
         self._reader = _Reader(sync.receiver)
         self._ids = itertools.count(1)
         self._pending = {}  # n -> Future of a reply
@@ -228,14 +241,6 @@ class Client:
         await self.close()
 
     # -- publishing -------------------------------------------------------
-
-    def publish(self, subject, data):
-        """Publish; returns the sequence number. A plain method, like
-        ``StreamWriter.write``: it never waits (batches go out from the
-        client's housekeeper), and a coroutine per message would cost a
-        third of the throughput (docs/CLIENT.md). ``await flush()`` sends
-        what is pending now."""
-        return self.sync.publish(subject, data)
 
     async def flush(self):
         self.sync.flush()
