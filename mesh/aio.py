@@ -292,7 +292,8 @@ class Client:
         """Acknowledge a job without waiting for its holder: a Settlement (mesh/settle.py)."""
         return self.sync.ack(message)
 
-    async def extend(self, message, seconds=None):
+    async def extend(self, message, seconds):
+        """Give a job ``seconds`` more from now, without waiting for its holder: a Settlement."""
         return self.sync.extend(message, seconds)
 
     # -- request/reply (mesh/requests.py) ----------------------------------

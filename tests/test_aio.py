@@ -146,6 +146,13 @@ def test_queue_groups_and_jobs(mesh3):
             await clients[0].ack(again)
             with pytest.raises(TimeoutError):
                 await jobs.get(timeout=2)
+            clients[2].publish("job.y", "take your time")
+            slow = await jobs.get(timeout=5)
+            extended = await clients[0].extend(slow, 30)
+            await asyncio.to_thread(extended.result, 5)  # the holder accepted it
+            with pytest.raises(TimeoutError):  # past the 1 s deadline, extended: not delivered again
+                await jobs.get(timeout=2)
+            await clients[0].ack(slow)
         finally:
             for cl in clients:
                 await cl.close()
