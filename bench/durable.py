@@ -15,13 +15,18 @@ without history, the rate at which a subscriber at the second has all N
 disk (``--fsync batch``), the rate at which the node and its replica (the
 second) have recorded all N and written them, with its ratio to memory and
 to the plain mesh.
+
+Every case also measures one-way latency the way scenario 2 does: two linked
+nodes set up as the case says (the replica's options at the second node
+only for "replicated"), a publisher at the first paced at ``--rate`` for
+``--latency-seconds``, a subscriber at the second; p50, p99 and p99.9.
 """
 
 import os
 import tempfile
 import time
 
-from .base import Column, Scenario, measure, num
+from .base import Column, Scenario, measure, num, ok_row, target
 
 RUNS = 3
 PAYLOAD = "x" * 91  # 100 bytes once msgpack-encoded in a dict {"i": n, "p": ...} with a small n
@@ -45,9 +50,9 @@ def durable(bench, rows):
 
 
 def _median(bench, count, mode, memory):
-    """The median of RUNS runs; on disk also its rate as a share of memory's."""
+    """The median of RUNS runs and a latency run; on disk also its rate as a share of memory's."""
     runs = sorted((_measure(bench, count, mode) for _ in range(RUNS)), key=lambda fields: fields["rate"])
-    fields = runs[len(runs) // 2]
+    fields = {**runs[len(runs) // 2], **_latency(bench, count, mode)}
     if mode in ("plain", "memory"):
         memory[mode] = fields["rate"]
     elif memory.get("memory"):
@@ -55,6 +60,57 @@ def _median(bench, count, mode, memory):
     if mode == "replicated" and memory.get("plain"):
         fields["of_plain"] = fields["rate"] / memory["plain"]
     return fields
+
+
+def _latency(bench, count, mode):
+    """p50, p99 and p99.9 one-way latency (ms) from a paced publisher at the first of two linked nodes,
+    set up as ``mode`` says, to a subscriber at the second."""
+    rate, seconds = bench.args.rate, bench.args.latency_seconds
+    sent = max(1, int(rate * seconds))
+    with tempfile.TemporaryDirectory(prefix="bench-durable-") as directory:
+        a, b = _linked_pair(bench, mode, count, directory)
+        try:
+            pub, (sub,) = bench.run_case(
+                {"system": "mesh", "endpoint": a.address, "subject": "dur.lat", "count": sent, "rate": rate},
+                [{"system": "mesh", "endpoint": b.address, "subject": "dur.lat", "count": sent, "mode": "latency"}],
+                timeout=120 + seconds * 2)
+        finally:
+            bench.procs.stop_node(a)
+            bench.procs.stop_node(b)
+    latency = sub["latency_ms"]
+    return {"latency_delivered": sub["delivered"], "latency_sent": pub["sent"],
+            **{key: latency[key] for key in ("p50", "p99", "p99_9")}}
+
+
+def _mode_args(mode, count, directory, name):
+    """A node's options in ``mode``, its data in ``directory``/``name``."""
+    if mode == "plain":
+        return []
+    if mode == "memory":
+        return _history_args(count)
+    fsync = "batch" if mode == "replicated" else mode
+    return [*_history_args(count), "--data-dir", os.path.join(directory, name), "--fsync", fsync,
+            *(["--history-replicas", "2"] if mode == "replicated" else [])]
+
+
+def _linked_pair(bench, mode, count, directory):
+    """Nodes dur-a (options of ``mode``) and dur-b (the same when replicated) linked, and dur-b following
+    dur-a when replicated."""
+    a = bench.procs.node("dur-a", *_mode_args(mode, count, directory, "a"))
+    b = bench.procs.node("dur-b", *(_mode_args(mode, count, directory, "b") if mode == "replicated" else []),
+                         "--peer", a.address)
+    deadline = time.monotonic() + 30
+    try:
+        while a.linked_names() != ["dur-b"] or b.linked_names() != ["dur-a"] or (
+                mode == "replicated" and b.request("stats")["history"].get("following") != ["dur-a"]):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"dur-a and dur-b ({mode}) did not link within 30 s")
+            time.sleep(0.05)
+    except BaseException:
+        bench.procs.stop_node(a)
+        bench.procs.stop_node(b)
+        raise
+    return a, b
 
 
 def _recorded(node, count, disk):
@@ -114,16 +170,8 @@ def _across(bench, count, replicated):
     from mesh import Client
 
     with tempfile.TemporaryDirectory(prefix="bench-durable-") as directory:
-        def args(name):
-            return [*_history_args(count), "--history-replicas", "2", "--data-dir", os.path.join(directory, name),
-                    "--fsync", "batch"] if replicated else []
-
-        a = bench.procs.node("dur-a", *args("a"))
-        b = bench.procs.node("dur-b", *args("b"), "--peer", a.address)
+        a, b = _linked_pair(bench, "replicated" if replicated else "plain", count, directory)
         try:
-            while a.linked_names() != ["dur-b"] or b.linked_names() != ["dur-a"] or (
-                    replicated and b.request("stats")["history"].get("following") != ["dur-a"]):
-                time.sleep(0.05)
             with Client(a.address) as publisher, Client(b.address) as reader:
                 sub = None if replicated else reader.subscribe("dur.>")
                 while not _arrived(b, sub):  # the replica's, or the reader's, subscription reached the publisher
@@ -160,11 +208,24 @@ def _arrived(replica, sub):
         return False
 
 
+def targets(rows):
+    disk = ok_row(rows, "history-batch")
+    if disk is None or disk.get("of_memory") is None:
+        return [target("history on disk (--fsync batch) vs in memory, 100 B", ">= 0.5x")]
+    ratio = disk["of_memory"]
+    return [target("history on disk (--fsync batch) vs in memory, 100 B", ">= 0.5x", f"{ratio:.2f}x", ratio,
+                   ratio >= 0.5)]
+
+
 SCENARIOS = [Scenario("durable", "18", "History in memory and on disk (--data-dir): rate, bytes per message, "
                       "recovery after kill -9", durable,
                       [Column("msg/s", lambda r: num(r["rate"])), Column("x memory", lambda r: num(r.get("of_memory"), 2)),
                        Column("x plain", lambda r: num(r.get("of_plain"), 2)),
+                       Column("p50 ms", lambda r: num(r.get("p50"), 3)),
+                       Column("p99 ms", lambda r: num(r.get("p99"), 3)),
+                       Column("p99.9 ms", lambda r: num(r.get("p99_9"), 3)),
                        Column("disk B/msg", lambda r: num(r.get("disk_bytes_per_message"))),
                        Column("restart s", lambda r: num(r.get("restart_seconds"), 2)),
                        Column("recovered", lambda r: num(r.get("recovered"))),
-                       Column("ready to all read s", lambda r: num(r.get("recovered_seconds"), 2))])]
+                       Column("ready to all read s", lambda r: num(r.get("recovered_seconds"), 2))],
+                      targets=targets)]

@@ -124,6 +124,9 @@ def test_quick_run_produces_every_scenario(tmp_path):
     for r in result["scenarios"]["fanout"]:
         if r["status"] == "ok":
             assert r["delivered"] == r["expected"], r
+    for r in result["scenarios"]["durable"]:
+        if r["status"] == "ok":
+            assert r["latency_delivered"] == r["latency_sent"] and r["p99"] is not None, r
     for r in result["scenarios"]["websocket"]:
         if r["status"] == "ok":
             assert r["connected"] == 20 and r["deliveries"] == r["expected"], r
