@@ -177,7 +177,7 @@ def _idle(nodes, seconds):
     result = {}
     for kind, chosen in (("member", [n for n in nodes if n.name not in gateways]),
                          ("gateway", [n for n in nodes if n.name in gateways])):
-        cpu, rss, fds, _ = zip(*(costs[n.name] for n in chosen))
+        cpu, rss, fds = ([costs[n.name][what] for n in chosen] for what in ("cpu", "rss_mib", "fds"))
         result[f"idle_cpu_{kind}_median"], result[f"idle_cpu_{kind}_max"] = statistics.median(cpu), max(cpu)
         result[f"rss_mib_{kind}_median"] = statistics.median(rss)
         result[f"fds_{kind}_median"] = statistics.median(fds)

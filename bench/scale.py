@@ -10,9 +10,12 @@ per-address connection limit, 60 by default, is lifted with
   docs/ARCHITECTURE.md), median and max;
 * delivery: a subscriber client on every node, 100 messages published at
   the first: the fewest any subscriber got;
-* idle: CPU per node (fraction of one core, over a quiet period; and the part
-  of it in libzmq's I/O thread, which sends and answers the links'
-  heartbeats), RSS and open descriptors, median and max;
+* idle: CPU per node (fraction of one core, over a quiet period), median and
+  max; the part of it in libzmq's I/O thread, which sends and answers the
+  links' heartbeats, and how often that thread ran (wake-ups a second), and
+  the part in the main thread (gevent: ZooKeeper, the node's timers); the
+  heartbeat PINGs a second each node's ``mesh_in`` sends (``stats``); RSS and
+  open descriptors;
 * one more join: a node started into the formed mesh: time until every
   node has it linked, and the proxy restarts it cost each node.
 
@@ -49,7 +52,9 @@ def _run(bench, n):
     converge_s = _until_linked(nodes, n - 1, timeout=120) - last_ready
     restarts = [node.stats()["links"]["proxy_restarts"] for node in nodes]
     delivered = _delivered(nodes)
-    cpu, rss, fds, io = zip(*idle_costs(nodes, bench.args.scale_idle_seconds).values())
+    costs = idle_costs(nodes, bench.args.scale_idle_seconds).values()
+    cpu, rss, fds = ([cost[what] for cost in costs] for what in ("cpu", "rss_mib", "fds"))
+    pings = [node.stats()["links"]["heartbeats"]["pings_per_second"] for node in nodes]
     joined_at = time.monotonic()
     extra = bench.procs.node("s-extra", *zk_args)
     _until_linked(nodes + [extra], n, timeout=60)
@@ -59,7 +64,9 @@ def _run(bench, n):
             "restarts_median": statistics.median(restarts), "restarts_max": max(restarts),
             "delivered_min": min(delivered), "delivered_of": 100,
             "idle_cpu_median": statistics.median(cpu), "idle_cpu_max": max(cpu),
-            "idle_io_thread_median": statistics.median(io),
+            **{f"idle_{what}_median": statistics.median(cost[what] for cost in costs)
+               for what in ("io_thread", "io_wakeups", "main_thread")},
+            "pings_median": statistics.median(pings), "pings_max": max(pings),
             "rss_mib_median": statistics.median(rss), "rss_mib_max": max(rss),
             "fds_median": statistics.median(fds), "fds_max": max(fds),
             "join_s": join_s, "join_restarts_max": max(join_restarts)}
@@ -94,28 +101,35 @@ def _delivered(nodes):
 
 
 def idle_costs(nodes, seconds):
-    """{node name: (CPU over ``seconds`` of quiet as a fraction of a core, RSS MiB, open
-    descriptors, the part of that CPU in libzmq's I/O threads)}. CPU is each thread's
-    time on a CPU (/proc/PID/task/TID/schedstat, nanoseconds), summed."""
+    """{node name: {"cpu": CPU over ``seconds`` of quiet as a fraction of a core,
+    "io_thread" and "main_thread": the parts of it in libzmq's I/O threads and in the
+    main thread, "io_wakeups": how often the I/O threads were put on a CPU, a second,
+    "rss_mib", "fds": open descriptors}}. CPU is each thread's time on a CPU
+    (/proc/PID/task/TID/schedstat: nanoseconds, then times scheduled), summed."""
     before = {node.pid: _thread_cpu(node.pid) for node in nodes}
     time.sleep(seconds)
     costs = {}
     for node in nodes:
         after = _thread_cpu(node.pid)
-        spent = {tid: ns - before[node.pid].get(tid, (name, 0))[1] for tid, (name, ns) in after.items()}
-        io = sum(ns for tid, ns in spent.items() if after[tid][0].startswith("ZMQbg/IO"))
-        costs[node.name] = (sum(spent.values()) / 1e9 / seconds, _rss_mib(node.pid),
-                            len(os.listdir(f"/proc/{node.pid}/fd")), io / 1e9 / seconds)
+        spent = {tid: [now - then for now, then in zip(counts, before[node.pid].get(tid, (name, 0, 0))[1:])]
+                 for tid, (name, *counts) in after.items()}
+        io = [spent[tid] for tid in spent if after[tid][0].startswith("ZMQbg/IO")]
+        costs[node.name] = {"cpu": sum(ns for ns, _ in spent.values()) / 1e9 / seconds,
+                            "io_thread": sum(ns for ns, _ in io) / 1e9 / seconds,
+                            "io_wakeups": sum(runs for _, runs in io) / seconds,
+                            "main_thread": spent.get(str(node.pid), (0, 0))[0] / 1e9 / seconds,
+                            "rss_mib": _rss_mib(node.pid), "fds": len(os.listdir(f"/proc/{node.pid}/fd"))}
     return costs
 
 
 def _thread_cpu(pid):
-    """{thread id: (its name, nanoseconds it has run)} of a process."""
+    """{thread id: (its name, nanoseconds it has run, times it was put on a CPU)} of a process."""
     threads = {}
     for tid in os.listdir(f"/proc/{pid}/task"):
         try:
             with open(f"/proc/{pid}/task/{tid}/comm") as comm, open(f"/proc/{pid}/task/{tid}/schedstat") as stat:
-                threads[tid] = (comm.read().strip(), int(stat.read().split()[0]))
+                run_ns, _, runs = stat.read().split()
+                threads[tid] = (comm.read().strip(), int(run_ns), int(runs))
         except OSError:  # the thread ended meanwhile
             pass
     return threads
@@ -186,6 +200,10 @@ SCENARIOS = [Scenario("scale", "15", "Many nodes on one machine through one ZooK
     Column("idle CPU per node (median / max)",
            lambda r: f"{r['idle_cpu_median'] * 100:.2f} % / {r['idle_cpu_max'] * 100:.2f} %"),
     Column("of which libzmq's I/O thread (median)", lambda r: f"{r['idle_io_thread_median'] * 100:.2f} %"),
+    Column("I/O thread wake-ups/s (median)", lambda r: f"{r['idle_io_wakeups_median']:.0f}"),
+    Column("main thread (median)", lambda r: f"{r['idle_main_thread_median'] * 100:.3f} %"),
+    Column("heartbeat PINGs/s sent per node (median / max)",
+           lambda r: f"{r['pings_median']:.0f} / {r['pings_max']:.0f}"),
     Column("RSS MiB (median)", lambda r: f"{r['rss_mib_median']:.0f}"),
     Column("fds (median)", lambda r: f"{r['fds_median']:g}"),
     Column("one more join: linked s / restarts", lambda r: f"{r['join_s']:.2f} / {r['join_restarts_max']}")],

@@ -15,10 +15,11 @@ peers pauses the proxy, reads its counters, stops it, reconnects, restarts it
 (:class:`PeerLinks`, which nodes/gateway.py uses too). Messages wait in the
 socket queues meanwhile; none are lost.
 
-Every data socket watches its links (mesh/liveness.py: ZMTP heartbeats from
-the bound side with a TTL for the connecting side, bounded connect attempts), so a link whose path went silent closes
+Every data socket watches its links (mesh/liveness.py: ZMTP heartbeats with
+a TTL, bounded connect attempts), so a link whose path went silent closes
 within seconds and is made again within seconds of the path healing, with
-its subscriptions. A monitor on ``mesh_in`` tracks each peer link, so a dead
+its subscriptions. A socket that links to peers paces its PINGs by how many
+links it has (:class:`PeerLinks`), so a large mesh idles cheaply. A monitor on ``mesh_in`` tracks each peer link, so a dead
 link shows long before a membership backend would notice.
 """
 
@@ -32,7 +33,7 @@ from zmq.utils.monitor import recv_monitor_message
 
 from mesh.addresses import tcp_endpoint
 from mesh.curve import apply_client
-from mesh.liveness import watch_link
+from mesh.liveness import PEER_PINGS, pace, peer_interval, watch_link, watch_peers
 from mesh.subjects import MAX_SUBJECT_BYTES
 from mesh.concurrency import pick_waiter, recv_multipart
 
@@ -50,12 +51,13 @@ _STAT_NAMES = ("frontend_frames_in", "frontend_bytes_in", "frontend_frames_out",
                "backend_frames_in", "backend_bytes_in", "backend_frames_out", "backend_bytes_out")
 
 
-def data_socket(context, kind, host, *, hwm, curve, bind, **options):
+def data_socket(context, kind, host, *, hwm, curve, bind, peers=False, **options):
     """A data-plane socket: no linger, ``hwm`` both ways, its links watched
-    (mesh/liveness.py), ``options`` (zmq option names) set before binding
-    (listeners copy options then), bound on a port the system picks when
-    ``bind``, CurveZMQ server or client side."""
-    sock = watch_link(context.socket(kind), binds=bind)
+    (mesh/liveness.py) as peer links if ``peers`` (other nodes link to it, or
+    it links to them) else as client links, ``options`` (zmq option names) set
+    before binding (listeners copy options then), bound on a port the system
+    picks when ``bind``, CurveZMQ server or client side."""
+    sock = (watch_peers if peers else watch_link)(context.socket(kind), binds=bind)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.SNDHWM, hwm)
     sock.setsockopt(zmq.RCVHWM, hwm)
@@ -166,11 +168,16 @@ class PeerLinks:
     together with every change that came meanwhile: a burst of joins or
     leaves costs a proxy restart or two, not one each; a lone change waits
     for nothing. A monitor tracks each link: ``links`` maps an endpoint to
-    "up" or "down", and ``on_link(endpoint, state)`` hears of each change."""
+    "up" or "down", and ``on_link(endpoint, state)`` hears of each change.
 
-    def __init__(self, context, name, xsub, backend):
+    Each new link is pinged every ``peer_interval(links, pings)`` (mesh/liveness.py)
+    of the number of links wanted when it is made; it keeps that interval."""
+
+    def __init__(self, context, name, xsub, backend, *, pings=PEER_PINGS):
         self.name = name
         self.xsub = xsub
+        self.pings = pings
+        self.intervals = {}  # endpoint -> ms between its PINGs
         self.endpoints = set()
         self._wanted = set()  # the endpoints asked for, applied within COALESCE_SECONDS
         self._applying = None  # the greenlet that will apply them
@@ -237,14 +244,18 @@ class PeerLinks:
         def change():
             for endpoint in gone:
                 self.links.pop(endpoint, None)
+                self.intervals.pop(endpoint, None)
                 try:
                     self.xsub.disconnect(endpoint)
                 except zmq.ZMQError as exc:
                     log.warning("%s: disconnect from %s failed: %s", self.name, endpoint, exc)
+            interval = peer_interval(len(wanted), self.pings)
+            pace(self.xsub, interval)
             for endpoint in new:
                 try:
                     self.xsub.connect(endpoint)
                     self.links[endpoint] = "down"  # until the monitor reports its handshake
+                    self.intervals[endpoint] = interval
                 except zmq.ZMQError as exc:
                     log.warning("%s: cannot connect to %r: %s", self.name, endpoint, exc)
                     wanted.discard(endpoint)
@@ -252,6 +263,12 @@ class PeerLinks:
         self.restarts += 1
         self.proxy.while_stopped(change)
         log.info("%s links now %s (+%d -%d)", self.name, sorted(wanted), len(new), len(gone))
+
+    def heartbeats(self):
+        """PINGs a second over all links, and the shortest and longest interval (ms; 0 without links)."""
+        intervals = list(self.intervals.values())
+        return {"pings_per_second": round(sum(1000 / ms for ms in intervals), 2),
+                "interval_ms_min": min(intervals, default=0), "interval_ms_max": max(intervals, default=0)}
 
     def stop(self):
         """Stop changing, watching and forwarding (the sockets stay open)."""
@@ -267,7 +284,8 @@ class PeerLinks:
 class DataPlane:
     """Binds the node's data sockets on ``host`` and forwards between them."""
 
-    def __init__(self, context, host, *, hwm, max_payload, curve=None):
+    def __init__(self, context, host, *, hwm, max_payload, curve=None, pings=PEER_PINGS):
+        """``pings``: PINGs a second ``mesh_in`` sends its peers at most (:class:`PeerLinks`)."""
         max_frame = max_payload + _FRAME_OVERHEAD
 
         def make(kind, bind, **options):
@@ -275,11 +293,11 @@ class DataPlane:
 
         # Clients are held to the payload limit here; peers already held theirs.
         self.ingress = make(zmq.XSUB, True, MAXMSGSIZE=max_frame)
-        self.out = make(zmq.XPUB, True, MAXMSGSIZE=MAX_SUBSCRIPTION_FRAME)
+        self.out = make(zmq.XPUB, True, peers=True, MAXMSGSIZE=MAX_SUBSCRIPTION_FRAME)
         self.remote = make(zmq.XPUB, True, MAXMSGSIZE=MAX_SUBSCRIPTION_FRAME)
-        self.mesh_in = make(zmq.XSUB, False)
+        self.mesh_in = make(zmq.XSUB, False, peers=True)
         self._local = Proxy(context, "local", self.ingress, self.out)
-        self._mesh = PeerLinks(context, "mesh", self.mesh_in, self.remote)
+        self._mesh = PeerLinks(context, "mesh", self.mesh_in, self.remote, pings=pings)
 
     @property
     def links(self):
@@ -289,6 +307,10 @@ class DataPlane:
     @property
     def link_failures(self):
         return self._mesh.failures
+
+    def heartbeats(self):
+        """``mesh_in``'s PINGs to its peers (:meth:`PeerLinks.heartbeats`)."""
+        return self._mesh.heartbeats()
 
     @property
     def proxy_restarts(self):

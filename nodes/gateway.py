@@ -38,6 +38,8 @@ import logging
 
 import zmq
 
+from mesh.liveness import PEER_PINGS
+
 from .control import Feature
 from .dataplane import MAX_SUBSCRIPTION_FRAME, PeerLinks, data_socket, endpoint_of
 
@@ -47,18 +49,19 @@ log = logging.getLogger("meshnode.gateway")
 class Gateway(Feature):
     """A gateway candidate's sockets and proxies; ``set_role`` makes it active or idle."""
 
-    def __init__(self, context, host, group, *, hwm, curve=None):
+    def __init__(self, context, host, group, *, hwm, curve=None, pings=PEER_PINGS):
+        """``pings``: PINGs a second ``collect`` and ``inbound`` send at most, each (nodes/dataplane.py PeerLinks)."""
         self.group = group
 
         def make(kind, bind, **options):
-            return data_socket(context, kind, host, hwm=hwm, curve=curve, bind=bind, **options)
+            return data_socket(context, kind, host, hwm=hwm, curve=curve, bind=bind, peers=True, **options)
 
         self.group_face = make(zmq.XPUB, True, MAXMSGSIZE=MAX_SUBSCRIPTION_FRAME)
         self.gateway_out = make(zmq.XPUB, True, MAXMSGSIZE=MAX_SUBSCRIPTION_FRAME)
         self.collect = make(zmq.XSUB, False)
         self.inbound = make(zmq.XSUB, False)
-        self._outward = PeerLinks(context, "gateway-collect", self.collect, self.gateway_out)
-        self._inward = PeerLinks(context, "gateway-inbound", self.inbound, self.group_face)
+        self._outward = PeerLinks(context, "gateway-collect", self.collect, self.gateway_out, pings=pings)
+        self._inward = PeerLinks(context, "gateway-inbound", self.inbound, self.group_face, pings=pings)
         self.active = False
         self.activations = 0  # times this node became its group's gateway
         self._group_outs = set()

@@ -30,6 +30,7 @@ from mesh.addresses import join_host_port, tcp_endpoint
 from mesh.context import shared_context
 from mesh.control import ControlError
 from mesh.envelope import DEFAULT_MAX_PAYLOAD, PROTOCOL_VERSION
+from mesh.liveness import PEER_PINGS
 from mesh.members import member_ports, validate_member, validate_name
 
 from nodes.closedmarks import ClosedMarks
@@ -78,6 +79,7 @@ class NodeConfig:
     hooks_allow: list = field(default_factory=list)  # CIDRs webhooks may reach though inside (nodes/hooks/targets.py)
     data_dir: str = ""  # history and held jobs on disk there (nodes/disk.py); "": in memory only
     fsync: str = "batch"  # nodes/disk.py FSYNC_POLICIES
+    heartbeat_pings: int = PEER_PINGS  # PINGs a second a socket sends its peers at most (mesh/liveness.py)
 
     def __post_init__(self):
         if self.host in ("0.0.0.0", "::", "*") and not self.advertise:
@@ -90,6 +92,8 @@ class NodeConfig:
         if self.history_replicas > 1 and not self.history:
             raise ValueError("--history-replicas needs --history rules: a node without them keeps no history, "
                              "its own or a copy")
+        if self.heartbeat_pings < 1:
+            raise ValueError("--heartbeat-pings must be at least 1 a second")
         if self.gateway and not self.group:
             raise ValueError("a gateway joins its group to the others: give the node a --group")
         if self.group:
@@ -119,10 +123,11 @@ class Node(Feature):
         if self.curve is not None:
             self.zap = ZapHandler(self.context, config.curve_keys)  # before anything binds
         self.dataplane = DataPlane(self.context, config.host, hwm=config.hwm, max_payload=config.max_payload,
-                                   curve=self.curve)
+                                   curve=self.curve, pings=config.heartbeat_pings)
         self.control = ControlServer(self.context, config.host, config.port, self.curve)
         self.gateway = None if not config.gateway else Gateway(self.context, config.host, config.group,
-                                                               hwm=config.hwm, curve=self.curve)
+                                                               hwm=config.hwm, curve=self.curve,
+                                                               pings=config.heartbeat_pings)
         self.relay = Relay(self.context, lambda: self.peers.values(), self.curve)
         self.revocations = Revocations(discovery, self.relay, config.revocation_seconds)
         self.own_client = None  # this node's own mesh Client: events, queue groups, hook deliveries
@@ -366,7 +371,8 @@ class Node(Feature):
             "peers": len(self.peers),
             "links": {"up": sum(state == "up" for state in self.dataplane.links.values()),
                       "down": sum(state == "down" for state in self.dataplane.links.values()),
-                      "failures": self.dataplane.link_failures, "proxy_restarts": self.dataplane.proxy_restarts},
+                      "failures": self.dataplane.link_failures, "proxy_restarts": self.dataplane.proxy_restarts,
+                      "heartbeats": self.dataplane.heartbeats()},
             "messages": {
                 # Every data message is two frames: [topic, envelope].
                 "published_here": local["frontend_frames_in"] // 2,

@@ -37,15 +37,21 @@ def endpoint_host_port(endpoint):
     return host, int(port)
 
 
-def zmtp_connect(endpoint, socket_type=b"SUB", timeout=5):
-    """A TCP connection that has done the NULL handshake as ``socket_type``."""
-    sock = socket.create_connection(endpoint_host_port(endpoint), timeout=timeout)
-    sock.sendall(zmtp_greeting())
+def zmtp_connect(endpoint, socket_type=b"SUB", timeout=5, minor=0):
+    """A TCP connection that has done the NULL handshake as ``socket_type``
+    (ZMTP 3.``minor``: 3.1 has heartbeats)."""
+    return zmtp_handshake(socket.create_connection(endpoint_host_port(endpoint), timeout=timeout),
+                          socket_type, minor)
+
+
+def zmtp_handshake(sock, socket_type, minor=0):
+    """Greet and do the NULL handshake as ``socket_type`` over a connected TCP socket."""
+    sock.sendall(zmtp_greeting(minor=minor))
     greeting = b""
     while len(greeting) < 64:
         chunk = sock.recv(64 - len(greeting))
         if not chunk:
-            raise EOFError(f"{endpoint} closed during the greeting")
+            raise EOFError(f"{sock.getpeername()} closed during the greeting")
         greeting += chunk
     assert greeting[0] == 0xFF and greeting[10] == 3, greeting
     sock.sendall(zmtp_ready(socket_type))

@@ -4,6 +4,7 @@ import argparse
 import ipaddress
 import sys
 
+from mesh.liveness import PEER_PINGS
 from mesh.publisher import DEFAULT_STREAM_IDLE  # imports no sockets: patching later is fine
 
 from .common import EPILOG_ADDRESSES, node_address, positive_float, positive_int, readable_file, zookeeper_arguments
@@ -64,6 +65,10 @@ def run_parser(commands):
                      help="largest encoded message accepted (default: 1048576)")
     run.add_argument("--hwm", type=positive_int, default=100_000, metavar="MESSAGES",
                      help="queue limit per socket connection before messages are dropped (default: 100000)")
+    run.add_argument("--heartbeat-pings", type=positive_int, default=PEER_PINGS, metavar="PER_SECOND",
+                     help="ZMTP heartbeat PINGs a second this node sends its peers at most: each peer link is "
+                          "pinged every second up to this many peers, less often past it, and a silent peer is "
+                          "found that much later (docs/SCALING.md) (default: %(default)s)")
     run.add_argument("--stream-idle", type=positive_float, default=DEFAULT_STREAM_IDLE, metavar="SECONDS",
                      help="forget a stream (a publisher's subject) after this long without a message, "
                           "in this node's edge (the library's Client(stream_idle=) default is the same; "
@@ -184,7 +189,8 @@ def cmd_run(args):
                         history=[HistoryRule(text) for text in args.history], history_bytes=args.history_bytes,
                         history_replicas=args.history_replicas,
                         metrics=args.metrics or "", group=args.group, gateway=args.gateway,
-                        hooks_allow=args.hooks_allow, data_dir=args.data_dir or "", fsync=args.fsync)
+                        hooks_allow=args.hooks_allow, data_dir=args.data_dir or "", fsync=args.fsync,
+                        heartbeat_pings=args.heartbeat_pings)
     import zmq
 
     if args.zk and args.peer:
