@@ -45,11 +45,14 @@ most of an idle node's CPU and grow with the mesh (docs/SCALING.md).
 So a silent peer link is found dead, with ``I`` its interval, within
 ``I + HEARTBEAT_TIMEOUT`` at the connecting end (its PING unanswered) and
 within ``I + TTL_MARGIN`` at the bound end (the TTL), and never later than
-the bound end's backstop allows (``PEER_BACKSTOP_IVL`` + the TTL margin or
-the timeout): 3 and 4 s up to ``pings`` peers, about 6 and 7 s at 127 peers
-with the default, at most 12 and 13 s. The bound end's PINGs are also what
-finds a connecting end that went silent before its first PING (the TTL is
-armed by a PING).
+the bound end's backstop allows (its TTL, ``PEER_BACKSTOP_IVL + TTL_MARGIN``,
+at the connecting end; ``PEER_BACKSTOP_IVL + HEARTBEAT_TIMEOUT`` at the bound
+end). With the default of 16 PINGs a second: 4 and 3 s up to 16 peers; 7
+and 6 s at 64 (I = 4 s); 10.9 and 9.9 s at 127 (I = 7.9 s); at most 12
+and 13 s beyond. Detection time grows with the mesh in that proportion;
+``--heartbeat-pings`` trades it for idle CPU. The bound end's PINGs are also
+what finds a connecting end that went silent before its first PING (the TTL
+is armed by a PING): within 13 s.
 
 libzmq copies these options into a connection when it is made: a bound
 socket's listener takes them at ``bind()`` (set on the bound socket later,
@@ -72,7 +75,7 @@ HEARTBEAT_TIMEOUT = 3000
 TTL_MARGIN = 2000  # a PING's TTL is its sender's interval plus this
 BACKSTOP_IVL = 3000  # a client's connecting sockets
 PEER_BACKSTOP_IVL = 10000  # a bound socket that peers link to
-PEER_PINGS = 32  # PINGs a second a connecting peer socket sends at most, by default
+PEER_PINGS = 16  # PINGs a second a connecting peer socket sends at most, by default
 CONNECT_TIMEOUT = 2000
 RECONNECT_IVL = 100
 HANDSHAKE_IVL = 10000

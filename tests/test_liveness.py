@@ -139,10 +139,11 @@ def test_the_connecting_end_drops_a_frozen_bound_end(far_end, this_end, pair, at
 
 def test_the_interval_rule():
     """1 s per link up to ``pings`` links, then the socket's PINGs stay at ``pings`` a second."""
-    assert [liveness.peer_interval(n) for n in (0, 1, 32)] == [1000, 1000, 1000]
-    assert liveness.peer_interval(33) == 1032  # 33,000 / 32 = 1,031.25, rounded up
-    assert liveness.peer_interval(127) == 3969
-    assert liveness.peer_interval(127, pings=64) == 1985
+    assert liveness.PEER_PINGS == 16
+    assert [liveness.peer_interval(n) for n in (0, 1, 16)] == [1000, 1000, 1000]
+    assert liveness.peer_interval(17) == 1063  # 17,000 / 16 = 1,062.5, rounded up
+    assert liveness.peer_interval(127) == 7938
+    assert liveness.peer_interval(127, pings=32) == 3969
     assert liveness.peer_interval(3, pings=1) == 3000
     with pytest.raises(ValueError):
         liveness.peer_interval(3, pings=0)
