@@ -22,10 +22,17 @@ import argparse
 import json
 import math
 
-# A link is two connections (each end's mesh_in to the other's out); on each, the
-# bound end's PING and its PONG every second, the connecting end's every 3 s.
-HEARTBEAT_PACKETS_PER_LINK = 2 * (2 + 2 / 3)
+from mesh.liveness import PEER_BACKSTOP_IVL, peer_interval
+
 SIZES = (128, 1000, 10000)
+
+
+def heartbeat_packets(links):
+    """ZMTP PINGs and PONGs a node sends or gets a second with ``links`` peer links
+    (mesh/liveness.py): a link is two connections (each end's mesh_in to the other's
+    out); on each, the connecting end's PING and its PONG every peer_interval(links),
+    the bound end's every PEER_BACKSTOP_IVL."""
+    return 2 * links * 2 * (1000 / peer_interval(links) + 1000 / PEER_BACKSTOP_IVL)
 
 
 def fit(small, large, key):
@@ -86,7 +93,7 @@ def main(argv=None):
             links = str(layout["member_links"]) + (f" ({layout['gateway_links']})" if gateway else "")
             print(f"| {n:,} | {name} | {links} | {both('fds', '{:,.0f}')} | {both('rss_mib', '{:,.0f}')} | "
                   f"{both('cpu_core', '{:.2f} %', 100)} | "
-                  f"{HEARTBEAT_PACKETS_PER_LINK * layout['member_links']:,.0f} | {layout['join_disturbs']:,} | "
+                  f"{heartbeat_packets(layout['member_links']):,.0f} | {layout['join_disturbs']:,} | "
                   f"{layout['hops']} |")
 
 
