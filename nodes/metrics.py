@@ -89,6 +89,7 @@ HOOKS = [("delivered", "counter", "webhook deliveries made from this node"),
 NOT_METRICS = {
     ("v",): "the control protocol's version", ("id",): "the request's id",
     ("links", "up"): "meshnode_links{state}", ("links", "down"): "meshnode_links{state}",
+    ("links", "heartbeats"): "how often mesh_in pings its peers (mesh/liveness.py): a diagnosis of `meshnode stats`",
     ("edge", "connections"): "meshnode_edge_connections{kind}; total is their sum",
     ("proxies",): "frames and bytes through each libzmq proxy socket: a diagnosis of `meshnode stats`",
     ("marks",): "tail marks (docs/PROTOCOL.md): a diagnosis of `meshnode stats`",

@@ -100,6 +100,7 @@ def test_unknown_key_is_refused_with_the_closest_flag(config_file, key, suggesti
     ('log-level = "LOUD"', "log-level: invalid choice: 'LOUD'"),
     ('insecure = "yes"', "insecure: expected true or false"),
     ("hwm = [1, 2]", "hwm: takes one value, not an array"),
+    ("heartbeat-pings = 0", "heartbeat-pings: 0 is not a positive integer"),
     ('http = true', "http: expected a string or a number, not a boolean"),
     ("peer = [\"127.0.0.1:1\", {x = 1}]", "peer: expected a string or a number, not a table"),
     ("peer = 5", "peer: node address '5' is not HOST:PORT"),
