@@ -19,8 +19,9 @@ Every data socket watches its links (mesh/liveness.py: ZMTP heartbeats with
 a TTL, bounded connect attempts), so a link whose path went silent closes
 within seconds and is made again within seconds of the path healing, with
 its subscriptions. A socket that links to peers paces its PINGs by how many
-links it has (:class:`PeerLinks`), so a large mesh idles cheaply. A monitor on ``mesh_in`` tracks each peer link, so a dead
-link shows long before a membership backend would notice.
+links it has (:class:`PeerLinks`), so a large mesh idles cheaply. A monitor
+on ``mesh_in`` tracks each peer link, so a dead link shows long before a
+membership backend would notice.
 """
 
 import logging
@@ -285,7 +286,7 @@ class DataPlane:
     """Binds the node's data sockets on ``host`` and forwards between them."""
 
     def __init__(self, context, host, *, hwm, max_payload, curve=None, pings=PEER_PINGS):
-        """``pings``: PINGs a second ``mesh_in`` sends its peers at most (:class:`PeerLinks`)."""
+        """``pings``: ``mesh_in``'s PING budget, PINGs a second to all its peers (:class:`PeerLinks`)."""
         max_frame = max_payload + _FRAME_OVERHEAD
 
         def make(kind, bind, **options):

@@ -50,7 +50,7 @@ class Gateway(Feature):
     """A gateway candidate's sockets and proxies; ``set_role`` makes it active or idle."""
 
     def __init__(self, context, host, group, *, hwm, curve=None, pings=PEER_PINGS):
-        """``pings``: PINGs a second ``collect`` and ``inbound`` send at most, each (nodes/dataplane.py PeerLinks)."""
+        """``pings``: the PING budget of ``collect`` and of ``inbound`` (nodes/dataplane.py PeerLinks)."""
         self.group = group
 
         def make(kind, bind, **options):
