@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 import gevent
 
+from discovery.base import NameTaken
 from discovery.gateways import MAX_LISTED_CANDIDATES, MAX_LISTED_GROUPS
 from mesh.curve import MESH_CERT, CurveKeys
 from mesh import Client
@@ -323,6 +324,8 @@ class Node(Feature):
             raise RequestError("bad_member", f"member {member['name']} names this node's own endpoints")
         try:
             return {**self.discovery.announce(member, request), "member": self.member}
+        except NameTaken as exc:
+            raise RequestError("name_taken", str(exc)) from None
         except ValueError as exc:
             raise RequestError("bad_member", str(exc)) from None
 
