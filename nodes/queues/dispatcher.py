@@ -63,8 +63,9 @@ class Dispatcher(Tap):
 
     tick_seconds = EXPIRY_SECONDS
 
-    def __init__(self, context, out_endpoint, node_name, curve=None, store=None):
-        """``store``: a JobStore keeping the held jobs on disk (nodes/queues/jobstore.py), or None."""
+    def __init__(self, context, out_endpoint, node_name, curve=None, store=None, copies=None):
+        """``store``: a JobStore keeping the held jobs on disk (nodes/queues/jobstore.py), or None;
+        ``copies``: the JobReplicas sending them to other nodes (nodes/queues/replicas.py), or None."""
         super().__init__(context, out_endpoint, curve)
         self.client = None  # a mesh Client of this node, set once connected: it publishes to the inboxes
         self.groups = {}  # (name, pattern text) -> Group
@@ -72,7 +73,7 @@ class Dispatcher(Tap):
         self.no_member = 0
         self.failed = 0
         self._prefixes = {}  # prefix -> number of groups using it
-        self.jobs = JobBook(self.groups, self._send, self._pick, self._publish, node_name, store)
+        self.jobs = JobBook(self.groups, self._send, self._pick, self._publish, node_name, store, copies)
 
     def start(self):
         super().start()
