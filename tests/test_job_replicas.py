@@ -141,3 +141,31 @@ def test_webhook_deliveries_outlive_their_holder(zk_server, zk_node):
           f"for 30 messages ({delivered_twice} duplicates)")
     assert sorted(delivered) == list(range(30))  # none lost
     assert all(len(ids) == 1 for ids in delivered.values())  # the same webhook-id after the takeover
+
+
+def test_bad_copies_are_clear_errors_and_a_change_before_a_full_copy_asks_for_one(start_node):
+    node = start_node("A")
+    good = {"id": "w:o/1/1", "group": "w", "pattern": "job.>", "settings": {"deadline": 5.0, "attempts": 3},
+            "subject": "job.x", "data": 1, "origin": "o", "epoch": 1, "seq": 1, "carried": {}, "attempt": 1}
+    fields = {"holder": "B", "instance": "i1", "copies": 2}
+    for bad in ({**fields, "holder": ""}, {**fields, "copies": 1}, {**fields, "held": [{**good, "seq": -1}]},
+                {**fields, "held": [{**good, "settings": {}}]}, {**fields, "released": [3]},
+                {**fields, "reset": "yes"}):
+        reply = node.request("job_copies", **bad)
+        assert reply["ok"] is False and reply["error"] == "bad_request", (bad, reply)
+    reply = node.request("job_copies", **fields, held=[good])  # no full copy of B's jobs came first
+    assert reply["error"] == "need_snapshot"
+    assert node.request("job_copies", **fields, reset=True, held=[good])["ok"] is True
+    assert node.request("job_copies", **fields, released=[good["id"]])["ok"] is True
+    assert node.stats()["job_replicas"]["shadows"] == {"B/i1": 0}
+
+
+def test_job_replicas_below_one_is_a_clear_start_up_error():
+    import subprocess
+    import sys
+
+    from meshtest.nodeproc import MESHNODE
+
+    result = subprocess.run([sys.executable, MESHNODE, "run", "--name", "X", "--port", "0", "--job-replicas", "0"],
+                            capture_output=True, text=True, timeout=30, check=False)
+    assert result.returncode != 0 and "--job-replicas" in result.stderr and "Traceback" not in result.stderr
