@@ -10,9 +10,9 @@ from collections import Counter
 
 from hookhelpers import LOOPBACK, Receiver, ready
 from jobworker import Workers
-from meshtest.nodeproc import linked, wait_until
 
 from mesh import Client
+from meshtest.nodeproc import linked, wait_until
 from nodes.placement import successor
 
 JOBS = 1000
@@ -78,7 +78,7 @@ def test_without_replicas_a_killed_holders_jobs_are_lost(zk_server, zk_node):
     again (a failed first attempt) are never done, and no node takes any over."""
     workers = Workers()
     try:
-        (_, q2, q3), killed, heir = jobs_outstanding_then_kill(zk_server, zk_node, 1, workers)
+        (_, q2, q3), _, heir = jobs_outstanding_then_kill(zk_server, zk_node, 1, workers)
         assert heir is None
         wanted = {i for i in range(JOBS) if i % FAIL_EVERY}
         wait_until(lambda: {line["data"] for line in workers.done} >= wanted, timeout=60,

@@ -28,7 +28,7 @@ from mesh.subjects import Pattern
 
 from nodes.tap import Tap
 
-from .jobs import JobBook
+from .jobs import JobBook, job_settings
 
 log = logging.getLogger("meshnode.dispatcher")
 
@@ -99,11 +99,7 @@ class Dispatcher(Tap):
                 raise ValueError(f"{what} must be an integer, 0 or more")
         jobs = record.get("jobs")
         if jobs is not None:
-            if (not isinstance(jobs, dict) or isinstance(jobs.get("deadline"), bool)
-                    or not isinstance(jobs.get("deadline"), (int, float)) or not jobs["deadline"] > 0
-                    or type(jobs.get("attempts")) is not int or jobs["attempts"] < 1):
-                raise ValueError("jobs is {\"deadline\": seconds > 0, \"attempts\": n >= 1}")
-            jobs = {"deadline": float(jobs["deadline"]), "attempts": jobs["attempts"]}
+            jobs = job_settings(jobs)
         key = (name, pattern.text)
         group = self.groups.get(key)
         member = group.members.get(member_id) if group is not None else None

@@ -27,6 +27,16 @@ MAX_JOBS = 10_000
 MAX_EXTEND_SECONDS = 3600.0
 
 
+def job_settings(value):
+    """A job group's settings (``queue_join``'s ``jobs``) checked: ``{"deadline": float, "attempts": int}``;
+    ValueError otherwise."""
+    if (not isinstance(value, dict) or isinstance(value.get("deadline"), bool)
+            or not isinstance(value.get("deadline"), (int, float)) or not value["deadline"] > 0
+            or type(value.get("attempts")) is not int or value["attempts"] < 1):
+        raise ValueError("jobs is {\"deadline\": seconds > 0, \"attempts\": n >= 1}")
+    return {"deadline": float(value["deadline"]), "attempts": value["attempts"]}
+
+
 class Job:
     __slots__ = ("id", "key", "settings", "subject", "data", "origin", "carried", "attempt", "member", "deadline")
 

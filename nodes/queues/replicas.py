@@ -36,9 +36,10 @@ import zmq
 
 from mesh.control import ControlError
 from mesh.members import validate_name
-
 from nodes.control import Feature, RequestError, flag
 from nodes.placement import replicas_of, successor
+
+from .jobs import job_settings
 
 log = logging.getLogger("meshnode.replicas")
 
@@ -67,11 +68,7 @@ def _valid_record(record):
     for name in ("epoch", "seq", "attempt"):
         if type(record[name]) is not int or record[name] < 0:
             raise ValueError(f"a held job's {name} must be an integer, 0 or more")
-    settings = record["settings"]
-    if (not isinstance(settings, dict) or isinstance(settings.get("deadline"), bool)
-            or not isinstance(settings.get("deadline"), (int, float)) or not settings["deadline"] > 0
-            or type(settings.get("attempts")) is not int or settings["attempts"] < 1):
-        raise ValueError("a held job's settings are {\"deadline\": seconds > 0, \"attempts\": n >= 1}")
+    record["settings"] = job_settings(record["settings"])
     if not isinstance(record["carried"], dict):
         raise ValueError("a held job's carried headers must be a map")
     return record
@@ -192,6 +189,8 @@ class JobReplicas(Feature):
     def _flush_loop(self):
         while True:
             gevent.sleep(BATCH_SECONDS)
+            if not self._replicas:
+                self._changed, self._released = {}, []
             if not (self._changed or self._released):
                 continue
             records = [job_record(job) for job in self._changed.values()]
