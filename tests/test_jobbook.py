@@ -51,7 +51,8 @@ def test_a_job_is_delivered_once_and_acknowledged():
     b.book.ack(job, "w1")
     b.book.tick(b.later(100))  # nothing is held: nothing goes out again
     assert len(b.sent) == 1 and b.dead == []
-    assert b.book.counters() == {"held": 0, "acked": 1, "redelivered": 0, "dead": 0, "refused_acks": 0, "restored": 0}
+    assert b.book.counters() == {"held": 0, "acked": 1, "redelivered": 0, "dead": 0, "refused_acks": 0,
+                                 "restored": 0, "adopted": 0}
 
 
 def test_a_missed_deadline_goes_to_another_member_and_the_first_ack_is_refused():
@@ -65,7 +66,8 @@ def test_a_missed_deadline_goes_to_another_member_and_the_first_ack_is_refused()
     with pytest.raises(ValueError):
         b.book.ack(job, "w1")
     b.book.ack(job, "w2")
-    assert b.book.counters() == {"held": 0, "acked": 1, "redelivered": 1, "dead": 0, "refused_acks": 1, "restored": 0}
+    assert b.book.counters() == {"held": 0, "acked": 1, "redelivered": 1, "dead": 0, "refused_acks": 1,
+                                 "restored": 0, "adopted": 0}
 
 
 def test_an_extended_job_is_not_redelivered_at_its_first_deadline():

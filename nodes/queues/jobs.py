@@ -15,7 +15,8 @@ Each job keeps one id for all its attempts (``<group>:<origin>/<epoch>/<seq>``
 of the publish), so workers can be idempotent. The book is in this node's
 memory: if this node dies, the jobs it held and that were not acknowledged
 are lost (docs/QUEUES.md), unless a store keeps them on disk (--data-dir):
-then the restarted node holds them again. At most MAX_JOBS wait per group per node; a job
+then the restarted node holds them again; or other nodes keep copies
+(--job-replicas, nodes/queues/replicas.py): then one of them adopts them. At most MAX_JOBS wait per group per node; a job
 beyond that goes straight to the dead-letter subject, reason ``full``.
 """
 
@@ -24,6 +25,16 @@ import time
 DEAD_LETTER_TOPIC = "$dead"
 MAX_JOBS = 10_000
 MAX_EXTEND_SECONDS = 3600.0
+
+
+def job_settings(value):
+    """A job group's settings (``queue_join``'s ``jobs``) checked: ``{"deadline": float, "attempts": int}``;
+    ValueError otherwise."""
+    if (not isinstance(value, dict) or isinstance(value.get("deadline"), bool)
+            or not isinstance(value.get("deadline"), (int, float)) or not value["deadline"] > 0
+            or type(value.get("attempts")) is not int or value["attempts"] < 1):
+        raise ValueError("jobs is {\"deadline\": seconds > 0, \"attempts\": n >= 1}")
+    return {"deadline": float(value["deadline"]), "attempts": value["attempts"]}
 
 
 class Job:
@@ -39,20 +50,24 @@ class Job:
 
 
 class JobBook:
-    def __init__(self, groups, send, pick, publish_dead, node_name, store=None):
+    def __init__(self, groups, send, pick, publish_dead, node_name, store=None, copies=None):
         """``groups``: the dispatcher's (name, pattern) -> Group; ``send(member,
         group, subject, data, headers)`` delivers to a member's inbox;
         ``pick(group, exclude)`` chooses a member; ``publish_dead(subject, data,
         headers)`` publishes a dead letter; ``store``: a JobStore
-        (nodes/queues/jobstore.py) keeping the jobs on disk, or None."""
+        (nodes/queues/jobstore.py) keeping the jobs on disk, or None;
+        ``copies``: the JobReplicas (nodes/queues/replicas.py) sending them to
+        other nodes, or None. Both are told each job taken (``held``), each
+        new attempt (``attempted``) and each job let go (``released``)."""
         self.store = store
+        self._keepers = [keeper for keeper in (store, copies) if keeper is not None]
         self._groups = groups
         self._send, self._pick, self._publish_dead = send, pick, publish_dead
         self.node = node_name
         self.jobs = {}  # id -> Job
         self.per_group = {}  # group key -> number of jobs held
         self.acked = self.redelivered = self.dead = self.refused_acks = 0
-        self.restored = 0
+        self.restored = self.adopted = 0
         if store is not None:
             for key, settings, subject, data, origin, epoch, seq, carried, attempt in store.jobs():
                 job = Job(key, settings, subject, data, origin, epoch, seq, carried)
@@ -64,14 +79,38 @@ class JobBook:
     def submit(self, group, subject, data, origin, epoch, seq, carried=None):
         key = (group.name, group.pattern.text)
         job = Job(key, dict(group.jobs), subject, data, origin, epoch, seq, carried or {})
-        if self.per_group.get(key, 0) >= MAX_JOBS:
+        if self._take(job):
+            self._deliver(job)
+
+    def adopt(self, records):
+        """Hold the jobs of a node that left the mesh (records as nodes/queues/replicas.py
+        copies them), each with its attempts so far and no member: it goes to one at the
+        next tick. Returns how many were taken (not those held here already)."""
+        taken = 0
+        for record in records:
+            if record["id"] in self.jobs:
+                continue
+            job = Job((record["group"], record["pattern"]), dict(record["settings"]), record["subject"],
+                      record["data"], record["origin"], record["epoch"], record["seq"], record["carried"])
+            job.attempt = record["attempt"]
+            if self._take(job):
+                taken += 1
+        self.adopted += taken
+        return taken
+
+    def _take(self, job):
+        """Hold a job, or dead-letter it (``full``); True if held."""
+        if self.per_group.get(job.key, 0) >= MAX_JOBS:
             self._dead_letter(job, "full")
-            return
+            return False
         self.jobs[job.id] = job
-        self.per_group[key] = self.per_group.get(key, 0) + 1
-        if self.store is not None:
-            self.store.held(job)
-        self._deliver(job)
+        self.per_group[job.key] = self.per_group.get(job.key, 0) + 1
+        self._keep("held", job)
+        return True
+
+    def _keep(self, change, job):
+        for keeper in self._keepers:
+            getattr(keeper, change)(job)
 
     def _deliver(self, job, exclude=None):
         if job.attempt >= job.settings["attempts"]:
@@ -84,8 +123,7 @@ class JobBook:
             job.member, job.deadline = None, 0.0
             return
         job.attempt += 1
-        if self.store is not None:
-            self.store.attempted(job)
+        self._keep("attempted", job)
         job.member = member.member
         job.deadline = time.monotonic() + job.settings["deadline"]
         origin, epoch, seq = job.origin
@@ -100,8 +138,7 @@ class JobBook:
     def _forget(self, job):
         if self.jobs.pop(job.id, None) is not None:
             self.per_group[job.key] -= 1
-            if self.store is not None:
-                self.store.released(job)
+            self._keep("released", job)
 
     def ack(self, job_id, member):
         """The member finished the job; ValueError if it holds no such job."""
@@ -135,4 +172,5 @@ class JobBook:
     def counters(self):
         return {"held": len(self.jobs), "acked": self.acked, "redelivered": self.redelivered, "dead": self.dead,
                 "refused_acks": self.refused_acks, "restored": self.restored,
+                "adopted": self.adopted,
                 **({"disk": self.store.counters()} if self.store is not None else {})}
