@@ -93,7 +93,7 @@ class Settler:
         self._later = []  # (when, _Pending) to ask again
         self._wake = threading.Event()
         self._channels = {}  # node name -> ControlChannel
-        self._awaited = {}  # (node, request id) -> (_Pending, deadline)
+        self._awaited = {}  # (channel, request id) -> (_Pending, node, deadline)
         self._peers, self._peers_at = {}, -PEERS_SECONDS  # name -> control address, and when asked
         self._stopping = False
         self._finished = threading.Event()
@@ -121,7 +121,7 @@ class Settler:
     def counters(self):
         return {"sent": self.sent, "confirmed": self.confirmed, "refused": self.refused,
                 "unanswered": self.unanswered, "rerouted": self.rerouted,
-                "awaited": len({id(pending) for pending, _ in self._awaited.values()}), "retrying": len(self._later)}
+                "awaited": len({id(entry[0]) for entry in self._awaited.values()}), "retrying": len(self._later)}
 
     def _run(self):
         grace_end = None
@@ -146,7 +146,7 @@ class Settler:
                     if not self._queue and (not self._awaited or now >= grace_end):
                         return
         finally:
-            for pending, _ in list(self._awaited.values()):
+            for pending, _, _ in list(self._awaited.values()):
                 if not pending.settlement.done():
                     pending.settlement._finish(error=TimeoutError(
                         f"{pending.cmd}: the client closed before an answer"))
@@ -167,14 +167,15 @@ class Settler:
         deadline = time.monotonic() + self._client.timeout
         for node in targets:
             try:
-                request_id = self._channel(node).send(pending.cmd, **pending.fields)
+                channel = self._channel(node)
+                request_id = channel.send(pending.cmd, **pending.fields)
             except (ControlError, TimeoutError) as exc:  # not in the mesh, or its connection is full
                 if node == pending.holder:
                     pending.holder_error = exc
                 continue
             self.sent += 1
             pending.asked += 1
-            self._awaited[(node, request_id)] = (pending, deadline)
+            self._awaited[(channel, request_id)] = (pending, node, deadline)
         if not pending.asked:
             self._round_over(pending)
 
@@ -227,7 +228,7 @@ class Settler:
     def _collect(self):
         for node, channel in list(self._channels.items()):
             for reply in channel.replies():
-                entry = self._awaited.pop((node, reply.get("id")), None)
+                entry = self._awaited.pop((channel, reply.get("id")), None)
                 if entry is None:
                     continue  # answered after we gave up on it
                 try:
@@ -236,18 +237,17 @@ class Settler:
                     self._answered(entry[0], node, error=exc)
 
     def _expire(self, now):
-        silent = set()
-        for key, (pending, deadline) in list(self._awaited.items()):
-            if deadline < now:
-                del self._awaited[key]
-                silent.add(key[0])
-                self._answered(pending, key[0], error=TimeoutError(
-                    f"node {key[0]!r} did not answer {pending.cmd!r} within {self._client.timeout} s"))
-        for node in silent:  # made again at the next request, after asking membership
-            channel = self._channels.pop(node, None)
-            if channel is not None:
+        silent = {channel for (channel, _), (_, _, deadline) in self._awaited.items() if deadline < now}
+        for node, channel in list(self._channels.items()):
+            if channel in silent:  # made again at the next request, after asking membership
+                del self._channels[node]
                 channel.close()
-            self._peers_at = -PEERS_SECONDS
+                self._peers_at = -PEERS_SECONDS
+        for key, (pending, node, _) in list(self._awaited.items()):
+            if key[0] in silent:  # what it was asked will not be answered on a closed connection
+                del self._awaited[key]
+                self._answered(pending, node, error=TimeoutError(
+                    f"node {node!r} did not answer {pending.cmd!r} within {self._client.timeout} s"))
 
     def _settled(self, pending, reply=None, error=None):
         settlement = pending.settlement
