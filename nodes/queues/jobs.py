@@ -16,8 +16,12 @@ of the publish), so workers can be idempotent. The book is in this node's
 memory: if this node dies, the jobs it held and that were not acknowledged
 are lost (docs/QUEUES.md), unless a store keeps them on disk (--data-dir):
 then the restarted node holds them again; or other nodes keep copies
-(--job-replicas, nodes/queues/replicas.py): then one of them adopts them. At most MAX_JOBS wait per group per node; a job
-beyond that goes straight to the dead-letter subject, reason ``full``.
+(--job-replicas, nodes/queues/replicas.py): then one of them adopts them.
+Both keep each attempt's member and deadline, so a restored or adopted job
+stays with the worker that was doing it until its deadline
+(``Job.from_record``), and that worker's acknowledgement settles it here.
+At most MAX_JOBS wait per group per node; a job beyond that goes straight
+to the dead-letter subject, reason ``full``.
 """
 
 import time
