@@ -157,12 +157,14 @@ def test_bad_copies_are_clear_errors_and_a_change_before_a_full_copy_asks_for_on
     fields = {"holder": "B", "instance": "i1", "copies": 2}
     for bad in ({**fields, "holder": ""}, {**fields, "copies": 1}, {**fields, "held": [{**good, "seq": -1}]},
                 {**fields, "held": [{**good, "settings": {}}]}, {**fields, "released": [3]},
-                {**fields, "reset": "yes"}):
+                {**fields, "reset": "yes"}, {**fields, "held": [{**good, "member": 5}]},
+                {**fields, "held": [{**good, "deadline": "soon"}]}):
         reply = node.request("job_copies", **bad)
         assert reply["ok"] is False and reply["error"] == "bad_request", (bad, reply)
     reply = node.request("job_copies", **fields, held=[good])  # no full copy of B's jobs came first
     assert reply["error"] == "need_snapshot"
     assert node.request("job_copies", **fields, reset=True, held=[good])["ok"] is True
+    assert node.request("job_copies", **fields, held=[{**good, "member": "m1", "deadline": 1.8e9}])["ok"] is True
     assert node.request("job_copies", **fields, released=[good["id"]])["ok"] is True
     assert node.stats()["job_replicas"]["shadows"] == {"B/i1": 0}
 
