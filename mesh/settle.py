@@ -121,18 +121,18 @@ class Settler:
     def counters(self):
         return {"sent": self.sent, "confirmed": self.confirmed, "refused": self.refused,
                 "unanswered": self.unanswered, "rerouted": self.rerouted,
-                "awaited": len({id(entry[0]) for entry in self._awaited.values()}), "retrying": len(self._later)}
+                "awaited": len({id(entry[0]) for entry in list(self._awaited.values())}), "retrying": len(self._later)}
 
     def _run(self):
         grace_end = None
         try:
             while True:
-                self._wake.wait(POLL_SECONDS if self._awaited or self._later else 0.5)
+                self._wake.wait(0 if self._queue else POLL_SECONDS if self._awaited or self._later else 0.5)
                 self._wake.clear()
                 now = time.monotonic()
                 if self._stopping or self._client.closed:
                     for _, pending in self._later:  # no more rounds: the last outcome stands
-                        self._settled(pending, error=pending.holder_error)
+                        self._give_up(pending)
                     self._later = []
                 else:
                     self._queue.extend(pending for when, pending in self._later if when <= now)
@@ -198,12 +198,15 @@ class Settler:
         gone = error is None or isinstance(error, TimeoutError) or error.code == "unknown_node"
         now = time.monotonic()
         if not gone or now >= pending.until or self._stopping:
-            self._settled(pending, error=error or ControlError(
-                "unknown_job", f"no node holds job {pending.settlement.job!r} for this member"))
+            self._give_up(pending)
         elif pending.rounds == 1:
             self._queue.append(pending)  # the holder is gone: ask every node now
         else:
             self._later.append((now + min(RETRY_FIRST * 2 ** (pending.rounds - 2), RETRY_MOST), pending))
+
+    def _give_up(self, pending):
+        self._settled(pending, error=pending.holder_error or ControlError(
+            "unknown_job", f"no node holds job {pending.settlement.job!r} for this member"))
 
     def _members(self):
         """The membership as the client's node lists it (name -> control address), this node included."""
