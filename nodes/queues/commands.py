@@ -101,10 +101,11 @@ class QueueGroups(Feature):
         job, member = request.get("job"), request.get("member")
         if not isinstance(job, str) or not isinstance(member, str):
             raise RequestError("bad_request", "job and member must be strings")
-        if self.dispatcher is None:
+        jobs = self.job_book(self.job_store is not None)  # restored from the disk before any member came back
+        if jobs is None:
             raise RequestError("unknown_job", f"job {job!r} is not held here: this node holds no jobs")
         try:
-            action(self.dispatcher.jobs, job, member)
+            action(jobs, job, member)
         except ValueError as exc:
             raise RequestError("unknown_job", str(exc)) from None
         return {}

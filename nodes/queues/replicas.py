@@ -16,14 +16,16 @@ most CHUNK_BYTES. A job whose record alone is larger is not copied (counted
 **As a replica.** One shadow per (holder, instance): that holder's jobs, in
 memory. When membership drops the holder, or shows another instance of it,
 the holder's successor (``placement.successor`` over the membership without
-it) adopts the shadow into its own job book: each job a new attempt with no
-member, given to a worker at the next tick and copied on to the adopter's
-own replicas; the other replicas forget the shadow.
+it) adopts the shadow into its own job book: each job held for the member
+that was doing it until its deadline (a worker whose acknowledgement finds
+the holder gone sends it to every node: mesh/settle.py), or, without one,
+given to a worker at the next tick; all copied on to the adopter's own
+replicas. The other replicas forget the shadow.
 
 At least once, no consensus: what changed at the holder in its last
 BATCH_SECONDS (and had not reached a replica) is lost with it or comes back
-(an acknowledgement not copied yet); the attempts workers were doing when
-the holder died are given out again.
+(an acknowledgement not copied yet); an attempt whose worker does not
+acknowledge it at the successor by its deadline is given out again.
 """
 
 import collections
@@ -51,14 +53,6 @@ RECORD_FIELDS = ("id", "group", "pattern", "settings", "subject", "data", "origi
                  "attempt")
 
 
-def job_record(job):
-    """A held job as ``job_copies`` carries it (docs/PROTOCOL.md 7.7)."""
-    origin, epoch, seq = job.origin
-    return {"id": job.id, "group": job.key[0], "pattern": job.key[1], "settings": job.settings,
-            "subject": job.subject, "data": job.data, "origin": origin, "epoch": epoch, "seq": seq,
-            "carried": job.carried, "attempt": job.attempt}
-
-
 def _valid_record(record):
     if not isinstance(record, dict) or any(name not in record for name in RECORD_FIELDS):
         raise ValueError(f"each held job is a map with {', '.join(RECORD_FIELDS)}")
@@ -71,6 +65,11 @@ def _valid_record(record):
     record["settings"] = job_settings(record["settings"])
     if not isinstance(record["carried"], dict):
         raise ValueError("a held job's carried headers must be a map")
+    member, deadline = record.get("member"), record.get("deadline")
+    if member is not None and not isinstance(member, str):
+        raise ValueError("a held job's member must be a string or nil")
+    if deadline is not None and (isinstance(deadline, bool) or not isinstance(deadline, (int, float))):
+        raise ValueError("a held job's deadline must be a number (Unix seconds) or nil")
     return record
 
 
@@ -134,7 +133,7 @@ class JobReplicas(Feature):
     def held(self, job):
         self._changed[job.id] = job
 
-    attempted = held
+    attempted = extended = held
 
     def released(self, job):
         self._changed.pop(job.id, None)
@@ -193,7 +192,7 @@ class JobReplicas(Feature):
                 self._changed, self._released = {}, []
             if not (self._changed or self._released):
                 continue
-            records = [job_record(job) for job in self._changed.values()]
+            records = [job.record() for job in self._changed.values()]
             requests, too_large = chunks(records, self._released, self._fields(False))
             self.too_large += too_large
             self._changed, self._released = {}, []
@@ -212,7 +211,7 @@ class JobReplicas(Feature):
         """Every job held now, the first request with ``reset``."""
         book = self._book(False)
         jobs = book.jobs.values() if book is not None else ()
-        requests, too_large = chunks([job_record(job) for job in jobs], [], self._fields(False))
+        requests, too_large = chunks([job.record() for job in jobs], [], self._fields(False))
         requests[0]["reset"] = True
         self.too_large += too_large
         self.snapshots += 1
