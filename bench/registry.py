@@ -11,6 +11,7 @@ from . import (
            edge_memory,
            groups,
            hooks,
+           jobs,
            library,
            pairs,
            partitions,
@@ -22,6 +23,6 @@ from . import (
 )
 
 MODULES = (pairs, websocket, edge_fanout, convergence, library, edge_http, edge_memory, edge_auth, recovery, requests, queues,
-           hooks, scale, groups, partitions, durable)
+           hooks, scale, groups, partitions, durable, jobs)
 SCENARIOS = sorted((scenario for module in MODULES for scenario in module.SCENARIOS), key=lambda s: s.order())
 BY_NAME = {scenario.name: scenario for scenario in SCENARIOS}

@@ -24,6 +24,10 @@ def validate_revocation(subject, until):
     return subject, float(until)
 
 
+class NameTaken(ValueError):
+    """A node introduced itself under the name of the node it spoke to (``announce``)."""
+
+
 class Discovery:
     """Base class of membership backends."""
 

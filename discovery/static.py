@@ -17,6 +17,15 @@ one seed joins the whole mesh, and only first-hand contact keeps a member:
   never taken back from a stale copy (a restart has a new instance);
 * a restarted node (new ``instance``, new data ports) replaces its old record;
 * a seed that does not answer is retried for as long as the node runs.
+
+A name belongs to one running node. At start the node asks each seed for
+its own record and its peers (``hello``, ``peers``, one second each); a
+record of this node's name with another instance is its holder, and the
+start is refused unless the holder is gone (discovery/liveness.py: nothing
+listens at its control address, or another instance answers there, such as
+this very node restarted on the same port). Seeds that do not answer are
+not waited for. A node that introduces itself under this node's name
+later (two started at once) is refused with ``name_taken``, and logs it.
 """
 
 import hashlib
@@ -30,7 +39,10 @@ from mesh.control import ControlChannel, ControlError, normalize_address
 from mesh.members import validate_member, validate_name
 from mesh.concurrency import pick_waiter
 
-from .base import Discovery
+from mesh.zkmembers import DiscoveryError
+
+from .base import Discovery, NameTaken
+from .liveness import holder_state
 
 log = logging.getLogger("meshnode.discovery.static")
 
@@ -76,12 +88,46 @@ class StaticDiscovery(Discovery):
         self._expirer = None
 
     def start(self, me, on_change):
+        self._refuse_a_taken_name(me)
         self._me = me
         self._on_change = on_change
         self._view = view_of(me, [])
         for address in self._seeds:
             self._dial(address)
         self._expirer = gevent.spawn(self._expire_loop)
+
+    def _refuse_a_taken_name(self, me):
+        """DiscoveryError when a seed lists a holder of ``me``'s name that is not gone."""
+        for record in self._records_at_seeds():
+            if record["name"] != me["name"] or record["instance"] == me["instance"]:
+                continue
+            state = holder_state(self._context, record, self._curve)
+            if state != "gone":
+                answer = "is alive" if state == "alive" else \
+                    f"did not answer: if it is dead, its peers forget it within {self.expiry:g} s"
+                raise DiscoveryError(f"node name {me['name']!r} is already taken by the node at "
+                                     f"{record['control']} (it {answer}); choose another --name")
+
+    def _records_at_seeds(self):
+        """Every member record the seeds give: their own and their peers' (asked at once, a second each)."""
+        def ask(address):
+            channel = ControlChannel(self._context, address, pick_waiter(), timeout=1.0, curve=self._curve)
+            try:
+                return [channel.request("hello")["member"], *channel.request("peers")["peers"]]
+            except (TimeoutError, ControlError, KeyError, TypeError):
+                return []
+            finally:
+                channel.close()
+
+        asks = [gevent.spawn(ask, address) for address in self._seeds]
+        gevent.joinall(asks)
+        records = []
+        for record in (r for greenlet in asks for r in (greenlet.value or [])):
+            try:
+                records.append(validate_member(record))
+            except ValueError:
+                pass
+        return records
 
     def _channel(self, address):
         return ControlChannel(self._context, address, pick_waiter(), timeout=self.interval, curve=self._curve)
@@ -112,8 +158,14 @@ class StaticDiscovery(Discovery):
                     # Drop requests queued for an absent peer rather than flood it later.
                     channel.close()
                     channel = self._channel(address)
-                except (ControlError, ValueError) as exc:
-                    log.warning("peer %s refused or sent a bad record: %s", address, exc)
+                except ControlError as exc:
+                    if exc.code == "name_taken":
+                        log.error("%s: this node's name belongs to another running node; choose another "
+                                  "--name (%s)", address, exc)
+                    else:
+                        log.warning("peer %s refused: %s", address, exc)
+                except ValueError as exc:
+                    log.warning("peer %s sent a bad record: %s", address, exc)
                 gevent.sleep(self.interval)
         finally:
             del self._loops[address]
@@ -144,6 +196,8 @@ class StaticDiscovery(Discovery):
             self._publish()
 
     def announce(self, member, fields):
+        if member["name"] == self._me["name"] and member["instance"] != self._me["instance"]:
+            raise NameTaken(f"node name {member['name']!r} belongs to the running node at {self._me['control']}")
         exchange = read_exchange(fields)
         if member["instance"] != self._me["instance"]:
             self._learn(*exchange)

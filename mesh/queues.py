@@ -108,4 +108,5 @@ class Memberships:
         membership = next((m for m in self._members.values() if m.group == group and m.jobs), None)
         if job is None or holder is None or membership is None:
             raise ValueError("the message is not a job of one of this client's job groups")
-        return self.settler.submit(holder, cmd, {"job": job, "member": membership.member, **fields})
+        return self.settler.submit(holder, cmd, {"job": job, "member": membership.member, **fields},
+                                   retry_for=membership.jobs["deadline"])  # as long as a holder keeps it for us

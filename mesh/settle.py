@@ -9,14 +9,26 @@ never held up by the holder: a node that is slow or gone costs the worker
 nothing, and the jobs it took from other nodes go on at its own pace
 (docs/QUEUES.md, "When the holding node dies").
 
+**A holder that is gone** (not in the membership: ``unknown_node``, known
+at once; or silent for the client's timeout: its connection is then dropped
+and made again at the next request, asking the membership first) may have
+died for good, its jobs adopted by its successor (``--job-replicas``), which
+the worker does not know; or it may be restarting on its ``--data-dir``.
+Either holds the job for this member until its deadline, so the settler
+tries again while the job's group deadline (from the ``ack``) lasts: it asks
+every node the membership lists (the client's own node included, and the
+holder again once it is back) at once, RETRY_FIRST seconds later and then
+twice as long each time, at most RETRY_MOST; a job id is unique, so at most
+one node confirms and the others answer ``unknown_job``
+(docs/PROTOCOL.md 7.7, "Acknowledging a job whose holder is gone").
+
 Who wants the outcome waits for it: ``client.ack(m).result(timeout)``
-returns the reply or raises ControlError (``unknown_job``: the job is not
-held for this member there; ``unknown_node``: the holder is not in the
-mesh's membership, known at once) or TimeoutError (the holder did not
-answer within the client's timeout: its connection is then dropped and made
-again at the next settlement, so a holder that membership has dropped is
-refused at once from then on). Outcomes nobody waited for are counted in
-``client.counters()["settled"]``.
+returns the reply (from the holder, or from the node that holds the job
+now) or raises ControlError (``unknown_job``: the holder answered that it
+does not hold the job for this member; ``unknown_node``: the holder was not
+in the membership, and no node confirmed before the deadline) or
+TimeoutError (the holder did not answer, and no node confirmed). Outcomes
+nobody waited for are counted in ``client.counters()["settled"]``.
 """
 
 import collections
@@ -31,6 +43,8 @@ log = logging.getLogger("mesh.settle")
 
 POLL_SECONDS = 0.02  # how often replies are looked for while some are awaited
 CLOSE_GRACE = 1.0  # how long closing the client waits for settlements still unanswered
+RETRY_FIRST, RETRY_MOST = 0.5, 8.0  # the pauses between the rounds that ask every node
+PEERS_SECONDS = 0.5  # how long one answer of the membership serves
 
 
 class Settlement:
@@ -58,23 +72,38 @@ class Settlement:
         return self._reply
 
 
+class _Pending:
+    """One settlement under way: where it was asked in this round and what the holder said."""
+
+    __slots__ = ("holder", "cmd", "fields", "settlement", "until", "rounds", "asked", "holder_error")
+
+    def __init__(self, holder, cmd, fields, settlement, until):
+        self.holder, self.cmd, self.fields, self.settlement, self.until = holder, cmd, fields, settlement, until
+        self.rounds = 0  # rounds sent; after the first, every node is asked
+        self.asked = 0  # requests of this round not answered yet
+        self.holder_error = None  # the holder's refusal or silence in this round
+
+
 class Settler:
     """One client's settlements in flight and the connections to the holders."""
 
     def __init__(self, client):
         self._client = client
-        self._queue = collections.deque()  # (holder, cmd, fields, settlement) not sent yet
+        self._queue = collections.deque()  # _Pending due now
+        self._later = []  # (when, _Pending) to ask again
         self._wake = threading.Event()
-        self._channels = {}  # holder node name -> ControlChannel
-        self._awaited = {}  # (holder, request id) -> (settlement, deadline)
+        self._channels = {}  # node name -> ControlChannel
+        self._awaited = {}  # (channel, request id) -> (_Pending, node, deadline)
+        self._peers, self._peers_at = {}, -PEERS_SECONDS  # name -> control address, and when asked
         self._stopping = False
         self._finished = threading.Event()
         self._started = False
-        self.sent = self.confirmed = self.refused = self.unanswered = 0
+        self.sent = self.confirmed = self.refused = self.unanswered = self.rerouted = 0
 
-    def submit(self, holder, cmd, fields):
+    def submit(self, holder, cmd, fields, retry_for=0.0):
+        """Send ``cmd`` to ``holder``; while it is gone, ask every node for ``retry_for`` seconds."""
         settlement = Settlement(cmd, fields.get("job"))
-        self._queue.append((holder, cmd, fields, settlement))
+        self._queue.append(_Pending(holder, cmd, fields, settlement, time.monotonic() + retry_for))
         if not self._started:
             self._started = True
             start_background(self._run, f"mesh-settle-{self._client.origin}")
@@ -91,80 +120,140 @@ class Settler:
 
     def counters(self):
         return {"sent": self.sent, "confirmed": self.confirmed, "refused": self.refused,
-                "unanswered": self.unanswered, "awaited": len(self._awaited)}
+                "unanswered": self.unanswered, "rerouted": self.rerouted,
+                "awaited": len({id(entry[0]) for entry in list(self._awaited.values())}), "retrying": len(self._later)}
 
     def _run(self):
         grace_end = None
         try:
             while True:
-                self._wake.wait(POLL_SECONDS if self._awaited else 0.5)
+                self._wake.wait(0 if self._queue else POLL_SECONDS if self._awaited or self._later else 0.5)
                 self._wake.clear()
-                while self._queue:
-                    self._send(*self._queue.popleft())
-                self._collect()
                 now = time.monotonic()
-                self._expire(now)
+                if self._stopping or self._client.closed:
+                    for _, pending in self._later:  # no more rounds: the last outcome stands
+                        self._give_up(pending)
+                    self._later = []
+                else:
+                    self._queue.extend(pending for when, pending in self._later if when <= now)
+                    self._later = [(when, pending) for when, pending in self._later if when > now]
+                while self._queue:
+                    self._ask(self._queue.popleft())
+                self._collect()
+                self._expire(time.monotonic())
                 if self._stopping or self._client.closed:
                     grace_end = grace_end or now + CLOSE_GRACE
                     if not self._queue and (not self._awaited or now >= grace_end):
                         return
         finally:
-            for settlement, _ in self._awaited.values():
-                settlement._finish(error=TimeoutError(f"{settlement.cmd}: the client closed before an answer"))
+            for pending, _, _ in list(self._awaited.values()):
+                if not pending.settlement.done():
+                    pending.settlement._finish(error=TimeoutError(
+                        f"{pending.cmd}: the client closed before an answer"))
             for channel in self._channels.values():
                 channel.close()
             self._finished.set()
 
-    def _send(self, holder, cmd, fields, settlement):
-        try:
-            channel = self._channel(holder)
-            request_id = channel.send(cmd, **fields)
-        except (ControlError, TimeoutError) as exc:  # not in the mesh, or its connection is full
-            self._settled(settlement, error=exc)
-            return
-        self.sent += 1
-        self._awaited[(holder, request_id)] = (settlement, time.monotonic() + self._client.timeout)
+    def _ask(self, pending):
+        """One round: the holder, and after the first round every node the membership lists."""
+        pending.rounds += 1
+        pending.holder_error = None
+        targets = [pending.holder]
+        if pending.rounds > 1:
+            try:
+                targets += sorted(set(self._members()) - {pending.holder})
+            except (ControlError, TimeoutError) as exc:  # the client's own node does not answer
+                log.info("%s of job %r: membership unknown (%s)", pending.cmd, pending.settlement.job, exc)
+        deadline = time.monotonic() + self._client.timeout
+        for node in targets:
+            try:
+                channel = self._channel(node)
+                request_id = channel.send(pending.cmd, **pending.fields)
+            except (ControlError, TimeoutError) as exc:  # not in the mesh, or its connection is full
+                if node == pending.holder:
+                    pending.holder_error = exc
+                continue
+            self.sent += 1
+            pending.asked += 1
+            self._awaited[(channel, request_id)] = (pending, node, deadline)
+        if not pending.asked:
+            self._round_over(pending)
 
-    def _channel(self, holder):
-        channel = self._channels.get(holder)
+    def _answered(self, pending, node, reply=None, error=None):
+        pending.asked -= 1
+        if pending.settlement.done():
+            return  # another node confirmed it in this round
+        if error is None:
+            self.rerouted += node != pending.holder
+            self._settled(pending, reply=reply)
+            return
+        if node == pending.holder:
+            pending.holder_error = error
+        if not pending.asked:
+            self._round_over(pending)
+
+    def _round_over(self, pending):
+        """No node confirmed: the holder's answer stands, unless it is gone and time is left."""
+        error = pending.holder_error
+        gone = error is None or isinstance(error, TimeoutError) or error.code == "unknown_node"
+        now = time.monotonic()
+        if not gone or now >= pending.until or self._stopping:
+            self._give_up(pending)
+        elif pending.rounds == 1:
+            self._queue.append(pending)  # the holder is gone: ask every node now
+        else:
+            self._later.append((now + min(RETRY_FIRST * 2 ** (pending.rounds - 2), RETRY_MOST), pending))
+
+    def _give_up(self, pending):
+        self._settled(pending, error=pending.holder_error or ControlError(
+            "unknown_job", f"no node holds job {pending.settlement.job!r} for this member"))
+
+    def _members(self):
+        """The membership as the client's node lists it (name -> control address), this node included."""
+        now = time.monotonic()
+        if now - self._peers_at >= PEERS_SECONDS:
+            client = self._client
+            self._peers = {r["name"]: r["control"] for r in client.control.request("peers")["peers"]}
+            self._peers[client.node] = client.control.address
+            self._peers_at = now
+        return self._peers
+
+    def _channel(self, node):
+        channel = self._channels.get(node)
         if channel is not None:
             return channel
-        client = self._client
-        if holder == client.node:
-            address = client.control.address
-        else:
-            records = {r["name"]: r for r in client.control.request("peers")["peers"]}
-            if holder not in records:
-                raise ControlError("unknown_node", f"node {holder!r}, which holds the job, is not in the mesh now")
-            address = records[holder]["control"]
-        channel = self._channels[holder] = client.control_channel(address)
+        address = self._members().get(node)
+        if address is None:
+            raise ControlError("unknown_node", f"node {node!r}, which holds the job, is not in the mesh now")
+        channel = self._channels[node] = self._client.control_channel(address)
         return channel
 
     def _collect(self):
-        for holder, channel in list(self._channels.items()):
+        for node, channel in list(self._channels.items()):
             for reply in channel.replies():
-                entry = self._awaited.pop((holder, reply.get("id")), None)
+                entry = self._awaited.pop((channel, reply.get("id")), None)
                 if entry is None:
                     continue  # answered after we gave up on it
                 try:
-                    self._settled(entry[0], reply=outcome(reply))
+                    self._answered(entry[0], node, reply=outcome(reply))
                 except ControlError as exc:
-                    self._settled(entry[0], error=exc)
+                    self._answered(entry[0], node, error=exc)
 
     def _expire(self, now):
-        silent = set()
-        for key, (settlement, deadline) in list(self._awaited.items()):
-            if deadline < now:
-                del self._awaited[key]
-                silent.add(key[0])
-                self._settled(settlement, error=TimeoutError(
-                    f"node {key[0]!r} did not answer {settlement.cmd!r} within {self._client.timeout} s"))
-        for holder in silent:  # made again at the next settlement, after asking membership
-            channel = self._channels.pop(holder, None)
-            if channel is not None:
+        silent = {channel for (channel, _), (_, _, deadline) in self._awaited.items() if deadline < now}
+        for node, channel in list(self._channels.items()):
+            if channel in silent:  # made again at the next request, after asking membership
+                del self._channels[node]
                 channel.close()
+                self._peers_at = -PEERS_SECONDS
+        for key, (pending, node, _) in list(self._awaited.items()):
+            if key[0] in silent:  # what it was asked will not be answered on a closed connection
+                del self._awaited[key]
+                self._answered(pending, node, error=TimeoutError(
+                    f"node {node!r} did not answer {pending.cmd!r} within {self._client.timeout} s"))
 
-    def _settled(self, settlement, reply=None, error=None):
+    def _settled(self, pending, reply=None, error=None):
+        settlement = pending.settlement
         if error is None:
             self.confirmed += 1
         elif isinstance(error, TimeoutError):

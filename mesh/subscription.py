@@ -5,8 +5,12 @@ pattern into the queue; ``get()`` takes from it, and when it is empty asks
 the receiver to read on its behalf. Per stream (publisher, subject) the
 subscription keeps the epoch and last sequence number it saw, counts what is
 missing as ``gaps``, and forgets a stream it has not heard from for
-``stream_idle`` seconds (at most twice that). ``position`` says how far
-the reader got, for recovering from history later (mesh/recovery.py).
+``stream_idle`` seconds (at most twice that). It keeps the last position of
+the MAX_FORGOTTEN_STREAMS streams it forgot most recently, so a stream that
+comes back in the same epoch after a long silence (a cut longer than
+``stream_idle``, its publisher publishing all along) has what was lost
+meanwhile counted. ``position`` says how far the reader got, for
+recovering from history later (mesh/recovery.py).
 
 While a recovery replays history, live messages are held back; the hold,
 what arrives meanwhile and the hand-over to live delivery happen under one
@@ -15,6 +19,7 @@ from where the reader was.
 """
 
 import collections
+import itertools
 import threading
 import time
 
@@ -22,6 +27,7 @@ from .generations import Generations
 from .recovery import Position
 
 DEFAULT_PENDING_LIMIT = 100_000
+MAX_FORGOTTEN_STREAMS = 10_000  # forgotten streams whose last position a subscription keeps (the newest)
 
 
 class Subscription:
@@ -46,6 +52,7 @@ class Subscription:
         self._yield = maybe_yield
         self.inbox = collections.deque()
         self._streams = Generations(stream_idle, time.monotonic())  # (origin, subject) -> [epoch, last seq]
+        self._forgotten = {}  # the same, for streams forgotten since: the oldest first
         self.wait_event = None  # made the first time a reader has to wait
         self.waiter = None  # the Event, while a reader waits for the receiver
         self._held = None  # live messages held back while a recovery replays (a list), else None
@@ -144,7 +151,7 @@ class Subscription:
                 self._held.extend(messages)
                 return
             if now >= self._streams.rotate_at:
-                self._streams.rotate(now)
+                self._rotate(now)
             end = seq + len(messages) - 1
             self._advance(key, epoch, seq, end)
             if self._replayed_to:  # live copies of what a recovery replayed may still come: never twice
@@ -166,12 +173,31 @@ class Subscription:
         if self.waiter is not None:
             self.waiter.set()
 
+    def _rotate(self, now):
+        """Forget the streams idle for a generation, keeping their last positions (lock held)."""
+        forgotten = self._forgotten
+        for generation in self._streams.rotate(now):
+            for key, position in generation.items():
+                forgotten.pop(key, None)  # re-inserted: the newest last
+                forgotten[key] = position
+        for key in list(itertools.islice(forgotten, max(0, len(forgotten) - MAX_FORGOTTEN_STREAMS))):
+            del forgotten[key]
+
+    def _recall(self, key):
+        """The position of a stream not in use (lock held): remembered, forgotten but kept, or None."""
+        position = self._streams.revive(key)
+        if position is None:
+            position = self._forgotten.pop(key, None)
+            if position is not None:
+                self._streams.recent[key] = position
+        return position
+
     def _advance(self, key, epoch, seq, end):
         """Stream ``key`` got ``seq`` to ``end`` of ``epoch``: count what was skipped."""
         streams = self._streams
         position = streams.recent.get(key)
         if position is None:
-            position = streams.revive(key)
+            position = self._recall(key)
             if position is None:
                 position = streams.recent[key] = [epoch, seq - 1]  # a stream we never saw: its first batch sets the baseline
         if position[0] != epoch:  # the publisher forgot the stream and began it again
@@ -251,7 +277,7 @@ class Subscription:
 
     def _count_to(self, key, epoch, seq):
         """Stream ``key`` was sent up to (``epoch``, ``seq``): count what never came."""
-        position = self._streams.get(key)
+        position = self._streams.recent.get(key) or self._recall(key)
         if position is None:
             return  # a stream we never saw: nothing to count
         if position[0] != epoch:

@@ -17,6 +17,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MESHNODE = os.path.join(ROOT, "bin", "meshnode")
 
 
+def meshnode(*args, timeout=30, **kw):
+    """``bin/meshnode ARGS`` run to its end: the CompletedProcess, output as text."""
+    return subprocess.run([sys.executable, MESHNODE, *args], capture_output=True, text=True, timeout=timeout, **kw)
+
+
 class NodeProcess:
     def __init__(self, name, *extra, port=0, prefix=(), exact=False):
         """``meshnode run --name NAME --port PORT EXTRA...``; with ``exact``,

@@ -78,7 +78,8 @@ QUEUES = [("dispatched", "counter", "queue-group messages dispatched from this n
 JOBS = [("held", "gauge", "jobs held here until acknowledged"), ("acked", "counter", "jobs acknowledged"),
         ("redelivered", "counter", "jobs given to another member"), ("dead", "counter", "jobs dead-lettered"),
         ("refused_acks", "counter", "acknowledgements refused"),
-        ("restored", "counter", "jobs read back from --data-dir when the node started")]
+        ("restored", "counter", "jobs read back from --data-dir when the node started"),
+        ("adopted", "counter", "jobs taken over from a node that left the mesh (--job-replicas)")]
 HOOKS = [("delivered", "counter", "webhook deliveries made from this node"),
          ("retried", "counter", "webhook attempts retried"), ("failed", "counter", "webhook deliveries failed"),
          ("refused", "counter", "webhook deliveries refused by the target policy"),
@@ -97,6 +98,7 @@ NOT_METRICS = {
     ("history", "budget"): "the --history-bytes setting",
     ("history", "disk"): "the history file's writer (--data-dir): a diagnosis of `meshnode stats`",
     ("queues", "jobs", "disk"): "the jobs file's writer (--data-dir): a diagnosis of `meshnode stats`",
+    ("job_replicas",): "the copies of held jobs (--job-replicas): a diagnosis of `meshnode stats`",
     ("hooks",): "each hook's own counters carry its key and URL (no label does): `meshnode hooks ls`",
 }
 

@@ -8,7 +8,7 @@ membership commands (``hello``, ``ping``, ``peer``, ``bye``, ``peers``,
 itself to the control server (nodes/control.py): ``revoke``
 (nodes/revocations.py), ``marks`` (nodes/closedmarks.py), ``history``
 (nodes/history/), ``queue_join``, ``queue_leave``, ``job_ack``, ``job_extend``
-(nodes/queues/), ``hook_add``, ``hook_rm``, ``hook_ls`` (nodes/hooks/),
+(nodes/queues/), ``job_copies`` (nodes/queues/replicas.py), ``hook_add``, ``hook_rm``, ``hook_ls`` (nodes/hooks/),
 ``presence`` and ``channels`` (nodes/edge/roster.py). ``stats`` is the node's
 own counters followed by every feature's part.
 Runs under gevent (bin/meshnode monkey-patches before importing it).
@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 import gevent
 
+from discovery.base import NameTaken
 from discovery.gateways import MAX_LISTED_CANDIDATES, MAX_LISTED_GROUPS
 from mesh.curve import MESH_CERT, CurveKeys
 from mesh import Client
@@ -47,6 +48,7 @@ from nodes.hooks.targets import TargetPolicy
 from nodes.metrics import Metrics
 from nodes.queues.commands import QueueGroups
 from nodes.queues.jobstore import JobStore
+from nodes.queues.replicas import JobReplicas
 from nodes.relay import Relay
 from nodes.revocations import Revocations
 from nodes.zap import ZapHandler
@@ -79,7 +81,8 @@ class NodeConfig:
     hooks_allow: list = field(default_factory=list)  # CIDRs webhooks may reach though inside (nodes/hooks/targets.py)
     data_dir: str = ""  # history and held jobs on disk there (nodes/disk.py); "": in memory only
     fsync: str = "batch"  # nodes/disk.py FSYNC_POLICIES
-    heartbeat_pings: int = PEER_PINGS  # PINGs a second a socket sends its peers at most (mesh/liveness.py)
+    heartbeat_pings: int = PEER_PINGS  # PING budget a second of a socket linked to peers (mesh/liveness.py)
+    job_replicas: int = 1  # nodes keeping each held job, this one included (nodes/queues/replicas.py)
 
     def __post_init__(self):
         if self.host in ("0.0.0.0", "::", "*") and not self.advertise:
@@ -98,6 +101,9 @@ class NodeConfig:
             raise ValueError("a gateway joins its group to the others: give the node a --group")
         if self.group:
             validate_name(self.group, "group name")
+        if type(self.job_replicas) is not int or self.job_replicas < 1:
+            raise ValueError(f"job replicas must be an integer, 1 or more (1: only the holding node keeps "
+                             f"its jobs), not {self.job_replicas!r}")
 
 
 def node_curve_keys(config):
@@ -159,9 +165,13 @@ class Node(Feature):
         self.history = History(config.history, self.name, config.history_replicas)
         self.queues = QueueGroups(self.context, self._own_endpoint(self.member["out"]), self.name, self.relay,
                                   self.curve, on_first=self._want_own_client)
+        self.job_replicas = JobReplicas(self.name, self.member["instance"], config.job_replicas,
+                                        self.relay.channel, self.queues.job_book)
+        if config.job_replicas > 1:
+            self.queues.job_copies = self.job_replicas
         self.roster = Roster(self.name)
         for feature in (self, self.revocations, self.events, self.closed_marks, self.history, self.queues,
-                        self.hooks, self.roster, *(f for f in (self.gateway, self.zap) if f is not None)):
+                        self.job_replicas, self.hooks, self.roster, *(f for f in (self.gateway, self.zap) if f is not None)):
             self.control.add(feature)
 
     def _own_endpoint(self, endpoint):
@@ -178,6 +188,7 @@ class Node(Feature):
         self.history.start(self.context, self._own_endpoint(self.member["out"]), self.config.history_bytes,
                            self.curve, HistoryStore(data_dir, fsync) if data_dir and self.config.history else None)
         self.control.start()
+        self.job_replicas.start()
         self._want_own_client()  # it publishes events, dispatches queue groups, delivers hooks
         if self.gateway is not None:
             self.gateway.start()
@@ -260,6 +271,7 @@ class Node(Feature):
         self.dataplane.set_peers([*(record["out"] for record in members.values()), *faces])
         self.relay.keep_only({record["control"] for record in members.values()})
         self.history.members_changed(members)
+        self.job_replicas.members_changed(members)
         for name, record in members.items():  # a node that joined, or came back as a new instance
             if before.get(name, {}).get("instance") != record["instance"]:
                 self.hooks.introduce(lambda cmd, fields, record=record: self.relay.tell_one(record, cmd, fields))
@@ -271,6 +283,7 @@ class Node(Feature):
         if self.edge is not None:
             self.edge.stop()
         self.queues.stop()
+        self.job_replicas.stop()
         if self.own_client is not None:
             self.own_client.close()
         self.relay.close()
@@ -328,6 +341,8 @@ class Node(Feature):
             raise RequestError("bad_member", f"member {member['name']} names this node's own endpoints")
         try:
             return {**self.discovery.announce(member, request), "member": self.member}
+        except NameTaken as exc:
+            raise RequestError("name_taken", str(exc)) from None
         except ValueError as exc:
             raise RequestError("bad_member", str(exc)) from None
 

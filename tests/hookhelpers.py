@@ -17,17 +17,20 @@ class Receiver:
     def __init__(self, answer=lambda n: 200, delay=0.0, then=None):
         self.requests = []
         self.paths = []
+        self._lock = threading.Lock()
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):
                 body = self.rfile.read(int(self.headers["Content-Length"]))
-                receiver.requests.append((dict(self.headers), body))
-                receiver.paths.append(self.path)
+                with receiver._lock:  # requests come on several threads: n is this one's number
+                    receiver.requests.append((dict(self.headers), body))
+                    receiver.paths.append(self.path)
+                    n = len(receiver.requests)
                 if then is not None:
                     then(dict(self.headers), body)
                 time.sleep(delay)
-                status, headers = receiver._answer(len(receiver.requests))
+                status, headers = receiver._answer(n)
                 self.send_response(status)
                 for name, value in headers.items():
                     self.send_header(name, value)

@@ -1,7 +1,9 @@
 """A job worker in a process of its own, for the tests: ``python jobworker.py
-NODE_ADDRESS SECONDS_PER_JOB [ACK_DEADLINE]``. It joins job group ``w`` on
-``job.>``, prints ``ready``, then one JSON line per job it finished
-(job id, attempt, data, holder) just after acknowledging it."""
+NODE_ADDRESS SECONDS_PER_JOB [ACK_DEADLINE [FAIL_EVERY]]``. It joins job group
+``w`` on ``job.>``, prints ``ready``, then one JSON line per job it finished
+(job id, attempt, data, holder) just after acknowledging it. With FAIL_EVERY
+N, a job whose data is a multiple of N fails its first attempt (a transient
+failure: not acknowledged, so it comes again after its deadline)."""
 
 import json
 import os
@@ -18,10 +20,13 @@ from mesh import Client
 def main():
     address, seconds = sys.argv[1], float(sys.argv[2])
     deadline = float(sys.argv[3]) if len(sys.argv) > 3 else 30.0
+    fail_every = int(sys.argv[4]) if len(sys.argv) > 4 else 0
     client = Client(address)
 
     def work(message):
         time.sleep(seconds)
+        if fail_every and message.attempt == 1 and message.data % fail_every == 0:
+            return
         client.ack(message)
         print(json.dumps({"job": message.job, "attempt": message.attempt, "data": message.data,
                           "holder": message.headers["h"]}), flush=True)
@@ -32,19 +37,20 @@ def main():
 
 
 class Workers:
-    """Worker processes started by a test, every finished job collected in ``done``; ``stop()`` kills them by PID."""
+    """Worker processes started by a test, every finished job collected in ``done`` (each line
+    with ``at``: when the test read it, time.monotonic()); ``stop()`` kills them by PID."""
 
     def __init__(self):
         self.procs = []
         self.done = []  # every line any worker printed, parsed
 
-    def start(self, address, seconds, deadline=30.0):
-        proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), address, str(seconds), str(deadline)],
-                                stdout=subprocess.PIPE, text=True)
+    def start(self, address, seconds, deadline=30.0, fail_every=0):
+        proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), address, str(seconds), str(deadline),
+                                 str(fail_every)], stdout=subprocess.PIPE, text=True)
         self.procs.append(proc)
         assert proc.stdout.readline().strip() == "ready"
-        threading.Thread(target=lambda: [self.done.append(json.loads(line)) for line in proc.stdout],
-                         daemon=True).start()
+        threading.Thread(target=lambda: [self.done.append({**json.loads(line), "at": time.monotonic()})
+                                         for line in proc.stdout], daemon=True).start()
         return proc
 
     def stop(self):

@@ -61,3 +61,16 @@ def assert_quiet(subscription, seconds=0.3, data_of=lambda message: message.data
         except TimeoutError:
             return
         assert data_of(message) == WARM_UP, f"unexpected extra message {message!r}"
+
+
+class _NoReceiver:  # what a Subscription needs of its receiver when a test feeds it directly
+    def remove(self, sub):
+        pass
+
+
+def fed_subscription(pending_limit=10_000, pattern="r.>", stream_idle=60.0):
+    """A Subscription that a test feeds batches itself (``accept``, ``apply_mark``), with no client."""
+    from mesh.subjects import Pattern
+    from mesh.subscription import Subscription
+
+    return Subscription(_NoReceiver(), Pattern(pattern), pending_limit, stream_idle, None)

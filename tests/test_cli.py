@@ -9,12 +9,8 @@ import sys
 
 import pytest
 
-from meshtest.nodeproc import MESHNODE, wait_until
+from meshtest.nodeproc import MESHNODE, meshnode, wait_until
 
-
-def meshnode(*args, timeout=30, **kw):
-    return subprocess.run([sys.executable, MESHNODE, *args], capture_output=True, text=True,
-                          timeout=timeout, **kw)
 
 
 @pytest.fixture

@@ -6,8 +6,6 @@ killed with SIGKILL whose successor takes over."""
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
@@ -15,11 +13,7 @@ from kazoo.client import KazooClient
 
 from mesh import Client, Position
 from meshhelpers import assert_quiet, collect, drain, warm_up
-from meshtest.nodeproc import MESHNODE, free_port, linked, wait_until
-
-
-def meshnode(*args):
-    return subprocess.run([sys.executable, MESHNODE, *args], capture_output=True, text=True, timeout=30)
+from meshtest.nodeproc import meshnode, free_port, linked, wait_until
 
 
 @pytest.fixture

@@ -39,10 +39,11 @@ def publish_until(publisher, subject, done, what):
     wait_until(attempt, what=what)
 
 
-def kill_the_holder_and_recover(zk_server, zk_node, tmp_path, replicas):
+def kill_the_holder_and_recover(zk_server, zk_node, tmp_path, replicas, restart_the_replica=False):
     """Three nodes recording d.> with ``replicas``; SENT messages published at
     the holder h, a reader at s (neither h nor h's replica r) having read the
-    first READ_LIVE; h killed with `kill -9`. Returns what a recovery at s
+    first READ_LIVE; (``restart_the_replica``: r killed with `kill -9` and
+    started again on its directory;) h killed with `kill -9`. Returns what a recovery at s
     gets with the reader's position (``after``, ``by_position``) and with a
     time (``since``, ``by_time``), the node processes, their names and a
     function that starts one again on its port and directory."""
@@ -81,6 +82,12 @@ def kill_the_holder_and_recover(zk_server, zk_node, tmp_path, replicas):
     keeper = r if replicas > 1 else h
     wait_until(lambda: recorded(h) >= SENT and disk_written(h, "history") and recorded(keeper) >= SENT,
                timeout=20, what="the history kept")
+    if restart_the_replica:
+        r.kill()
+        r = nodes[replica] = start(replica)
+        assert recorded(r) >= SENT  # read back from its own disk, before it follows h again
+        wait_until(lambda: all(len(node.peer_names()) == 2 for node in nodes.values()), timeout=20,
+                   what="r back in the mesh")
     h.kill()
     wait_until(lambda: holder not in s.peer_names() and holder not in r.peer_names(), timeout=20,
                what="membership to drop h")
@@ -114,6 +121,18 @@ def test_a_replica_answers_for_a_holder_killed_with_kill_9_and_the_copies_merge_
         got, recovery = recover(s, since)
         assert got == list(range(first, SENT)), recovery  # each once, in order: the copies merged
         assert recovery.recovered, recovery
+
+
+def test_a_replica_restarted_from_its_disk_still_answers_for_a_holder_killed_after(zk_server, zk_node, tmp_path):
+    """--history-replicas 2 and --data-dir: the replica is killed with `kill
+    -9` and started again on its directory, then the holder is killed: the
+    copy the replica read back from its disk answers, every message once, in
+    order."""
+    run = kill_the_holder_and_recover(zk_server, zk_node, tmp_path, 2, restart_the_replica=True)
+    assert run.after == list(range(READ_LIVE, SENT))
+    assert run.by_position.recovered, run.by_position
+    assert run.since == list(range(SENT)) and run.by_time.recovered, run.by_time
+    assert recorded(run.nodes[run.reader]) == 0
 
 
 def test_without_replicas_a_holder_killed_with_kill_9_takes_its_history_along(zk_server, zk_node, tmp_path):

@@ -49,3 +49,29 @@ def test_a_dead_holder_does_not_stall_the_workers(mesh3):
         wait_until(lambda: job_stats(b)["acked"] == 60 and job_stats(b)["held"] == 0, what="B's jobs acknowledged")
     finally:
         workers.stop()
+
+
+def test_an_ack_to_a_holder_that_is_gone_for_good_ends_with_an_error(mesh3):
+    """A holds a job (no replicas, no disk) and is killed: the worker's acknowledgement
+    is tried again at every node while the group's deadline (2 s) lasts, then ends with
+    the holder's error (unknown_node, or a timeout while membership still lists A):
+    it never hangs, and the worker's other work goes on."""
+    from mesh import ControlError
+
+    a, b, _ = mesh3
+    with Client(b.address) as worker, Client(a.address) as publisher:
+        jobs = worker.subscribe("gone.>", queue="w", ack_deadline=2)
+        wait_until(lambda: a.stats().get("queues", {}).get("reachable") == 1, timeout=15, what="the member at A")
+        publisher.publish("gone.x", "job")
+        publisher.flush()
+        message = jobs.get(timeout=10)
+        a.kill()
+        settlement = worker.ack(message)
+        try:
+            settlement.result(timeout=30)
+            raise AssertionError("a job nobody holds was acknowledged")
+        except (ControlError, TimeoutError) as exc:
+            assert isinstance(exc, TimeoutError) or exc.code == "unknown_node", exc
+        assert settlement.done()
+        settled = worker.counters()["settled"]
+        assert settled["confirmed"] == 0 and settled["retrying"] == 0 and settled["awaited"] == 0

@@ -51,7 +51,8 @@ def test_a_job_is_delivered_once_and_acknowledged():
     b.book.ack(job, "w1")
     b.book.tick(b.later(100))  # nothing is held: nothing goes out again
     assert len(b.sent) == 1 and b.dead == []
-    assert b.book.counters() == {"held": 0, "acked": 1, "redelivered": 0, "dead": 0, "refused_acks": 0, "restored": 0}
+    assert b.book.counters() == {"held": 0, "acked": 1, "redelivered": 0, "dead": 0, "refused_acks": 0,
+                                 "restored": 0, "adopted": 0, "resumed": 0}
 
 
 def test_a_missed_deadline_goes_to_another_member_and_the_first_ack_is_refused():
@@ -65,7 +66,8 @@ def test_a_missed_deadline_goes_to_another_member_and_the_first_ack_is_refused()
     with pytest.raises(ValueError):
         b.book.ack(job, "w1")
     b.book.ack(job, "w2")
-    assert b.book.counters() == {"held": 0, "acked": 1, "redelivered": 1, "dead": 0, "refused_acks": 1, "restored": 0}
+    assert b.book.counters() == {"held": 0, "acked": 1, "redelivered": 1, "dead": 0, "refused_acks": 1,
+                                 "restored": 0, "adopted": 0, "resumed": 0}
 
 
 def test_an_extended_job_is_not_redelivered_at_its_first_deadline():
@@ -124,3 +126,56 @@ def test_acks_for_unknown_jobs_are_refused_and_counted():
     with pytest.raises(ValueError):
         b.book.extend("work:nobody/1/1", "w1", 5.0)
     assert b.book.counters()["refused_acks"] == 2
+
+
+def held_elsewhere(b, member, until):
+    """A job record as another holder (its store, or a replica's copy) kept it: attempt 1 at ``member``."""
+    other = Book()
+    job = other.submit()
+    record = other.book.jobs[job].record()
+    return {**record, "member": member, "deadline": until}
+
+
+def test_an_adopted_job_stays_with_its_worker_until_its_deadline_and_its_ack_settles_it():
+    b = Book(deadline=10.0)
+    record = held_elsewhere(b, "w2", time.time() + 4)
+    assert b.book.adopt([record]) == 1 and b.book.counters()["resumed"] == 1
+    b.book.tick(b.later(3))  # before the deadline: not given out again
+    assert b.sent == []
+    b.book.ack(record["id"], "w2")  # the worker's acknowledgement, sent again to this node, settles it
+    b.book.tick(b.later(100))
+    assert b.sent == [] and b.book.counters()["held"] == 0
+
+
+def test_an_adopted_job_not_acknowledged_by_its_deadline_goes_out_again():
+    b = Book(deadline=10.0)
+    b.book.adopt([held_elsewhere(b, "w2", time.time() + 4)])
+    b.book.tick(b.later(5))
+    assert [(m, h["a"]) for m, _, h in b.sent] == [("w1", 2)]  # another member, the attempt raised
+
+
+def test_an_adopted_jobs_deadline_is_at_most_the_groups_deadline_from_now():
+    b = Book(deadline=10.0)
+    b.book.adopt([held_elsewhere(b, "w2", time.time() + 3600)])  # a far clock, or a long extension
+    b.book.tick(b.later(9))
+    assert b.sent == []
+    b.book.tick(b.later(11))
+    assert len(b.sent) == 1
+
+
+def test_an_adopted_jobs_worker_that_is_not_a_member_goes_out_again_after_its_lease():
+    b = Book(deadline=10.0)
+    b.book.adopt([held_elsewhere(b, "gone", time.time() + 8)])
+    b.book.tick(b.later(1))  # it may not have announced itself here yet
+    assert b.sent == []
+    b.book.tick(b.later(jobs_module.LEASE_SECONDS + 0.1))
+    assert [m for m, _, _ in b.sent] == ["w1"]
+
+
+def test_a_record_without_member_and_deadline_goes_out_at_the_next_tick():
+    b = Book()
+    record = held_elsewhere(b, None, None)
+    del record["member"], record["deadline"]  # as an older holder sends it
+    b.book.adopt([record])
+    b.book.tick(b.later(0))
+    assert len(b.sent) == 1 and b.book.counters()["resumed"] == 0

@@ -6,7 +6,7 @@ import threading
 import time
 
 import pytest
-from meshhelpers import collect, warm_up
+from meshhelpers import fed_subscription, collect, warm_up
 from meshtest.nodeproc import free_port, linked, start_mesh3, wait_until
 
 from mesh import Client, Position
@@ -22,19 +22,6 @@ def history_mesh(start_node):
 
 def read(sub, count, timeout=20):
     return collect(sub, count, timeout)  # skips warm-up messages
-
-
-class _NoReceiver:  # what a Subscription needs of its receiver when a test feeds it directly
-    def remove(self, sub):
-        pass
-
-
-def fed_subscription(pending_limit=10_000):
-    """A Subscription on ``r.>`` that a test feeds batches itself (the hold and hand-over on their own)."""
-    from mesh.subjects import Pattern
-    from mesh.subscription import Subscription
-
-    return Subscription(_NoReceiver(), Pattern("r.>"), pending_limit, 60.0, None)
 
 
 def test_a_subscriber_back_at_another_node_gets_exactly_what_it_missed_then_live(history_mesh):

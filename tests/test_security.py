@@ -2,18 +2,13 @@
 
 import os
 import shutil
-import subprocess
-import sys
 
 import pytest
 
 from mesh import Client, CurveKeys
 from meshhelpers import collect, warm_up
-from meshtest.nodeproc import MESHNODE, wait_until
+from meshtest.nodeproc import meshnode, wait_until
 
-
-def meshnode(*args, timeout=30):
-    return subprocess.run([sys.executable, MESHNODE, *args], capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture

@@ -2,10 +2,12 @@
 joins the whole mesh, a departure is dropped everywhere and not taken back,
 a seed that is down at start is retried."""
 
+import os
+import signal
 import time
 
 from meshhelpers import collect, warm_up
-from meshtest.nodeproc import NodeProcess, free_port, linked, wait_until
+from meshtest.nodeproc import NodeProcess, free_port, linked, meshnode, wait_until
 
 from mesh import Client
 from mesh.everynode import ask_every_node
@@ -185,3 +187,28 @@ def test_a_departure_passed_on_drops_that_instance_only(start_node):
     assert "b" not in a.peer_names()
     time.sleep(2)  # b introduces itself every second meanwhile
     assert "b" not in a.peer_names()
+
+
+def test_a_name_held_by_a_running_node_is_refused_and_a_dead_holders_is_taken(start_node):
+    """One name, one running node: a second 'b' does not start while b runs
+    (found through the seed), nor while b is frozen; once b is dead the name
+    is taken at once. A 'peer' introduction under a running node's own name
+    is refused with name_taken."""
+    a = start_node("a")
+    b = start_node("b", peers=[a])
+    wait_until(lambda: linked(a, b), what="a and b linked")
+    twin = meshnode("run", "--name", "b", "--port", "0", "--peer", a.address)
+    assert twin.returncode == 1 and "meshnode ready" not in twin.stdout
+    assert f"node name 'b' is already taken by the node at tcp://{b.address} (it is alive)" in twin.stderr
+    os.kill(b.pid, signal.SIGSTOP)  # frozen: it may come back
+    try:
+        frozen = meshnode("run", "--name", "b", "--port", "0", "--peer", a.address)
+        assert frozen.returncode == 1 and "it did not answer" in frozen.stderr
+    finally:
+        os.kill(b.pid, signal.SIGCONT)
+    record = {**a.request("hello")["member"], "name": "b", "instance": "f" * 32}  # endpoints elsewhere
+    refused = b.request("peer", member=record)
+    assert refused["error"] == "name_taken" and f"tcp://{b.address}" in refused["message"]
+    b.kill()
+    again = start_node("b", peers=[a])  # a still lists the dead b for up to 5 s: nothing listens there
+    wait_until(lambda: linked(a, again), what="the new b linked")

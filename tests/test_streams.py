@@ -1,6 +1,7 @@
 """Per-entity subjects: stream state bounded in time, marks that do not double
 sparse traffic, tail loss still counted (docs/PROTOCOL.md 4.3, 4.5)."""
 
+import itertools
 import json
 import subprocess
 import sys
@@ -8,7 +9,7 @@ import time
 import urllib.request
 
 from edgehelpers import WS, http_address
-from meshhelpers import collect, drain, warm_up
+from meshhelpers import collect, drain, fed_subscription, warm_up
 from meshtest.nodeproc import ROOT, wait_until
 
 from mesh import Client
@@ -194,3 +195,47 @@ def test_an_edge_forgets_idle_streams_of_a_wide_subscription(start_node):
 def _stats(url):
     with urllib.request.urlopen(url, timeout=10) as response:
         return json.loads(response.read())
+
+
+def test_a_stream_back_after_being_forgotten_has_its_loss_counted():
+    """A cut longer than stream_idle while other streams keep arriving: the
+    subscription forgets the cut stream, and when it comes back in the same
+    epoch, what was lost meanwhile is counted (received + gaps = sent), by
+    its next batch or by its next mark. A stream forgotten at both ends (a
+    new epoch from 1) loses nothing; past MAX_FORGOTTEN_STREAMS the oldest
+    forgotten are no longer known."""
+    from mesh.envelope import Message
+    from mesh.subscription import MAX_FORGOTTEN_STREAMS
+
+    sub = fed_subscription(pattern=">", stream_idle=1.0)
+    start = time.monotonic()  # ``now`` below counts seconds from here
+
+    def feed(origin, subject, epoch, seq, count, now):
+        batch = Message.numbered(subject, list(range(count)), origin, seq, 0.0, epoch)
+        sub.accept((origin, subject), epoch, seq, batch, start + now)
+
+    live = itertools.count(1)  # a stream that keeps coming, once a second: the others are forgotten
+    feed("cut", "s", 1, 1, 10, now=0.0)  # 1..10 arrive
+    feed("mark", "s", 1, 1, 5, now=0.0)
+    for second in range(1, 6):
+        feed("live", "s", 1, next(live), 1, now=float(second))
+    assert sub.streams == 1 and sub.gaps == 0
+    feed("cut", "s", 1, 31, 5, now=6.0)  # 11..30 were lost in the cut
+    assert sub.gaps == 20
+    sub.apply_mark(("mark", "s"), 1, 12, start + 6.0)  # its publisher sent up to 12: 6..12 never came
+    assert sub.gaps == 27
+    assert sub.received + len(sub.inbox) - 5 == 10 + 5 + 5  # nothing delivered twice or dropped
+
+    feed("new", "s", 1, 1, 3, now=7.0)
+    for second in range(8, 12):
+        feed("live", "s", 1, next(live), 1, now=float(second))
+    feed("new", "s", 2, 1, 2, now=12.0)  # forgotten by its publisher too: a new epoch from 1, nothing lost
+    assert sub.gaps == 27
+
+    for i in range(MAX_FORGOTTEN_STREAMS + 1):  # one stream more than is kept
+        feed(f"many{i}", "s", 1, 1, 1, now=13.0)
+    for second in range(14, 18):
+        feed("live", "s", 1, next(live), 1, now=float(second))
+    feed("many0", "s", 1, 5, 1, now=18.0)  # the oldest forgotten: a stream never seen, its baseline
+    feed("many1", "s", 1, 5, 1, now=18.0)  # still kept: 2..4 lost
+    assert sub.gaps == 27 + 3

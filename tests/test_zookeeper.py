@@ -4,8 +4,6 @@ import itertools
 import json
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 
@@ -15,11 +13,8 @@ from kazoo.exceptions import NoAuthError
 
 from mesh import Client
 from meshhelpers import collect, warm_up
-from meshtest.nodeproc import MESHNODE, free_port, linked, wait_until
+from meshtest.nodeproc import meshnode, free_port, linked, wait_until
 
-
-def meshnode(*args, timeout=30):
-    return subprocess.run([sys.executable, MESHNODE, *args], capture_output=True, text=True, timeout=timeout)
 
 
 def test_three_nodes_find_each_other_and_every_pair_delivers(zk_server, zk_node):

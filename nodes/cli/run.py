@@ -89,6 +89,9 @@ def run_parser(commands):
     run.add_argument("--fsync", choices=["batch", "never"], default="batch",
                      help="with --data-dir: fsync every write batch (at most 50 ms of changes), or leave "
                           "it to the operating system (default: %(default)s)")
+    run.add_argument("--job-replicas", type=positive_int, default=1, metavar="R",
+                     help="keep each job this node holds at R-1 other nodes too, so that one of them "
+                          "takes over its jobs when it dies (default: 1, this node only; docs/QUEUES.md)")
     run.add_argument("--metrics", metavar="HOST:PORT",
                      help="serve Prometheus metrics at http://HOST:PORT/metrics (an edge also serves them "
                           "at /metrics on its --http port; docs/OPERATIONS.md)")
@@ -190,7 +193,7 @@ def cmd_run(args):
                         history_replicas=args.history_replicas,
                         metrics=args.metrics or "", group=args.group, gateway=args.gateway,
                         hooks_allow=args.hooks_allow, data_dir=args.data_dir or "", fsync=args.fsync,
-                        heartbeat_pings=args.heartbeat_pings)
+                        heartbeat_pings=args.heartbeat_pings, job_replicas=args.job_replicas)
     import zmq
 
     if args.zk and args.peer:

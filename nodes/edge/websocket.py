@@ -287,10 +287,14 @@ class MeshWebSocket(WebSocket):
             edge.floodlog.note(type(error).__name__, f"WebSocket receive failed: {error!r}", logging.WARNING)
 
     def close(self, code=1000, reason=""):
-        """ws4py answers a close frame by echoing its code; the codes that only
-        report what a peer sent (1005 no code, 1006, 1015) are never sent in a
-        close frame (RFC 6455 7.4.1), so those are answered with 1000."""
-        super().close(1000 if code in REPORT_ONLY_CLOSE_CODES else code, reason)
+        """ws4py answers a close frame by echoing its code, and reads one with
+        no code as 1005, and a malformed one (one byte, a code no endpoint may
+        send) as 1005 with a reason. Codes that only report (1005, 1006, 1015)
+        are never sent in a close frame (RFC 6455 7.4.1): a close with no code
+        is answered with 1000, a malformed one with 1002 (protocol error)."""
+        if code in REPORT_ONLY_CLOSE_CODES:
+            code = 1002 if reason else 1000
+        super().close(code, reason)
 
     def closed(self, code, reason=None):
         connection = getattr(self, "edge_connection", None)

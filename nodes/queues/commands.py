@@ -23,6 +23,7 @@ class QueueGroups(Feature):
         self.client = None
         self.dispatcher = None
         self.job_store = None  # a JobStore (nodes/queues/jobstore.py) the dispatcher keeps jobs in, or None
+        self.job_copies = None  # a JobReplicas (nodes/queues/replicas.py) the dispatcher copies jobs to, or None
 
     def attach(self, client):
         """This node's own mesh Client, once connected: the dispatcher publishes with it."""
@@ -33,12 +34,20 @@ class QueueGroups(Feature):
     def _dispatcher(self):
         """The dispatcher, made at the first queue-group member; its client may come later."""
         if self.dispatcher is None:
-            self.dispatcher = Dispatcher(self._context, self._out, self.node_name, self._curve, self.job_store)
+            self.dispatcher = Dispatcher(self._context, self._out, self.node_name, self._curve, self.job_store,
+                                         self.job_copies)
             self.dispatcher.client = self.client
             self.dispatcher.start()
             if self._on_first is not None:
                 self._on_first()
         return self.dispatcher
+
+    def job_book(self, create):
+        """This node's JobBook (nodes/queues/jobs.py): made with the dispatcher if ``create``,
+        else None while there is none."""
+        if self.dispatcher is None and not create:
+            return None
+        return self._dispatcher().jobs
 
     def stop(self):
         if self.dispatcher is not None:
@@ -92,10 +101,11 @@ class QueueGroups(Feature):
         job, member = request.get("job"), request.get("member")
         if not isinstance(job, str) or not isinstance(member, str):
             raise RequestError("bad_request", "job and member must be strings")
-        if self.dispatcher is None:
+        jobs = self.job_book(self.job_store is not None)  # restored from the disk before any member came back
+        if jobs is None:
             raise RequestError("unknown_job", f"job {job!r} is not held here: this node holds no jobs")
         try:
-            action(self.dispatcher.jobs, job, member)
+            action(jobs, job, member)
         except ValueError as exc:
             raise RequestError("unknown_job", str(exc)) from None
         return {}

@@ -28,7 +28,7 @@ from mesh.subjects import Pattern
 
 from nodes.tap import Tap
 
-from .jobs import JobBook
+from .jobs import JobBook, job_settings
 
 log = logging.getLogger("meshnode.dispatcher")
 
@@ -63,8 +63,9 @@ class Dispatcher(Tap):
 
     tick_seconds = EXPIRY_SECONDS
 
-    def __init__(self, context, out_endpoint, node_name, curve=None, store=None):
-        """``store``: a JobStore keeping the held jobs on disk (nodes/queues/jobstore.py), or None."""
+    def __init__(self, context, out_endpoint, node_name, curve=None, store=None, copies=None):
+        """``store``: a JobStore keeping the held jobs on disk (nodes/queues/jobstore.py), or None;
+        ``copies``: the JobReplicas sending them to other nodes (nodes/queues/replicas.py), or None."""
         super().__init__(context, out_endpoint, curve)
         self.client = None  # a mesh Client of this node, set once connected: it publishes to the inboxes
         self.groups = {}  # (name, pattern text) -> Group
@@ -72,7 +73,7 @@ class Dispatcher(Tap):
         self.no_member = 0
         self.failed = 0
         self._prefixes = {}  # prefix -> number of groups using it
-        self.jobs = JobBook(self.groups, self._send, self._pick, self._publish, node_name, store)
+        self.jobs = JobBook(self.groups, self._send, self._pick, self._publish, node_name, store, copies)
 
     def start(self):
         super().start()
@@ -98,11 +99,7 @@ class Dispatcher(Tap):
                 raise ValueError(f"{what} must be an integer, 0 or more")
         jobs = record.get("jobs")
         if jobs is not None:
-            if (not isinstance(jobs, dict) or isinstance(jobs.get("deadline"), bool)
-                    or not isinstance(jobs.get("deadline"), (int, float)) or not jobs["deadline"] > 0
-                    or type(jobs.get("attempts")) is not int or jobs["attempts"] < 1):
-                raise ValueError("jobs is {\"deadline\": seconds > 0, \"attempts\": n >= 1}")
-            jobs = {"deadline": float(jobs["deadline"]), "attempts": jobs["attempts"]}
+            jobs = job_settings(jobs)
         key = (name, pattern.text)
         group = self.groups.get(key)
         member = group.members.get(member_id) if group is not None else None

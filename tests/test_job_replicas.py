@@ -1,0 +1,181 @@
+"""Job replicas (``--job-replicas``, nodes/queues/replicas.py): the holder of
+1,000 outstanding jobs is killed with ``kill -9``; its successor among its
+replicas takes over the jobs and the workers go on. Real ZooKeeper (whose
+session timeout, 2 s here, is how membership notices the death) and real
+node and worker processes."""
+
+import json
+import time
+from collections import Counter
+
+from hookhelpers import LOOPBACK, Receiver, ready
+from jobworker import Workers
+
+from mesh import Client
+from meshtest.nodeproc import linked, wait_until
+from nodes.placement import successor
+
+JOBS = 1000
+FAIL_EVERY = 10  # a job whose number is a multiple of it fails its first attempt: it needs its holder again
+DEADLINE = 15.0  # longer than the workers take to go through what waits at them after the takeover, with
+# room for their acknowledgements to reach the successor (a silent q1 answers nothing for the client timeout, 5 s)
+
+
+def start_nodes(zk_server, zk_node, replicas, *extra):
+    nodes = [zk_node(name, zk_server.hosts, "--job-replicas", str(replicas), *extra) for name in ("q1", "q2", "q3")]
+    wait_until(lambda: linked(*nodes), timeout=20, what="q1, q2 and q3 linked")
+    return nodes
+
+
+def jobs_outstanding_then_kill(zk_server, zk_node, replicas, workers):
+    """The issue's scenario: 3 workers on q2 and q3, 1,000 jobs published at q1, q1 killed with
+    ``kill -9`` once 50 are done. Returns (the nodes, when q1 was killed, its successor, the jobs q1 held)."""
+    q1, q2, q3 = start_nodes(zk_server, zk_node, replicas)
+    for node in (q2, q2, q3):
+        workers.start(node.address, 0.01, DEADLINE, FAIL_EVERY)
+    wait_until(lambda: q1.stats().get("queues", {}).get("reachable") == 3, timeout=15, what="3 workers reachable")
+    with Client(q1.address) as publisher:
+        for i in range(JOBS):
+            publisher.publish("job.x", i)
+        publisher.flush()
+    wait_until(lambda: len(workers.done) >= 50, timeout=30, what="50 jobs done")
+    held = q1.stats()["queues"]["jobs"]["held"]
+    q1.kill()
+    print(f"q1 killed holding {held} jobs, {len(workers.done)} done")
+    return (q1, q2, q3), time.monotonic(), successor("q1", {"q2", "q3"}, replicas), held
+
+
+def test_a_killed_holders_jobs_are_all_done_by_its_successor(zk_server, zk_node):
+    """--job-replicas 2: every one of the 1,000 jobs is done at least once, the
+    duplicates counted; the workers go on finishing jobs after the kill, the
+    successor's among them (the first-attempt failures need it: only a holder
+    gives a job out again). The successor holds each adopted job for the worker
+    that was doing it: the workers' acknowledgements, refused by the dead q1,
+    reach it (mesh/settle.py), so what they were doing is not given out again."""
+    workers = Workers()
+    try:
+        (_, q2, q3), killed, heir, held = jobs_outstanding_then_kill(zk_server, zk_node, 2, workers)
+        heir_node = q2 if heir == "q2" else q3
+        wait_until(lambda: {line["data"] for line in workers.done} == set(range(JOBS)), timeout=120,
+                   what="every job done")
+        wait_until(lambda: heir_node.stats()["queues"]["jobs"]["held"] == 0, timeout=30,
+                   what="the successor to hold nothing")
+        heir_jobs = heir_node.stats()["queues"]["jobs"]
+    finally:
+        workers.stop()
+    adopted = heir_jobs["adopted"]
+    times = Counter(line["data"] for line in workers.done)
+    after = [line for line in workers.done if line["at"] > killed]
+    by_heir = [line for line in after if line["holder"] == heir]
+    takeover = min(line["at"] for line in by_heir) - killed
+    duplicates = sum(n - 1 for n in times.values())
+    print(f"{JOBS} jobs, {held} held at q1 when killed: {len(times)} done, {duplicates} duplicates; "
+          f"{heir} adopted {adopted} ({heir_jobs['resumed']} kept for their worker), acknowledged "
+          f"{heir_jobs['acked']}; done after the kill: {len(after)} ({len(by_heir)} given out by {heir}); "
+          f"first job {heir} gave out done {takeover:.2f} s after the kill")
+    assert set(times) == set(range(JOBS))  # none lost
+    assert 0 < adopted <= JOBS and heir_jobs["resumed"] > 0
+    assert heir_jobs["acked"] > len(by_heir)  # acknowledgements of q1's deliveries, settled at the successor
+    assert duplicates < held / 2  # each outstanding job given out again: about as many duplicates as held
+    assert {i for i in range(0, JOBS, FAIL_EVERY)} <= {line["data"] for line in by_heir}  # retried by the heir
+    assert all(line["holder"] in ("q1", heir) for line in workers.done)
+
+
+def test_without_replicas_a_killed_holders_jobs_are_lost(zk_server, zk_node):
+    """--job-replicas 1, the same scenario: the jobs that needed their holder
+    again (a failed first attempt) are never done, and no node takes any over."""
+    workers = Workers()
+    try:
+        (_, q2, q3), _, heir, _ = jobs_outstanding_then_kill(zk_server, zk_node, 1, workers)
+        assert heir is None
+        wanted = {i for i in range(JOBS) if i % FAIL_EVERY}
+        wait_until(lambda: {line["data"] for line in workers.done} >= wanted, timeout=60,
+                   what="every job that did not fail done")
+        time.sleep(DEADLINE + 5)  # past when the failed ones would have come again
+        done = {line["data"] for line in workers.done}
+        adopted = [node.stats()["queues"]["jobs"]["adopted"] for node in (q2, q3)]
+    finally:
+        workers.stop()
+    print(f"without replicas: {len(done)} of {JOBS} done, {JOBS - len(done)} lost")
+    assert adopted == [0, 0]
+    assert len(done) < JOBS and done == wanted
+
+
+def test_webhook_deliveries_outlive_their_holder(zk_server, zk_node):
+    """Messages published at q1 while the receiver fails are held at q1 as delivery
+    jobs, spread over the three nodes' deliverers (q1's own among them); q1 is
+    killed with ``kill -9``; once the receiver answers again every message has
+    been delivered, each under one webhook-id."""
+    nodes = start_nodes(zk_server, zk_node, 2, *LOOPBACK)
+    q1 = nodes[0]
+    state, succeeded = {"failing": True}, set()  # numbers (from 1) of the requests answered 200
+
+    def answer(n):
+        if state["failing"]:
+            return 503
+        succeeded.add(n)
+        return 200
+
+    receiver = Receiver(answer)
+    try:
+        with Client(q1.address) as client:
+            client.register_hook("kr", receiver.url, max_age=300)
+            wait_until(lambda: ready(nodes, 1), timeout=20, what="every node to deliver")
+            for i in range(30):
+                client.publish("hooks.kr.x", i)
+            client.flush()
+            wait_until(lambda: all(h["retried"] for n in nodes for h in n.stats().get("hooks", [])),
+                       timeout=15, what="every node's deliverer to retry")
+        heir = successor("q1", {"q2", "q3"}, 2)
+        heir_node = nodes[1] if heir == "q2" else nodes[2]
+        q1.kill()
+        wait_until(lambda: heir_node.stats()["queues"]["jobs"]["adopted"], timeout=30, what="the takeover")
+        state["failing"] = False
+        delivered = {}
+
+        def all_delivered():
+            delivered.clear()
+            for n in sorted(succeeded):
+                headers, body = receiver.requests[n - 1]
+                delivered.setdefault(json.loads(body)["data"], set()).add(headers["webhook-id"])
+            return set(delivered) == set(range(30))
+
+        wait_until(all_delivered, timeout=90, what="every message delivered")
+        adopted = heir_node.stats()["queues"]["jobs"]["adopted"]
+    finally:
+        receiver.close()
+    delivered_twice = sum(1 for n in succeeded) - len(delivered)
+    print(f"webhooks: {heir} adopted {adopted}; {len(receiver.requests)} POSTs, {len(succeeded)} delivered "
+          f"for 30 messages ({delivered_twice} duplicates)")
+    assert sorted(delivered) == list(range(30))  # none lost
+    assert all(len(ids) == 1 for ids in delivered.values())  # the same webhook-id after the takeover
+
+
+def test_bad_copies_are_clear_errors_and_a_change_before_a_full_copy_asks_for_one(start_node):
+    node = start_node("A")
+    good = {"id": "w:o/1/1", "group": "w", "pattern": "job.>", "settings": {"deadline": 5.0, "attempts": 3},
+            "subject": "job.x", "data": 1, "origin": "o", "epoch": 1, "seq": 1, "carried": {}, "attempt": 1}
+    fields = {"holder": "B", "instance": "i1", "copies": 2}
+    for bad in ({**fields, "holder": ""}, {**fields, "copies": 1}, {**fields, "held": [{**good, "seq": -1}]},
+                {**fields, "held": [{**good, "settings": {}}]}, {**fields, "released": [3]},
+                {**fields, "reset": "yes"}, {**fields, "held": [{**good, "member": 5}]},
+                {**fields, "held": [{**good, "deadline": "soon"}]}):
+        reply = node.request("job_copies", **bad)
+        assert reply["ok"] is False and reply["error"] == "bad_request", (bad, reply)
+    reply = node.request("job_copies", **fields, held=[good])  # no full copy of B's jobs came first
+    assert reply["error"] == "need_snapshot"
+    assert node.request("job_copies", **fields, reset=True, held=[good])["ok"] is True
+    assert node.request("job_copies", **fields, held=[{**good, "member": "m1", "deadline": 1.8e9}])["ok"] is True
+    assert node.request("job_copies", **fields, released=[good["id"]])["ok"] is True
+    assert node.stats()["job_replicas"]["shadows"] == {"B/i1": 0}
+
+
+def test_job_replicas_below_one_is_a_clear_start_up_error():
+    import subprocess
+    import sys
+
+    from meshtest.nodeproc import MESHNODE
+
+    result = subprocess.run([sys.executable, MESHNODE, "run", "--name", "X", "--port", "0", "--job-replicas", "0"],
+                            capture_output=True, text=True, timeout=30, check=False)
+    assert result.returncode != 0 and "--job-replicas" in result.stderr and "Traceback" not in result.stderr
