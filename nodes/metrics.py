@@ -79,7 +79,8 @@ JOBS = [("held", "gauge", "jobs held here until acknowledged"), ("acked", "count
         ("redelivered", "counter", "jobs given to another member"), ("dead", "counter", "jobs dead-lettered"),
         ("refused_acks", "counter", "acknowledgements refused"),
         ("restored", "counter", "jobs read back from --data-dir when the node started"),
-        ("adopted", "counter", "jobs taken over from a node that left the mesh (--job-replicas)")]
+        ("adopted", "counter", "jobs taken over from a node that left the mesh (--job-replicas)"),
+        ("resumed", "counter", "restored or adopted jobs kept for the worker that had them, until its deadline")]
 HOOKS = [("delivered", "counter", "webhook deliveries made from this node"),
          ("retried", "counter", "webhook attempts retried"), ("failed", "counter", "webhook deliveries failed"),
          ("refused", "counter", "webhook deliveries refused by the target policy"),
