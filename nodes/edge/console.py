@@ -91,7 +91,7 @@ class Console:
         records = sorted(node.members(), key=lambda r: r["name"])
         shown = records[:MAX_NODES - 1]
         asks = {record["name"]: gevent.spawn(_ask, node.channel(record)) for record in shown}
-        channels = gevent.spawn(self.client.channels, MAX_CHANNELS)
+        channels = gevent.spawn(_channels, self.client)
         own = (*node.own_view(), None)
         gevent.joinall([*asks.values(), channels], timeout=ASK_SECONDS + 1.0)
         gevent.killall([g for g in (*asks.values(), channels) if not g.ready()], block=False)  # hold no channel
@@ -121,7 +121,7 @@ class Console:
                 "links": [{"a": a, "b": b, "state": "up" if states == ["up", "up"] else "down"}
                           for (a, b), states in sorted(links.items()) if a in answers and b in answers],
                 "truncated": len(records) > len(shown),
-                "channels": channels.value["channels"] if channels.successful() else {},
+                "channels": channels.value if channels.successful() else {},
                 "events": list(node.events.recent)[-MAX_EVENTS:]}
 
 
@@ -155,6 +155,14 @@ def _ask(channel):
         return None, None, str(exc)
     except zmq.ZMQError as exc:  # the peer was dropped meanwhile and its channel closed
         return None, None, f"channel closed: {exc}"
+
+
+def _channels(client):
+    """The mesh's channels (presence), or none when the client is closing or a node fails to answer."""
+    try:
+        return client.channels(MAX_CHANNELS)["channels"]
+    except (TimeoutError, ControlError, zmq.ZMQError, RuntimeError):  # the node stops: its client closed
+        return {}
 
 
 def _node_row(name, stats, why, left=None):
