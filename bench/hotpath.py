@@ -119,9 +119,19 @@ def steps(args, data):
         with lock:
             pass
     out.append(("publish", "the lock (with: enter, exit)", timed(repeat, n, locked)))
+
+    def acquired():
+        lock.acquire()
+        try:
+            pass
+        finally:
+            lock.release()
+    out.append(("publish", "the lock (acquire(), release())", timed(repeat, n, acquired)))
     out.append(("publish", "time.monotonic()", timed(repeat, n, time.monotonic)))
     out.append(("publish", "the stream: dict lookup", timed(repeat, n, lambda: streams.get(SUBJECT))))
-    out.append(("publish", "msgpack: pack the payload", timed(repeat, n, lambda: encoder.pack(data))))
+    out.append(("publish", "msgpack: pack the payload, checked", timed(repeat, n, lambda: encoder.pack(data))))
+    out.append(("publish", "msgpack: pack the payload, unchecked",
+                timed(repeat, n, lambda: encoder.pack_unchecked(data))))
     parts = [None] + [packed] * per_batch
     out.append(("publish", "the batch body: header and join (per message)",
                 timed(repeat, max(1, n // per_batch), lambda: encoder.batch(1, 1, 0.0, parts)) / per_batch))

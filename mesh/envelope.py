@@ -55,17 +55,19 @@ class Message:
         self.replayed = replayed
         self.headers = headers  # a dict for a request or a reply (PROTOCOL.md 4.2), else None
 
-    @classmethod
-    def numbered(cls, subject, payloads, origin, seq, ts, epoch):
+    @staticmethod
+    def numbered(subject, payloads, origin, seq, ts, epoch):
         """The messages of one batch: ``payloads`` numbered from ``seq``, as
         ``Message(subject, data, origin, seq + i, ts, epoch)`` for each but
         without an ``__init__`` call per message (the receive path's hot
-        loop: this halves the cost of making them)."""
-        new = object.__new__
+        loop: this halves the cost of making them). They are of the
+        subclass :class:`_Numbered`, which only differs in being made
+        without one."""
+        new = _Numbered
         messages = []
         append = messages.append
         for data in payloads:
-            message = new(cls)
+            message = new()
             message.subject = subject
             message.data = data
             message.origin = origin
@@ -102,6 +104,15 @@ class Message:
                 f"origin={self.origin!r}, seq={self.seq})")
 
 
+class _Numbered(Message):
+    """A :class:`Message` made by ``Message.numbered``: empty, filled in by it
+    (a call of the class with no ``__init__`` of its own costs less than
+    ``object.__new__(Message)``)."""
+
+    __slots__ = ()
+    __init__ = object.__init__
+
+
 class BatchEncoder:
     """Packs payloads and batch bodies for one publisher; not thread-safe
     (it reuses a Packer)."""
@@ -109,6 +120,10 @@ class BatchEncoder:
     def __init__(self, origin, max_payload=DEFAULT_MAX_PAYLOAD):
         self.origin = origin
         self._packer = msgpack.Packer()
+        # The Packer's own pack, for the publisher's hot path: no size check,
+        # no framing of large bytes, msgpack's errors as they come (``pack``
+        # is the checked one; both share the Packer: the same thread only).
+        self.pack_unchecked = self._packer.pack
         self._head = self._packer.pack_array_header(6) + self._packer.pack(PROTOCOL_VERSION) \
             + self._packer.pack(origin)
         self._marks_head = self._packer.pack_array_header(3) + self._packer.pack(PROTOCOL_VERSION) \

@@ -51,6 +51,7 @@ from time import monotonic as _monotonic
 
 import zmq
 
+from .envelope import RAW_BYTES_MIN
 from .generations import Generations
 from .marks import MARK_SECONDS, MARKS_MAX_BYTES, MarkSet
 from .subjects import is_reader_prefix, validate_subject
@@ -114,6 +115,9 @@ class Publisher:
         self._interest = set()  # readers' subscription prefixes wanted somewhere in the mesh
         self._recorded = set()  # other prefixes: the node's history recorder's (PROTOCOL.md 6)
         self._batch = None  # [stream, first seq, ts, parts, bytes, deadline] of the open batch
+        self._joining = None  # its subject while publishes may join it (its stream is in ``recent``)
+        self._deadline = 0.0  # its deadline (batch[5]), for the hot path
+        self._pack = encoder.pack_unchecked
         self._batch_room = min(BATCH_MAX_BYTES, encoder.payload_room)  # payload bytes a batch may hold
         self._last_publish = float("-inf")
         self._streak = 0  # publishes in a row that came within IDLE_GAP of the one before
@@ -133,16 +137,27 @@ class Publisher:
     # -- publishing -------------------------------------------------------
 
     def publish(self, subject, data):
-        with self._lock:
+        lock = self._lock
+        lock.acquire()  # not ``with``: its __exit__ takes three arguments, release() none
+        try:
             now = _monotonic()
-            batch = self._batch
-            if batch is not None and batch[0] is self._streams.recent.get(subject) and now < batch[5]:
-                # Joining the open batch: the hot path, kept short.
-                packed = self._encoder.pack(data)
+            if subject == self._joining and now < self._deadline:
+                # Joining the open batch: the hot path, kept short. Small payloads
+                # are packed unchecked: one that fits the batch fits the size limit
+                # (``_batch_room``); the checked ``pack`` says what is wrong.
+                if type(data) is bytes and len(data) >= RAW_BYTES_MIN:
+                    packed = self._encoder.pack(data)
+                else:
+                    try:
+                        packed = self._pack(data)
+                    except Exception:
+                        packed = self._encoder.pack(data)  # raises the error to report
+                batch = self._batch
                 parts = batch[3]
-                if len(parts) <= BATCH_MAX_MESSAGES and batch[4] + len(packed) <= self._batch_room:
+                size = batch[4] + len(packed)
+                if size <= self._batch_room and len(parts) <= BATCH_MAX_MESSAGES:
                     parts.append(packed)
-                    batch[4] += len(packed)
+                    batch[4] = size
                     stream = batch[0]
                     seq = stream.seq = stream.seq + 1
                     self.published += 1
@@ -152,9 +167,13 @@ class Publisher:
                         self._send_batch()
                         self._last_publish = _monotonic()
                     return seq
+                if len(packed) > self._encoder.payload_room:
+                    packed = None  # the long way packs it checked, and raises PayloadTooLarge
             else:
                 packed = None
             seq = self._publish(subject, data, now, packed)
+        finally:
+            lock.release()
         if self._yield is not None:
             self._yield()
         return seq
@@ -180,6 +199,7 @@ class Publisher:
         else:
             deadline = now + BATCH_MAX_AGE
             self._batch = [stream, seq, time.time(), [None, packed], len(packed), deadline]
+            self._joining, self._deadline = subject, deadline
             if self._house_due > deadline:
                 self._house_due = now
                 self._kick.set()
@@ -247,7 +267,7 @@ class Publisher:
 
     def _send_batch(self):
         stream, seq, ts, parts, _, _ = self._batch
-        self._batch = None
+        self._batch = self._joining = None
         self._send(stream, seq, ts, parts)
 
     def flush(self):
@@ -287,6 +307,7 @@ class Publisher:
     def _rotate(self, now):
         """Forget the streams not published for a whole generation (lock held)."""
         gone = 0
+        self._joining = None  # the open batch's stream is no longer in ``recent``: revive it first
         for streams in self._streams.rotate(now):
             gone += len(streams)
             for subject in streams:
@@ -405,7 +426,7 @@ class Publisher:
                 self._backlog, self._backlog_bytes = collections.deque(), 0
                 if self._batch is not None:
                     stream, seq, ts, parts, size, _ = self._batch
-                    self._batch = None
+                    self._batch = self._joining = None
                     self._backlog.extend((stream, seq + i, packed, ts) for i, packed in enumerate(parts[1:]))
                     self._backlog_bytes = size
 

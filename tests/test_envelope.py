@@ -170,6 +170,7 @@ def test_the_messages_of_a_batch_are_the_messages_one_by_one():
     one_by_one = [Message("a.b", b"x", "o", 7, 1.5, 3), Message("a.b", {"k": 1}, "o", 8, 1.5, 3)]
     fields = Message.__slots__
     assert [[getattr(m, f) for f in fields] for m in many] == [[getattr(m, f) for f in fields] for m in one_by_one]
+    assert all(isinstance(m, Message) for m in many) and "seq=8" in repr(many[1])
 
 
 def test_message_objects():
