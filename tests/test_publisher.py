@@ -123,3 +123,27 @@ def test_publishes_from_two_threads_into_one_batch_are_numbered_once_each(batchi
     assert sorted(received) == list(range(1, 40001))
     for thread, numbers in seqs.items():  # each seq carries what the publish that got it sent
         assert [received[seq] for seq in numbers] == [[thread, n] for n in range(20000)]
+
+
+def test_a_batch_of_large_payloads_holds_up_to_256_KiB(batching):
+    """16 KiB payloads travel fifteen to a batch (256 KiB): fewer, larger
+    ZeroMQ messages are what lets large payloads through two hops at speed
+    (docs/PERFORMANCE.md, 1b)."""
+    context = zmq.Context.instance()
+    xpub = context.socket(zmq.XPUB)
+    xpub.bind("inproc://test-publisher-large")
+    sub = context.socket(zmq.SUB)
+    sub.connect("inproc://test-publisher-large")
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    assert xpub.poll(2000)
+    publisher = Publisher(xpub, BatchEncoder("test/pub", max_payload=1024 * 1024), 0.2, threading.Event(), None)
+    try:
+        for _ in range(2 + 32):
+            publisher.publish(SUBJECT, b"z" * 16384)
+        publisher.flush()
+        got = batches(sub)
+    finally:
+        publisher.close()
+        sub.close(linger=0)
+    assert [len(payloads) for _, _, payloads in got] == [1, 1, 15, 15, 2]
+    assert sum(len(p) for _, _, payloads in got for p in payloads) == 34 * 16384
