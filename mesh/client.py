@@ -99,6 +99,7 @@ class Client:
         self._kick = kick = threading.Event()
         self._publisher = Publisher(self._publish_socket(), BatchEncoder(self.origin, self.max_payload),
                                     self.stream_idle, kick, self._yield, self.backlog_bytes)
+        bind_publish(self, self)
         self._learn_interest()
         self._receiver = Receiver(self._subscribe_socket, self._yield)
         self._watch = NodeWatch(self)
@@ -266,11 +267,11 @@ class Client:
         in a batch of its own with them; such a publish is not held while the
         node is unreachable (Disconnected).
         """
+        # Called only before the first publish in a forked child: until then the
+        # instance's own ``publish`` is the publisher's (bind_publish).
         if self._pid != _pid[0]:
             self._reopen_after_fork()
-        if headers is not None:
-            return self._publisher.publish_with_headers(subject, data, headers)
-        return self._publisher.publish(subject, data)
+        return self._publisher.publish(subject, data, headers)
 
     def ack(self, message):
         """Acknowledge a job (``message.job``): it is done and will not come
@@ -546,9 +547,25 @@ _pid = [os.getpid()]  # this process; a client made in another one was forked
 _fork_lock = [threading.Lock()]
 
 
+_bound_publish = weakref.WeakSet()  # objects whose own ``publish`` is a client's publisher's
+
+
+def bind_publish(owner, client):
+    """Make ``owner.publish`` (``owner`` a Client, or a wrapper of one whose
+    class has a ``publish`` of its own) the publisher's method of ``client``:
+    a publish then costs no call frame of the client's. A fork takes it back
+    in the child, so the class's ``publish`` runs there first and reopens
+    the client (ZeroMQ sockets must not cross a fork)."""
+    owner.publish = client._publisher.publish
+    _bound_publish.add(owner)
+
+
 def _after_fork_in_child():
     _pid[0] = os.getpid()
     _fork_lock[0] = threading.Lock()
+    for owner in list(_bound_publish):
+        owner.__dict__.pop("publish", None)
+    _bound_publish.clear()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -136,7 +136,11 @@ class Publisher:
 
     # -- publishing -------------------------------------------------------
 
-    def publish(self, subject, data):
+    def publish(self, subject, data, headers=None):
+        """Publish ``data`` on ``subject``; returns its sequence number (mesh.Client.publish
+        says what it raises). With ``headers``: :meth:`publish_with_headers`."""
+        if headers is not None:
+            return self.publish_with_headers(subject, data, headers)
         lock = self._lock
         lock.acquire()  # not ``with``: its __exit__ takes three arguments, release() none
         try:
