@@ -54,6 +54,8 @@ class Subscription:
         sub = self.sync
         if sub.inbox:  # the hot path: no further coroutine per message
             return sub.pop_waiting()
+        if self._client._reader.read_now(sub):  # the socket held more: no turn of the loop
+            return sub.pop_waiting()
         return await self._wait(timeout)
 
     async def _wait(self, timeout):
@@ -109,6 +111,7 @@ class _Reader:
         self.receiver = receiver
         self._signal = asyncio.Event()
         self._waiting = {}  # Subscription -> [asyncio.Event, coroutines waiting on it]
+        self._watched_socket = None  # the socket whose readability wakes the reader task
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     def waiting_for(self, sub):
@@ -135,6 +138,21 @@ class _Reader:
     def wake_all(self):
         for event, _ in self._waiting.values():
             event.set()
+
+    def read_now(self, sub):
+        """Read what the socket holds here, in the caller's turn, instead of
+        waiting for the reader task to be scheduled; True when ``sub`` then
+        has a message. The reader task is woken if the socket is new (it must
+        watch it) or holds more than one slice."""
+        visit = self.receiver.visit(True)
+        if visit is None:  # another thread leads
+            return False
+        sock, drained, more = visit
+        if more or sock is not self._watched_socket:
+            self._signal.set()
+        if drained:
+            self._ready()
+        return bool(sub.inbox)
 
     def _ready(self):
         for sub, (event, _) in list(self._waiting.items()):
@@ -164,6 +182,7 @@ class _Reader:
                             if watched is not None:
                                 loop.remove_reader(watched[1])
                             watched = (sock, sock.getsockopt(zmq.FD)) if sock is not None else None
+                            self._watched_socket = sock
                             if watched is not None:
                                 loop.add_reader(watched[1], self._signal.set)
                 except zmq.ZMQError as exc:
