@@ -1,6 +1,6 @@
 """The library's targets as same-run ratios to raw pyzmq, each the worst of N rounds.
 
-    .venv/bin/python -m bench.ratios [--rounds 5] [--parts throughput latency sizes aio]
+    .venv/bin/python -m bench.ratios [--rounds 5] [--parts throughput aio latency sizes floor]
 
 One 2-node mesh (A and B, a static link, ``--max-payload`` 2 MiB) for the whole run; every round
 measures each case beside its raw pyzmq PUB->SUB counterpart, minutes apart
@@ -15,6 +15,10 @@ shared machine weighs on both sides of each ratio:
   rule (mesh/publisher.py) and never calls ``flush``; target at 5k: p99 <= 2x.
 * ``sizes``: throughput at 1 KiB, 16 KiB, 256 KiB and 1 MiB payloads, mesh /
   raw; targets 1 KiB >= 1.5x, 16 KiB >= 1.0x.
+* ``floor``: the mesh's two hops without the mesh: raw pyzmq PUB -> two plain
+  ``zmq.proxy`` processes -> SUB (bench/workers.py ``proxy``), / raw PUB->SUB,
+  for p99 at 5,000 msg/s and for 16 KiB throughput: what the forwarding path
+  fixed by the design costs before any client code runs.
 
 Prints every round and, per ratio, the worst and the median over the rounds.
 """
@@ -50,14 +54,23 @@ def raw_endpoints():
     return endpoint, endpoint
 
 
-def one_round(procs, a, b, parts, messages):
-    """{ratio name: value} and the raw numbers behind them, for one round."""
+def two_proxies(procs):
+    """(publisher endpoint, subscriber endpoint) of PUB -> proxy -> proxy -> SUB."""
+    first, middle, last = (f"tcp://{LOOPBACK}:{free_port()}" for _ in range(3))
+    for cfg in ({"in": first, "out": middle}, {"in": middle, "out": last}):
+        procs.worker("proxy", cfg, name="proxy").expect("ready", 30)
+    return first, last
+
+
+def one_round(procs, a, b, parts, messages, chain=None):
+    """{ratio name: value} and the raw numbers behind them, for one round;
+    ``chain``: the endpoints of :func:`two_proxies` for the ``floor`` part."""
     ratios, raw = {}, {}
 
-    def pair(name, count, mesh_system="mesh", base_system="zmq", **extra):
+    def pair(name, count, mesh_system="mesh", base_system="zmq", eps=None, **extra):
         base_eps = raw_endpoints() if base_system == "zmq" else (a.address, b.address)
         base = measure(procs, base_system, *base_eps, count, **extra)
-        mesh = measure(procs, mesh_system, a.address, b.address, count, **extra)
+        mesh = measure(procs, mesh_system, *(eps or (a.address, b.address)), count, **extra)
         raw[name] = (base, mesh)
         return base, mesh
 
@@ -79,6 +92,13 @@ def one_round(procs, a, b, parts, messages):
             base, mesh = pair(f"size {size}", count, size=size)
             label = f"{size // 1024} KiB" if size < 1048576 else "1 MiB"
             ratios[label] = mesh["rate"] / base["rate"]
+    if "floor" in parts:
+        base, hops = pair("two proxies, latency 5000", max(10_000, 5000 * 4), mesh_system="zmq", eps=chain,
+                          rate=5000, flush=False)
+        ratios["p99 at 5,000/s, two proxies"] = hops["latency_ms"]["p99"] / base["latency_ms"]["p99"]
+        base, hops = pair("two proxies, size 16384", max(500, min(messages, 40_000_000 // 16384)),
+                          mesh_system="zmq", eps=chain, size=16384)
+        ratios["16 KiB, two proxies"] = hops["rate"] / base["rate"]
     return ratios, raw
 
 
@@ -94,8 +114,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--messages", type=int, default=400_000)
-    parser.add_argument("--parts", nargs="+", default=["throughput", "aio", "latency", "sizes"],
-                        choices=["throughput", "aio", "latency", "sizes"])
+    parser.add_argument("--parts", nargs="+", default=["throughput", "aio", "latency", "sizes", "floor"],
+                        choices=["throughput", "aio", "latency", "sizes", "floor"])
     args = parser.parse_args(argv)
     procs = Procs()
     rounds = []
@@ -103,23 +123,24 @@ def main(argv=None):
         big = ("--max-payload", str(2 * max(SIZES)))  # a 1 MiB payload and its batch header
         a = procs.node("bench-a", *big)
         b = procs.node("bench-b", "--peer", a.address, *big)
+        chain = two_proxies(procs) if "floor" in args.parts else None
         time.sleep(2)  # the static link forms within one introduction interval
         for r in range(args.rounds):
-            ratios, raw = one_round(procs, a, b, args.parts, args.messages)
+            ratios, raw = one_round(procs, a, b, args.parts, args.messages, chain)
             rounds.append(ratios)
             print(f"round {r + 1} (load {open('/proc/loadavg').read().split()[0]}):", flush=True)
             for name, (base, mesh) in raw.items():
                 print(f"  {describe(name, base, mesh)}", flush=True)
     finally:
         procs.close()
-    print(f"\n{'ratio (mesh / raw)':<24}{'worst':>8}{'median':>8}  target")
+    print(f"\n{'ratio (mesh / raw)':<30}{'worst':>8}{'median':>8}  target")
     for name in rounds[0] if rounds else ():
         values = [r[name] for r in rounds]
         target, higher = TARGETS.get(name, (None, not name.startswith("p99")))
         worst = min(values) if higher else max(values)
         verdict = "" if target is None else (f"{'>=' if higher else '<='} {target}: "
                                              f"{'met' if (worst >= target if higher else worst <= target) else 'missed'}")
-        print(f"{name:<24}{worst:>8.2f}{statistics.median(values):>8.2f}  {verdict}")
+        print(f"{name:<30}{worst:>8.2f}{statistics.median(values):>8.2f}  {verdict}")
 
 
 if __name__ == "__main__":

@@ -172,3 +172,21 @@ def test_quick_run_produces_every_scenario(tmp_path):
     # Nothing the benchmark started (nodes, servers, ZooKeeper, workers) is left running.
     assert _processes_with(marker) == []
     assert "still running after stop" not in err
+
+
+def test_ratios_reports_each_ratio_with_its_verdict_and_leaves_no_process():
+    """bench/ratios.py, small: every asked ratio is printed with worst and
+    median, a target's verdict beside it, and the floor rows (two plain
+    proxies) come from the same run."""
+    marker = f"bench-test-{uuid.uuid4().hex}"
+    env = dict(os.environ, MESHNODE_BENCH_TEST_RUN=marker)
+    proc = subprocess.run([sys.executable, "-m", "bench.ratios", "--rounds", "1", "--messages", "2000",
+                           "--parts", "throughput", "floor"], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    table = proc.stdout.split("ratio (mesh / raw)")[1]
+    rows = {line[:30].strip(): line[30:].split() for line in table.splitlines()[1:] if line.strip()}
+    assert set(rows) == {"throughput 100 B", "p99 at 5,000/s, two proxies", "16 KiB, two proxies"}
+    assert rows["throughput 100 B"][2:4] == [">=", "3.5:"] and rows["throughput 100 B"][4] in ("met", "missed")
+    assert all(float(values[0]) > 0 and float(values[1]) > 0 for values in rows.values())
+    assert _processes_with(marker) == []
