@@ -32,7 +32,7 @@ import zmq
 
 from mesh import publisher as publisher_module
 from mesh.envelope import BatchEncoder, Message, decode_batch
-from mesh.publisher import Publisher
+from mesh.publisher import BATCH_MAX_MESSAGES, Publisher
 from mesh.receiver import Receiver
 from mesh.subjects import Pattern
 from mesh.subscription import Subscription
@@ -108,7 +108,7 @@ def timed(repeat, n, step):
 
 def steps(args, data):
     """Each step of both paths on its own: (path, step, ns per message)."""
-    n, repeat, per_batch = args.messages, args.repeat, 256
+    n, repeat, per_batch = args.messages, args.repeat, BATCH_MAX_MESSAGES
     encoder = BatchEncoder("bench/hotpath")
     packed = encoder.pack(data)
     lock = threading.Lock()

@@ -1,6 +1,6 @@
 """The library's targets as same-run ratios to raw pyzmq, each the worst of N rounds.
 
-    .venv/bin/python -m bench.ratios [--rounds 5] [--parts throughput aio latency sizes floor]
+    .venv/bin/python -m bench.ratios [--rounds 5] [--parts throughput aio latency sizes floor] [--pin-nodes]
 
 One 2-node mesh (A and B, a static link, ``--max-payload`` 2 MiB) for the whole run; every round
 measures each case beside its raw pyzmq PUB->SUB counterpart, minutes apart
@@ -14,7 +14,8 @@ shared machine weighs on both sides of each ratio:
   10,000 messages each), mesh / raw; the mesh publisher relies on the flush
   rule (mesh/publisher.py) and never calls ``flush``; target at 5k: p99 <= 2x.
 * ``sizes``: throughput at 1 KiB, 16 KiB, 256 KiB and 1 MiB payloads, mesh /
-  raw; targets 1 KiB >= 1.5x, 16 KiB >= 1.0x.
+  raw; targets 1 KiB >= 1.5x, 16 KiB >= 1.0x. Each mesh case also prints the
+  CPU per message of the publisher, node A, node B and the subscriber.
 * ``floor``: the mesh's two hops without the mesh: raw pyzmq PUB -> two plain
   ``zmq.proxy`` processes -> SUB (bench/workers.py ``proxy``), / raw PUB->SUB,
   for p99 at 5,000 msg/s and for 16 KiB throughput: what the forwarding path
@@ -24,10 +25,11 @@ Prints every round and, per ratio, the worst and the median over the rounds.
 """
 
 import argparse
+import os
 import statistics
 import time
 
-from .procs import LOOPBACK, Procs, free_port
+from .procs import LOOPBACK, Procs, cpu_seconds, free_port
 from .scenarios import SUBJECT, run_case
 
 RATES = (1000, 5000, 20000, 50000)
@@ -46,12 +48,18 @@ def measure(procs, system, pub_ep, sub_ep, count, **extra):
                            timeout=120 + count / 1000)
     if sub["delivered"] < count:
         raise RuntimeError(f"{system}: {sub['delivered']} of {count} delivered")
-    return sub
+    return dict(sub, pub_cpu_s=pub.get("cpu_s", 0.0))
 
 
 def raw_endpoints():
     endpoint = f"tcp://{LOOPBACK}:{free_port()}"
     return endpoint, endpoint
+
+
+def pin(pid, cpu):
+    """Every thread of process ``pid`` on ``cpu`` (threads it starts later inherit it)."""
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        os.sched_setaffinity(int(tid), {cpu})
 
 
 def two_proxies(procs):
@@ -70,7 +78,11 @@ def one_round(procs, a, b, parts, messages, chain=None):
     def pair(name, count, mesh_system="mesh", base_system="zmq", eps=None, **extra):
         base_eps = raw_endpoints() if base_system == "zmq" else (a.address, b.address)
         base = measure(procs, base_system, *base_eps, count, **extra)
+        nodes_before = [cpu_seconds(node.pid) for node in (a, b)]
         mesh = measure(procs, mesh_system, *(eps or (a.address, b.address)), count, **extra)
+        if eps is None:  # the nodes' CPU, for the sizes' breakdown
+            mesh["nodes_cpu_s"] = [cpu_seconds(node.pid) - before for node, before in zip((a, b), nodes_before)]
+        mesh["count"] = base["count"] = count
         raw[name] = (base, mesh)
         return base, mesh
 
@@ -107,7 +119,13 @@ def describe(name, base, mesh):
         b, m = base["latency_ms"], mesh["latency_ms"]
         return (f"{name}: p99 {m['p99']} vs {b['p99']} ms, p99.9 {m['p99_9']} vs {b['p99_9']} ms "
                 f"(p50 {m['p50']} vs {b['p50']})")
-    return f"{name}: {mesh['rate']:,.0f} vs {base['rate']:,.0f} msg/s"
+    line = f"{name}: {mesh['rate']:,.0f} vs {base['rate']:,.0f} msg/s"
+    if name.startswith("size") and "nodes_cpu_s" in mesh:  # CPU per message in each process of the mesh's path
+        us = [1e6 * seconds / mesh["count"] for seconds in
+              (mesh.get("pub_cpu_s", 0.0), *mesh["nodes_cpu_s"], mesh.get("cpu_s", 0.0))]
+        line += (f" (mesh CPU us/msg: publisher {us[0]:.1f}, node A {us[1]:.1f}, node B {us[2]:.1f}, "
+                 f"subscriber {us[3]:.1f})")
+    return line
 
 
 def main(argv=None):
@@ -116,6 +134,8 @@ def main(argv=None):
     parser.add_argument("--messages", type=int, default=400_000)
     parser.add_argument("--parts", nargs="+", default=["throughput", "aio", "latency", "sizes", "floor"],
                         choices=["throughput", "aio", "latency", "sizes", "floor"])
+    parser.add_argument("--pin-nodes", action="store_true",
+                        help="run every thread of node A on CPU 0 and of node B on CPU 1 (taskset's effect)")
     args = parser.parse_args(argv)
     procs = Procs()
     rounds = []
@@ -123,6 +143,9 @@ def main(argv=None):
         big = ("--max-payload", str(2 * max(SIZES)))  # a 1 MiB payload and its batch header
         a = procs.node("bench-a", *big)
         b = procs.node("bench-b", "--peer", a.address, *big)
+        if args.pin_nodes:
+            for cpu, node in enumerate((a, b)):
+                pin(node.pid, cpu % os.cpu_count())
         chain = two_proxies(procs) if "floor" in args.parts else None
         time.sleep(2)  # the static link forms within one introduction interval
         for r in range(args.rounds):

@@ -59,7 +59,7 @@ from .subjects import is_reader_prefix, validate_subject
 IDLE_GAP = 0.00002  # publishes closer than this are a burst
 BURST_STREAK = 2  # a batch opens on the third publish of a burst
 BATCH_MAX_AGE = 0.0005
-BATCH_MAX_MESSAGES = 256
+BATCH_MAX_MESSAGES = 1024
 BATCH_MAX_BYTES = 256 * 1024
 DEFAULT_STREAM_IDLE = 60.0
 DEFAULT_BACKLOG_BYTES = 8 * 1024 * 1024

@@ -177,11 +177,11 @@ def test_quick_run_produces_every_scenario(tmp_path):
 def test_ratios_reports_each_ratio_with_its_verdict_and_leaves_no_process():
     """bench/ratios.py, small: every asked ratio is printed with worst and
     median, a target's verdict beside it, and the floor rows (two plain
-    proxies) come from the same run."""
+    proxies) come from the same run; --pin-nodes pins the nodes' threads."""
     marker = f"bench-test-{uuid.uuid4().hex}"
     env = dict(os.environ, MESHNODE_BENCH_TEST_RUN=marker)
     proc = subprocess.run([sys.executable, "-m", "bench.ratios", "--rounds", "1", "--messages", "2000",
-                           "--parts", "throughput", "floor"], cwd=ROOT, env=env, capture_output=True, text=True,
+                           "--parts", "throughput", "floor", "--pin-nodes"], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     table = proc.stdout.split("ratio (mesh / raw)")[1]
