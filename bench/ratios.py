@@ -59,7 +59,10 @@ def raw_endpoints():
 def pin(pid, cpu):
     """Every thread of process ``pid`` on ``cpu`` (threads it starts later inherit it)."""
     for tid in os.listdir(f"/proc/{pid}/task"):
-        os.sched_setaffinity(int(tid), {cpu})
+        try:
+            os.sched_setaffinity(int(tid), {cpu})
+        except ProcessLookupError:
+            pass  # a thread that ended meanwhile
 
 
 def two_proxies(procs):
@@ -135,7 +138,7 @@ def main(argv=None):
     parser.add_argument("--parts", nargs="+", default=["throughput", "aio", "latency", "sizes", "floor"],
                         choices=["throughput", "aio", "latency", "sizes", "floor"])
     parser.add_argument("--pin-nodes", action="store_true",
-                        help="run every thread of node A on CPU 0 and of node B on CPU 1 (taskset's effect)")
+                        help="run every thread of node A on one CPU and of node B on another (taskset's effect)")
     args = parser.parse_args(argv)
     procs = Procs()
     rounds = []
@@ -144,8 +147,9 @@ def main(argv=None):
         a = procs.node("bench-a", *big)
         b = procs.node("bench-b", "--peer", a.address, *big)
         if args.pin_nodes:
-            for cpu, node in enumerate((a, b)):
-                pin(node.pid, cpu % os.cpu_count())
+            allowed = sorted(os.sched_getaffinity(0))  # the CPUs this run may use
+            for index, node in enumerate((a, b)):
+                pin(node.pid, allowed[index % len(allowed)])
         chain = two_proxies(procs) if "floor" in args.parts else None
         time.sleep(2)  # the static link forms within one introduction interval
         for r in range(args.rounds):

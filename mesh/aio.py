@@ -54,8 +54,10 @@ class Subscription:
         sub = self.sync
         if sub.inbox:  # the hot path: no further coroutine per message
             return sub.pop_waiting()
-        if self._client._reader.read_now(sub):  # the socket held more: no turn of the loop
-            return sub.pop_waiting()
+        if self._client._reader.read_now(sub):  # the socket held more: read here, not by the reader task
+            await asyncio.sleep(0)  # one turn of the loop per slice read: a busy socket starves no task
+            if sub.inbox:  # (another coroutine of this subscription may have taken it meanwhile)
+                return sub.pop_waiting()
         return await self._wait(timeout)
 
     async def _wait(self, timeout):
@@ -140,14 +142,21 @@ class _Reader:
             event.set()
 
     def read_now(self, sub):
-        """Read what the socket holds here, in the caller's turn, instead of
-        waiting for the reader task to be scheduled; True when ``sub`` then
-        has a message. The reader task is woken if the socket is new (it must
-        watch it) or holds more than one slice."""
-        visit = self.receiver.visit(True)
-        if visit is None:  # another thread leads
+        """Read one slice of what the socket holds here, in the caller's turn,
+        instead of waiting for the reader task to be scheduled; True when
+        ``sub`` then has a message. Reading consumed the socket's
+        edge-triggered readiness, so the reader task is woken when the socket
+        still holds more, is new (it must watch it), or changed under us."""
+        try:
+            visit = self.receiver.visit(True)
+            if visit is None:  # another thread leads
+                return False
+            sock, drained, more = visit
+            if drained and sock is not None:
+                more = bool(sock.getsockopt(zmq.EVENTS) & zmq.POLLIN)
+        except zmq.ZMQError:  # replaced or closed by another thread: the reader task sorts it out
+            self._signal.set()
             return False
-        sock, drained, more = visit
         if more or sock is not self._watched_socket:
             self._signal.set()
         if drained:

@@ -555,7 +555,8 @@ def bind_publish(owner, client):
     class has a ``publish`` of its own) the publisher's method of ``client``:
     a publish then costs no call frame of the client's. A fork takes it back
     in the child, so the class's ``publish`` runs there first and reopens
-    the client (ZeroMQ sockets must not cross a fork)."""
+    the client (ZeroMQ sockets must not cross a fork); a ``publish`` taken
+    before the fork is sent the same way (Publisher.after_fork)."""
     owner.publish = client._publisher.publish
     _bound_publish.add(owner)
 
@@ -565,6 +566,8 @@ def _after_fork_in_child():
     _fork_lock[0] = threading.Lock()
     for owner in list(_bound_publish):
         owner.__dict__.pop("publish", None)
+        if isinstance(owner, Client):
+            owner._publisher.after_fork(functools.partial(Client.publish, owner))
     _bound_publish.clear()
 
 

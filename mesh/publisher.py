@@ -116,6 +116,7 @@ class Publisher:
         self._recorded = set()  # other prefixes: the node's history recorder's (PROTOCOL.md 6)
         self._batch = None  # [stream, first seq, ts, parts, bytes, deadline] of the open batch
         self._joining = None  # its subject while publishes may join it (its stream is in ``recent``)
+        self._forked_to = None  # in a forked child: where every publish through this publisher goes
         self._deadline = 0.0  # its deadline (batch[5]), for the hot path
         self._pack = encoder.pack_unchecked
         self._batch_room = min(BATCH_MAX_BYTES, encoder.payload_room)  # payload bytes a batch may hold
@@ -185,6 +186,8 @@ class Publisher:
     def _publish(self, subject, data, now, packed):
         """A publish that does not join the open batch (lock held): it sends
         the open batch, then goes out alone or opens a batch (the flush rule)."""
+        if self._forked_to is not None:
+            return self._forked_to(subject, data, None)
         if self.closed:
             raise RuntimeError("client is closed")
         stream = self._streams.recent.get(subject) or self._stream(subject, now)
@@ -231,6 +234,8 @@ class Publisher:
         Raises Disconnected while publishes are held: a request or a reply is
         no use later."""
         with self._lock:
+            if self._forked_to is not None:
+                return self._forked_to(subject, data, headers)
             if self.closed:
                 raise RuntimeError("client is closed")
             if self._backlog is not None:
@@ -273,6 +278,17 @@ class Publisher:
         stream, seq, ts, parts, _, _ = self._batch
         self._batch = self._joining = None
         self._send(stream, seq, ts, parts)
+
+    def after_fork(self, redirect):
+        """In a forked child, where this publisher and its socket are the
+        parent's: its lock is new (a parent thread may have held the old one
+        at the fork), no publish joins its open batch, and every publish
+        through it goes to ``redirect(subject, data, headers)`` (the client,
+        which reopens in the child). A ``publish`` taken before the fork so
+        never writes to the parent's socket."""
+        self._lock = threading.Lock()
+        self._joining = None
+        self._forked_to = redirect
 
     def flush(self):
         """Send the open batch now, if there is one."""

@@ -79,6 +79,97 @@ def test_the_loop_keeps_running_while_a_subscription_drains_and_waits(start_node
     run(main())
 
 
+PUBLISH_FLAT_OUT = """
+import sys, time
+from mesh import Client
+client = Client(sys.argv[1])
+while not client.has_interest("busy.x"):
+    time.sleep(0.01)
+end, n = time.monotonic() + float(sys.argv[2]), 0
+while time.monotonic() < end:
+    for _ in range(200):
+        client.publish("busy.x", n)
+        n += 1
+client.close()
+print(n)
+"""
+
+
+def test_get_on_a_socket_that_never_empties_leaves_the_loop_to_other_tasks(start_node):
+    """``get()`` reads what the socket holds in the caller's turn; while a
+    publisher in another process sends flat out for 2 s, the socket never
+    empties, and the loop must still run a 10 ms ticker between slices."""
+    import subprocess
+    import sys
+
+    a = start_node("A")
+
+    async def main():
+        async with await Client.connect(a.address) as client:
+            sub = await client.subscribe("busy.>")
+            ticks = []
+
+            async def ticker():
+                while True:
+                    ticks.append(time.monotonic())
+                    await asyncio.sleep(0.01)
+
+            beat = asyncio.create_task(ticker())
+            publisher = subprocess.Popen([sys.executable, "-c", PUBLISH_FLAT_OUT, a.address, "2"],
+                                         stdout=subprocess.PIPE, text=True)
+            try:
+                got = 0
+                while True:
+                    try:
+                        await sub.get(timeout=3.0)
+                    except TimeoutError:
+                        break
+                    got += 1
+                    sum(range(30))  # a consumer that does a little work per message
+                sent = int(publisher.communicate(timeout=30)[0])
+            finally:
+                if publisher.poll() is None:
+                    publisher.kill()
+                    publisher.wait()
+            beat.cancel()
+            assert got + sub.gaps == sent and got > 0
+            gaps = [b - a for a, b in zip(ticks, ticks[1:])]
+            assert len(ticks) > 100 and max(gaps) < 0.5  # the ticker kept its beat within half a second
+
+    run(main())
+
+
+def test_what_get_leaves_in_the_socket_reaches_the_other_waiters(start_node, monkeypatch):
+    """One ``get()`` that reads a slice in its caller's turn leaves the rest in
+    the socket; a coroutine waiting on another subscription gets its message
+    at once, not at the reader's next recheck (made 30 s here)."""
+    import mesh.aio
+
+    monkeypatch.setattr(mesh.aio, "RECHECK_SECONDS", 30.0)
+    a = start_node("A")
+
+    from mesh import Client as ThreadedClient
+
+    async def main():
+        with ThreadedClient(a.address) as publisher:
+            async with await Client.connect(a.address) as client:
+                many, one = await client.subscribe("many.>"), await client.subscribe("one.>")
+                while not (publisher.has_interest("many.x") and publisher.has_interest("one.x")):
+                    await asyncio.sleep(0.01)
+                waiting = asyncio.create_task(one.get(timeout=20))
+                await asyncio.sleep(0.1)  # the waiter sleeps on its event, the reader task on the socket
+                for i in range(3000):
+                    publisher.publish("many.x", i)
+                publisher.publish("one.x", "last")
+                publisher.flush()
+                time.sleep(0.3)  # the loop held: everything arrives before the reader task can run
+                assert (await many.get(timeout=5)).data == 0  # reads one slice in this turn
+                message = await asyncio.wait_for(waiting, 10)  # within 10 s: long before the 30 s recheck
+                assert message.data == "last"
+
+    run(main())
+
+
 def test_callbacks_request_reply_and_errors(mesh3):
     a, b, _ = mesh3
 

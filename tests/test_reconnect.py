@@ -168,6 +168,7 @@ def test_a_client_made_before_fork_publishes_from_the_child_under_its_own_origin
         sub = sc.subscribe("fk.>")
         warm_up(pub, "fk.x", [sub])
         assert pub.publish("fk.x", "parent-1") > 1
+        captured = pub.publish  # taken before the fork, as a callback or functools.partial would be
         child = os.fork()
         if child == 0:  # the child: publish through the inherited client, then leave at once
             try:
@@ -177,6 +178,7 @@ def test_a_client_made_before_fork_publishes_from_the_child_under_its_own_origin
                 except RuntimeError as exc:
                     if "before os.fork()" not in str(exc):
                         os._exit(3)
+                captured("fk.x", "child-captured")  # never on the parent's socket: through the reopened client
                 pub.publish("fk.x", "child")
                 pub.flush()
                 pub.close()
@@ -193,9 +195,10 @@ def test_a_client_made_before_fork_publishes_from_the_child_under_its_own_origin
             raise AssertionError("the forked child hung")
         assert os.waitstatus_to_exitcode(status) == 0
         pub.publish("fk.x", "parent-2")
-        got = {m.data: m for m in collect(sub, 3)}
-        assert set(got) == {"parent-1", "child", "parent-2"}
-        assert got["child"].origin != got["parent-1"].origin and got["child"].seq == 1
+        got = {m.data: m for m in collect(sub, 4)}
+        assert set(got) == {"parent-1", "child-captured", "child", "parent-2"}
+        assert got["child-captured"].origin != got["parent-1"].origin and got["child-captured"].seq == 1
+        assert got["child"].origin == got["child-captured"].origin and got["child"].seq == 2
         assert got["parent-2"].origin == got["parent-1"].origin
         assert got["parent-2"].seq == got["parent-1"].seq + 1 and sub.gaps == 0
 
