@@ -113,7 +113,7 @@ class _Reader:
         self.receiver = receiver
         self._signal = asyncio.Event()
         self._waiting = {}  # Subscription -> [asyncio.Event, coroutines waiting on it]
-        self._watched_socket = None  # the socket whose readability wakes the reader task
+        self._watched = None  # (socket, fd) whose readability wakes the reader task, while someone is hungry
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     def waiting_for(self, sub):
@@ -157,7 +157,7 @@ class _Reader:
         except zmq.ZMQError:  # replaced or closed by another thread: the reader task sorts it out
             self._signal.set()
             return False
-        if more or sock is not self._watched_socket:
+        if more or sock is not (self._watched and self._watched[0]):
             self._signal.set()
         if drained:
             self._ready()
@@ -177,7 +177,6 @@ class _Reader:
     async def _run(self):
         receiver, loop = self.receiver, asyncio.get_running_loop()
         loop.add_reader(receiver.wake_fd, self._signal.set)  # changes queued by other threads
-        watched = None  # (socket, fd) whose readability wakes us, while someone is hungry
         try:
             while not receiver.closed:
                 self._signal.clear()
@@ -187,11 +186,11 @@ class _Reader:
                     visit = receiver.visit(hungry)
                     if visit is not None:
                         sock, drained, more = visit
-                        if (watched[0] if watched else None) is not sock:  # made, moved, or nobody waits
+                        watched = self._watched
+                        if (watched and watched[0]) is not sock:  # made, moved, or nobody waits
                             if watched is not None:
                                 loop.remove_reader(watched[1])
-                            watched = (sock, sock.getsockopt(zmq.FD)) if sock is not None else None
-                            self._watched_socket = sock
+                            watched = self._watched = (sock, sock.getsockopt(zmq.FD)) if sock is not None else None
                             if watched is not None:
                                 loop.add_reader(watched[1], self._signal.set)
                 except zmq.ZMQError as exc:
@@ -213,7 +212,7 @@ class _Reader:
             if not receiver.closed:
                 log.warning("the reader of a client stopped: %s", exc)
         finally:
-            for fd in (receiver.wake_fd, *(() if watched is None else (watched[1],))):
+            for fd in (receiver.wake_fd, *(() if self._watched is None else (self._watched[1],))):
                 try:
                     loop.remove_reader(fd)
                 except (ValueError, OSError):

@@ -267,8 +267,9 @@ class Client:
         in a batch of its own with them; such a publish is not held while the
         node is unreachable (Disconnected).
         """
-        # Called only before the first publish in a forked child: until then the
-        # instance's own ``publish`` is the publisher's (bind_publish).
+        # Not on the per-message path: the instance's own ``publish`` is the
+        # publisher's (bind_publish). This runs in a forked child until the client
+        # reopens, and for what Publisher.after_fork redirects here.
         if self._pid != _pid[0]:
             self._reopen_after_fork()
         return self._publisher.publish(subject, data, headers)

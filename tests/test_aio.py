@@ -17,6 +17,13 @@ def run(coroutine):
     return asyncio.run(asyncio.wait_for(coroutine, 60))
 
 
+async def ticker(ticks):
+    """Note the time every 10 ms, for ever: a task the loop must keep running."""
+    while True:
+        ticks.append(time.monotonic())
+        await asyncio.sleep(0.01)
+
+
 def test_publish_subscribe_across_two_nodes_in_order_with_async_for(mesh3):
     a, b, _ = mesh3
 
@@ -55,13 +62,7 @@ def test_the_loop_keeps_running_while_a_subscription_drains_and_waits(start_node
             sub = await client.subscribe("tick.>")
             assert await client.wait_for_interest("tick.x")
             ticks = []
-
-            async def ticker():
-                while True:
-                    ticks.append(time.monotonic())
-                    await asyncio.sleep(0.01)
-
-            beat = asyncio.create_task(ticker())
+            beat = asyncio.create_task(ticker(ticks))
             waiting = asyncio.create_task(sub.get(timeout=1.0))
             await asyncio.sleep(0.3)  # a reader waiting does not hold the loop
             assert len(ticks) >= 15 and not waiting.done()
@@ -108,13 +109,7 @@ def test_get_on_a_socket_that_never_empties_leaves_the_loop_to_other_tasks(start
         async with await Client.connect(a.address) as client:
             sub = await client.subscribe("busy.>")
             ticks = []
-
-            async def ticker():
-                while True:
-                    ticks.append(time.monotonic())
-                    await asyncio.sleep(0.01)
-
-            beat = asyncio.create_task(ticker())
+            beat = asyncio.create_task(ticker(ticks))
             publisher = subprocess.Popen([sys.executable, "-c", PUBLISH_FLAT_OUT, a.address, "2"],
                                          stdout=subprocess.PIPE, text=True)
             try:
