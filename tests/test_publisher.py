@@ -27,20 +27,33 @@ def batching(monkeypatch):
 
 
 @pytest.fixture
-def pair(request):
-    """A publisher (payload limit 1,000 bytes, streams idle after 0.2 s) and the SUB reading it."""
-    context = zmq.Context.instance()
-    endpoint = f"inproc://test-publisher-{request.node.name}"
-    xpub = context.socket(zmq.XPUB)
-    xpub.bind(endpoint)
-    sub = context.socket(zmq.SUB)
-    sub.connect(endpoint)
-    sub.setsockopt(zmq.SUBSCRIBE, b"")
-    assert xpub.poll(2000)  # the subscription has arrived: nothing sent is lost
-    publisher = Publisher(xpub, BatchEncoder("test/pub", max_payload=1000), 0.2, threading.Event(), None)
-    yield publisher, sub
-    publisher.close()
-    sub.close(linger=0)
+def make_pair(request):
+    """make_pair(max_payload): a publisher (streams idle after 0.2 s) and the SUB reading it."""
+    made = []
+
+    def make(max_payload):
+        context = zmq.Context.instance()
+        endpoint = f"inproc://test-publisher-{request.node.name}-{len(made)}"
+        xpub = context.socket(zmq.XPUB)
+        xpub.bind(endpoint)
+        sub = context.socket(zmq.SUB)
+        sub.connect(endpoint)
+        sub.setsockopt(zmq.SUBSCRIBE, b"")
+        assert xpub.poll(2000)  # the subscription has arrived: nothing sent is lost
+        publisher = Publisher(xpub, BatchEncoder("test/pub", max_payload=max_payload), 0.2, threading.Event(), None)
+        made.append((publisher, sub))
+        return publisher, sub
+
+    yield make
+    for publisher, sub in made:
+        publisher.close()
+        sub.close(linger=0)
+
+
+@pytest.fixture
+def pair(make_pair):
+    """A publisher with a payload limit of 1,000 bytes, and the SUB reading it."""
+    return make_pair(1000)
 
 
 def batches(sub):
@@ -125,25 +138,24 @@ def test_publishes_from_two_threads_into_one_batch_are_numbered_once_each(batchi
         assert [received[seq] for seq in numbers] == [[thread, n] for n in range(20000)]
 
 
-def test_a_batch_of_large_payloads_holds_up_to_256_KiB(batching):
+def test_a_batch_holds_up_to_1024_messages(batching, make_pair):
+    publisher, sub = make_pair(1024 * 1024)
+    for n in range(2 + 2048 + 5):
+        publisher.publish(SUBJECT, n)
+    publisher.flush()
+    got = batches(sub)
+    assert [len(payloads) for _, _, payloads in got] == [1, 1, 1024, 1024, 5]
+    assert [p for _, _, payloads in got for p in payloads] == list(range(2 + 2048 + 5))
+
+
+def test_a_batch_of_large_payloads_holds_up_to_256_KiB(batching, make_pair):
     """16 KiB payloads travel fifteen to a batch (256 KiB): fewer, larger
     ZeroMQ messages are what lets large payloads through two hops at speed
     (docs/PERFORMANCE.md, 1b)."""
-    context = zmq.Context.instance()
-    xpub = context.socket(zmq.XPUB)
-    xpub.bind("inproc://test-publisher-large")
-    sub = context.socket(zmq.SUB)
-    sub.connect("inproc://test-publisher-large")
-    sub.setsockopt(zmq.SUBSCRIBE, b"")
-    assert xpub.poll(2000)
-    publisher = Publisher(xpub, BatchEncoder("test/pub", max_payload=1024 * 1024), 0.2, threading.Event(), None)
-    try:
-        for _ in range(2 + 32):
-            publisher.publish(SUBJECT, b"z" * 16384)
-        publisher.flush()
-        got = batches(sub)
-    finally:
-        publisher.close()
-        sub.close(linger=0)
+    publisher, sub = make_pair(1024 * 1024)
+    for _ in range(2 + 32):
+        publisher.publish(SUBJECT, b"z" * 16384)
+    publisher.flush()
+    got = batches(sub)
     assert [len(payloads) for _, _, payloads in got] == [1, 1, 15, 15, 2]
     assert sum(len(p) for _, _, payloads in got for p in payloads) == 34 * 16384
