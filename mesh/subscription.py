@@ -117,7 +117,9 @@ class Subscription:
         """How far the reader got: for every stream this subscription
         remembers, the (epoch, seq) of the last message handed out (messages
         still queued do not count), and the time now. Give it to
-        ``Client.subscribe(pattern, since=position)`` after a reconnect."""
+        ``Client.subscribe(pattern, since=position)`` after a reconnect.
+        Take it between two reads, in the thread that reads: a message
+        another thread is being handed meanwhile may not count."""
         with self._lock:
             return self._position(queued_count=False)
 

@@ -9,7 +9,9 @@ namespace (tests/meshbed.py starts it). Driven by lines on stdin:
 * ``go``: stops warming and publishes ``part.NAME`` at RATE messages a
   second, each carrying the time it was published;
 * ``stop``: stops publishing, flushes, prints ``{"sent": n}``;
-* ``leave``: takes the ``part.>`` subscription's position and unsubscribes
+* ``leave``: the thread that reads ``part.>`` takes the subscription's
+  position between two reads (a position taken while another thread is
+  inside ``get`` may miss the message being handed out) and unsubscribes
   (what it received and missed so far stays counted); prints ``{"left": t}``,
   the position's time;
 * ``back``: subscribes to ``part.>`` again with ``since=`` that position
@@ -42,6 +44,7 @@ def main(address, name, rate):
         present = threading.Event()
         present.set()
         position = [None]
+        leaving = threading.Event()  # "leave" asked: the reading thread takes the position and unsubscribes
 
         def say(**fields):
             with lock:
@@ -50,12 +53,21 @@ def main(address, name, rate):
         def read_counted():
             while True:
                 present.wait()
+                sub = counted[0]
                 try:
-                    message = counted[0].get()
-                except RuntimeError:  # left: wait to come back
-                    continue
-                log.append([message.subject, message.data, time.time(), message.epoch, message.seq,
-                            message.replayed])
+                    message = sub.get(timeout=0.05)
+                    log.append([message.subject, message.data, time.time(), message.epoch, message.seq,
+                                message.replayed])
+                except TimeoutError:
+                    pass
+                if leaving.is_set():  # the position is taken where the messages are read: none is handed out after it
+                    leaving.clear()
+                    present.clear()
+                    position[0] = sub.position
+                    sub.unsubscribe()
+                    for key in earlier:
+                        earlier[key] += getattr(sub, key)
+                    say(left=position[0].time)
 
         def read_warm():
             while True:
@@ -87,12 +99,7 @@ def main(address, name, rate):
             elif command == "stop":
                 stopped.set()
             elif command == "leave":
-                present.clear()
-                position[0] = counted[0].position
-                counted[0].unsubscribe()
-                for key in earlier:
-                    earlier[key] += getattr(counted[0], key)
-                say(left=position[0].time)
+                leaving.set()
             elif command == "back":
                 sub = client.subscribe("part.>", since=position[0])
                 counted[0] = sub

@@ -80,7 +80,8 @@ def kill_the_holder_and_recover(zk_server, zk_node, tmp_path, replicas, restart_
         publisher.flush()
         origin = publisher.origin
     keeper = r if replicas > 1 else h
-    wait_until(lambda: recorded(h) >= SENT and disk_written(h, "history") and recorded(keeper) >= SENT,
+    wait_until(lambda: recorded(h) >= SENT and disk_written(h, "history") and recorded(keeper) >= SENT
+               and (not restart_the_replica or disk_written(r, "history")),
                timeout=20, what="the history kept")
     if restart_the_replica:
         r.kill()
