@@ -68,7 +68,8 @@ EDGE = [
 ]
 HISTORY = [("recorded", "counter", "messages recorded in history"), ("evicted", "counter", "messages evicted"),
            ("bytes", "gauge", "bytes of history held"), ("subjects", "gauge", "subjects with history"),
-           ("malformed", "counter", "messages the history could not decode, not recorded")]
+           ("malformed", "counter", "messages the history could not decode, not recorded"),
+           ("copies", "gauge", "messages of history held that were published at another node (a replica's copies)")]
 QUEUES = [("dispatched", "counter", "queue-group messages dispatched from this node"),
           ("no_member", "counter", "queue-group messages that found no member"),
           ("members", "gauge", "queue-group members known"), ("groups", "gauge", "queue groups known"),
@@ -98,6 +99,7 @@ NOT_METRICS = {
     ("events", "recent"): "the events held for the console",
     ("history", "budget"): "the --history-bytes setting",
     ("history", "disk"): "the history file's writer (--data-dir): a diagnosis of `meshnode stats`",
+    ("history", "caught_up"): "a replica's catch-up on its holders' older history: a diagnosis of `meshnode stats`",
     ("queues", "jobs", "disk"): "the jobs file's writer (--data-dir): a diagnosis of `meshnode stats`",
     ("job_replicas",): "the copies of held jobs (--job-replicas): a diagnosis of `meshnode stats`",
     ("hooks",): "each hook's own counters carry its key and URL (no label does): `meshnode hooks ls`",

@@ -162,7 +162,7 @@ class Node(Feature):
         }
         self.closed_marks = ClosedMarks(self.context, self._own_endpoint(self.member["ingress"]), config.hwm,
                                         config.max_payload, self.curve)
-        self.history = History(config.history, self.name, config.history_replicas)
+        self.history = History(config.history, self.name, config.history_replicas, self.relay.channel)
         self.queues = QueueGroups(self.context, self._own_endpoint(self.member["out"]), self.name, self.relay,
                                   self.curve, on_first=self._want_own_client)
         self.job_replicas = JobReplicas(self.name, self.member["instance"], config.job_replicas,

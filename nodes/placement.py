@@ -38,22 +38,3 @@ def successor(holder, names, copies):
     replicas = replicas_of(holder, names, copies)
     return replicas[0] if replicas else None
 
-
-class Following:
-    """The holders this node is a replica of, kept connected to a tap (nodes/tap.py) on their ``out``:
-    what is published at each of them reaches the tap by the mesh's own interest forwarding."""
-
-    def __init__(self, me, copies, tap):
-        self.me, self.copies, self.tap = me, copies, tap
-        self.holders = {}  # name -> the ``out`` endpoint the tap is connected to
-
-    def update(self, members):
-        """Follow the holders ``members`` (name -> member record, this node not among them) give this node."""
-        wanted = {name: members[name]["out"] for name in followed_by(self.me, members, self.copies)}
-        for name, endpoint in self.holders.items():
-            if wanted.get(name) != endpoint:
-                self.tap.disconnect(endpoint)
-        for name, endpoint in wanted.items():
-            if self.holders.get(name) != endpoint:
-                self.tap.connect(endpoint)
-        self.holders = wanted

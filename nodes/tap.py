@@ -1,9 +1,11 @@
-"""A tap on the node's own ``out``: a SUB socket and the greenlet that reads it.
+"""A tap on a node's ``out``: a SUB socket and the greenlet that reads it.
 
-What is published at this node passes its ``out`` socket once; a tap sees it
+What is published at a node passes its ``out`` socket once; a tap sees it
 there without touching the forwarding path (libzmq filters by the tap's
 subscribed prefixes before Python sees anything). The history recorder and
-the queue dispatcher are taps. A subclass says what it does with each data
+the queue dispatcher are taps on their own node's ``out``; a history
+replica's copy taps are on the ``out`` of the holders it follows
+(nodes/history/copies.py). A subclass says what it does with each data
 message (:meth:`Tap.take`, given the subject and the envelope frame) and,
 with ``tick_seconds`` set, what it does every so often (:meth:`Tap.tick`).
 Marks and other non-data frames are skipped here; a message that cannot be
@@ -35,13 +37,6 @@ class Tap:
             self._sock.setsockopt(zmq.SUBSCRIBE, prefix)
         self._sock.connect(out_endpoint)
         self._loop = None
-
-    def connect(self, endpoint):
-        """Also read what is published at another node (its ``out``): a replica (nodes/placement.py)."""
-        self._sock.connect(endpoint)
-
-    def disconnect(self, endpoint):
-        self._sock.disconnect(endpoint)
 
     def subscribe(self, prefix):
         self._sock.setsockopt(zmq.SUBSCRIBE, prefix)

@@ -39,26 +39,30 @@ def publish_until(publisher, subject, done, what):
     wait_until(attempt, what=what)
 
 
-def kill_the_holder_and_recover(zk_server, zk_node, tmp_path, replicas, restart_the_replica=False):
-    """Three nodes recording d.> with ``replicas``; SENT messages published at
+def kill_the_holder_and_recover(zk_server, zk_node, tmp_path, replicas, restart_the_replica=False,
+                                names=NAMES):
+    """Nodes ``names`` recording d.> with ``replicas``; SENT messages published at
     the holder h, a reader at s (neither h nor h's replica r) having read the
     first READ_LIVE; (``restart_the_replica``: r killed with `kill -9` and
-    started again on its directory;) h killed with `kill -9`. Returns what a recovery at s
+    started again on its directory; with a fourth name, r killed for good and
+    the next replica in placement's order catching up, r then;) h killed with
+    `kill -9`. Returns what a recovery at s
     gets with the reader's position (``after``, ``by_position``) and with a
     time (``since``, ``by_time``), the node processes, their names and a
     function that starts one again on its port and directory."""
-    holder = NAMES[0]
-    replica = replicas_of(holder, NAMES, 2)[0]  # the one R=2 places h's copy on
-    reader_node = next(name for name in NAMES if name not in (holder, replica))
-    ports = {name: free_port() for name in NAMES}
+    holder = names[0]
+    replica, *later = replicas_of(holder, names, len(names))  # R=2 places h's copy on the first
+    reader_node = next(name for name in names if name not in (holder, replica, *later[:len(names) - 3]))
+    ports = {name: free_port() for name in names}
 
     def start(name):
         return zk_node(name, zk_server.hosts, "--port", str(ports[name]), *RULES,
                        "--history-replicas", str(replicas), "--data-dir", str(tmp_path / name))
 
-    nodes = {name: start(name) for name in NAMES}
+    nodes = {name: start(name) for name in names}
     h, r, s = nodes[holder], nodes[replica], nodes[reader_node]
-    wait_until(lambda: all(len(node.peer_names()) == 2 for node in nodes.values()), timeout=15, what="the mesh")
+    wait_until(lambda: all(len(node.peer_names()) == len(names) - 1 for node in nodes.values()), timeout=15,
+               what="the mesh")
     if replicas > 1:
         assert r.stats()["history"]["following"] == [holder]
         assert h.stats()["history"]["following"] != [holder]
@@ -87,8 +91,14 @@ def kill_the_holder_and_recover(zk_server, zk_node, tmp_path, replicas, restart_
         r.kill()
         r = nodes[replica] = start(replica)
         assert recorded(r) >= SENT  # read back from its own disk, before it follows h again
-        wait_until(lambda: all(len(node.peer_names()) == 2 for node in nodes.values()), timeout=20,
+        wait_until(lambda: all(len(node.peer_names()) == len(names) - 1 for node in nodes.values()), timeout=20,
                    what="r back in the mesh")
+    if len(names) > 3:
+        r.kill()
+        replica, r = later[0], nodes[later[0]]
+        wait_until(lambda: r.stats()["history"]["following"] == [holder]
+                   and r.stats()["history"]["caught_up"]["holders"] >= 1, timeout=20,
+                   what=f"{replica}, h's replica now, to catch up on what h kept")
     h.kill()
     wait_until(lambda: holder not in s.peer_names() and holder not in r.peer_names(), timeout=20,
                what="membership to drop h")
@@ -133,6 +143,21 @@ def test_a_replica_restarted_from_its_disk_still_answers_for_a_holder_killed_aft
     assert run.after == list(range(READ_LIVE, SENT))
     assert run.by_position.recovered, run.by_position
     assert run.since == list(range(SENT)) and run.by_time.recovered, run.by_time
+    assert recorded(run.nodes[run.reader]) == 0
+
+
+def test_a_replica_that_takes_over_from_a_dead_one_catches_up_and_answers_for_the_holder(zk_server, zk_node,
+                                                                                         tmp_path):
+    """--history-replicas 2, four nodes: h's replica is killed with `kill -9`;
+    the next node in placement's order becomes h's replica and copies what h
+    already kept; then h is killed too: the recovery gets every message once,
+    in order, from the new replica."""
+    run = kill_the_holder_and_recover(zk_server, zk_node, tmp_path, 2, names=("A", "B", "C", "D"))
+    assert run.after == list(range(READ_LIVE, SENT))
+    assert run.by_position.recovered and run.by_position.streams[(run.origin, "d.x")] == "complete"
+    assert run.since == list(range(SENT)) and run.by_time.recovered, run.by_time
+    caught_up = run.nodes[run.replica].stats()["history"]["caught_up"]
+    assert caught_up["messages"] >= SENT, caught_up
     assert recorded(run.nodes[run.reader]) == 0
 
 

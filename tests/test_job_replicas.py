@@ -13,7 +13,7 @@ from jobworker import Workers
 
 from mesh import Client
 from meshtest.nodeproc import linked, wait_until
-from nodes.placement import successor
+from nodes.placement import replicas_of, successor
 
 JOBS = 1000
 FAIL_EVERY = 10  # a job whose number is a multiple of it fails its first attempt: it needs its holder again
@@ -21,24 +21,30 @@ DEADLINE = 15.0  # longer than the workers take to go through what waits at them
 # room for their acknowledgements to reach the successor (a silent q1 answers nothing for the client timeout, 5 s)
 
 
-def start_nodes(zk_server, zk_node, replicas, *extra):
-    nodes = [zk_node(name, zk_server.hosts, "--job-replicas", str(replicas), *extra) for name in ("q1", "q2", "q3")]
-    wait_until(lambda: linked(*nodes), timeout=20, what="q1, q2 and q3 linked")
+def start_nodes(zk_server, zk_node, replicas, *extra, names=("q1", "q2", "q3")):
+    nodes = [zk_node(name, zk_server.hosts, "--job-replicas", str(replicas), *extra) for name in names]
+    wait_until(lambda: linked(*nodes), timeout=20, what=f"{', '.join(names)} linked")
     return nodes
+
+
+def publish_jobs(q1, worker_nodes, workers, seconds):
+    """A worker at each of ``worker_nodes`` (``seconds`` a job), JOBS jobs published at q1; returns once 50 are done."""
+    for node in worker_nodes:
+        workers.start(node.address, seconds, DEADLINE, FAIL_EVERY)
+    wait_until(lambda: q1.stats().get("queues", {}).get("reachable") == len(worker_nodes), timeout=15,
+               what="the workers reachable")
+    with Client(q1.address) as publisher:
+        for i in range(JOBS):
+            publisher.publish("job.x", i)
+        publisher.flush()
+    wait_until(lambda: len(workers.done) >= 50, timeout=30, what="50 jobs done")
 
 
 def jobs_outstanding_then_kill(zk_server, zk_node, replicas, workers):
     """The issue's scenario: 3 workers on q2 and q3, 1,000 jobs published at q1, q1 killed with
     ``kill -9`` once 50 are done. Returns (the nodes, when q1 was killed, its successor, the jobs q1 held)."""
     q1, q2, q3 = start_nodes(zk_server, zk_node, replicas)
-    for node in (q2, q2, q3):
-        workers.start(node.address, 0.01, DEADLINE, FAIL_EVERY)
-    wait_until(lambda: q1.stats().get("queues", {}).get("reachable") == 3, timeout=15, what="3 workers reachable")
-    with Client(q1.address) as publisher:
-        for i in range(JOBS):
-            publisher.publish("job.x", i)
-        publisher.flush()
-    wait_until(lambda: len(workers.done) >= 50, timeout=30, what="50 jobs done")
+    publish_jobs(q1, (q2, q2, q3), workers, 0.01)
     held = q1.stats()["queues"]["jobs"]["held"]
     q1.kill()
     print(f"q1 killed holding {held} jobs, {len(workers.done)} done")
@@ -79,6 +85,42 @@ def test_a_killed_holders_jobs_are_all_done_by_its_successor(zk_server, zk_node)
     assert duplicates < held / 2  # each outstanding job given out again: about as many duplicates as held
     assert {i for i in range(0, JOBS, FAIL_EVERY)} <= {line["data"] for line in by_heir}  # retried by the heir
     assert all(line["holder"] in ("q1", heir) for line in workers.done)
+
+
+def test_a_holder_whose_replica_died_first_copies_its_jobs_to_the_next_and_loses_none_when_it_dies(
+        zk_server, zk_node):
+    """--job-replicas 2, four nodes: the replica of q1 (the holder of 1,000
+    outstanding jobs) is killed with ``kill -9`` first; once membership drops
+    it q1 sends a full copy to its next replica; then q1 is killed too. That
+    replica takes over: every job is done at least once, none lost."""
+    names = ("q1", "q2", "q3", "q4")
+    nodes = dict(zip(names, start_nodes(zk_server, zk_node, 2, names=names)))
+    first = replicas_of("q1", names, 2)[0]
+    rest = set(names) - {"q1", first}
+    second = successor("q1", rest, 2)
+    q1, next_node = nodes["q1"], nodes[second]
+    workers = Workers()
+    try:
+        publish_jobs(q1, [nodes[name] for name in sorted(rest)], workers, 0.02)
+        nodes[first].kill()
+        wait_until(lambda: q1.stats()["job_replicas"]["replicas"] == [second], timeout=20,
+                   what=f"q1 to copy its jobs to {second} instead of {first}")
+
+        def copied():
+            shadows = next_node.stats().get("job_replicas", {}).get("shadows", {})
+            return any(key.startswith("q1/") and count for key, count in shadows.items())
+        wait_until(copied, timeout=20, what=f"{second} to hold a copy of q1's jobs")
+        held = q1.stats()["queues"]["jobs"]["held"]
+        q1.kill()
+        wait_until(lambda: {line["data"] for line in workers.done} == set(range(JOBS)), timeout=120,
+                   what="every job done")
+        adopted = next_node.stats()["queues"]["jobs"]["adopted"]
+    finally:
+        workers.stop()
+    times = Counter(line["data"] for line in workers.done)
+    print(f"{first} killed, then q1 holding {held}: {second} adopted {adopted}; {len(times)} of {JOBS} done, "
+          f"{sum(n - 1 for n in times.values())} duplicates")
+    assert set(times) == set(range(JOBS)) and 0 < adopted <= JOBS
 
 
 def test_without_replicas_a_killed_holders_jobs_are_lost(zk_server, zk_node):

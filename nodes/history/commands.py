@@ -3,8 +3,9 @@ then answered with a page of what this node's recorder holds.
 
 A node without ``--history`` rules has no recorder and answers every request
 with an empty page and ``recording: false``. With ``--history-replicas R``
-(2 or more) the recorder also follows the holders this node is a replica of
-(nodes/placement.py), so a page holds their messages too.
+(2 or more) the recorder also keeps copies of the holders this node is a
+replica of (nodes/history/copies.py), so a page holds their messages too,
+unless the request asks for ``own``.
 """
 
 import msgpack
@@ -12,19 +13,20 @@ import msgpack
 from mesh.subjects import Pattern
 
 from nodes.control import Feature, RequestError, bounded_int, flag
-from nodes.placement import Following
-
+from .copies import Copies
 from .recorder import MAX_ASKED_STREAMS, MAX_PAGE_MESSAGES, Recorder
 
 
 class History(Feature):
-    def __init__(self, rules, name, replicas=1):
-        """``name``: this node's; ``replicas``: --history-replicas (1: it keeps only its own history)."""
+    def __init__(self, rules, name, replicas=1, channel=None):
+        """``name``: this node's; ``replicas``: --history-replicas (1: it keeps only its own history);
+        ``channel(record)``: the node's control channel to a member (nodes/relay.py), for catching up."""
         self.rules = rules
         self.name = name
         self.replicas = replicas
+        self.channel = channel
         self.recorder = None
-        self.following = None  # a placement.Following with replicas of 2 or more
+        self.copies = None  # a copies.Copies with replicas of 2 or more
 
     def start(self, context, out_endpoint, budget, curve=None, store=None):
         """Record from now on, if there are rules (once the node's data plane is up);
@@ -32,16 +34,19 @@ class History(Feature):
         if self.rules:
             self.recorder = Recorder(context, out_endpoint, self.rules, budget, curve, store)
             if self.replicas > 1:
-                self.following = Following(self.name, self.replicas, self.recorder)
+                self.copies = Copies(self.name, self.replicas, self.recorder,
+                                     (context, curve, self.recorder.prefixes), self.channel)
             self.recorder.start()
 
     def members_changed(self, members):
         """The node's mesh (or group) is now ``members`` (name -> member record, this node not among
         them): record what is published at each holder whose replicas include this node."""
-        if self.following is not None:
-            self.following.update(members)
+        if self.copies is not None:
+            self.copies.update(members)
 
     def stop(self):
+        if self.copies is not None:
+            self.copies.stop()
         if self.recorder is not None:
             self.recorder.stop()
 
@@ -51,19 +56,20 @@ class History(Feature):
     def stats(self):
         if self.recorder is None:
             return {}
-        following = {} if self.following is None else {"following": sorted(self.following.holders)}
-        return {"history": {**self.recorder.counters(), **following}}
+        copies = {} if self.copies is None else {"following": self.copies.holders,
+                                                  "caught_up": dict(self.copies.caught_up)}
+        return {"history": {**self.recorder.counters(), **copies}}
 
     def cmd_history(self, request):
         """A page of what this node recorded on a pattern."""
         if self.recorder is None:
             return {"messages": [], "next": None, "streams": [], "recording": False}
-        partial = flag(request, "partial", False)
+        partial, own = flag(request, "partial", False), flag(request, "own", False)
         try:
             pattern, since, after, cursor, limit = _page_request(request)
         except (ValueError, TypeError) as exc:
             raise RequestError("bad_request", str(exc)) from None
-        messages, next_cursor, streams = self.recorder.page(pattern, since, after, cursor, limit, partial)
+        messages, next_cursor, streams = self.recorder.page(pattern, since, after, cursor, limit, partial, own)
         return {"messages": [[e.subject, e.origin, e.epoch, e.seq, e.ts,
                               msgpack.unpackb(e.packed, raw=False, strict_map_key=False)] for e in messages],
                 "next": next_cursor, "recording": True,

@@ -5,7 +5,9 @@ matches: the node keeps the last COUNT messages of each such subject, none
 recorded more than AGE seconds ago, and all of them together within
 ``--history-bytes`` (the oldest go first). Age is counted on this node's
 monotonic clock from when the message was recorded, never from its ``ts``
-(the publisher's wall clock, which may be off on another host).
+(the publisher's wall clock, which may be off on another host); a message
+read back from disk or copied from another node's history counts from its
+``ts``, as this node did not see it arrive.
 
 The recorder is one SUB socket connected to the node's own ``out``,
 subscribed only to what the history patterns' prefixes admit, so libzmq
@@ -15,6 +17,12 @@ readers' and a recorder is never taken for a reader (interest,
 docs/PROTOCOL.md 6). It records what was *published at this node*
 (messages from peers never pass ``out``), so each message is held by
 exactly one node: the one its publisher used.
+
+A replica (nodes/history/copies.py) records into the same recorder what
+is published at the holders it follows, each entry marked with the holder
+it came from (``at``), and the history those holders kept before it
+followed them (:meth:`Recorder.insert_older`). A ``history`` request with
+``own`` reads only what was published at this node.
 
 Per stream (origin, subject) it also remembers the last sequence number it
 evicted, so a question "everything after seq N" is answered either in full
@@ -75,13 +83,14 @@ def recording_prefixes(pattern):
 
 
 class _Entry:
-    __slots__ = ("alive", "epoch", "n", "origin", "packed", "recorded_at", "seq", "subject", "ts")
+    __slots__ = ("alive", "at", "epoch", "n", "origin", "packed", "recorded_at", "seq", "subject", "ts")
 
-    def __init__(self, subject, origin, epoch, seq, ts, packed, n, recorded_at):
+    def __init__(self, subject, origin, epoch, seq, ts, packed, n, recorded_at, at=None):
         self.subject, self.origin, self.epoch, self.seq, self.ts, self.packed = subject, origin, epoch, seq, ts, packed
         self.alive = True
-        self.n = n  # arrival number at this node: pages resume after one
+        self.n = n  # arrival number at this node: pages resume after one; along a subject's entries it grows
         self.recorded_at = recorded_at  # this node's monotonic clock: the age rules count from it
+        self.at = at  # the holder this copy was published at (a replica's), None if published here
 
 
 class Recorder(Tap):
@@ -95,12 +104,14 @@ class Recorder(Tap):
         self.bytes = 0
         self.recorded = 0
         self.evicted = 0
+        self.copies = 0  # entries held that were published at another node (a replica's)
+        self.older = -1  # the arrival number the next message older than every one held gets (they count down)
         self._subjects = {}  # subject -> deque of live _Entry, oldest first
         self._arrivals = collections.deque()  # every _Entry, oldest first (dead ones skipped)
         self._evicted_to = {}  # (origin, subject) -> (epoch, seq, ts) of the newest entry evicted
         self._rule_of = {}  # subject -> HistoryRule (first matching rule wins)
-        super().__init__(context, out_endpoint, curve,
-                         set().union(*(recording_prefixes(rule.pattern) for rule in self.rules)))
+        self.prefixes = set().union(*(recording_prefixes(rule.pattern) for rule in self.rules))
+        super().__init__(context, out_endpoint, curve, self.prefixes)
         if store is not None:
             self._restore(store)
 
@@ -110,12 +121,14 @@ class Recorder(Tap):
         for key_origin, key_subject, epoch, seq, ts in store.evictions():
             self._evicted_to[(key_origin, key_subject)] = (epoch, seq, ts)
         now, wall = time.monotonic(), time.time()
-        for n, subject, origin, epoch, seq, ts, packed in store.messages():
-            entry = _Entry(subject, origin, epoch, seq, ts, packed, n, now - max(0.0, wall - ts))
+        for n, subject, origin, epoch, seq, ts, packed, at in store.messages():
+            entry = _Entry(subject, origin, epoch, seq, ts, packed, n, now - max(0.0, wall - ts), at)
             self._subjects.setdefault(subject, collections.deque()).append(entry)
             self._arrivals.append(entry)
             self.bytes += len(packed) + ENTRY_OVERHEAD
-            self.recorded = n + 1
+            self.recorded = max(self.recorded, n + 1)
+            self.older = min(self.older, n - 1)
+            self.copies += at is not None
         for subject, entries in list(self._subjects.items()):
             rule = self._rule(subject)
             while entries and (not rule or len(entries) > rule.count):  # the rules may have changed
@@ -145,35 +158,98 @@ class Recorder(Tap):
         return rule
 
     def take(self, subject, frames):
+        self.record(subject, frames[1])
+
+    def record(self, subject, body, at=None):
+        """One batch (its envelope ``body``) published at this node, or with ``at`` at that holder."""
         rule = self._rule(subject)
         if not rule:
             return  # a prefix subscription also lets neighbours of the pattern in
-        origin, epoch, seq, ts, payloads = decode_batch(frames[1])
+        origin, epoch, seq, ts, payloads = decode_batch(body)
         entries = self._subjects.get(subject)
         if entries is None:
             entries = self._subjects[subject] = collections.deque()
         now = time.monotonic()
         for i, data in enumerate(payloads):
-            entry = _Entry(subject, origin, epoch, seq + i, ts, msgpack.packb(data), self.recorded, now)
+            entry = _Entry(subject, origin, epoch, seq + i, ts, msgpack.packb(data), self.recorded, now, at)
             entries.append(entry)
             self._arrivals.append(entry)
             self.bytes += len(entry.packed) + ENTRY_OVERHEAD
             self.recorded += 1
+        if at is not None:
+            self.copies += len(payloads)
         if self.store is not None:
-            self.store.recorded(entries[-len(payloads)], len(payloads), frames[1])
+            self.store.recorded(entries[-len(payloads)], len(payloads), body)
         while len(entries) > rule.count:
             self._evict(entries.popleft())
         self._trim()
+
+    def insert_older(self, at, messages, evicted):
+        """What holder ``at`` kept before this node followed it: ``messages``
+        (``[subject, origin, epoch, seq, ts, packed data]``, in the holder's
+        order per subject) older than every message of theirs held here, and
+        ``evicted`` (``[origin, subject, epoch, seq]``: the newest message of
+        each stream the holder evicted). Those not held yet go before every
+        entry of their subject, their age counted from their ``ts``; returns
+        how many. An eviction is dated by the oldest message copied of its
+        stream (of any stream, or now, if none): it was published no later."""
+        oldest = {}
+        for subject, origin, _, _, ts, _ in messages:
+            oldest[(origin, subject)] = min(ts, oldest.get((origin, subject), ts))
+        anything = min(oldest.values(), default=time.time())
+        for origin, subject, epoch, seq in evicted:
+            if self._rule(subject):
+                newest = self._evicted_to.get((origin, subject))
+                if newest is None or newest[:2] < (epoch, seq):
+                    self._note_evicted((origin, subject), (epoch, seq, oldest.get((origin, subject), anything)))
+        by_subject = {}
+        for message in messages:
+            if self._rule(message[0]):
+                by_subject.setdefault(message[0], []).append(message)
+        now, wall, added = time.monotonic(), time.time(), []
+        for subject, older in by_subject.items():
+            entries = self._subjects.setdefault(subject, collections.deque())
+            held = {(entry.origin, entry.epoch, entry.seq) for entry in entries}
+            new = []
+            for message in older:
+                if tuple(message[1:4]) not in held:
+                    held.add(tuple(message[1:4]))  # once, however often it came
+                    new.append(message)
+            for _, origin, epoch, seq, ts, packed in reversed(new):  # the newest first: numbers count down
+                entry = _Entry(subject, origin, epoch, seq, ts, packed, self.older, now - max(0.0, wall - ts), at)
+                self.older -= 1
+                entries.appendleft(entry)
+                added.append(entry)
+                self.bytes += len(packed) + ENTRY_OVERHEAD
+        self.copies += len(added)
+        added.sort(key=lambda entry: entry.n)  # each subject's in its order: _trim takes a subject's first
+        self._arrivals.extendleft(reversed(added))
+        if self.store is not None:
+            self.store.recorded_older(added)
+        for subject in by_subject:
+            entries, rule = self._subjects[subject], self._rule(subject)
+            while len(entries) > rule.count:
+                self._evict(entries.popleft())
+            if not entries:
+                del self._subjects[subject]
+        self._trim()
+        return len(added)
 
     def _evict(self, entry):
         entry.alive = False
         self.bytes -= len(entry.packed) + ENTRY_OVERHEAD
         self.evicted += 1
-        key = (entry.origin, entry.subject)
-        newest = self._evicted_to.pop(key, None)  # re-inserted: the dict's order is the eviction order
-        self._evicted_to[key] = max(newest or (0, 0, 0.0), (entry.epoch, entry.seq, entry.ts))
+        self.copies -= entry.at is not None
         if self.store is not None:
-            self.store.evicted(entry, self._evicted_to[key])
+            self.store.evicted(entry)
+        self._note_evicted((entry.origin, entry.subject), (entry.epoch, entry.seq, entry.ts))
+
+    def _note_evicted(self, key, position):
+        """Stream ``key``'s newest evicted message is now at least ``position`` (epoch, seq, ts)."""
+        newest = self._evicted_to.pop(key, None)  # re-inserted: the dict's order is the eviction order
+        self._evicted_to[key] = max(newest or (0, 0, 0.0), position)
+        if self.store is not None:
+            self.store.newest_evicted(key, self._evicted_to[key])
         if len(self._evicted_to) > MAX_EVICTED_STREAMS:
             forgotten = next(iter(self._evicted_to))
             del self._evicted_to[forgotten]
@@ -199,7 +275,7 @@ class Recorder(Tap):
 
     # -- reading ---------------------------------------------------------
 
-    def page(self, pattern, since=0.0, after=(), cursor=None, limit=MAX_PAGE_MESSAGES, partial=False):
+    def page(self, pattern, since=0.0, after=(), cursor=None, limit=MAX_PAGE_MESSAGES, partial=False, own=False):
         """Messages on subjects ``pattern`` matches, by subject and then in
         the order they arrived, after ``cursor`` ([subject, arrival number]
         of the last message of the previous page; None for the first page):
@@ -212,7 +288,8 @@ class Recorder(Tap):
         (held or evicted) since ``since``, to "complete" or "evicted" (a wanted
         message is gone: then none of the stream's messages are sent, unless
         ``partial``: then what is left is). A cursor stays valid while the
-        node evicts: a page never skips or repeats a message it still holds."""
+        node evicts: a page never skips or repeats a message it still holds.
+        ``own``: only messages published at this node, none of a replica's copies."""
         self._trim()
         asked = {(origin, subject): (epoch, seq) for origin, subject, epoch, seq in after}
         streams = {}
@@ -229,6 +306,8 @@ class Recorder(Tap):
             for entry in self._subjects[subject]:
                 if subject == after_subject and entry.n <= after_n:
                     continue  # on an earlier page
+                if own and entry.at is not None:
+                    continue
                 key = (entry.origin, entry.subject)
                 position = asked.get(key)
                 if position is not None:
@@ -261,4 +340,5 @@ class Recorder(Tap):
     def counters(self):
         return {"rules": [rule.text for rule in self.rules], "subjects": len(self._subjects), "bytes": self.bytes,
                 "budget": self.budget, "recorded": self.recorded, "evicted": self.evicted,
+                "copies": self.copies,
                 "malformed": self.malformed, **({"disk": self.store.counters()} if self.store is not None else {})}

@@ -5,8 +5,11 @@ tells this store each batch it records (a publisher's consecutive messages
 on one subject, as they came: one envelope) and each message it evicts; the
 store writes them to ``DIR/history.sqlite`` (nodes/disk.py: a batch per
 transaction, from a thread). A batch is one row holding the envelope's body
-as it came, with the arrival number of its first message, its count and
-the arrival number of its first message still held: a subject's messages
+as it came, with the arrival number of its first message, its count, the
+arrival number of its first message still held and, for a replica's copy,
+the holder it was published at (messages copied from a holder's older
+history, :meth:`HistoryStore.recorded_older`, are batched here the same
+way, with the negative arrival numbers the recorder gives them): a subject's messages
 are evicted oldest first, so what is evicted of a subject is everything
 before one arrival number, written once per subject and transaction however
 many it evicted. Each stream's newest eviction is one row too.
@@ -28,18 +31,19 @@ import os
 
 import msgpack
 
-from mesh.envelope import decode_batch
+from mesh.envelope import BatchEncoder, decode_batch
 
 from nodes.disk import DiskFile
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS batches (n INTEGER PRIMARY KEY, subject TEXT NOT NULL, count INTEGER NOT NULL,
-    live INTEGER NOT NULL, body BLOB NOT NULL);
+    live INTEGER NOT NULL, body BLOB NOT NULL, at TEXT);
 CREATE INDEX IF NOT EXISTS batches_of_subject ON batches (subject, n);
 CREATE TABLE IF NOT EXISTS evicted (origin TEXT NOT NULL, subject TEXT NOT NULL, epoch INTEGER NOT NULL,
     seq INTEGER NOT NULL, ts REAL NOT NULL, PRIMARY KEY (origin, subject));
 """
-_RECORD = "INSERT OR REPLACE INTO batches VALUES (?, ?, ?, ?, ?)"
+_RECORD = "INSERT OR REPLACE INTO batches VALUES (?, ?, ?, ?, ?, ?)"
+_ADD_AT = "ALTER TABLE batches ADD COLUMN at TEXT"  # a file written before copies were marked: all its own
 _EVICT_WHOLE = "DELETE FROM batches WHERE subject = ?1 AND n < ?2 AND n + count <= ?2"
 _EVICT_PART = "UPDATE batches SET live = ?2 WHERE subject = ?1 AND n < ?2 AND live < ?2"
 _NEWEST_EVICTED = "INSERT OR REPLACE INTO evicted VALUES (?, ?, ?, ?, ?)"  # re-inserted: rowid order is eviction order
@@ -49,6 +53,8 @@ _FORGET = "DELETE FROM evicted WHERE origin = ? AND subject = ?"
 class HistoryStore(DiskFile):
     def __init__(self, directory, fsync="batch"):
         super().__init__(os.path.join(directory, "history.sqlite"), SCHEMA, fsync)
+        if "at" not in {column[1] for column in self.query("PRAGMA table_info(batches)")}:
+            self.query(_ADD_AT)
         self._live = {}  # subject -> arrival number of its first message still held, since the last changes()
         self._newest = {}  # (origin, subject) -> (epoch, seq, ts) newest evicted, in eviction order, likewise
         self._forgotten = set()  # (origin, subject) whose eviction is forgotten, likewise
@@ -57,15 +63,16 @@ class HistoryStore(DiskFile):
         self._holes = {}  # (origin, subject) -> (epoch, seq, ts): the newest message a failed write left off
 
     def messages(self):
-        """(n, subject, origin, epoch, seq, ts, packed data) of every message held, in arrival order."""
+        """(n, subject, origin, epoch, seq, ts, packed data, at) of every message held, in arrival order."""
         newest = {(origin, subject): (epoch, seq) for origin, subject, epoch, seq, _ in self.evictions()}
         held = []
-        for first, subject, _, live, body in self.query("SELECT n, subject, count, live, body FROM batches ORDER BY n"):
+        for first, subject, _, live, body, at in self.query(
+                "SELECT n, subject, count, live, body, at FROM batches ORDER BY n"):
             origin, epoch, seq, ts, payloads = decode_batch(body)
             evicted_to = newest.get((origin, subject), (-1, -1))
             for i in range(max(0, live - first), len(payloads)):
                 if (epoch, seq + i) > evicted_to:  # not before a stream's hole (a failed write)
-                    held.append((first + i, subject, origin, epoch, seq + i, ts, msgpack.packb(payloads[i])))
+                    held.append((first + i, subject, origin, epoch, seq + i, ts, msgpack.packb(payloads[i]), at))
         return held
 
     def evictions(self):
@@ -74,13 +81,33 @@ class HistoryStore(DiskFile):
 
     def recorded(self, first, count, body):
         """A batch recorded: ``first`` its first entry, ``count`` its messages, ``body`` its envelope's body."""
-        self.queue(_RECORD, (first.n, first.subject, count, first.n, body))
-        self._streams[(first.origin, first.subject)] = (first.epoch, first.seq + count - 1, first.ts)
+        self.queue(_RECORD, (first.n, first.subject, count, first.n, body, first.at))
+        key, last = (first.origin, first.subject), (first.epoch, first.seq + count - 1, first.ts)
+        self._streams[key] = max(last, self._streams.get(key, last))
 
-    def evicted(self, entry, newest):
+    def recorded_older(self, entries):
+        """Entries copied from a holder's older history (recorder.insert_older), by arrival number:
+        a batch per run of one stream's consecutive messages of one publish time."""
+        run = []
+        for entry in [*entries, None]:
+            if run and (entry is None or (entry.subject, entry.origin, entry.epoch, entry.ts, entry.at, entry.n)
+                        != (run[0].subject, run[0].origin, run[0].epoch, run[0].ts, run[0].at, run[-1].n + 1)
+                        or entry.seq != run[-1].seq + 1):
+                first = run[0]
+                parts = [None, *(entry.packed for entry in run)]
+                self.recorded(first, len(run), BatchEncoder(first.origin).batch(first.epoch, first.seq, first.ts, parts))
+                run = []
+            if entry is not None:
+                run.append(entry)
+
+    def evicted(self, entry):
+        """``entry`` evicted: its subject's messages before it are gone too."""
         self.queued += 1
         self._live[entry.subject] = entry.n + 1
-        key = (entry.origin, entry.subject)
+
+    def newest_evicted(self, key, newest):
+        """Stream ``key``'s newest evicted message is now ``newest`` (epoch, seq, ts)."""
+        self.queued += 1
         hole = self._holes.get(key)
         self._newest.pop(key, None)
         self._newest[key] = max(newest, hole) if hole else newest
