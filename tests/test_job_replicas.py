@@ -123,6 +123,37 @@ def test_a_holder_whose_replica_died_first_copies_its_jobs_to_the_next_and_loses
     assert set(times) == set(range(JOBS)) and 0 < adopted <= JOBS
 
 
+def test_the_successor_copies_what_it_adopted_on_and_its_own_successor_takes_over_when_it_dies_too(
+        zk_server, zk_node):
+    """--job-replicas 2: q1 is killed with ``kill -9`` holding 1,000
+    outstanding jobs; its successor adopts them and copies them to its own
+    replica, the third node; then the successor is killed too. The third
+    node takes over: every job is done at least once, none lost."""
+    nodes = dict(zip(("q1", "q2", "q3"), start_nodes(zk_server, zk_node, 2)))
+    heir = successor("q1", {"q2", "q3"}, 2)
+    last = ({"q2", "q3"} - {heir}).pop()
+    workers = Workers()
+    try:
+        publish_jobs(nodes["q1"], (nodes[last], nodes[last]), workers, 0.02)
+        nodes["q1"].kill()
+        wait_until(lambda: nodes[heir].stats()["queues"]["jobs"]["adopted"], timeout=30, what=f"{heir} to adopt")
+
+        def copied_on():
+            shadows = nodes[last].stats().get("job_replicas", {}).get("shadows", {})
+            return any(key.startswith(f"{heir}/") and count for key, count in shadows.items())
+        wait_until(copied_on, timeout=20, what=f"{heir} to copy what it adopted to {last}")
+        nodes[heir].kill()
+        wait_until(lambda: {line["data"] for line in workers.done} == set(range(JOBS)), timeout=120,
+                   what="every job done")
+        adopted = nodes[last].stats()["queues"]["jobs"]["adopted"]
+    finally:
+        workers.stop()
+    times = Counter(line["data"] for line in workers.done)
+    print(f"q1 killed, then {heir}: {last} adopted {adopted}; {len(times)} of {JOBS} done, "
+          f"{sum(n - 1 for n in times.values())} duplicates")
+    assert set(times) == set(range(JOBS)) and adopted > 0
+
+
 def test_without_replicas_a_killed_holders_jobs_are_lost(zk_server, zk_node):
     """--job-replicas 1, the same scenario: the jobs that needed their holder
     again (a failed first attempt) are never done, and no node takes any over."""
