@@ -36,7 +36,7 @@ def encode(fields):
 def decode(frame):
     """Decode one control frame into a dict; raise ValueError if it is not one."""
     try:
-        fields = msgpack.unpackb(frame, raw=False)
+        fields = msgpack.unpackb(frame, raw=False, strict_map_key=False)  # a message's data may have any keys
     except Exception as exc:
         raise ValueError(f"not msgpack: {exc}") from None
     if not isinstance(fields, dict):

@@ -67,6 +67,13 @@ class DiskFile:
         """Read at start-up, before :meth:`start`."""
         return self._db.execute(sql, args).fetchall()
 
+    def add_columns(self, table, columns):
+        """Give a file written before them the ``columns`` ((name, SQL type), ...) of ``table``, empty."""
+        present = {row[1] for row in self.query(f"PRAGMA table_info({table})")}
+        for name, kind in columns:
+            if name not in present:
+                self.query(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
+
     def queue(self, sql, row):
         ops = self._ops
         if ops and ops[-1][0] is sql:

@@ -209,10 +209,11 @@ def test_a_jobs_file_without_member_and_deadline_is_read_and_its_jobs_go_out_at_
                 "epoch INTEGER NOT NULL, seq INTEGER NOT NULL, carried BLOB NOT NULL, attempt INTEGER NOT NULL)")
     old.execute("INSERT INTO jobs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 ("w:o/1/5", "w", "job.>", msgpack.packb({"deadline": 5.0, "attempts": 3}), "job.x",
-                 msgpack.packb(7), "o", 1, 5, msgpack.packb({}), 1))
+                 msgpack.packb({7: "a map with an int key"}), "o", 1, 5, msgpack.packb({}), 1))
     old.commit()
     old.close()
     [record] = JobStore(str(tmp_path)).jobs()
     assert record["member"] is None and record["deadline"] is None and record["attempt"] == 1
+    assert record["data"] == {7: "a map with an int key"}  # any data msgpack carries is read back
     job = Job.from_record(record, time.monotonic())
     assert job.id == "w:o/1/5" and job.member is None  # the book gives it to a member at its next tick

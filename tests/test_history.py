@@ -175,3 +175,20 @@ def test_the_recorder_is_no_reader_here_or_at_a_peer_yet_records_everything(star
                             capture_output=True, text=True, timeout=30)
     assert json.loads(result.stdout)["subscribers"] is False and "history recorded it" in result.stderr
     wait_until(lambda: a.stats()["history"]["recorded"] == sent + 11, what="the CLI's message recorded")
+
+
+def test_a_message_whose_data_has_non_string_keys_is_recovered_like_any_other(start_node):
+    """msgpack data may be a map with integer keys: the ``history`` reply
+    carries it, and a recovery replays it (it used to make the whole reply
+    undecodable, reported as a node that did not answer)."""
+    from mesh import Position
+
+    a = start_node("A", "--history", "h.>=5/60s")
+    with Client(a.address) as client:
+        assert client.wait_for_interest("h.x", history=True)
+        client.publish("h.x", {1: "one", 2: [3]})
+        client.flush()
+        wait_until(lambda: a.stats()["history"]["recorded"] == 1, what="the message recorded")
+        sub = client.subscribe("h.>", since=Position({}, time.time() - 60))
+        assert sub.recovery.recovered, sub.recovery
+        assert sub.get(timeout=5).data == {1: "one", 2: [3]}

@@ -43,7 +43,6 @@ CREATE TABLE IF NOT EXISTS evicted (origin TEXT NOT NULL, subject TEXT NOT NULL,
     seq INTEGER NOT NULL, ts REAL NOT NULL, PRIMARY KEY (origin, subject));
 """
 _RECORD = "INSERT OR REPLACE INTO batches VALUES (?, ?, ?, ?, ?, ?)"
-_ADD_AT = "ALTER TABLE batches ADD COLUMN at TEXT"  # a file written before copies were marked: all its own
 _EVICT_WHOLE = "DELETE FROM batches WHERE subject = ?1 AND n < ?2 AND n + count <= ?2"
 _EVICT_PART = "UPDATE batches SET live = ?2 WHERE subject = ?1 AND n < ?2 AND live < ?2"
 _NEWEST_EVICTED = "INSERT OR REPLACE INTO evicted VALUES (?, ?, ?, ?, ?)"  # re-inserted: rowid order is eviction order
@@ -53,8 +52,7 @@ _FORGET = "DELETE FROM evicted WHERE origin = ? AND subject = ?"
 class HistoryStore(DiskFile):
     def __init__(self, directory, fsync="batch"):
         super().__init__(os.path.join(directory, "history.sqlite"), SCHEMA, fsync)
-        if "at" not in {column[1] for column in self.query("PRAGMA table_info(batches)")}:
-            self.query(_ADD_AT)
+        self.add_columns("batches", [("at", "TEXT")])  # a file written before copies were marked: all its own
         self._live = {}  # subject -> arrival number of its first message still held, since the last changes()
         self._newest = {}  # (origin, subject) -> (epoch, seq, ts) newest evicted, in eviction order, likewise
         self._forgotten = set()  # (origin, subject) whose eviction is forgotten, likewise

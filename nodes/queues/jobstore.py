@@ -34,19 +34,16 @@ _RELEASE = "DELETE FROM jobs WHERE id = ?"
 class JobStore(DiskFile):
     def __init__(self, directory, fsync="batch"):
         super().__init__(os.path.join(directory, "jobs.sqlite"), SCHEMA, fsync)
-        columns = {row[1] for row in self.query("PRAGMA table_info(jobs)")}
-        for name, kind in _ADDED:
-            if name not in columns:
-                self.query(f"ALTER TABLE jobs ADD COLUMN {name} {kind}")
+        self.add_columns("jobs", _ADDED)
 
     def jobs(self):
         """A job record (docs/PROTOCOL.md 7.7) of every job kept, in the order taken."""
         rows = self.query("SELECT id, grp, pattern, settings, subject, data, origin, epoch, seq, carried, attempt, "
                           "member, deadline FROM jobs ORDER BY rowid")
         return [{"id": job_id, "group": grp, "pattern": pattern, "settings": msgpack.unpackb(settings),
-                 "subject": subject, "data": msgpack.unpackb(data, raw=False), "origin": origin, "epoch": epoch,
-                 "seq": seq, "carried": msgpack.unpackb(carried), "attempt": attempt, "member": member,
-                 "deadline": deadline}
+                 "subject": subject, "data": msgpack.unpackb(data, raw=False, strict_map_key=False),  # any keys
+                 "origin": origin, "epoch": epoch, "seq": seq, "carried": msgpack.unpackb(carried),
+                 "attempt": attempt, "member": member, "deadline": deadline}
                 for (job_id, grp, pattern, settings, subject, data, origin, epoch, seq, carried, attempt, member,
                      deadline) in rows]
 
