@@ -286,9 +286,9 @@ class Node(Feature):
         self.job_replicas.stop()
         if self.own_client is not None:
             self.own_client.close()
+        self.history.stop()  # before the relay: a catch-up asks through it
         self.relay.close()
         self.closed_marks.stop()
-        self.history.stop()
         if self.gateway is not None:
             self.gateway.stop()  # before its candidacy ends: never two gateways of one group at once
         self.discovery.stop()

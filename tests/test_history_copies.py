@@ -54,39 +54,74 @@ def close(recorder):
     recorder.stop()  # the store writes what is queued, then closes
 
 
-def test_older_history_goes_first_once_and_pages_neither_skip_nor_repeat(context):
+def test_the_catch_up_then_what_the_tap_queued_each_once_in_order_and_pages_neither_skip_nor_repeat(context):
     recorder = make(context)
-    recorder.record("d.x", body("h", 1, 11, NOW, range(11, 21)), at="H")  # the copy tap: 11..20
     recorder.record("d.x", body("me", 1, 1, NOW, range(1, 4)))  # published here
-    added = recorder.insert_older("H", rows("h", range(1, 16)), [])  # the holder kept 1..15: 11..15 are held
-    assert added == 10
-    everything = [("h", seq) for seq in range(1, 21)] + [("me", 1), ("me", 2), ("me", 3)]
+    assert recorder.record_copies("H", rows("h", range(1, 13))) == 12  # what the holder kept
+    caught_to = {("h", "d.x"): (1, 12)}
+    recorder.record("d.x", body("h", 1, 10, NOW, range(10, 16)), at="H", held_to=caught_to)  # straddles it
+    recorder.record("d.x", body("h", 1, 5, NOW, range(5, 9)), at="H", held_to=caught_to)  # caught up already
+    recorder.record("d.x", body("h", 1, 16, NOW, range(16, 21)), at="H", held_to=caught_to)
+    everything = [("me", 1), ("me", 2), ("me", 3)] + [("h", seq) for seq in range(1, 21)]
     for limit in (1, 3, 7, 1000):
         assert read_all(recorder, limit) == everything, limit
     assert read_all(recorder, 4, own=True) == [("me", 1), ("me", 2), ("me", 3)]
     assert recorder.counters()["copies"] == 20
-    assert recorder.insert_older("H", rows("h", range(1, 11)), []) == 0  # a second pass adds nothing
+    assert recorder.record_copies("H", rows("h", range(1, 21))) == 0  # read again: nothing new
     close(recorder)
 
 
-def test_the_count_rule_evicts_the_older_copies_first_and_says_so(context):
+def test_the_count_rule_evicts_the_oldest_copies_first_and_says_so(context):
     recorder = make(context, count=12)
+    recorder.record_copies("H", rows("h", range(3, 11)))
+    recorder.copy_evictions("H", [["h", "d.x", 1, 2]])  # the holder had evicted 1..2
     recorder.record("d.x", body("h", 1, 11, NOW, range(11, 21)), at="H")
-    recorder.insert_older("H", rows("h", range(3, 11)), [["h", "d.x", 1, 2]])  # the holder had evicted 1..2
     assert read_all(recorder, 1000) == [("h", seq) for seq in range(9, 21)]
     _, _, streams = recorder.page(Pattern("d.>"), after=[["h", "d.x", 1, 4]])
     assert streams == {("h", "d.x"): "evicted"}
     assert recorder.newest_evicted(streams) == [["h", "d.x", 1, 8]]
     assert recorder.counters()["copies"] == 12
+    assert recorder.record_copies("H", rows("h", range(3, 9))) == 0  # evicted here: not copied again
     close(recorder)
 
 
-def test_copies_and_older_history_are_read_back_from_disk_with_their_holder(context, tmp_path):
+def test_a_holders_evictions_of_copies_are_neither_told_with_own_nor_taken_for_a_stream_held_here(context):
+    holder = make(context, count=3)
+    holder.record("d.x", body("g", 1, 1, NOW, range(1, 6)), at="G")  # a copy it keeps of G's: 1..2 evicted
+    holder.record("d.y", body("me", 1, 1, NOW, range(1, 5)))  # its own: 1 evicted
+    messages, _, streams = holder.page(Pattern("d.>"), own=True, partial=True)
+    assert [(m.origin, m.seq) for m in messages] == [("me", 2), ("me", 3), ("me", 4)]
+    assert streams == {("me", "d.y"): "evicted"} and holder.newest_evicted(streams) == [["me", "d.y", 1, 1]]
+    _, _, streams = holder.page(Pattern("d.>"), partial=True)
+    assert streams[("g", "d.x")] == "evicted"  # without own: this node's whole copy
+    close(holder)
+
+    replica = make(context)
+    replica.record("d.x", body("r", 1, 1, NOW, range(1, 9)))  # its own stream
+    replica.copy_evictions("H", [["r", "d.x", 1, 4], ["z", "d.x", 1, 7]])  # a holder's word on it: not taken
+    _, _, streams = replica.page(Pattern("d.>"), after=[["r", "d.x", 1, 0]])
+    assert streams == {("r", "d.x"): "complete", ("z", "d.x"): "evicted"}
+    assert read_all(replica, 1000) == [("r", seq) for seq in range(1, 9)]
+    close(replica)
+
+
+def test_a_copy_does_not_keep_older_messages_past_their_age(context):
+    recorder = Recorder(context, "inproc://nowhere", [HistoryRule("d.>=100/1s")])
+    recorder.record("d.a", body("me", 1, 1, time.time(), [1]))
+    time.sleep(1.2)
+    recorder.record_copies("H", [["d.b", "h", 1, 1, time.time(), msgpack.packb(1)]])
+    assert [(m.subject, m.seq) for m in recorder.page(Pattern("d.>"), partial=True)[0]] == [("d.b", 1)]
+    close(recorder)
+
+
+def test_copies_and_evictions_are_read_back_from_disk_with_their_holder(context, tmp_path):
     recorder = make(context, store=HistoryStore(str(tmp_path)))
-    recorder.record("d.x", body("h", 1, 11, NOW, range(11, 21)), at="H")
     recorder.record("d.x", body("me", 1, 1, NOW, range(1, 4)))
-    recorder.insert_older("H", rows("h", range(1, 6)) + rows("h", range(6, 11), ts=NOW + 1), [["h", "d.x", 0, 9]])
+    recorder.record_copies("H", rows("h", range(1, 6)) + rows("h", range(6, 11), ts=NOW + 1))
+    recorder.copy_evictions("H", [["h", "d.x", 0, 9]])
+    recorder.record("d.x", body("h", 1, 9, NOW, range(9, 21)), at="H", held_to={("h", "d.x"): (1, 10)})
     before = read_all(recorder, 1000)
+    assert before == [("me", 1), ("me", 2), ("me", 3)] + [("h", seq) for seq in range(1, 21)]
     close(recorder)
 
     again = make(context, store=HistoryStore(str(tmp_path)))
@@ -95,8 +130,6 @@ def test_copies_and_older_history_are_read_back_from_disk_with_their_holder(cont
     assert again.counters()["copies"] == 20
     _, _, streams = again.page(Pattern("d.>"), after=[["h", "d.x", 0, 5]])
     assert streams[("h", "d.x")] == "evicted"  # the holder's eviction was kept too
-    assert again.insert_older("G", rows("g", range(1, 3)), []) == 2  # numbered below those read back
-    assert read_all(again, 1000)[:3] == [("g", 1), ("g", 2), ("h", 1)]
     close(again)
 
 

@@ -97,7 +97,7 @@ def kill_the_holder_and_recover(zk_server, zk_node, tmp_path, replicas, restart_
         r.kill()
         replica, r = later[0], nodes[later[0]]
         wait_until(lambda: r.stats()["history"]["following"] == [holder]
-                   and r.stats()["history"]["caught_up"]["holders"] >= 1, timeout=20,
+                   and r.stats()["history"]["caught_up"]["done"] >= 1, timeout=20,
                    what=f"{replica}, h's replica now, to catch up on what h kept")
     h.kill()
     wait_until(lambda: holder not in s.peer_names() and holder not in r.peer_names(), timeout=20,

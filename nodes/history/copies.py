@@ -2,22 +2,24 @@
 holders placement gives it (``--history-replicas R``, nodes/placement.py).
 
 For each holder it follows, a tap (nodes/tap.py) on that holder's ``out``
-records into this node's recorder what is published there from now on (the
-recording prefixes reach the holder's publishers by the mesh's own interest
+records into this node's recorder what is published there (the recording
+prefixes reach the holder's publishers by the mesh's own interest
 forwarding: no Python on the holder's path), each entry marked with the
-holder. Then it catches up: it reads the holder's ``history`` with ``own``
-(only what was published at the holder, docs/PROTOCOL.md 7.3), page by page
-on the node's control channel to it, and inserts what it does not hold yet
-before what the tap brought, with the streams the holder evicted. So a node
-that becomes a replica (another replica died, or the membership changed)
-holds what the holder kept before, not only what came after. What was
-published while the tap's subscription was on its way to the holder's
-publishers is in neither: a second catch-up, SETTLE_SECONDS later, brings
-it (each message is inserted once, whatever both passes read).
+holder. Before the tap reads anything it catches up: SETTLE_SECONDS after
+connecting (time for its subscriptions to reach the holder's publishers;
+libzmq queues what arrives meanwhile), it reads the holder's ``history``
+with ``own`` (only what was published at the holder, docs/PROTOCOL.md 7.3)
+page by page on the node's control channel to it, and records each
+message it does not hold yet, page by page, in the holder's order, with
+the streams the holder evicted. Then the tap reads what queued, leaving
+out what the catch-up brought. So a node that becomes a replica (another
+replica died, or the membership changed) holds what the holder kept
+before, in order, not only what came after.
 
-A catch-up that fails (the holder did not answer a page within
-CATCH_UP_TIMEOUT) is tried again after RETRY_SECONDS while the holder is
-still followed.
+A catch-up whose page the holder does not answer within CATCH_UP_TIMEOUT
+is tried again after RETRY_SECONDS, at most CATCH_UP_ATTEMPTS times; then
+the tap reads on without it (counted ``failed``; what it could not copy is
+missing from this copy, which a recovery reports as it finds it).
 """
 
 import logging
@@ -32,9 +34,10 @@ from nodes.tap import Tap
 
 log = logging.getLogger("meshnode.history")
 
+SETTLE_SECONDS = 1.0  # between connecting a holder's tap and reading the holder's history
 CATCH_UP_TIMEOUT = 5.0  # seconds the holder has to answer each page
+CATCH_UP_ATTEMPTS = 3
 RETRY_SECONDS = 2.0
-SETTLE_SECONDS = 2.0  # after the first catch-up: the tap's subscription has reached the holder's publishers
 
 
 class _CopyTap(Tap):
@@ -43,9 +46,10 @@ class _CopyTap(Tap):
     def __init__(self, recorder, holder, context, endpoint, curve, prefixes):
         super().__init__(context, endpoint, curve, prefixes)
         self.recorder, self.holder = recorder, holder
+        self.caught_to = {}  # (origin, subject) -> (epoch, seq): the newest message the catch-up recorded
 
     def take(self, subject, frames):
-        self.recorder.record(subject, frames[1], at=self.holder)
+        self.recorder.record(subject, frames[1], at=self.holder, held_to=self.caught_to)
 
 
 class Copies:
@@ -57,8 +61,8 @@ class Copies:
         self.me, self.copies, self.recorder = me, copies, recorder
         self._tap_settings = tap_settings
         self._channel = channel
-        self._followed = {}  # name -> (member record, tap, catch-up greenlet)
-        self.caught_up = {"messages": 0, "holders": 0, "failed": 0}
+        self._followed = {}  # name -> (member record, tap, the greenlet catching up, then starting the tap)
+        self.caught_up = {"messages": 0, "done": 0, "failed": 0}
 
     @property
     def holders(self):
@@ -69,8 +73,8 @@ class Copies:
         wanted = {name: members[name] for name in followed_by(self.me, members, self.copies)}
         for name in list(self._followed):
             record, tap, catching_up = self._followed[name]
-            if wanted.get(name, {}).get("instance") != record["instance"] or \
-                    wanted[name]["out"] != record["out"]:
+            if name not in wanted or (wanted[name]["instance"], wanted[name]["out"]) != (record["instance"],
+                                                                                          record["out"]):
                 catching_up.kill(block=False)
                 tap.stop()
                 del self._followed[name]
@@ -78,8 +82,7 @@ class Copies:
             if name not in self._followed:
                 context, curve, prefixes = self._tap_settings
                 tap = _CopyTap(self.recorder, name, context, record["out"], curve, prefixes)
-                tap.start()  # first: what the catch-up reads is then older than what the tap records, or held twice
-                self._followed[name] = (record, tap, gevent.spawn(self._catch_up, name, record))
+                self._followed[name] = (record, tap, gevent.spawn(self._follow, name, record, tap))
 
     def stop(self):
         for _, tap, catching_up in self._followed.values():
@@ -87,38 +90,47 @@ class Copies:
             tap.stop()
         self._followed = {}
 
-    def _catch_up(self, holder, record):
+    def _follow(self, holder, record, tap):
+        """Catch up on what ``holder`` kept, then let ``tap`` read what queued meanwhile and on."""
+        gevent.sleep(SETTLE_SECONDS)
         added = 0
-        for _ in range(2):
-            while True:
-                try:
-                    messages, evicted = self._read(record)
-                    break
-                except (ControlError, TimeoutError, zmq.ZMQError) as exc:
-                    self.caught_up["failed"] += 1
-                    log.info("catching up on %s's history failed (%s): again in %.0f s", holder, exc, RETRY_SECONDS)
+        for attempt in range(1, CATCH_UP_ATTEMPTS + 1):
+            try:
+                added += self._catch_up(holder, record, tap.caught_to)
+                self.caught_up["done"] += 1
+                log.info("caught up on %s's history: %d messages it kept before this node followed it",
+                         holder, added)
+                break
+            except (ControlError, TimeoutError, zmq.ZMQError, KeyError, TypeError, ValueError) as exc:
+                self.caught_up["failed"] += 1
+                log.warning("catching up on %s's history failed (%s)%s", holder, exc,
+                            f": again in {RETRY_SECONDS:.0f} s" if attempt < CATCH_UP_ATTEMPTS else
+                            ": this copy holds only what is published from now on")
+                if attempt < CATCH_UP_ATTEMPTS:
                     gevent.sleep(RETRY_SECONDS)
-            more = self.recorder.insert_older(holder, messages, evicted)
-            self.caught_up["messages"] += more
-            added += more
-            gevent.sleep(SETTLE_SECONDS)
-        self.caught_up["holders"] += 1
-        log.info("caught up on %s's history: %d messages it kept before this node followed it", holder, added)
+        tap.start()
 
-    def _read(self, record):
-        """Every message the holder kept, published there (``[subject, origin, epoch, seq, ts,
-        packed data]``), and its streams' newest evictions."""
+    def _catch_up(self, holder, record, caught_to):
+        """Record every message ``holder`` kept (published there), page by page, and its
+        streams' newest evictions; note in ``caught_to`` how far each stream got. Returns
+        how many messages were new here."""
         channel = self._channel(record)
-        messages, evicted = [], []
+        added = 0
         for rule in self.recorder.rules:
             cursor = None
             while True:
                 reply = channel.request("history", timeout=CATCH_UP_TIMEOUT, pattern=rule.pattern.text, since=0.0,
                                         partial=True, own=True, **({} if cursor is None else {"cursor": cursor}))
-                messages.extend([subject, origin, epoch, seq, ts, msgpack.packb(data)]
-                                for subject, origin, epoch, seq, ts, data in reply["messages"])
-                evicted.extend(reply.get("evicted", ()))
+                messages = [[subject, origin, epoch, seq, ts, msgpack.packb(data)]
+                            for subject, origin, epoch, seq, ts, data in reply["messages"]]
+                new = self.recorder.record_copies(holder, messages)
+                self.caught_up["messages"] += new
+                added += new
+                for subject, origin, epoch, seq, *_ in messages:
+                    key = (origin, subject)
+                    caught_to[key] = max((epoch, seq), caught_to.get(key, (epoch, seq)))
+                self.recorder.copy_evictions(holder, reply.get("evicted", ()))
                 cursor = reply["next"]
                 if cursor is None:
                     break
-        return messages, evicted
+        return added

@@ -6,8 +6,9 @@ recorded more than AGE seconds ago, and all of them together within
 ``--history-bytes`` (the oldest go first). Age is counted on this node's
 monotonic clock from when the message was recorded, never from its ``ts``
 (the publisher's wall clock, which may be off on another host); a message
-read back from disk or copied from another node's history counts from its
-``ts``, as this node did not see it arrive.
+read back from disk counts from its ``ts``, as the node's clock did not
+survive, and a copy of another node's older history from when it was
+copied.
 
 The recorder is one SUB socket connected to the node's own ``out``,
 subscribed only to what the history patterns' prefixes admit, so libzmq
@@ -15,14 +16,14 @@ filters out every other subject before Python sees it. Its prefixes end
 inside a token (:func:`recording_prefixes`), so publishers tell them from
 readers' and a recorder is never taken for a reader (interest,
 docs/PROTOCOL.md 6). It records what was *published at this node*
-(messages from peers never pass ``out``), so each message is held by
-exactly one node: the one its publisher used.
+(messages from peers never pass ``out``): the one its publisher used.
 
 A replica (nodes/history/copies.py) records into the same recorder what
 is published at the holders it follows, each entry marked with the holder
 it came from (``at``), and the history those holders kept before it
-followed them (:meth:`Recorder.insert_older`). A ``history`` request with
-``own`` reads only what was published at this node.
+followed them (:meth:`Recorder.record_copies`, with their evictions:
+:meth:`Recorder.copy_evictions`). A ``history`` request with ``own`` reads
+only what was published at this node.
 
 Per stream (origin, subject) it also remembers the last sequence number it
 evicted, so a question "everything after seq N" is answered either in full
@@ -105,10 +106,10 @@ class Recorder(Tap):
         self.recorded = 0
         self.evicted = 0
         self.copies = 0  # entries held that were published at another node (a replica's)
-        self.older = -1  # the arrival number the next message older than every one held gets (they count down)
         self._subjects = {}  # subject -> deque of live _Entry, oldest first
         self._arrivals = collections.deque()  # every _Entry, oldest first (dead ones skipped)
         self._evicted_to = {}  # (origin, subject) -> (epoch, seq, ts) of the newest entry evicted
+        self._evicted_copy = set()  # the streams of _evicted_to whose newest eviction was of a copy (in memory only)
         self._rule_of = {}  # subject -> HistoryRule (first matching rule wins)
         self.prefixes = set().union(*(recording_prefixes(rule.pattern) for rule in self.rules))
         super().__init__(context, out_endpoint, curve, self.prefixes)
@@ -126,8 +127,7 @@ class Recorder(Tap):
             self._subjects.setdefault(subject, collections.deque()).append(entry)
             self._arrivals.append(entry)
             self.bytes += len(packed) + ENTRY_OVERHEAD
-            self.recorded = max(self.recorded, n + 1)
-            self.older = min(self.older, n - 1)
+            self.recorded = n + 1
             self.copies += at is not None
         for subject, entries in list(self._subjects.items()):
             rule = self._rule(subject)
@@ -160,80 +160,83 @@ class Recorder(Tap):
     def take(self, subject, frames):
         self.record(subject, frames[1])
 
-    def record(self, subject, body, at=None):
-        """One batch (its envelope ``body``) published at this node, or with ``at`` at that holder."""
+    def record(self, subject, body, at=None, held_to=None):
+        """One batch (its envelope ``body``) published at this node, or with ``at`` at that
+        holder; ``held_to``: {stream: (epoch, seq)} held already (a catch-up's), not kept again."""
         rule = self._rule(subject)
         if not rule:
             return  # a prefix subscription also lets neighbours of the pattern in
         origin, epoch, seq, ts, payloads = decode_batch(body)
+        skip = 0
+        if held_to:
+            reached = held_to.get((origin, subject))
+            if reached is not None and reached[0] >= epoch:
+                skip = len(payloads) if reached[0] > epoch else max(0, min(len(payloads), reached[1] - seq + 1))
+                if skip == len(payloads):
+                    return
         entries = self._subjects.get(subject)
         if entries is None:
             entries = self._subjects[subject] = collections.deque()
-        now = time.monotonic()
-        for i, data in enumerate(payloads):
-            entry = _Entry(subject, origin, epoch, seq + i, ts, msgpack.packb(data), self.recorded, now, at)
+        now, first = time.monotonic(), self.recorded  # a number for each message, the skipped too
+        for i in range(skip, len(payloads)):
+            entry = _Entry(subject, origin, epoch, seq + i, ts, msgpack.packb(payloads[i]), first + i, now, at)
             entries.append(entry)
             self._arrivals.append(entry)
             self.bytes += len(entry.packed) + ENTRY_OVERHEAD
-            self.recorded += 1
+        self.recorded = first + len(payloads)
         if at is not None:
-            self.copies += len(payloads)
+            self.copies += len(payloads) - skip
         if self.store is not None:
-            self.store.recorded(entries[-len(payloads)], len(payloads), body)
+            self.store.recorded(entries[skip - len(payloads)], len(payloads), body, skip)
         while len(entries) > rule.count:
             self._evict(entries.popleft())
         self._trim()
 
-    def insert_older(self, at, messages, evicted):
-        """What holder ``at`` kept before this node followed it: ``messages``
-        (``[subject, origin, epoch, seq, ts, packed data]``, in the holder's
-        order per subject) older than every message of theirs held here, and
-        ``evicted`` (``[origin, subject, epoch, seq]``: the newest message of
-        each stream the holder evicted). Those not held yet go before every
-        entry of their subject, their age counted from their ``ts``; returns
-        how many. An eviction is dated by the oldest message copied of its
-        stream (of any stream, or now, if none): it was published no later."""
-        oldest = {}
-        for subject, origin, _, _, ts, _ in messages:
-            oldest[(origin, subject)] = min(ts, oldest.get((origin, subject), ts))
-        anything = min(oldest.values(), default=time.time())
-        for origin, subject, epoch, seq in evicted:
-            if self._rule(subject):
-                newest = self._evicted_to.get((origin, subject))
-                if newest is None or newest[:2] < (epoch, seq):
-                    self._note_evicted((origin, subject), (epoch, seq, oldest.get((origin, subject), anything)))
-        by_subject = {}
-        for message in messages:
-            if self._rule(message[0]):
-                by_subject.setdefault(message[0], []).append(message)
-        now, wall, added = time.monotonic(), time.time(), []
-        for subject, older in by_subject.items():
-            entries = self._subjects.setdefault(subject, collections.deque())
-            held = {(entry.origin, entry.epoch, entry.seq) for entry in entries}
-            new = []
-            for message in older:
-                if tuple(message[1:4]) not in held:
-                    held.add(tuple(message[1:4]))  # once, however often it came
-                    new.append(message)
-            for _, origin, epoch, seq, ts, packed in reversed(new):  # the newest first: numbers count down
-                entry = _Entry(subject, origin, epoch, seq, ts, packed, self.older, now - max(0.0, wall - ts), at)
-                self.older -= 1
-                entries.appendleft(entry)
-                added.append(entry)
-                self.bytes += len(packed) + ENTRY_OVERHEAD
-        self.copies += len(added)
-        added.sort(key=lambda entry: entry.n)  # each subject's in its order: _trim takes a subject's first
-        self._arrivals.extendleft(reversed(added))
-        if self.store is not None:
-            self.store.recorded_older(added)
-        for subject in by_subject:
-            entries, rule = self._subjects[subject], self._rule(subject)
-            while len(entries) > rule.count:
+    def record_copies(self, at, messages):
+        """Messages holder ``at`` kept before this node followed it (``[subject, origin,
+        epoch, seq, ts, packed data]``, in the holder's order per subject), recorded as
+        they come now, but those held or evicted here already; returns how many."""
+        held, fresh, now = {}, [], time.monotonic()
+        for subject, origin, epoch, seq, ts, packed in messages:
+            rule = self._rule(subject)
+            if not rule:
+                continue
+            if subject not in held:
+                held[subject] = {(e.origin, e.epoch, e.seq) for e in self._subjects.get(subject, ())}
+            evicted = self._evicted_to.get((origin, subject))
+            if (origin, epoch, seq) in held[subject] or (evicted is not None and (epoch, seq) <= evicted[:2]):
+                continue
+            held[subject].add((origin, epoch, seq))
+            entry = _Entry(subject, origin, epoch, seq, ts, packed, self.recorded, now, at)
+            self.recorded += 1
+            self._subjects.setdefault(subject, collections.deque()).append(entry)
+            self._arrivals.append(entry)
+            self.bytes += len(packed) + ENTRY_OVERHEAD
+            fresh.append(entry)
+        self.copies += len(fresh)
+        if self.store is not None and fresh:
+            self.store.recorded_copies(fresh)
+        for subject in held:
+            entries, rule = self._subjects.get(subject), self._rule(subject)
+            while entries and len(entries) > rule.count:
                 self._evict(entries.popleft())
-            if not entries:
-                del self._subjects[subject]
         self._trim()
-        return len(added)
+        return len(fresh)
+
+    def copy_evictions(self, at, evicted):
+        """What holder ``at`` evicted of its streams (``[origin, subject, epoch, seq]``: the
+        newest of each), for the streams this node holds nothing of but from ``at``: counted as
+        evicted here too, dated by the oldest message held of the stream (or now)."""
+        for origin, subject, epoch, seq in evicted:
+            if not self._rule(subject):
+                continue
+            mine = [entry for entry in self._subjects.get(subject, ()) if entry.origin == origin]
+            if any(entry.at != at for entry in mine):
+                continue  # also published here, or copied from another holder: its own evictions count
+            newest = self._evicted_to.get((origin, subject))
+            if newest is None or newest[:2] < (epoch, seq):
+                self._note_evicted((origin, subject), (epoch, seq, min((e.ts for e in mine), default=time.time())),
+                                   at)
 
     def _evict(self, entry):
         entry.alive = False
@@ -242,17 +245,24 @@ class Recorder(Tap):
         self.copies -= entry.at is not None
         if self.store is not None:
             self.store.evicted(entry)
-        self._note_evicted((entry.origin, entry.subject), (entry.epoch, entry.seq, entry.ts))
+        self._note_evicted((entry.origin, entry.subject), (entry.epoch, entry.seq, entry.ts), entry.at)
 
-    def _note_evicted(self, key, position):
-        """Stream ``key``'s newest evicted message is now at least ``position`` (epoch, seq, ts)."""
+    def _note_evicted(self, key, position, at):
+        """Stream ``key``'s newest evicted message is now at least ``position`` (epoch, seq, ts),
+        evicted from a copy of holder ``at``'s (or None: published here)."""
         newest = self._evicted_to.pop(key, None)  # re-inserted: the dict's order is the eviction order
         self._evicted_to[key] = max(newest or (0, 0, 0.0), position)
+        if self._evicted_to[key] == position:
+            if at is None:
+                self._evicted_copy.discard(key)
+            else:
+                self._evicted_copy.add(key)
         if self.store is not None:
             self.store.newest_evicted(key, self._evicted_to[key])
         if len(self._evicted_to) > MAX_EVICTED_STREAMS:
             forgotten = next(iter(self._evicted_to))
             del self._evicted_to[forgotten]
+            self._evicted_copy.discard(forgotten)
             if self.store is not None:
                 self.store.forgot(*forgotten)
 
@@ -289,15 +299,20 @@ class Recorder(Tap):
         message is gone: then none of the stream's messages are sent, unless
         ``partial``: then what is left is). A cursor stays valid while the
         node evicts: a page never skips or repeats a message it still holds.
-        ``own``: only messages published at this node, none of a replica's copies."""
+        ``own``: only messages published at this node, and only evictions of
+        them, none of a replica's copies (a copy's eviction is known until
+        the node restarts; read back, every eviction counts as its own)."""
         self._trim()
         asked = {(origin, subject): (epoch, seq) for origin, subject, epoch, seq in after}
         streams = {}
+        evictions = self._evicted_to
+        if own and self._evicted_copy:
+            evictions = {key: newest for key, newest in evictions.items() if key not in self._evicted_copy}
         for key, position in asked.items():
-            evicted = self._evicted_to.get(key)
+            evicted = evictions.get(key)
             if evicted is not None:  # a stream this node recorded, all of whose messages may be gone
                 streams[key] = "evicted" if evicted[:2] > position else "complete"  # epochs only grow
-        for key, evicted in self._evicted_to.items():  # streams gone whole since the asked time
+        for key, evicted in evictions.items():  # streams gone whole since the asked time
             if key not in asked and evicted[2] >= since and pattern.matches(key[1]):
                 streams[key] = "evicted"
         after_subject, after_n = cursor if cursor is not None else ("", -1)

@@ -8,8 +8,8 @@ transaction, from a thread). A batch is one row holding the envelope's body
 as it came, with the arrival number of its first message, its count, the
 arrival number of its first message still held and, for a replica's copy,
 the holder it was published at (messages copied from a holder's older
-history, :meth:`HistoryStore.recorded_older`, are batched here the same
-way, with the negative arrival numbers the recorder gives them): a subject's messages
+history, :meth:`HistoryStore.recorded_copies`, are batched here the same
+way): a subject's messages
 are evicted oldest first, so what is evicted of a subject is everything
 before one arrival number, written once per subject and transaction however
 many it evicted. Each stream's newest eviction is one row too.
@@ -77,15 +77,16 @@ class HistoryStore(DiskFile):
         """(origin, subject, epoch, seq, ts) of each stream's newest eviction, oldest first."""
         return self.query("SELECT origin, subject, epoch, seq, ts FROM evicted ORDER BY rowid")
 
-    def recorded(self, first, count, body):
-        """A batch recorded: ``first`` its first entry, ``count`` its messages, ``body`` its envelope's body."""
-        self.queue(_RECORD, (first.n, first.subject, count, first.n, body, first.at))
-        key, last = (first.origin, first.subject), (first.epoch, first.seq + count - 1, first.ts)
+    def recorded(self, first, count, body, skip=0):
+        """A batch recorded: ``first`` its first entry held, ``count`` its messages, ``body`` its
+        envelope's body; ``skip``: messages before ``first`` in it, numbered but held already."""
+        self.queue(_RECORD, (first.n - skip, first.subject, count, first.n, body, first.at))
+        key, last = (first.origin, first.subject), (first.epoch, first.seq + count - skip - 1, first.ts)
         self._streams[key] = max(last, self._streams.get(key, last))
 
-    def recorded_older(self, entries):
-        """Entries copied from a holder's older history (recorder.insert_older), by arrival number:
-        a batch per run of one stream's consecutive messages of one publish time."""
+    def recorded_copies(self, entries):
+        """Entries copied from a holder's older history (recorder.record_copies), in arrival
+        order: a batch per run of one stream's consecutive messages of one publish time."""
         run = []
         for entry in [*entries, None]:
             if run and (entry is None or (entry.subject, entry.origin, entry.epoch, entry.ts, entry.at, entry.n)
@@ -99,7 +100,7 @@ class HistoryStore(DiskFile):
                 run.append(entry)
 
     def evicted(self, entry):
-        """``entry`` evicted: its subject's messages before it are gone too."""
+        """``entry`` evicted: its subject's messages before it are gone too (arrival order)."""
         self.queued += 1
         self._live[entry.subject] = entry.n + 1
 
