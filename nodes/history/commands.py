@@ -56,9 +56,11 @@ class History(Feature):
     def stats(self):
         if self.recorder is None:
             return {}
-        copies = {} if self.copies is None else {"following": self.copies.holders,
-                                                  "caught_up": dict(self.copies.caught_up)}
-        return {"history": {**self.recorder.counters(), **copies}}
+        counters = self.recorder.counters()
+        if self.copies is not None:
+            counters.update(following=self.copies.holders, caught_up=dict(self.copies.caught_up),
+                            malformed=counters["malformed"] + self.copies.malformed)
+        return {"history": counters}
 
     def cmd_history(self, request):
         """A page of what this node recorded on a pattern."""

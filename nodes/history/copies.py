@@ -63,10 +63,16 @@ class Copies:
         self._channel = channel
         self._followed = {}  # name -> (member record, tap, the greenlet catching up, then starting the tap)
         self.caught_up = {"messages": 0, "done": 0, "failed": 0}
+        self._malformed_before = 0  # counted by taps closed since (a counter never goes down)
 
     @property
     def holders(self):
         return sorted(self._followed)
+
+    @property
+    def malformed(self):
+        """Messages the taps could not decode, not recorded."""
+        return self._malformed_before + sum(tap.malformed for _, tap, _ in self._followed.values())
 
     def update(self, members):
         """Follow the holders ``members`` (name -> member record, this node not among them) give this node."""
@@ -77,6 +83,7 @@ class Copies:
                                                                                           record["out"]):
                 catching_up.kill(block=False)
                 tap.stop()
+                self._malformed_before += tap.malformed
                 del self._followed[name]
         for name, record in wanted.items():
             if name not in self._followed:
