@@ -6,7 +6,9 @@ endpoints), ``instance`` (random per process start), ``started`` (unix time),
 ``protocol``, ``max_payload``; a node of a group adds ``group`` and, if it
 may be the group's gateway, ``gateway`` (its group face, which every member
 links to like a peer's ``out``: nodes/gateway.py); a node with an edge adds
-``http`` (``http://HOST:PORT``). Clients read records
+``http`` (``http://HOST:PORT``); a node that restored held jobs from its
+``--data-dir`` adds ``resumes``, the instance whose jobs they were
+(nodes/queues/replicas.py). Clients read records
 too (``Client.from_zookeeper``), so this lives at the bottom, in ``mesh``.
 """
 
@@ -60,6 +62,10 @@ def validate_member(member):
             clean["gateway"] = validate_endpoint(member["gateway"], f"member {clean['name']}: gateway")
     if member.get("http") is not None:
         clean["http"] = validate_endpoint(member["http"], f"member {clean['name']}: http", "http")
+    if member.get("resumes") is not None:
+        if not isinstance(member["resumes"], str):
+            raise ValueError(f"member {clean['name']}: resumes {member['resumes']!r} is not an instance")
+        clean["resumes"] = member["resumes"]
     if clean["protocol"] != PROTOCOL_VERSION:
         raise ValueError(f"member {clean['name']} speaks protocol {clean['protocol']}, "
                          f"this node {PROTOCOL_VERSION}")

@@ -64,7 +64,7 @@ class DiskFile:
         self._loop = None
 
     def query(self, sql, args=()):
-        """Read at start-up, before :meth:`start`."""
+        """Run at start-up, before :meth:`start` (reads, and the writes of opening: autocommitted)."""
         return self._db.execute(sql, args).fetchall()
 
     def add_columns(self, table, columns):

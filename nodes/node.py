@@ -184,6 +184,10 @@ class Node(Feature):
         data_dir, fsync = self.config.data_dir, self.config.fsync
         # opened now, so that a bad --data-dir stops the start; the dispatcher takes it at the first member
         self.queues.job_store = JobStore(data_dir, fsync) if data_dir else None
+        if self.queues.job_store is not None:
+            resumed = self.queues.job_store.succeed(self.member["instance"])
+            if resumed is not None:  # the replicas of its jobs leave them to it (nodes/queues/replicas.py)
+                self.member["resumes"] = resumed
         self.dataplane.start()
         self.history.start(self.context, self._own_endpoint(self.member["out"]), self.config.history_bytes,
                            self.curve, HistoryStore(data_dir, fsync) if data_dir and self.config.history else None)

@@ -12,7 +12,7 @@ from hookhelpers import LOOPBACK, Receiver, ready
 from jobworker import Workers
 
 from mesh import Client
-from meshtest.nodeproc import linked, wait_until
+from meshtest.nodeproc import free_port, linked, wait_until
 from nodes.placement import replicas_of, successor
 
 JOBS = 1000
@@ -152,6 +152,44 @@ def test_the_successor_copies_what_it_adopted_on_and_its_own_successor_takes_ove
     print(f"q1 killed, then {heir}: {last} adopted {adopted}; {len(times)} of {JOBS} done, "
           f"{sum(n - 1 for n in times.values())} duplicates")
     assert set(times) == set(range(JOBS)) and adopted > 0
+
+
+def test_a_holder_killed_and_restarted_at_once_on_its_disk_keeps_its_jobs_and_its_successor_adopts_none(
+        zk_server, zk_node, tmp_path):
+    """--job-replicas 2 and --data-dir: q1, holding 1,000 outstanding jobs,
+    is killed with ``kill -9`` and started again at once on its directory.
+    Its member record ``resumes`` the killed instance, so its replicas drop
+    their copies instead of the successor adopting them: every job is done
+    at least once, and not nearly all of them twice (both q1 and its
+    successor gave them out when the successor adopted)."""
+    ports = {name: free_port() for name in ("q1", "q2", "q3")}
+
+    def start(name):
+        return zk_node(name, zk_server.hosts, "--port", str(ports[name]), "--job-replicas", "2",
+                       "--data-dir", str(tmp_path / name))
+    nodes = {name: start(name) for name in ports}
+    wait_until(lambda: linked(*nodes.values()), timeout=20, what="q1, q2 and q3 linked")
+    heir = successor("q1", {"q2", "q3"}, 2)
+    workers = Workers()
+    try:
+        publish_jobs(nodes["q1"], (nodes["q2"], nodes["q2"], nodes["q3"]), workers, 0.01)
+        held = nodes["q1"].stats()["queues"]["jobs"]["held"]
+        nodes["q1"].kill()
+        nodes["q1"] = start("q1")
+        wait_until(lambda: {line["data"] for line in workers.done} == set(range(JOBS)), timeout=120,
+                   what="every job done")
+        wait_until(lambda: nodes["q1"].stats()["queues"]["jobs"]["held"] == 0, timeout=30, what="q1 to hold nothing")
+        restored = nodes["q1"].stats()["queues"]["jobs"]["restored"]
+        heir_stats = nodes[heir].stats()
+    finally:
+        workers.stop()
+    times = Counter(line["data"] for line in workers.done)
+    duplicates = sum(n - 1 for n in times.values())
+    print(f"q1 killed holding {held}, restarted at once: restored {restored}; {heir} adopted "
+          f"{heir_stats['queues'].get('jobs', {}).get('adopted', 0)}; {duplicates} duplicates")
+    assert set(times) == set(range(JOBS)) and restored > 0
+    assert heir_stats["job_replicas"]["left_to_holder"] == 1 and heir_stats["job_replicas"]["adopted"] == 0
+    assert duplicates < held / 2
 
 
 def test_without_replicas_a_killed_holders_jobs_are_lost(zk_server, zk_node):

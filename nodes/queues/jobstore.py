@@ -4,7 +4,8 @@ The job book (nodes/queues/jobs.py) tells this store each job it takes,
 each new attempt (with the member it went to and its deadline), each
 deadline extended and each job let go (acknowledged or dead-lettered); the
 store writes them to ``DIR/jobs.sqlite`` (nodes/disk.py: a batch per
-transaction, from a thread), the deadline as Unix seconds. When the node
+transaction, from a thread), the deadline as Unix seconds, and the
+member-record instance of the process whose file it is. When the node
 starts again, the book holds every job still there with its attempts so
 far, for the member that was doing it until its deadline (Job.from_record):
 that member's acknowledgement, sent again once the node is back
@@ -24,6 +25,7 @@ CREATE TABLE IF NOT EXISTS jobs (id TEXT PRIMARY KEY, grp TEXT NOT NULL, pattern
     settings BLOB NOT NULL, subject TEXT NOT NULL, data BLOB NOT NULL, origin TEXT NOT NULL,
     epoch INTEGER NOT NULL, seq INTEGER NOT NULL, carried BLOB NOT NULL, attempt INTEGER NOT NULL,
     member TEXT, deadline REAL);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 _ADDED = (("member", "TEXT"), ("deadline", "REAL"))  # columns a file from before them lacks
 _HOLD = "INSERT OR REPLACE INTO jobs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -35,6 +37,13 @@ class JobStore(DiskFile):
     def __init__(self, directory, fsync="batch"):
         super().__init__(os.path.join(directory, "jobs.sqlite"), SCHEMA, fsync)
         self.add_columns("jobs", _ADDED)
+
+    def succeed(self, instance):
+        """This file is now ``instance``'s (a member record's); returns the instance whose it
+        was, whose held jobs this process restores (None for a new file)."""
+        rows = self.query("SELECT value FROM meta WHERE key = 'instance'")
+        self.query("INSERT OR REPLACE INTO meta VALUES ('instance', ?)", (instance,))
+        return rows[0][0] if rows else None
 
     def jobs(self):
         """A job record (docs/PROTOCOL.md 7.7) of every job kept, in the order taken."""

@@ -14,9 +14,12 @@ most CHUNK_BYTES. A job whose record alone is larger is not copied (counted
 ``too_large``).
 
 **As a replica.** One shadow per (holder, instance): that holder's jobs, in
-memory. When membership drops the holder, or shows another instance of it,
-the holder's successor (``placement.successor`` over the membership without
-it) adopts the shadow into its own job book: each job held for the member
+memory. When membership shows another instance of the holder that
+``resumes`` this one (restarted on its ``--data-dir``: it restored these
+jobs), the shadow is dropped. When membership shows another instance that
+does not, or lists none for ADOPT_GRACE_SECONDS (a node restarted at once
+is back within it), the holder's successor (``placement.successor`` over
+the membership without it) adopts the shadow into its own job book: each job held for the member
 that was doing it until its deadline (a worker whose acknowledgement finds
 the holder gone sends it to every node: mesh/settle.py), or, without one,
 given to a worker at the next tick; all copied on to the adopter's own
@@ -49,6 +52,7 @@ BATCH_SECONDS = 0.05  # how often what changed goes to the replicas: the window 
 CHUNK_BYTES = 48 * 1024  # one request's records and ids (a control request holds at most 64 KiB)
 MAX_OUTBOX = 200  # requests waiting for one replica before it is given a full copy instead
 RETRY_SECONDS = 1.0  # after a replica did not take a request
+ADOPT_GRACE_SECONDS = 0.5  # a holder membership lists no process of before its successor adopts its jobs
 RECORD_FIELDS = ("id", "group", "pattern", "settings", "subject", "data", "origin", "epoch", "seq", "carried",
                  "attempt")
 
@@ -126,7 +130,9 @@ class JobReplicas(Feature):
         self._released = []  # ids let go since the last batch
         self._flusher = None
         self.shadows = {}  # (holder, instance) -> Shadow
+        self._waiting = {}  # (holder, instance) -> the greenlet settling it once ADOPT_GRACE_SECONDS have passed
         self.sent = self.failed = self.snapshots = self.too_large = self.adopted = self.need_snapshot = 0
+        self.left_to_holder = 0  # shadows dropped because their holder restarted on its own disk
 
     # -- the job book's side (nodes/queues/jobs.py keepers) ----------------
 
@@ -146,7 +152,8 @@ class JobReplicas(Feature):
             self._flusher = gevent.spawn(self._flush_loop)
 
     def stop(self):
-        for greenlet in [self._flusher, *(replica.sender for replica in self._replicas.values())]:
+        for greenlet in [self._flusher, *(replica.sender for replica in self._replicas.values()),
+                         *self._waiting.values()]:
             if greenlet is not None:
                 greenlet.kill(block=False)
 
@@ -167,16 +174,38 @@ class JobReplicas(Feature):
                     replica = self._replicas[name] = Replica(record)
                     replica.sender = gevent.spawn(self._send_loop, replica)
                     replica.wake.set()
-        for key, shadow in list(self.shadows.items()):
-            holder, instance = key
-            if members.get(holder, {}).get("instance") == instance:
-                shadow.seen = True
-                if self.me not in replicas_of(holder, names, shadow.copies):
-                    del self.shadows[key]  # another node keeps its copies now
-            elif shadow.seen:  # its holder is gone
-                del self.shadows[key]
-                if successor(holder, names - {holder}, shadow.copies) == self.me:
-                    self._adopt(holder, shadow)
+        for key in list(self.shadows):
+            self._settle(key)
+
+    def _settle(self, key, waited=False):
+        """What becomes of the shadow ``key`` with the membership now (PROTOCOL.md 7.7)."""
+        shadow = self.shadows.get(key)
+        if shadow is None:
+            return
+        holder, instance = key
+        record, names = self._members.get(holder), {*self._members, self.me}
+        if record is not None and record.get("instance") == instance:
+            shadow.seen = True
+            if self.me not in replicas_of(holder, names, shadow.copies):
+                del self.shadows[key]  # another node keeps its copies now
+        elif not shadow.seen:
+            return
+        elif record is not None and record.get("resumes") == instance:
+            del self.shadows[key]  # restarted on its own disk: it holds these jobs again
+            self.left_to_holder += 1
+            log.info("%s restarted on its disk and holds its jobs again: %d copies dropped", holder,
+                     len(shadow.jobs))
+        elif record is None and not waited:
+            if key not in self._waiting:  # a node restarted at once is back within the grace
+                self._waiting[key] = gevent.spawn_later(ADOPT_GRACE_SECONDS, self._settle_late, key)
+        else:  # gone, or back as another process without these jobs
+            del self.shadows[key]
+            if successor(holder, names - {holder}, shadow.copies) == self.me:
+                self._adopt(holder, shadow)
+
+    def _settle_late(self, key):
+        self._waiting.pop(key, None)
+        self._settle(key, waited=True)
 
     def _adopt(self, holder, shadow):
         adopted = self._book(True).adopt(shadow.jobs.values())
@@ -289,4 +318,4 @@ class JobReplicas(Feature):
             "snapshots": self.snapshots, "need_snapshot": self.need_snapshot, "too_large": self.too_large,
             "shadows": {f"{holder}/{instance}": len(shadow.jobs) for (holder, instance), shadow in
                         self.shadows.items()},
-            "adopted": self.adopted}}
+            "adopted": self.adopted, "left_to_holder": self.left_to_holder}}
