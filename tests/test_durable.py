@@ -3,7 +3,6 @@ nodes/queues/jobstore.py): a node killed with `kill -9` and started again on the
 same directory answers for its history and does the jobs it held."""
 
 import time
-from collections import Counter
 
 from jobworker import Workers
 from meshhelpers import drain, warm_up
@@ -87,8 +86,7 @@ def test_held_jobs_outlive_a_kill_9_of_their_holder(start_node, tmp_path):
         jobs = a.stats()["queues"]["jobs"]
     finally:
         workers.stop()
-    times = Counter(line["data"] for line in workers.done)
-    duplicates = sum(n - 1 for n in times.values())
+    times, duplicates = workers.tally()
     print(f"done before the kill: {done_before}; restored: {jobs['restored']} ({jobs['resumed']} kept for their "
           f"worker); acknowledged at A after its restart: {jobs['acked']}; duplicates: {duplicates}")
     assert 0 < jobs["restored"] <= 300 - 20 + duplicates

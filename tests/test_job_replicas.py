@@ -6,7 +6,6 @@ node and worker processes."""
 
 import json
 import time
-from collections import Counter
 
 from hookhelpers import LOOPBACK, Receiver, ready
 from jobworker import Workers
@@ -70,11 +69,10 @@ def test_a_killed_holders_jobs_are_all_done_by_its_successor(zk_server, zk_node)
     finally:
         workers.stop()
     adopted = heir_jobs["adopted"]
-    times = Counter(line["data"] for line in workers.done)
+    times, duplicates = workers.tally()
     after = [line for line in workers.done if line["at"] > killed]
     by_heir = [line for line in after if line["holder"] == heir]
     takeover = min(line["at"] for line in by_heir) - killed
-    duplicates = sum(n - 1 for n in times.values())
     print(f"{JOBS} jobs, {held} held at q1 when killed: {len(times)} done, {duplicates} duplicates; "
           f"{heir} adopted {adopted} ({heir_jobs['resumed']} kept for their worker), acknowledged "
           f"{heir_jobs['acked']}; done after the kill: {len(after)} ({len(by_heir)} given out by {heir}); "
@@ -117,9 +115,9 @@ def test_a_holder_whose_replica_died_first_copies_its_jobs_to_the_next_and_loses
         adopted = next_node.stats()["queues"]["jobs"]["adopted"]
     finally:
         workers.stop()
-    times = Counter(line["data"] for line in workers.done)
+    times, duplicates = workers.tally()
     print(f"{first} killed, then q1 holding {held}: {second} adopted {adopted}; {len(times)} of {JOBS} done, "
-          f"{sum(n - 1 for n in times.values())} duplicates")
+          f"{duplicates} duplicates")
     assert set(times) == set(range(JOBS)) and 0 < adopted <= JOBS
 
 
@@ -148,9 +146,9 @@ def test_the_successor_copies_what_it_adopted_on_and_its_own_successor_takes_ove
         adopted = nodes[last].stats()["queues"]["jobs"]["adopted"]
     finally:
         workers.stop()
-    times = Counter(line["data"] for line in workers.done)
+    times, duplicates = workers.tally()
     print(f"q1 killed, then {heir}: {last} adopted {adopted}; {len(times)} of {JOBS} done, "
-          f"{sum(n - 1 for n in times.values())} duplicates")
+          f"{duplicates} duplicates")
     assert set(times) == set(range(JOBS)) and adopted > 0
 
 
@@ -183,8 +181,7 @@ def test_a_holder_killed_and_restarted_at_once_on_its_disk_keeps_its_jobs_and_it
         heir_stats = nodes[heir].stats()
     finally:
         workers.stop()
-    times = Counter(line["data"] for line in workers.done)
-    duplicates = sum(n - 1 for n in times.values())
+    times, duplicates = workers.tally()
     print(f"q1 killed holding {held}, restarted at once: restored {restored}; {heir} adopted "
           f"{heir_stats['queues'].get('jobs', {}).get('adopted', 0)}; {duplicates} duplicates")
     assert set(times) == set(range(JOBS)) and restored > 0
