@@ -188,13 +188,13 @@ class JobReplicas(Feature):
             shadow.seen = True
             if self.me not in replicas_of(holder, names, shadow.copies):
                 del self.shadows[key]  # another node keeps its copies now
-        elif not shadow.seen:
-            return
         elif record is not None and record.get("resumes") == instance:
             del self.shadows[key]  # restarted on its own disk: it holds these jobs again
             self.left_to_holder += 1
             log.info("%s restarted on its disk and holds its jobs again: %d copies dropped", holder,
                      len(shadow.jobs))
+        elif not shadow.seen:
+            return  # copies of an instance membership has not listed yet: it cannot be gone
         elif record is None and not waited:
             if key not in self._waiting:  # a node restarted at once is back within the grace
                 self._waiting[key] = gevent.spawn_later(ADOPT_GRACE_SECONDS, self._settle_late, key)
