@@ -187,13 +187,15 @@ class Node(Feature):
         if self.queues.job_store is not None:
             resumed = self.queues.job_store.succeed(self.member["instance"])
             if resumed is not None:  # the replicas of its jobs leave them to it (nodes/queues/replicas.py)
-                self.member["resumes"] = resumed
+                self.member["resumes"] = self.job_replicas.resumes = resumed
         self.dataplane.start()
         self.history.start(self.context, self._own_endpoint(self.member["out"]), self.config.history_bytes,
                            self.curve, HistoryStore(data_dir, fsync) if data_dir and self.config.history else None)
         self.control.start()
         self.job_replicas.start()
         self._want_own_client()  # it publishes events, dispatches queue groups, delivers hooks
+        if self.queues.job_store is not None and self.queues.job_store.holds_jobs():
+            self.queues.job_book(True)  # restored now, and copied to the replicas, not at the first worker
         if self.gateway is not None:
             self.gateway.start()
             self._on_members({})  # link to its own group face, and collect what is published here

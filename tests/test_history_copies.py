@@ -147,3 +147,16 @@ def test_a_history_file_written_before_copies_were_marked_is_read_as_this_nodes_
     recorder = make(context, store=HistoryStore(str(tmp_path)))
     assert read_all(recorder, 1000, own=True) == [("me", 1), ("me", 2), ("me", 3)]
     close(recorder)
+
+
+def test_a_holders_eviction_of_what_a_copy_still_holds_marks_only_what_is_before_it(context, tmp_path):
+    recorder = make(context, store=HistoryStore(str(tmp_path)))
+    recorder.record_copies("H", rows("h", range(10, 21)))  # a copy from an earlier catch-up: 10..20
+    recorder.copy_evictions("H", [["h", "d.x", 1, 15]])  # the holder has evicted up to 15 since
+    _, _, streams = recorder.page(Pattern("d.>"), after=[["h", "d.x", 1, 9]])
+    assert streams == {("h", "d.x"): "complete"}  # 10..20 are all here
+    assert recorder.newest_evicted({("h", "d.x"): "evicted"}) == [["h", "d.x", 1, 9]]
+    close(recorder)
+    again = make(context, store=HistoryStore(str(tmp_path)))
+    assert read_all(again, 1000) == [("h", seq) for seq in range(10, 21)]  # none dropped at the restart
+    close(again)

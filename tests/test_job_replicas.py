@@ -5,10 +5,14 @@ session timeout, 2 s here, is how membership notices the death) and real
 node and worker processes."""
 
 import json
+import os
+import subprocess
 import time
 
+import pytest
 from hookhelpers import LOOPBACK, Receiver, ready
 from jobworker import Workers
+from test_durable import disk_written
 
 from mesh import Client
 from meshtest.nodeproc import free_port, linked, wait_until
@@ -189,6 +193,73 @@ def test_a_holder_killed_and_restarted_at_once_on_its_disk_keeps_its_jobs_and_it
     assert duplicates < held / 2
 
 
+def test_a_holder_restarted_on_a_disk_that_was_full_takes_back_what_its_disk_lacks_from_its_successor(
+        zk_server, zk_node, tmp_path):
+    """--job-replicas 2; q1 runs with --data-dir on a 1 MB tmpfs. 50 jobs
+    are written to its disk; the disk is filled; 50 more are held in q1's
+    memory and copied to its successor only. q1 is killed with ``kill -9``
+    and started again at once on its directory (space back): it restores
+    the first 50, and its successor, which leaves the jobs to it
+    (``resumes``), sends them back (``job_return``): q1 takes the 50 its
+    disk lacked. Every job is done: none lost."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], check=True)
+    ports = {name: free_port() for name in ("q1", "q2", "q3")}
+
+    def start(name):
+        return zk_node(name, zk_server.hosts, "--port", str(ports[name]), "--job-replicas", "2",
+                       *(("--data-dir", str(disk / "q1")) if name == "q1" else ()))
+    nodes = {name: start(name) for name in ports}
+    heir = nodes[successor("q1", {"q2", "q3"}, 2)]
+    workers = Workers()
+    try:
+        wait_until(lambda: linked(*nodes.values()), timeout=20, what="q1, q2 and q3 linked")
+        workers.start(nodes["q2"].address, 60.0, 3.0)  # takes a few and holds them: the rest wait at q1
+        wait_until(lambda: nodes["q1"].stats().get("queues", {}).get("reachable") == 1, timeout=15,
+                   what="the worker")
+
+        def copied(count):
+            shadows = heir.stats().get("job_replicas", {}).get("shadows", {})
+            return any(key.startswith("q1/") and n == count for key, n in shadows.items())
+        with Client(nodes["q1"].address) as publisher:
+            for i in range(50):
+                publisher.publish("job.x", i)
+            publisher.flush()
+            wait_until(lambda: disk_written(nodes["q1"], "jobs") and copied(50), what="50 jobs on q1's disk")
+            subprocess.run(["dd", "if=/dev/zero", f"of={disk / 'filler'}", "bs=4k"], capture_output=True,
+                           check=False)  # until the disk is full
+            for i in range(50, 100):
+                publisher.publish("job.x", i)
+            publisher.flush()
+            wait_until(lambda: nodes["q1"].stats()["queues"]["jobs"]["disk"]["errors"] >= 1 and copied(100),
+                       timeout=20, what="50 more jobs copied to the successor and not written")
+        nodes["q1"].kill()
+        (disk / "filler").unlink()
+        nodes["q1"] = start("q1")
+        wait_until(lambda: heir.stats()["job_replicas"]["left_to_holder"] == 1, timeout=20,
+                   what="the successor to give q1 its jobs back")
+        for _ in range(2):
+            workers.start(nodes["q3"].address, 0.0, 3.0)
+        wait_until(lambda: {line["data"] for line in workers.done} == set(range(100)), timeout=60,
+                   what="every job done")
+        q1_jobs, q1_replicas = nodes["q1"].stats()["queues"]["jobs"], nodes["q1"].stats()["job_replicas"]
+        heir_replicas = heir.stats()["job_replicas"]
+    finally:
+        workers.stop()
+        nodes["q1"].kill()
+        subprocess.run(["umount", str(disk)], check=True)
+    times, duplicates = workers.tally()
+    print(f"q1 restored {q1_jobs['restored']} from its disk and took back {q1_replicas['taken_back']} from "
+          f"its successor ({heir_replicas['given_back']} given back); {len(times)} of 100 done, "
+          f"{duplicates} duplicates")
+    assert set(times) == set(range(100))
+    assert q1_jobs["restored"] < 100 and q1_replicas["taken_back"] == heir_replicas["given_back"] > 0
+    assert q1_jobs["restored"] + q1_replicas["taken_back"] == 100 and heir_replicas["adopted"] == 0
+
+
 def test_without_replicas_a_killed_holders_jobs_are_lost(zk_server, zk_node):
     """--job-replicas 1, the same scenario: the jobs that needed their holder
     again (a failed first attempt) are never done, and no node takes any over."""
@@ -276,6 +347,9 @@ def test_bad_copies_are_clear_errors_and_a_change_before_a_full_copy_asks_for_on
     assert node.request("job_copies", **fields, held=[{**good, "member": "m1", "deadline": 1.8e9}])["ok"] is True
     assert node.request("job_copies", **fields, released=[good["id"]])["ok"] is True
     assert node.stats()["job_replicas"]["shadows"] == {"B/i1": 0}
+    for bad in ({"instance": "i0", "held": []}, {"held": [good]}):  # A resumes no instance: it restarted on no disk
+        reply = node.request("job_return", **bad)
+        assert reply["ok"] is False and reply["error"] == "bad_request", (bad, reply)
 
 
 def test_job_replicas_below_one_is_a_clear_start_up_error():

@@ -100,14 +100,22 @@ class Copies:
     def _follow(self, holder, record, tap):
         """Catch up on what ``holder`` kept, then let ``tap`` read what queued meanwhile and on."""
         gevent.sleep(SETTLE_SECONDS)
+        try:
+            self._catch_up_with_retries(holder, record, tap.caught_to)
+        except Exception:  # whatever went wrong, the copy goes on with what is published from now on
+            self.caught_up["failed"] += 1
+            log.exception("catching up on %s's history failed", holder)
+        tap.start()
+
+    def _catch_up_with_retries(self, holder, record, caught_to):
         added = 0
         for attempt in range(1, CATCH_UP_ATTEMPTS + 1):
             try:
-                added += self._catch_up(holder, record, tap.caught_to)
+                added += self._catch_up(holder, record, caught_to)
                 self.caught_up["done"] += 1
                 log.info("caught up on %s's history: %d messages it kept before this node followed it",
                          holder, added)
-                break
+                return
             except (ControlError, TimeoutError, zmq.ZMQError, KeyError, TypeError, ValueError) as exc:
                 self.caught_up["failed"] += 1
                 log.warning("catching up on %s's history failed (%s)%s", holder, exc,
@@ -115,7 +123,6 @@ class Copies:
                             ": this copy holds only what is published from now on")
                 if attempt < CATCH_UP_ATTEMPTS:
                     gevent.sleep(RETRY_SECONDS)
-        tap.start()
 
     def _catch_up(self, holder, record, caught_to):
         """Record every message ``holder`` kept (published there), page by page, and its

@@ -226,13 +226,20 @@ class Recorder(Tap):
     def copy_evictions(self, at, evicted):
         """What holder ``at`` evicted of its streams (``[origin, subject, epoch, seq]``: the
         newest of each), for the streams this node holds nothing of but from ``at``: counted as
-        evicted here too, dated by the oldest message held of the stream (or now)."""
+        evicted here too, up to the message before the oldest one held here at most, dated by
+        the oldest message held of the stream (or now)."""
         for origin, subject, epoch, seq in evicted:
             if not self._rule(subject):
                 continue
             mine = [entry for entry in self._subjects.get(subject, ()) if entry.origin == origin]
             if any(entry.at != at for entry in mine):
                 continue  # also published here, or copied from another holder: its own evictions count
+            if mine:  # what this copy holds of it was not lost here: only what is before its oldest message
+                oldest = min(mine, key=lambda entry: (entry.epoch, entry.seq))
+                if (epoch, seq) >= (oldest.epoch, oldest.seq):
+                    if oldest.seq == 1:
+                        continue  # an epoch's first message: nothing of the stream before it is missing here
+                    epoch, seq = oldest.epoch, oldest.seq - 1
             newest = self._evicted_to.get((origin, subject))
             if newest is None or newest[:2] < (epoch, seq):
                 self._note_evicted((origin, subject), (epoch, seq, min((e.ts for e in mine), default=time.time())),

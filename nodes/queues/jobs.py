@@ -104,13 +104,17 @@ class JobBook:
         self.per_group = {}  # group key -> number of jobs held
         self.acked = self.redelivered = self.dead = self.refused_acks = 0
         self.restored = self.adopted = self.resumed = 0
+        self._restored_ids = set()  # every job read back from the disk, held still or let go since
         if store is not None:
             now = time.monotonic()
             for record in store.jobs():
                 job = self._resume(Job.from_record(record, now))
+                self._restored_ids.add(job.id)
                 self.jobs[job.id] = job
                 self.per_group[job.key] = self.per_group.get(job.key, 0) + 1
                 self.restored += 1
+                if copies is not None:
+                    copies.held(job)  # on disk already; its replicas get it with the next batch
 
     def submit(self, group, subject, data, origin, epoch, seq, carried=None):
         key = (group.name, group.pattern.text)
@@ -131,6 +135,12 @@ class JobBook:
                 taken += 1
         self.adopted += taken
         return taken
+
+    def take_back(self, records):
+        """Jobs of the process this one resumes, as a replica copied them: those the disk did
+        not keep (read back, held still or let go since, they are skipped) are adopted.
+        Returns how many."""
+        return self.adopt([record for record in records if record["id"] not in self._restored_ids])
 
     def _resume(self, job):
         if job.member is not None:

@@ -45,6 +45,9 @@ class JobStore(DiskFile):
         self.query("INSERT OR REPLACE INTO meta VALUES ('instance', ?)", (instance,))
         return rows[0][0] if rows else None
 
+    def holds_jobs(self):
+        return bool(self.query("SELECT 1 FROM jobs LIMIT 1"))
+
     def jobs(self):
         """A job record (docs/PROTOCOL.md 7.7) of every job kept, in the order taken."""
         rows = self.query("SELECT id, grp, pattern, settings, subject, data, origin, epoch, seq, carried, attempt, "

@@ -16,7 +16,9 @@ most CHUNK_BYTES. A job whose record alone is larger is not copied (counted
 **As a replica.** One shadow per (holder, instance): that holder's jobs, in
 memory. When membership shows another instance of the holder that
 ``resumes`` this one (restarted on its ``--data-dir``: it restored these
-jobs), the shadow is dropped. When membership shows another instance that
+jobs), the shadow is left to it: the successor sends it back
+(``job_return``), and the holder takes the jobs its disk had not kept (the
+last ones before the kill, or all since its disk was full). When membership shows another instance that
 does not, or lists none for ADOPT_GRACE_SECONDS (a node restarted at once
 is back within it), the holder's successor (``placement.successor`` over
 the membership without it) adopts the shadow into its own job book: each job held for the member
@@ -132,7 +134,10 @@ class JobReplicas(Feature):
         self.shadows = {}  # (holder, instance) -> Shadow
         self._waiting = {}  # (holder, instance) -> the greenlet settling it once ADOPT_GRACE_SECONDS have passed
         self.sent = self.failed = self.snapshots = self.too_large = self.adopted = self.need_snapshot = 0
-        self.left_to_holder = 0  # shadows dropped because their holder restarted on its own disk
+        self.left_to_holder = 0  # shadows left to their holder, restarted on its own disk
+        self.given_back = 0  # jobs such a holder took back from this node's copies (its disk lacked them)
+        self.taken_back = 0  # jobs this node, restarted, took back from its successor's copies
+        self.resumes = None  # the instance whose jobs this process restored from its disk (nodes/node.py)
 
     # -- the job book's side (nodes/queues/jobs.py keepers) ----------------
 
@@ -186,13 +191,17 @@ class JobReplicas(Feature):
         record, names = self._members.get(holder), {*self._members, self.me}
         if record is not None and record.get("instance") == instance:
             shadow.seen = True
+            waiting = self._waiting.pop(key, None)
+            if waiting is not None:  # back within the grace: a later absence waits a whole grace again
+                waiting.kill(block=False)
             if self.me not in replicas_of(holder, names, shadow.copies):
                 del self.shadows[key]  # another node keeps its copies now
         elif record is not None and record.get("resumes") == instance:
             del self.shadows[key]  # restarted on its own disk: it holds these jobs again
-            self.left_to_holder += 1
-            log.info("%s restarted on its disk and holds its jobs again: %d copies dropped", holder,
-                     len(shadow.jobs))
+            if successor(holder, names - {holder}, shadow.copies) == self.me and shadow.jobs:
+                gevent.spawn(self._give_back, key, record, shadow)  # what its disk had not kept, it takes
+            else:
+                self.left_to_holder += 1
         elif not shadow.seen:
             return  # copies of an instance membership has not listed yet: it cannot be gone
         elif record is None and not waited:
@@ -202,6 +211,25 @@ class JobReplicas(Feature):
             del self.shadows[key]
             if successor(holder, names - {holder}, shadow.copies) == self.me:
                 self._adopt(holder, shadow)
+
+    def _give_back(self, key, record, shadow):
+        """Send the restarted holder its killed instance's jobs as copied here (``job_return``):
+        it takes those its disk did not keep. If it does not take them, the copies are kept
+        and settled again."""
+        requests, _ = chunks(list(shadow.jobs.values()), [], {"instance": key[1]})
+        taken = 0
+        try:
+            for fields in requests:
+                del fields["released"]
+                taken += self._channel(record).request("job_return", **fields)["taken"]
+        except (ControlError, TimeoutError, zmq.ZMQError, KeyError, TypeError) as exc:
+            log.info("%s did not take back its jobs (%s): copies kept", key[0], exc)
+            self.shadows.setdefault(key, shadow)
+            return
+        self.left_to_holder += 1
+        self.given_back += taken
+        log.info("%s restarted on its disk and holds its jobs again, %d of them from the copies here", key[0],
+                 taken)
 
     def _settle_late(self, key):
         self._waiting.pop(key, None)
@@ -277,7 +305,25 @@ class JobReplicas(Feature):
     # -- replica: the command --------------------------------------------
 
     def commands(self):
-        return {"job_copies": self.cmd_job_copies}
+        return {"job_copies": self.cmd_job_copies, "job_return": self.cmd_job_return}
+
+    def cmd_job_return(self, request):
+        """The jobs of the instance this process resumes, as its successor copied them
+        (docs/PROTOCOL.md 7.7): held here too if not held already."""
+        instance, held = request.get("instance"), request.get("held", [])
+        try:
+            if not isinstance(instance, str) or instance != self.resumes:
+                raise ValueError(f"this node resumes instance {self.resumes!r}, not {instance!r}")
+            if not isinstance(held, list):
+                raise ValueError("held must be a list")
+            held = [_valid_record(record) for record in held]
+        except ValueError as exc:
+            raise RequestError("bad_request", str(exc)) from None
+        taken = self._book(True).take_back(held)
+        self.taken_back += taken
+        if taken:
+            log.info("took back %d jobs its disk had not kept, from its successor's copies", taken)
+        return {"taken": taken}
 
     def cmd_job_copies(self, request):
         """Another node's held jobs (docs/PROTOCOL.md 7.7)."""
@@ -300,8 +346,9 @@ class JobReplicas(Feature):
         key = (holder, instance)
         shadow = self.shadows.get(key)
         if reset:
+            seen = (shadow is not None and shadow.seen) or self._members.get(holder, {}).get("instance") == instance
             shadow = self.shadows[key] = Shadow(copies)
-            shadow.seen = self._members.get(holder, {}).get("instance") == instance
+            shadow.seen = seen
         elif shadow is None:
             raise RequestError("need_snapshot", f"this node keeps no copies of {holder}'s jobs: send them all")
         for record in held:
@@ -311,11 +358,12 @@ class JobReplicas(Feature):
         return {}
 
     def stats(self):
-        if self.copies == 1 and not self.shadows and not self.adopted:
+        if self.copies == 1 and not self.shadows and not self.adopted and not self.taken_back:
             return {}
         return {"job_replicas": {
             "copies": self.copies, "replicas": sorted(self._replicas), "sent": self.sent, "failed": self.failed,
             "snapshots": self.snapshots, "need_snapshot": self.need_snapshot, "too_large": self.too_large,
             "shadows": {f"{holder}/{instance}": len(shadow.jobs) for (holder, instance), shadow in
                         self.shadows.items()},
-            "adopted": self.adopted, "left_to_holder": self.left_to_holder}}
+            "adopted": self.adopted, "left_to_holder": self.left_to_holder, "given_back": self.given_back,
+            "taken_back": self.taken_back}}
