@@ -88,10 +88,10 @@ class StaticDiscovery(Discovery):
         self._expirer = None
 
     def start(self, me, on_change):
-        self._refuse_a_taken_name(me)
-        self._me = me
+        self._me = me  # first: a peer's introduction while the seeds are asked below is taken in
         self._on_change = on_change
         self._view = view_of(me, [])
+        self._refuse_a_taken_name(me)
         for address in self._seeds:
             self._dial(address)
         self._expirer = gevent.spawn(self._expire_loop)
@@ -196,6 +196,8 @@ class StaticDiscovery(Discovery):
             self._publish()
 
     def announce(self, member, fields):
+        if self._me is None:  # its control socket answers before it starts: it learns the peer by its own dial
+            return {}
         if member["name"] == self._me["name"] and member["instance"] != self._me["instance"]:
             raise NameTaken(f"node name {member['name']!r} belongs to the running node at {self._me['control']}")
         exchange = read_exchange(fields)

@@ -212,3 +212,21 @@ def test_a_name_held_by_a_running_node_is_refused_and_a_dead_holders_is_taken(st
     b.kill()
     again = start_node("b", peers=[a])  # a still lists the dead b for up to 5 s: nothing listens there
     wait_until(lambda: linked(a, again), what="the new b linked")
+
+
+def test_an_introduction_before_discovery_starts_is_answered_not_failed():
+    """A node's control socket answers before its discovery starts (it first
+    asks its seeds whether its name is taken): a peer's introduction then gets
+    an answer, not an internal error, and the node learns the peer by its own
+    dial once started."""
+    import zmq
+
+    from discovery.static import StaticDiscovery
+
+    context = zmq.Context()
+    try:
+        discovery = StaticDiscovery(context, [])
+        peer = {"name": "a", "instance": "i1", "control": "tcp://127.0.0.1:1"}
+        assert discovery.announce(peer, {"view": "x"}) == {}
+    finally:
+        context.destroy(linger=0)
