@@ -108,9 +108,10 @@ def test_a_holder_whose_replica_died_first_copies_its_jobs_to_the_next_and_loses
         wait_until(lambda: q1.stats()["job_replicas"]["replicas"] == [second], timeout=20,
                    what=f"q1 to copy its jobs to {second} instead of {first}")
 
-        def copied():
+        def copied():  # the full copy and every change since have reached it
             shadows = next_node.stats().get("job_replicas", {}).get("shadows", {})
-            return any(key.startswith("q1/") and count for key, count in shadows.items())
+            return any(key.startswith("q1/") and count for key, count in shadows.items()) \
+                and q1.stats()["job_replicas"]["unsent"] == 0
         wait_until(copied, timeout=20, what=f"{second} to hold a copy of q1's jobs")
         held = q1.stats()["queues"]["jobs"]["held"]
         q1.kill()
@@ -140,9 +141,10 @@ def test_the_successor_copies_what_it_adopted_on_and_its_own_successor_takes_ove
         nodes["q1"].kill()
         wait_until(lambda: nodes[heir].stats()["queues"]["jobs"]["adopted"], timeout=30, what=f"{heir} to adopt")
 
-        def copied_on():
+        def copied_on():  # every copy the heir sent so far has reached the last node (none in its last batch)
             shadows = nodes[last].stats().get("job_replicas", {}).get("shadows", {})
-            return any(key.startswith(f"{heir}/") and count for key, count in shadows.items())
+            return any(key.startswith(f"{heir}/") and count for key, count in shadows.items()) \
+                and nodes[heir].stats()["job_replicas"]["unsent"] == 0
         wait_until(copied_on, timeout=20, what=f"{heir} to copy what it adopted to {last}")
         nodes[heir].kill()
         wait_until(lambda: {line["data"] for line in workers.done} == set(range(JOBS)), timeout=120,

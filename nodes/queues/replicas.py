@@ -106,8 +106,14 @@ class Replica:
         self.record = record
         self.outbox = collections.deque()  # job_copies fields, in order
         self.snapshot_due = True  # it gets every held job before any change
+        self.sending = False  # a request is on its way, not answered yet
         self.wake = gevent.event.Event()
         self.sender = None
+
+    @property
+    def unsent(self):
+        """Requests that have not reached it yet (a full copy due counts one)."""
+        return len(self.outbox) + self.snapshot_due + self.sending
 
 
 class Shadow:
@@ -284,6 +290,7 @@ class JobReplicas(Feature):
                     replica.outbox.clear()
                     replica.outbox.extend(self._snapshot())
                 fields = replica.outbox.popleft()
+                replica.sending = True
                 try:
                     self._channel(replica.record).request("job_copies", **fields)
                     self.sent += 1
@@ -296,6 +303,8 @@ class JobReplicas(Feature):
                 except (TimeoutError, zmq.ZMQError) as exc:
                     self._failed(replica, exc)
                     replica.snapshot_due = True
+                finally:
+                    replica.sending = False
 
     def _failed(self, replica, exc):
         self.failed += 1
@@ -365,5 +374,6 @@ class JobReplicas(Feature):
             "snapshots": self.snapshots, "need_snapshot": self.need_snapshot, "too_large": self.too_large,
             "shadows": {f"{holder}/{instance}": len(shadow.jobs) for (holder, instance), shadow in
                         self.shadows.items()},
+            "unsent": bool(self._changed or self._released) + sum(r.unsent for r in self._replicas.values()),
             "adopted": self.adopted, "left_to_holder": self.left_to_holder, "given_back": self.given_back,
             "taken_back": self.taken_back}}
