@@ -30,6 +30,17 @@ def start_nodes(zk_server, zk_node, replicas, *extra, names=("q1", "q2", "q3")):
     return nodes
 
 
+def copies_of(node, holder):
+    """How many of ``holder``'s jobs ``node`` keeps copies of (every instance of it)."""
+    shadows = node.stats().get("job_replicas", {}).get("shadows", {})
+    return sum(count for key, count in shadows.items() if key.startswith(f"{holder}/"))
+
+
+def every_job_done(workers, jobs=JOBS, timeout=120):
+    wait_until(lambda: {line["data"] for line in workers.done} == set(range(jobs)), timeout=timeout,
+               what="every job done")
+
+
 def publish_jobs(q1, worker_nodes, workers, seconds):
     """A worker at each of ``worker_nodes`` (``seconds`` a job), JOBS jobs published at q1; returns once 50 are done."""
     for node in worker_nodes:
@@ -65,8 +76,7 @@ def test_a_killed_holders_jobs_are_all_done_by_its_successor(zk_server, zk_node)
     try:
         (_, q2, q3), killed, heir, held = jobs_outstanding_then_kill(zk_server, zk_node, 2, workers)
         heir_node = q2 if heir == "q2" else q3
-        wait_until(lambda: {line["data"] for line in workers.done} == set(range(JOBS)), timeout=120,
-                   what="every job done")
+        every_job_done(workers)
         wait_until(lambda: heir_node.stats()["queues"]["jobs"]["held"] == 0, timeout=30,
                    what="the successor to hold nothing")
         heir_jobs = heir_node.stats()["queues"]["jobs"]
@@ -109,14 +119,11 @@ def test_a_holder_whose_replica_died_first_copies_its_jobs_to_the_next_and_loses
                    what=f"q1 to copy its jobs to {second} instead of {first}")
 
         def copied():  # the full copy and every change since have reached it
-            shadows = next_node.stats().get("job_replicas", {}).get("shadows", {})
-            return any(key.startswith("q1/") and count for key, count in shadows.items()) \
-                and q1.stats()["job_replicas"]["unsent"] == 0
+            return copies_of(next_node, "q1") and q1.stats()["job_replicas"]["unsent"] == 0
         wait_until(copied, timeout=20, what=f"{second} to hold a copy of q1's jobs")
         held = q1.stats()["queues"]["jobs"]["held"]
         q1.kill()
-        wait_until(lambda: {line["data"] for line in workers.done} == set(range(JOBS)), timeout=120,
-                   what="every job done")
+        every_job_done(workers)
         adopted = next_node.stats()["queues"]["jobs"]["adopted"]
     finally:
         workers.stop()
@@ -142,13 +149,10 @@ def test_the_successor_copies_what_it_adopted_on_and_its_own_successor_takes_ove
         wait_until(lambda: nodes[heir].stats()["queues"]["jobs"]["adopted"], timeout=30, what=f"{heir} to adopt")
 
         def copied_on():  # every copy the heir sent so far has reached the last node (none in its last batch)
-            shadows = nodes[last].stats().get("job_replicas", {}).get("shadows", {})
-            return any(key.startswith(f"{heir}/") and count for key, count in shadows.items()) \
-                and nodes[heir].stats()["job_replicas"]["unsent"] == 0
+            return copies_of(nodes[last], heir) and nodes[heir].stats()["job_replicas"]["unsent"] == 0
         wait_until(copied_on, timeout=20, what=f"{heir} to copy what it adopted to {last}")
         nodes[heir].kill()
-        wait_until(lambda: {line["data"] for line in workers.done} == set(range(JOBS)), timeout=120,
-                   what="every job done")
+        every_job_done(workers)
         adopted = nodes[last].stats()["queues"]["jobs"]["adopted"]
     finally:
         workers.stop()
@@ -180,8 +184,7 @@ def test_a_holder_killed_and_restarted_at_once_on_its_disk_keeps_its_jobs_and_it
         held = nodes["q1"].stats()["queues"]["jobs"]["held"]
         nodes["q1"].kill()
         nodes["q1"] = start("q1")
-        wait_until(lambda: {line["data"] for line in workers.done} == set(range(JOBS)), timeout=120,
-                   what="every job done")
+        every_job_done(workers)
         wait_until(lambda: nodes["q1"].stats()["queues"]["jobs"]["held"] == 0, timeout=30, what="q1 to hold nothing")
         restored = nodes["q1"].stats()["queues"]["jobs"]["restored"]
         heir_stats = nodes[heir].stats()
@@ -224,8 +227,7 @@ def test_a_holder_restarted_on_a_disk_that_was_full_takes_back_what_its_disk_lac
                    what="the worker")
 
         def copied(count):
-            shadows = heir.stats().get("job_replicas", {}).get("shadows", {})
-            return any(key.startswith("q1/") and n == count for key, n in shadows.items())
+            return copies_of(heir, "q1") == count
         with Client(nodes["q1"].address) as publisher:
             for i in range(50):
                 publisher.publish("job.x", i)
@@ -245,8 +247,7 @@ def test_a_holder_restarted_on_a_disk_that_was_full_takes_back_what_its_disk_lac
                    what="the successor to give q1 its jobs back")
         for _ in range(2):
             workers.start(nodes["q3"].address, 0.0, 3.0)
-        wait_until(lambda: {line["data"] for line in workers.done} == set(range(100)), timeout=60,
-                   what="every job done")
+        every_job_done(workers, 100, timeout=60)
         q1_jobs, q1_replicas = nodes["q1"].stats()["queues"]["jobs"], nodes["q1"].stats()["job_replicas"]
         heir_replicas = heir.stats()["job_replicas"]
     finally:
